@@ -1,0 +1,61 @@
+"""gpulane's vocabulary: immutable values, errors and messages, with no I/O and no threads."""
+
+from protocol.backend import BackendRequest, BackendResult, EmbedResult, LoadedModel
+from protocol.config import ActiveHours, RetryPolicy, SchedulingPolicy, StoreSettings
+from protocol.enums import TERMINAL_STATES, CancelReason, JobKind, JobState, Lane, Priority
+from protocol.errors import (
+    BackendError,
+    GpulaneError,
+    IllegalTransitionError,
+    JobCancelledError,
+    JobFailedError,
+    JobNotFoundError,
+    QueueFullError,
+    RateLimitedError,
+    StoreError,
+    SystemStoppedError,
+    ValidationError,
+)
+from protocol.frozen import freeze, is_deeply_immutable, thaw
+from protocol.job import Job, JobMetrics
+from protocol.lifecycle import LEGAL_TRANSITIONS, check_transition, is_legal_transition
+from protocol.spec import RELOAD_OPTIONS, ChatMessage, JobSpec
+
+__all__ = [
+    "LEGAL_TRANSITIONS",
+    "RELOAD_OPTIONS",
+    "TERMINAL_STATES",
+    "ActiveHours",
+    "BackendError",
+    "BackendRequest",
+    "BackendResult",
+    "CancelReason",
+    "ChatMessage",
+    "EmbedResult",
+    "GpulaneError",
+    "IllegalTransitionError",
+    "Job",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobKind",
+    "JobMetrics",
+    "JobNotFoundError",
+    "JobSpec",
+    "JobState",
+    "Lane",
+    "LoadedModel",
+    "Priority",
+    "QueueFullError",
+    "RateLimitedError",
+    "RetryPolicy",
+    "SchedulingPolicy",
+    "StoreError",
+    "StoreSettings",
+    "SystemStoppedError",
+    "ValidationError",
+    "check_transition",
+    "freeze",
+    "is_deeply_immutable",
+    "is_legal_transition",
+    "thaw",
+]

@@ -1,0 +1,237 @@
+"""The messages actors exchange. Every one is a frozen dataclass of immutable values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from protocol.config import RetryPolicy, SchedulingPolicy
+from protocol.enums import CancelReason, JobState, Lane
+from protocol.job import Job, JobMetrics
+from protocol.spec import JobSpec
+
+__all__ = [
+    "ApplyPolicy",
+    "CallCancelled",
+    "CallFailed",
+    "CallFinished",
+    "CancelCall",
+    "CancelQueued",
+    "CountJobs",
+    "Dispatch",
+    "ExecTimedOut",
+    "GetJob",
+    "GetJobBySeq",
+    "InsertJob",
+    "JobQueued",
+    "JobStats",
+    "LaneStats",
+    "ListJobs",
+    "LoadQueuedJobs",
+    "PauseDispatch",
+    "PruneJobs",
+    "QueueSnapshot",
+    "ResumeDispatch",
+    "SlotIdle",
+    "SlotSnapshot",
+    "TimersDue",
+    "Transition",
+]
+
+# --- JobStore -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InsertJob:
+    """Store a new job as ``queued``; the reply (the Job) comes after the commit."""
+
+    spec: JobSpec
+    retry_of: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transition:
+    """Move a job to ``target``; the store refuses illegal moves and sets the timestamps.
+
+    ``expected`` guards against acting on stale news: if the job is not in one of
+    those states the store raises IllegalTransitionError and changes nothing.
+    """
+
+    job_id: str
+    target: JobState
+    expected: frozenset[JobState] | None = None
+    charge_attempt: bool = False
+    count_preemption: bool = False
+    partial_output: str | None = None
+    result: str | None = None
+    error: str | None = None
+    metrics: JobMetrics | None = None
+    not_before: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GetJob:
+    """Ask for one job by id; replies with the Job or raises JobNotFoundError."""
+
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GetJobBySeq:
+    """Ask for one job by its sequence number."""
+
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListJobs:
+    """Ask for jobs matching every given filter, newest first unless ``oldest_first``."""
+
+    states: frozenset[JobState] | None = None
+    lane: Lane | None = None
+    caller: str | None = None
+    model: str | None = None
+    limit: int = 100
+    oldest_first: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CountJobs:
+    """Ask for the number of jobs in each state (replies with a read-only mapping)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LaneStats:
+    """Average wait and run time of the finished jobs of one lane."""
+
+    lane: Lane
+    finished: int
+    avg_wait_s: float | None
+    avg_run_s: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobStats:
+    """Ask for a LaneStats per lane."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadQueuedJobs:
+    """Ask for every queued job in sequence order (the arbiter rebuilds from this)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PruneJobs:
+    """Delete terminal jobs that finished more than ``older_than_s`` seconds ago."""
+
+    older_than_s: float
+
+
+# --- PriorityArbiter ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobQueued:
+    """A job is queued (new, preempted, retried or recovered) and may be dispatched."""
+
+    job: Job
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelQueued:
+    """Take a queued job off the ready queues and mark it cancelled; replies True if it was there."""
+
+    job_id: str
+    reason: CancelReason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotIdle:
+    """A GPU slot has nothing to run; ``model_key`` is the model it holds now, if any."""
+
+    slot_id: str
+    model_key: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PauseDispatch:
+    """Stop dispatching new jobs; running calls go on."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResumeDispatch:
+    """Start dispatching again."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyPolicy:
+    """New scheduling and retry settings; queues are kept."""
+
+    scheduling: SchedulingPolicy
+    retry: RetryPolicy
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimersDue:
+    """A timer fired: jobs whose ``not_before`` has passed may now be ready."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """Ask the arbiter for its queue depths and slots (replies with a read-only mapping)."""
+
+
+# --- GpuSlot --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Run this job now. ``call_id`` names this one call so stale news can be told apart."""
+
+    job: Job
+    call_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelCall:
+    """Stop the call running ``job_id``, if it is still running."""
+
+    job_id: str
+    reason: CancelReason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallFinished:
+    """The backend call ended with an answer (``text`` excludes any resume prefix)."""
+
+    call_id: int
+    text: str
+    metrics: JobMetrics
+    done_reason: str = "stop"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallFailed:
+    """The backend call failed."""
+
+    call_id: int
+    error: str
+    transient: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallCancelled:
+    """The backend call stopped because its cancel token was tripped."""
+
+    call_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecTimedOut:
+    """The execution time-out of call ``call_id`` ran out."""
+
+    call_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotSnapshot:
+    """Ask a slot what it is doing (replies with a read-only mapping)."""

@@ -1,0 +1,21 @@
+"""gpulane's behaviour: the actors, the GpuLane facade and its configuration.
+
+>>> from actors import GpuLane, Config
+"""
+
+from actors.clock import Clock, ManualClock, SystemClock
+from actors.config import BackendSettings, Config
+from actors.system import GpuFactory, GpuLane, SlotWiring
+from actors.ticket import Ticket
+
+__all__ = [
+    "BackendSettings",
+    "Clock",
+    "Config",
+    "GpuFactory",
+    "GpuLane",
+    "ManualClock",
+    "SlotWiring",
+    "SystemClock",
+    "Ticket",
+]

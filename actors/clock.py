@@ -30,6 +30,10 @@ class Clock(Protocol):
         """Call ``listener`` whenever time jumps (manual clocks); system clocks never do."""
         ...
 
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener``."""
+        ...
+
 
 class SystemClock:
     """The real wall clock."""
@@ -45,6 +49,9 @@ class SystemClock:
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Real time never jumps, so there is nothing to tell."""
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Nothing was subscribed."""
 
 
 class ManualClock:
@@ -89,3 +96,9 @@ class ManualClock:
         """Call ``listener`` after every :meth:`advance`."""
         with self._lock:
             self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (no error if it was not subscribed)."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)

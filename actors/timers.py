@@ -69,6 +69,7 @@ class Timers:
 
     def stop(self) -> None:
         """Drop every pending timer and join the thread."""
+        self.clock.unsubscribe(self._on_clock_jump)
         with self._condition:
             self._stopped = True
             self._heap.clear()

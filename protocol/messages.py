@@ -14,6 +14,7 @@ __all__ = [
     "CallCancelled",
     "CallFailed",
     "CallFinished",
+    "CallStreaming",
     "CancelCall",
     "CancelQueued",
     "CountJobs",
@@ -235,3 +236,10 @@ class ExecTimedOut:
 @dataclasses.dataclass(frozen=True, slots=True)
 class SlotSnapshot:
     """Ask a slot what it is doing (replies with a read-only mapping)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallStreaming:
+    """The call produced its first piece of text: the model is loaded and running."""
+
+    call_id: int

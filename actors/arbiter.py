@@ -1,0 +1,234 @@
+"""The PriorityArbiter actor: owns the ready queues, picks what runs next, decides to preempt.
+
+The choices themselves are in :mod:`actors.scheduling` (thread-free); this actor
+feeds them the events: jobs queued, slots idle, timers, cancels, policy changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.clock import Clock
+from actors.refs import ActorAddress
+from actors.scheduling import ReadyQueue, SlotView, choose_preemption
+from actors.timers import TimerHandle, Timers
+from protocol import CancelReason, Job, JobState, RetryPolicy, SchedulingPolicy
+from protocol.messages import (
+    ApplyPolicy,
+    CancelCall,
+    CancelQueued,
+    Dispatch,
+    JobQueued,
+    LoadQueuedJobs,
+    PauseDispatch,
+    QueueSnapshot,
+    ResumeDispatch,
+    SlotIdle,
+    TimersDue,
+    Transition,
+)
+
+__all__ = ["CancelOutcome", "PriorityArbiter"]
+
+log = structlog.get_logger(__name__)
+
+
+class CancelOutcome:
+    """What a CancelQueued found: the job was queued, running on a slot, or neither."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    NOT_FOUND = "not_found"
+
+
+@dataclasses.dataclass
+class _Slot:
+    ref: ActorAddress
+    job: Job | None = None
+    known: bool = False  # has reported idle at least once, so it can take work
+    preempting: bool = False
+    model_key: str | None = None
+    last_chain: str | None = None
+
+
+class PriorityArbiter(pykka.ThreadingActor):
+    """Owns the ready queues and the dispatch decision (ARCHITECTURE.md sections 2-4)."""
+
+    def __init__(
+        self,
+        *,
+        store: ActorAddress,
+        slots: Mapping[str, ActorAddress],
+        policy: SchedulingPolicy,
+        retry: RetryPolicy,
+        clock: Clock,
+        timers: Timers,
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._slots = {slot_id: _Slot(ref) for slot_id, ref in slots.items()}
+        self._policy = policy
+        self._retry = retry
+        self._clock = clock
+        self._timers = timers
+        self._queue = ReadyQueue()
+        self._paused = False
+        self._call_ids = itertools.count(1)
+        self._wakeup: TimerHandle | None = None
+        self._counters = {"dispatched": 0, "preemptions": 0, "cancelled_queued": 0}
+
+    def on_start(self) -> None:
+        """Rebuild the ready queues from the store (after a crash or a restart)."""
+        jobs: tuple[Job, ...] = self._store.ask(LoadQueuedJobs())
+        now = self._clock.now()
+        for job in jobs:
+            self._queue.add(job, now)
+        self._arm_wakeup()
+        log.info("arbiter_started", queued=len(jobs))
+
+    def on_stop(self) -> None:
+        """Drop the pending wake-up timer."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch on the message type."""
+        match message:
+            case JobQueued(job=job):
+                self._on_job_queued(job)
+            case SlotIdle(slot_id=slot_id, model_key=model_key):
+                self._on_slot_idle(slot_id, model_key)
+            case CancelQueued(job_id=job_id, reason=reason):
+                return self._on_cancel(job_id, reason)
+            case TimersDue():
+                self._wakeup = None
+                self._dispatch()
+            case PauseDispatch():
+                self._paused = True
+            case ResumeDispatch():
+                self._paused = False
+                self._dispatch()
+            case ApplyPolicy(scheduling=scheduling, retry=retry):
+                self._policy, self._retry = scheduling, retry
+                self._dispatch()
+            case QueueSnapshot():
+                return self._snapshot()
+            case _:
+                raise TypeError(f"PriorityArbiter cannot handle {type(message).__name__}")
+        return None
+
+    def _on_job_queued(self, job: Job) -> None:
+        now = self._clock.now()
+        if not self._queue.add(job, now):
+            return  # already queued (e.g. recovered from the store and told again)
+        self._arm_wakeup()
+        if not self._dispatch() and job.not_before is None:
+            self._maybe_preempt(job, now)
+
+    def _on_slot_idle(self, slot_id: str, model_key: str | None) -> None:
+        slot = self._slots[slot_id]
+        if slot.job is not None:
+            slot.last_chain = slot.job.spec.chain_id
+        slot.job, slot.known, slot.preempting, slot.model_key = None, True, False, model_key
+        self._dispatch()
+
+    def _on_cancel(self, job_id: str, reason: CancelReason) -> str:
+        job = self._queue.remove(job_id)
+        if job is not None:
+            self._store.ask(
+                Transition(job_id, JobState.CANCELLED, expected=frozenset({JobState.QUEUED}), error=reason.value)
+            )
+            self._counters["cancelled_queued"] += 1
+            return CancelOutcome.QUEUED
+        for slot in self._slots.values():
+            if slot.job is not None and slot.job.id == job_id:
+                slot.ref.tell(CancelCall(job_id, reason))
+                return CancelOutcome.RUNNING
+        return CancelOutcome.NOT_FOUND
+
+    def _dispatch(self) -> bool:
+        """Give work to every idle slot; True if anything was dispatched."""
+        if self._paused:
+            return False
+        dispatched = False
+        now = self._clock.now()
+        for slot_id, slot in self._slots.items():
+            if slot.job is not None or not slot.known:
+                continue
+            job = self._queue.pop(now, self._policy, chains=self._chains(), resident=self._resident())
+            if job is None:
+                break
+            slot.job = job.replace(state=JobState.LOADING, started_at=now)
+            slot.ref.tell(Dispatch(job, next(self._call_ids)))
+            self._counters["dispatched"] += 1
+            dispatched = True
+            log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
+        self._arm_wakeup()
+        return dispatched
+
+    def _maybe_preempt(self, incoming: Job, now: float) -> None:
+        busy = [
+            SlotView(slot_id, slot.job)
+            for slot_id, slot in self._slots.items()
+            if slot.job is not None and not slot.preempting
+        ]
+        victim = choose_preemption(incoming, busy, now, self._policy)
+        if victim is None:
+            return
+        self._slots[victim.slot_id].preempting = True
+        self._slots[victim.slot_id].ref.tell(CancelCall(victim.job.id, CancelReason.PREEMPTED))
+        self._counters["preemptions"] += 1
+        log.info("preempting", victim=victim.job.id, slot=victim.slot_id, for_job=incoming.id)
+
+    def _chains(self) -> frozenset[str]:
+        chains = set()
+        for slot in self._slots.values():
+            chain = slot.job.spec.chain_id if slot.job is not None else slot.last_chain
+            if chain is not None:
+                chains.add(chain)
+        return frozenset(chains)
+
+    def _resident(self) -> frozenset[str]:
+        return frozenset(s.model_key for s in self._slots.values() if s.model_key is not None)
+
+    def _arm_wakeup(self) -> None:
+        due = self._queue.next_due()
+        if due is None or (self._wakeup is not None and not self._wakeup.cancelled and self._wakeup.deadline <= due):
+            return
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        self._wakeup = self._timers.send_at(due, self.actor_ref, TimersDue())
+
+    def _snapshot(self) -> Mapping[str, Any]:
+        depths = self._queue.depths()
+        return MappingProxyType(
+            {
+                "paused": self._paused,
+                "queued": len(self._queue),
+                "depth": MappingProxyType(
+                    {f"{lane.value}.{prio.name.lower()}": n for (lane, prio), n in depths.items()}
+                ),
+                "slots": MappingProxyType(
+                    {
+                        slot_id: MappingProxyType(
+                            {
+                                "job_id": None if slot.job is None else slot.job.id,
+                                "lane": None if slot.job is None else slot.job.spec.lane.value,
+                                "model_key": slot.model_key,
+                                "preempting": slot.preempting,
+                            }
+                        )
+                        for slot_id, slot in self._slots.items()
+                    }
+                ),
+                "counters": MappingProxyType(dict(self._counters)),
+            }
+        )
+

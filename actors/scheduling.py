@@ -1,0 +1,294 @@
+"""Which job runs next, and whether to preempt: the arbiter's decisions, with no threads.
+
+Keys, first key first (ARCHITECTURE.md section 4): lane, priority, a preempted job
+returning to the head of its class, chain continuation, residency (bounded by
+``max_swap_defer_s``), fair share between callers (round-robin), age.
+
+Structure: a fixed number of classes (lane x priority), each holding heaps per
+chain and per model, and per model a round-robin ring of callers, each caller a
+FIFO heap. Removal is lazy (an entry is marked dead and skipped when met), so
+every operation is O(log n) in the jobs queued plus O(models in a class) for the
+residency check; nothing walks the whole queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import deque
+from collections.abc import Iterator
+
+from protocol import Job, Lane, Priority, SchedulingPolicy
+
+__all__ = ["ReadyQueue", "SlotView", "choose_preemption"]
+
+ClassKey = tuple[int, int]  # (lane rank, priority rank): lower is served first
+CLASS_ORDER: tuple[ClassKey, ...] = tuple(
+    (lane.rank, prio.rank) for lane in (Lane.INTERNAL, Lane.EXTERNAL) for prio in sorted(Priority, reverse=True)
+)
+
+
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    """A queued job's place in the indexes; ``alive`` goes False once taken or removed."""
+
+    job: Job
+    alive: bool = True
+    delayed: bool = False
+
+    def __lt__(self, other: _Entry) -> bool:
+        return self.job.seq < other.job.seq
+
+
+def _pop_alive(heap: list[_Entry]) -> _Entry | None:
+    while heap:
+        entry = heapq.heappop(heap)
+        if entry.alive:
+            return entry
+    return None
+
+
+def _peek_alive(heap: list[_Entry]) -> _Entry | None:
+    while heap and not heap[0].alive:
+        heapq.heappop(heap)
+    return heap[0] if heap else None
+
+
+class _ModelQueue:
+    """The jobs of one class for one model: oldest-first overall, round-robin by caller."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.by_age: list[_Entry] = []
+        self.by_caller: dict[str, list[_Entry]] = {}
+        self.caller_live: dict[str, int] = {}
+        self.turns: deque[str] = deque()  # callers in round-robin order, each at most once
+        self.in_turns: set[str] = set()
+
+    def add(self, entry: _Entry) -> None:
+        caller = entry.job.spec.caller
+        self.live += 1
+        heapq.heappush(self.by_age, entry)
+        heapq.heappush(self.by_caller.setdefault(caller, []), entry)
+        self.caller_live[caller] = self.caller_live.get(caller, 0) + 1
+        if caller not in self.in_turns:
+            self.in_turns.add(caller)
+            self.turns.append(caller)
+
+    def forget(self, entry: _Entry) -> None:
+        """Account for an entry that died elsewhere (taken via a chain heap, or removed)."""
+        caller = entry.job.spec.caller
+        self.live -= 1
+        self.caller_live[caller] -= 1
+
+    def oldest(self) -> _Entry | None:
+        return _peek_alive(self.by_age)
+
+    def next_fair(self) -> _Entry:
+        """The oldest job of the caller whose turn it is; that caller goes to the back."""
+        while True:
+            caller = self.turns.popleft()
+            if self.caller_live.get(caller, 0) <= 0:
+                self.in_turns.discard(caller)
+                self.caller_live.pop(caller, None)
+                self.by_caller.pop(caller, None)
+                continue
+            entry = _pop_alive(self.by_caller[caller])
+            assert entry is not None, "caller_live says this caller has a job"
+            self.turns.append(caller)  # dropped at its next turn if it has nothing left
+            return entry
+
+
+class _ClassQueue:
+    """All ready jobs of one (lane, priority) class."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.returning: list[_Entry] = []  # preempted jobs: back to the head of the class
+        self.by_chain: dict[str, list[_Entry]] = {}
+        self.by_model: dict[str, _ModelQueue] = {}
+
+    def add(self, entry: _Entry) -> None:
+        job = entry.job
+        self.live += 1
+        if job.preemptions > 0:
+            heapq.heappush(self.returning, entry)
+        if job.spec.chain_id is not None:
+            heapq.heappush(self.by_chain.setdefault(job.spec.chain_id, []), entry)
+        self.by_model.setdefault(job.spec.model_key, _ModelQueue()).add(entry)
+
+    def forget(self, entry: _Entry) -> None:
+        self.live -= 1
+        model = self.by_model[entry.job.spec.model_key]
+        model.forget(entry)
+        if model.live == 0:
+            del self.by_model[entry.job.spec.model_key]
+        chain = entry.job.spec.chain_id
+        if chain is not None and chain in self.by_chain and _peek_alive(self.by_chain[chain]) is None:
+            del self.by_chain[chain]
+
+    def choose(
+        self, now: float, chains: frozenset[str], resident: frozenset[str], max_swap_defer_s: float
+    ) -> _Entry:
+        entry = _peek_alive(self.returning)
+        if entry is not None:
+            return entry
+        for chain in sorted(chains):
+            heap = self.by_chain.get(chain)
+            entry = _peek_alive(heap) if heap else None
+            if entry is not None:
+                return entry
+        return self._choose_by_model(now, resident, max_swap_defer_s).next_fair()
+
+    def _choose_by_model(
+        self, now: float, resident: frozenset[str], max_swap_defer_s: float
+    ) -> _ModelQueue:
+        oldest_resident: tuple[float, int, _ModelQueue] | None = None
+        oldest_swap: tuple[float, int, _ModelQueue] | None = None
+        for key, queue in self.by_model.items():
+            head = queue.oldest()
+            assert head is not None, "a model queue with live jobs has an oldest one"
+            candidate = (head.job.created_at, head.job.seq, queue)
+            if key in resident:
+                if oldest_resident is None or candidate[:2] < oldest_resident[:2]:
+                    oldest_resident = candidate
+            elif oldest_swap is None or candidate[:2] < oldest_swap[:2]:
+                oldest_swap = candidate
+        if oldest_resident is None:
+            assert oldest_swap is not None
+            return oldest_swap[2]
+        if oldest_swap is not None and now - oldest_swap[0] > max_swap_defer_s:
+            return oldest_swap[2]  # the starvation bound: this one has waited long enough
+        return oldest_resident[2]
+
+
+class ReadyQueue:
+    """The arbiter's queued jobs: ready ones by the order keys, delayed ones by ``not_before``."""
+
+    def __init__(self) -> None:
+        self._classes: dict[ClassKey, _ClassQueue] = {key: _ClassQueue() for key in CLASS_ORDER}
+        self._entries: dict[str, _Entry] = {}
+        self._delayed: list[tuple[float, int, _Entry]] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._entries
+
+    def add(self, job: Job, now: float) -> bool:
+        """Queue ``job`` (ready now, or once ``not_before`` passes); False if already queued."""
+        if job.id in self._entries:
+            return False
+        entry = _Entry(job)
+        self._entries[job.id] = entry
+        if job.not_before is not None and job.not_before > now:
+            entry.delayed = True
+            heapq.heappush(self._delayed, (job.not_before, job.seq, entry))
+        else:
+            self._class_of(job).add(entry)
+        return True
+
+    def remove(self, job_id: str) -> Job | None:
+        """Take a job out (cancel); returns it, or None if it was not queued."""
+        entry = self._entries.pop(job_id, None)
+        if entry is None:
+            return None
+        entry.alive = False
+        if not entry.delayed:
+            self._class_of(entry.job).forget(entry)
+        return entry.job
+
+    def promote_due(self, now: float) -> int:
+        """Make delayed jobs whose ``not_before`` has passed ready; returns how many."""
+        moved = 0
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, entry = heapq.heappop(self._delayed)
+            if entry.alive:
+                entry.delayed = False
+                entry.job = entry.job.replace(not_before=None)
+                self._class_of(entry.job).add(entry)
+                moved += 1
+        return moved
+
+    def next_due(self) -> float | None:
+        """The earliest ``not_before`` among delayed jobs, if any."""
+        while self._delayed and not self._delayed[0][2].alive:
+            heapq.heappop(self._delayed)
+        return self._delayed[0][0] if self._delayed else None
+
+    def peek_class(self) -> tuple[Lane, Priority] | None:
+        """Lane and priority of the best ready class, without taking anything."""
+        for (lane_rank, prio_rank), queue in self._classes.items():
+            if queue.live:
+                lane = Lane.INTERNAL if lane_rank == 0 else Lane.EXTERNAL
+                return lane, Priority(Priority.URGENT - prio_rank)
+        return None
+
+    def pop(
+        self,
+        now: float,
+        policy: SchedulingPolicy,
+        *,
+        chains: frozenset[str] = frozenset(),
+        resident: frozenset[str] = frozenset(),
+    ) -> Job | None:
+        """Take the next job to run, or None when nothing is ready.
+
+        ``chains`` are the chain ids running now (continuation); ``resident`` the model
+        keys loaded now (residency).
+        """
+        self.promote_due(now)
+        for queue in self._classes.values():
+            if queue.live:
+                entry = queue.choose(now, chains, resident, policy.max_swap_defer_s)
+                entry.alive = False
+                del self._entries[entry.job.id]
+                queue.forget(entry)
+                return entry.job
+        return None
+
+    def depths(self) -> dict[tuple[Lane, Priority], int]:
+        """Ready jobs per (lane, priority); delayed ones are counted under their class too."""
+        out = {(lane, prio): 0 for lane in Lane for prio in Priority}
+        for entry in self._entries.values():
+            out[(entry.job.spec.lane, entry.job.spec.priority)] += 1
+        return out
+
+    def jobs(self) -> Iterator[Job]:
+        """Every queued job, in no particular order."""
+        return (entry.job for entry in self._entries.values())
+
+    def _class_of(self, job: Job) -> _ClassQueue:
+        return self._classes[(job.spec.lane.rank, job.spec.priority.rank)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotView:
+    """What the preemption decision needs to know about one busy slot."""
+
+    slot_id: str
+    job: Job
+
+
+def choose_preemption(
+    incoming: Job, busy: list[SlotView], now: float, policy: SchedulingPolicy
+) -> SlotView | None:
+    """The busy slot whose external call ``incoming`` should preempt, or None.
+
+    Internal work preempts external work during active hours, or always when URGENT;
+    a job preempted ``max_preemptions`` times already is left to finish.
+    """
+    if incoming.spec.lane is not Lane.INTERNAL:
+        return None
+    if incoming.spec.priority is not Priority.URGENT and not policy.in_active_hours(now):
+        return None
+    victims = [
+        view
+        for view in busy
+        if view.job.spec.lane is Lane.EXTERNAL and view.job.preemptions < policy.max_preemptions
+    ]
+    if not victims:
+        return None
+    # The least important external call, and among equals the one that started last.
+    return min(victims, key=lambda v: (-v.job.spec.priority.rank, -(v.job.started_at or 0.0)))

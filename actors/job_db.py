@@ -7,6 +7,7 @@ one thread does at a time. Tests use it directly, without an actor.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import sqlite3
@@ -491,7 +492,7 @@ def _job_from_row(row: Sequence[Any]) -> Job:
 
 def _fail_first(pending: Iterator[WriteMessage], error: StoreError) -> list[BatchOutcome]:
     """Consume just one write and fail it: the batch never started."""
-    return [error for _ in zip(pending, range(1))]
+    return [error for _ in itertools.islice(pending, 1)]
 
 
 def _sync_mode(synchronous: str) -> str:

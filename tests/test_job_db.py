@@ -82,16 +82,29 @@ def test_when_a_batch_cannot_begin_only_the_first_write_is_taken_and_failed(db: 
 
 
 def test_when_sqlite_abandons_the_transaction_the_batch_stops_and_fails_whole(db: JobDB) -> None:
+    kept = db.write_batch([InsertJob(make_spec(0))])[0]
+    assert isinstance(kept, Job)
     real = db._conn
-    faulty = FaultyConnection(real, "INSERT", rollback=True)
-    db._conn = faulty  # type: ignore[assignment]
-    first = Transition("missing", JobState.LOADING)
-    writes = iter([first, InsertJob(make_spec(1)), InsertJob(make_spec(2))])
+    db._conn = FaultyConnection(real, "UPDATE", rollback=True)  # type: ignore[assignment]
+    writes = iter(
+        [InsertJob(make_spec(1)), Transition(kept.id, JobState.LOADING), InsertJob(make_spec(2))]
+    )
     outcomes = db.write_batch(writes)
     db._conn = real
-    assert len(outcomes) == 2
-    assert isinstance(outcomes[1], StoreError)
-    assert next(writes) == InsertJob(make_spec(2))
+    assert len(outcomes) == 2 and all(isinstance(o, StoreError) for o in outcomes)
+    assert next(writes) == InsertJob(make_spec(2)), "the batch stopped taking writes"
+    assert [j.id for j in db.queued_jobs()] == [kept.id]
+    again = db.write_batch([InsertJob(make_spec(3))])[0]
+    assert isinstance(again, Job) and again.seq == kept.seq + 1, "no sequence number lost"
+
+
+def test_when_the_bulk_insert_loses_the_transaction_every_insert_fails(db: JobDB) -> None:
+    real = db._conn
+    db._conn = FaultyConnection(real, "INSERT", rollback=True)  # type: ignore[assignment]
+    outcomes = db.write_batch([InsertJob(make_spec(1)), InsertJob(make_spec(2))])
+    db._conn = real
+    assert len(outcomes) == 2 and all(isinstance(o, StoreError) for o in outcomes)
+    assert "rolled back" in str(outcomes[0])
     assert db.count_by_state()["queued"] == 0
 
 

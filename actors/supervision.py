@@ -227,8 +227,15 @@ class Supervisor(SupervisedActor):
     # --- starting -----------------------------------------------------------------------
 
     def _start_next(self) -> None:
-        """Start queued children one at a time: the next only once the previous is ready."""
+        """Start queued children one at a time, in spec order.
+
+        The next starts only once the previous is ready and no earlier child is
+        waiting out its back-off, so a child never runs before those it follows.
+        """
         while not self._shut_down and self._starting is None and self._start_queue:
+            following = self._start_queue[0].index
+            if any(self._by_id[pending].index < following for pending in self._pending):
+                return
             self._launch(self._start_queue.pop(0))
         if self._shut_down or self._first_pass_done:
             return

@@ -59,7 +59,7 @@ class Link:
         try:
             self.supervisor.tell(message)
         except pykka.ActorDeadError:
-            log.debug("supervisor_gone", child=self.child_id, event=type(message).__name__)
+            log.debug("supervisor_gone", child=self.child_id, report=type(message).__name__)
 
 
 _current_link: contextvars.ContextVar[Link | None] = contextvars.ContextVar(

@@ -202,7 +202,7 @@ class Tree:
 
 def snapshot(supervisor: pykka.ActorRef[Supervisor]) -> SupervisorSnapshot:
     """The supervisor's snapshot (a round trip through its mailbox)."""
-    result: SupervisorSnapshot = supervisor.ask(GetSnapshot(), timeout=WAIT_S)
+    result: SupervisorSnapshot = supervisor.ask(GetSnapshot(), block=True, timeout=WAIT_S)
     return result
 
 

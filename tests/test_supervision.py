@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pykka
 import pytest
@@ -308,7 +309,7 @@ def test_a_factory_that_raises_counts_as_a_failed_start(tree: Tree) -> None:
     calls: list[int] = []
     recorder_spec = tree.spec("a")
 
-    def flaky() -> pykka.ActorRef[object]:
+    def flaky() -> pykka.ActorRef[Any]:
         calls.append(1)
         if len(calls) == 1:
             raise OSError("no such device")
@@ -543,7 +544,7 @@ def test_a_normal_stop_of_the_top_supervisor_does_not_escalate_and_closes_the_re
 
 
 def test_bad_settings_are_refused_with_a_clear_error(timers: Timers) -> None:
-    def factory() -> pykka.ActorRef[object]:
+    def factory() -> pykka.ActorRef[Any]:
         raise AssertionError("never called")
 
     with pytest.raises(ValueError, match="non-empty id"):

@@ -163,7 +163,9 @@ class Supervisor(SupervisedActor):
         self._period_s = period_s
         self._backoff = backoff if backoff is not None else Backoff()
         self._owns_timers = timers is None
-        self._timers = timers if timers is not None else Timers(clock or SystemClock())
+        self._timers = (
+            timers if timers is not None else Timers(clock if clock is not None else SystemClock())
+        )
         self._on_escalate = on_escalate
         self._rng = rng if rng is not None else random.Random()
         self._snapshot_timeout_s = snapshot_timeout_s

@@ -117,6 +117,7 @@ class _Child:
 
     @property
     def id(self) -> str:
+        """The child's id (from its spec)."""
         return self.spec.id
 
 
@@ -246,6 +247,7 @@ class Supervisor(SupervisedActor):
             self._announce_ready()
 
     def _launch(self, child: _Child) -> None:
+        """Call the factory with the link set; a factory error or a wrong result is a failed start."""
         try:
             with linked_to(Link(self.actor_ref, child.id)):
                 instance = child.spec.factory()
@@ -267,6 +269,7 @@ class Supervisor(SupervisedActor):
         self._starting = child
 
     def _on_ready(self, message: ChildReady) -> None:
+        """The current instance finished on_start: open its ref and start the next child."""
         child = self._current(message.child_id, message.urn)
         if child is None:
             return
@@ -369,6 +372,7 @@ class Supervisor(SupervisedActor):
             self._restart_timer = self._timers.send_after(delay, self.actor_ref, due)
 
     def _on_restart_due(self, message: RestartDue) -> None:
+        """The back-off is over: queue the waiting children, in spec order."""
         if self._shut_down or message.token != self._restart_token:
             return
         self._restart_timer = None
@@ -380,6 +384,7 @@ class Supervisor(SupervisedActor):
         self._start_next()
 
     def _escalate(self, child: _Child, reason: ExitReason) -> None:
+        """The restart budget is spent: stop the children and exit abnormally."""
         detail = (
             f"{self.name}: more than {self._intensity} restarts in {self._period_s:g}s; "
             f"last: child {child.id!r} {reason}"

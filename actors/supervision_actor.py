@@ -56,6 +56,7 @@ class Link:
         self._tell(ChildExited(self.child_id, urn, reason))
 
     def _tell(self, message: ChildReady | ChildExited) -> None:
+        """Tell the supervisor; a supervisor already gone has nobody left to hear it."""
         try:
             self.supervisor.tell(message)
         except pykka.ActorDeadError:

@@ -231,6 +231,7 @@ class StableRef:
         return True
 
     def _hold_locked(self, message: Any, pending: PendingAsk | None) -> None:
+        """Buffer the message for the next instance, or raise what the policy says."""
         if self._state is ChildState.STOPPED:
             raise ChildStoppedError(self.child_id)
         if self._while_restarting is WhileRestarting.FAIL_FAST:
@@ -240,6 +241,7 @@ class StableRef:
         self._held.append((message, pending))
 
     def _forget(self, pending: PendingAsk) -> None:
+        """An ask was answered: stop tracking it."""
         with self._lock:
             self._inflight.discard(pending)
 

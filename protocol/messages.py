@@ -34,6 +34,7 @@ __all__ = [
     "ResumeDispatch",
     "SlotIdle",
     "SlotSnapshot",
+    "StoreSnapshot",
     "TimersDue",
     "Transition",
 ]
@@ -125,6 +126,11 @@ class PruneJobs:
     """Delete terminal jobs that finished more than ``older_than_s`` seconds ago."""
 
     older_than_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreSnapshot:
+    """Ask the store for its file, schema version and write counters (a read-only mapping)."""
 
 
 # --- PriorityArbiter ------------------------------------------------------------------

@@ -1,0 +1,607 @@
+"""The job database: plain, thread-free SQLite code that the JobStore actor drives.
+
+Everything here runs on whichever thread calls it; the actor guarantees that only
+one thread does at a time. Tests use it directly, without an actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+from ulid import ULID
+
+from actors.clock import Clock
+from protocol.enums import TERMINAL_STATES, JobState, Lane
+from protocol.errors import (
+    GpulaneError,
+    IllegalTransitionError,
+    JobNotFoundError,
+    StoreError,
+    ValidationError,
+)
+from protocol.job import Job, JobMetrics
+from protocol.lifecycle import check_transition
+from protocol.messages import InsertJob, LaneStats, ListJobs, Transition
+from protocol.spec import JobSpec
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "BatchOutcome",
+    "JobDB",
+    "Migration",
+    "Recovery",
+    "WriteMessage",
+    "migrate",
+]
+
+WriteMessage: TypeAlias = InsertJob | Transition
+BatchOutcome: TypeAlias = Job | Exception
+Migration: TypeAlias = Callable[[sqlite3.Connection], None]
+
+# How long opening waits for a lock held by someone else before calling the file locked.
+BUSY_TIMEOUT_S = 1.0
+
+# One compact encoder, made once: json.dumps with options builds a new encoder per call.
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+_TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL_STATES))
+_ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
+
+_V1_SCHEMA = (
+    f"""CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in JobState)})),
+        lane TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        model TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        retry_of TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        not_before REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        preemptions INTEGER NOT NULL DEFAULT 0,
+        partial_output TEXT NOT NULL DEFAULT '',
+        result TEXT,
+        error TEXT,
+        metrics TEXT
+    )""",
+    "CREATE INDEX jobs_by_state ON jobs (state, seq)",
+    "CREATE INDEX jobs_by_caller ON jobs (caller, seq)",
+    "CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL",
+)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    """Version 1: the jobs table and its indexes.
+
+    Only state, caller and finish time are indexed: each index costs every commit a
+    page. Lane and model have few distinct values, so a filter on them walks the
+    sequence order and meets its matches early.
+    """
+    for statement in _V1_SCHEMA:
+        conn.execute(statement)
+
+
+# MIGRATIONS[i] turns a schema of version i into version i + 1; version 0 is an empty file.
+MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(
+    conn: sqlite3.Connection, path: str, migrations: Sequence[Migration] = MIGRATIONS
+) -> int:
+    """Bring the schema up to ``len(migrations)`` inside the caller's transaction.
+
+    Returns the version found. A file written by a newer gpulane is refused, not guessed at.
+    """
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    target = len(migrations)
+    if found > target:
+        raise StoreError(
+            f"job database {path} has schema version {found}, newer than the {target} this "
+            "gpulane understands; upgrade gpulane or point store.path at another file"
+        )
+    for step in migrations[found:]:
+        step(conn)
+    if found != target:
+        conn.execute(f"PRAGMA user_version = {target:d}")
+    return found
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovery:
+    """What start-up recovery did: jobs put back in the queue and jobs queued in all."""
+
+    requeued: int
+    queued: int
+
+
+_COLUMNS = (
+    "seq, id, state, spec, created_at, updated_at, started_at, finished_at, not_before, "
+    "attempts, preemptions, partial_output, result, error, metrics"
+)
+_INSERT = (
+    "INSERT INTO jobs (seq, id, state, lane, caller, model, priority, spec, retry_of, "
+    "created_at, updated_at) VALUES "
+)
+_ROW = "(?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)"
+# Rows per INSERT statement: 10 parameters each, well under SQLite's 32766.
+_ROWS_PER_INSERT = 500
+_UPDATE = (
+    "UPDATE jobs SET state = ?, updated_at = ?, started_at = ?, finished_at = ?, "
+    "not_before = ?, attempts = ?, preemptions = ?, partial_output = ?, result = ?, "
+    "error = ?, metrics = ? WHERE seq = ?"
+)
+_SELECT_BY_ID = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
+_SELECT_BY_SEQ = f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?"
+
+
+class JobDB:
+    """One open job database: schema checked, WAL on, the file locked to this connection.
+
+    ``locking_mode=EXCLUSIVE`` keeps the file locked for as long as it is open, so a
+    second store on the same file fails at start instead of sharing it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str, clock: Clock) -> None:
+        self._conn = conn
+        self.path = path
+        self._clock = clock
+        self.commits = 0
+        self.writes = 0
+        self.largest_batch = 0
+        self._next_seq = self._load_next_seq()
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        clock: Clock,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+    ) -> JobDB:
+        """Open or create the database at ``path``; raise StoreError naming the file and cause."""
+        _check_location(path)
+        try:
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open job database {path}: {_explain(exc)}") from exc
+        try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"job database {path}: cannot switch to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {_sync_mode(synchronous)}")
+            conn.execute("BEGIN IMMEDIATE")
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise StoreError(f"job database {path} is corrupt: {'; '.join(problems)}")
+            migrate(conn, path)
+            conn.execute("COMMIT")
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot use job database {path}: {_explain(exc)}") from exc
+        return cls(conn, path, clock)
+
+    def close(self) -> None:
+        """Close the connection (and release the file lock)."""
+        self._conn.close()
+
+    # --- writes ---------------------------------------------------------------------
+
+    def write_batch(self, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
+        """Apply writes in one transaction and commit once.
+
+        ``writes`` is consumed lazily, so a caller can keep feeding writes that arrive
+        while the batch runs. Returns one outcome per write consumed: the Job, or the
+        error for that write alone. If the commit fails, every write that had succeeded
+        gets the StoreError instead, and nothing of the batch is kept.
+
+        Inserts are prepared as they come and written together by one multi-row INSERT
+        before the commit: each statement lets go of the GIL, and under load winning
+        it back costs more than the statement itself. No caller knows a buffered job's
+        id before the commit, so no other write in the batch can depend on one.
+
+        A write fails alone without a savepoint: every check happens before its SQL,
+        each Transition is one UPDATE, and SQLite undoes a failed statement by itself.
+        If the multi-row INSERT fails, its rows are retried one by one so only the bad
+        one fails.
+        """
+        pending = iter(writes)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return _fail_first(pending, self._store_error("cannot start a write", exc))
+        outcomes: list[BatchOutcome] = []
+        rows: list[tuple[int, tuple[Any, ...]]] = []  # (index in outcomes, INSERT parameters)
+        for message in pending:
+            try:
+                if isinstance(message, InsertJob):
+                    job, row = self._prepare_insert(message.spec, message.retry_of)
+                    rows.append((len(outcomes), row))
+                else:
+                    job = self.transition(message)
+                outcomes.append(job)
+            except GpulaneError as exc:
+                outcomes.append(exc)
+            except sqlite3.Error as exc:
+                error = self._store_error("cannot write", exc)
+                outcomes.append(error)
+                if not self._conn.in_transaction:  # SQLite rolled the whole batch back
+                    return self._abandon(outcomes, error)
+        if rows:
+            self._insert_rows(rows, outcomes)
+            if not self._conn.in_transaction:
+                lost = next(o for o in outcomes if isinstance(o, StoreError))
+                return self._abandon(outcomes, lost)
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            error = self._store_error("cannot commit", exc)
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            return self._abandon(outcomes, error)
+        self.commits += 1
+        self.writes += len(outcomes)
+        self.largest_batch = max(self.largest_batch, len(outcomes))
+        return outcomes
+
+    def _abandon(self, outcomes: list[BatchOutcome], error: StoreError) -> list[BatchOutcome]:
+        """The batch is rolled back: its successes become ``error``; sequence numbers reload."""
+        self._next_seq = self._load_next_seq()
+        return [error if isinstance(o, Job) else o for o in outcomes]
+
+    def _prepare_insert(self, spec: JobSpec, retry_of: str | None) -> tuple[Job, tuple[Any, ...]]:
+        """A new queued job with a fresh ULID and the next sequence number, and its row."""
+        if retry_of is not None and self._find_seq(retry_of) is None:
+            raise ValidationError("retry_of", f"no job {retry_of!r} to retry")
+        now = self._clock.now()
+        job_id = str(ULID.from_timestamp(float(now)))
+        seq = self._next_seq
+        self._next_seq += 1
+        row = (
+            seq,
+            job_id,
+            spec.lane.value,
+            spec.caller,
+            spec.model,
+            int(spec.priority),
+            _to_json(spec.to_dict()),
+            retry_of,
+            now,
+            now,
+        )
+        job = Job(
+            id=job_id, seq=seq, spec=spec, state=JobState.QUEUED, created_at=now, updated_at=now
+        )
+        return job, row
+
+    def _insert_rows(
+        self, rows: list[tuple[int, tuple[Any, ...]]], outcomes: list[BatchOutcome]
+    ) -> None:
+        """Write prepared rows with as few statements as possible; mark the ones that fail."""
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            params = [value for _, row in chunk for value in row]
+            try:
+                self._conn.execute(_INSERT + ", ".join([_ROW] * len(chunk)), params)
+            except sqlite3.Error:
+                if not self._conn.in_transaction:
+                    self._mark_failed(rows, outcomes, "cannot write")
+                    return
+                self._insert_one_by_one(chunk, outcomes)
+
+    def _insert_one_by_one(
+        self, rows: list[tuple[int, tuple[Any, ...]]], outcomes: list[BatchOutcome]
+    ) -> None:
+        for index, row in rows:
+            try:
+                self._conn.execute(_INSERT + _ROW, row)
+            except sqlite3.Error as exc:
+                outcomes[index] = self._store_error("cannot write", exc)
+                if not self._conn.in_transaction:
+                    return
+
+    def _mark_failed(
+        self, rows: list[tuple[int, tuple[Any, ...]]], outcomes: list[BatchOutcome], what: str
+    ) -> None:
+        error = StoreError(f"job database {self.path}: {what}: the transaction was rolled back")
+        for index, _ in rows:
+            outcomes[index] = error
+
+    def transition(self, message: Transition) -> Job:
+        """Move a job to ``message.target`` and record what came with the move.
+
+        Timestamps: ``started_at`` is set when a job enters loading or running from
+        queued; ``finished_at`` when it enters a terminal state. ``not_before`` is
+        replaced on every move (None clears it) and may be non-None only on a move to
+        queued, the one state where it means anything. ``partial_output``, ``result``,
+        ``error`` and ``metrics`` are replaced when given and kept otherwise.
+        """
+        target = message.target
+        if message.not_before is not None and target is not JobState.QUEUED:
+            raise ValidationError("not_before", "may be set only on a move to queued")
+        if message.result is not None and target is not JobState.SUCCEEDED:
+            raise ValidationError("result", "may be set only on a move to succeeded")
+        job = self.get(message.job_id)
+        if message.expected is not None and job.state not in message.expected:
+            raise IllegalTransitionError(job.id, job.state.value, target.value)
+        check_transition(job.id, job.state, target)
+        now = self._clock.now()
+        changed = job.replace(
+            state=target,
+            updated_at=now,
+            started_at=now if target.is_active and not job.state.is_active else job.started_at,
+            finished_at=now if target.is_terminal else job.finished_at,
+            not_before=message.not_before,
+            attempts=job.attempts + int(message.charge_attempt),
+            preemptions=job.preemptions + int(message.count_preemption),
+            partial_output=_given(message.partial_output, job.partial_output),
+            result=_given(message.result, job.result),
+            error=_given(message.error, job.error),
+            metrics=_given(message.metrics, job.metrics),
+        )
+        self._conn.execute(
+            _UPDATE,
+            (
+                target.value,
+                now,
+                changed.started_at,
+                changed.finished_at,
+                changed.not_before,
+                changed.attempts,
+                changed.preemptions,
+                changed.partial_output,
+                changed.result,
+                changed.error,
+                None if changed.metrics is None else _to_json(changed.metrics.to_dict()),
+                job.seq,
+            ),
+        )
+        return changed
+
+    def recover(self) -> Recovery:
+        """Put jobs a crash left in loading or running back in the queue, charging nothing."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            requeued = self._conn.execute(
+                "UPDATE jobs SET state = 'queued', updated_at = ? WHERE state IN (?, ?)",
+                (self._clock.now(), *_ACTIVE_VALUES),
+            ).rowcount
+            queued = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued'"
+            ).fetchone()[0]
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise self._store_error("cannot recover jobs", exc) from exc
+        return Recovery(requeued=requeued, queued=int(queued))
+
+    def prune(self, older_than_s: float) -> int:
+        """Delete terminal jobs that finished more than ``older_than_s`` seconds ago."""
+        if not isinstance(older_than_s, (int, float)) or older_than_s < 0:
+            raise ValidationError("older_than_s", f"must be 0 or more, got {older_than_s!r}")
+        cutoff = self._clock.now() - older_than_s
+        try:
+            cursor = self._conn.execute(
+                "DELETE FROM jobs WHERE finished_at < ? AND state IN (?, ?, ?)",
+                (cutoff, *_TERMINAL_VALUES),
+            )
+        except sqlite3.Error as exc:
+            raise self._store_error("cannot prune", exc) from exc
+        return cursor.rowcount
+
+    # --- reads ----------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id, or JobNotFoundError."""
+        row = self._read_one(_SELECT_BY_ID, job_id)
+        if row is None:
+            raise JobNotFoundError(job_id)
+        return _job_from_row(row)
+
+    def get_by_seq(self, seq: int) -> Job:
+        """The job with this sequence number, or JobNotFoundError."""
+        row = self._read_one(_SELECT_BY_SEQ, seq)
+        if row is None:
+            raise JobNotFoundError(seq)
+        return _job_from_row(row)
+
+    def list_jobs(self, query: ListJobs) -> tuple[Job, ...]:
+        """Jobs matching every filter in ``query``, newest first unless ``oldest_first``."""
+        if not isinstance(query.limit, int) or isinstance(query.limit, bool) or query.limit < 1:
+            raise ValidationError("limit", f"must be an integer of 1 or more, got {query.limit!r}")
+        if query.states is not None and not query.states:
+            return ()
+        where: list[str] = []
+        params: list[Any] = []
+        if query.states is not None:
+            where.append(f"state IN ({', '.join('?' for _ in query.states)})")
+            params.extend(sorted(s.value for s in query.states))
+        for column, value in (
+            ("lane", None if query.lane is None else query.lane.value),
+            ("caller", query.caller),
+            ("model", query.model),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq {'ASC' if query.oldest_first else 'DESC'} LIMIT ?"
+        params.append(query.limit)
+        return tuple(_job_from_row(row) for row in self._read_all(sql, params))
+
+    def count_by_state(self) -> Mapping[str, int]:
+        """The number of jobs in each state, every state present."""
+        counts = dict.fromkeys((s.value for s in JobState), 0)
+        for state, count in self._read_all("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            counts[state] = int(count)
+        return MappingProxyType(counts)
+
+    def lane_stats(self) -> tuple[LaneStats, ...]:
+        """Average wait (start - creation) and run (finish - start) of finished jobs, per lane."""
+        rows = {
+            row[0]: row
+            for row in self._read_all(
+                "SELECT lane, COUNT(*), AVG(started_at - created_at), "
+                "AVG(finished_at - started_at) FROM jobs WHERE finished_at IS NOT NULL "
+                "GROUP BY lane"
+            )
+        }
+        stats = []
+        for lane in Lane:
+            _, finished, wait, run = rows.get(lane.value, (lane.value, 0, None, None))
+            stats.append(LaneStats(lane=lane, finished=finished, avg_wait_s=wait, avg_run_s=run))
+        return tuple(stats)
+
+    def queued_jobs(self) -> tuple[Job, ...]:
+        """Every queued job in sequence order."""
+        rows = self._read_all(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY seq", ()
+        )
+        return tuple(_job_from_row(row) for row in rows)
+
+    def schema_version(self) -> int:
+        """The schema version stored in the file."""
+        return int(self._read_one("PRAGMA user_version")[0])
+
+    def durability(self) -> tuple[str, str]:
+        """The journal and synchronous modes in force on the connection, e.g. ("wal", "FULL")."""
+        journal = str(self._read_one("PRAGMA journal_mode")[0]).lower()
+        level = int(self._read_one("PRAGMA synchronous")[0])
+        return journal, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[level]
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _load_next_seq(self) -> int:
+        """One past the highest sequence number ever used (AUTOINCREMENT remembers it).
+
+        The store owns the file (exclusive lock), so counting in memory is safe.
+        """
+        row = self._read_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")
+        return 1 if row is None else int(row[0]) + 1
+
+    def _find_seq(self, job_id: str) -> int | None:
+        row = self._conn.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _read_one(self, sql: str, *params: Any) -> Any:
+        try:
+            return self._conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise self._store_error("cannot read", exc) from exc
+
+    def _read_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._store_error("cannot read", exc) from exc
+
+    def _store_error(self, what: str, exc: sqlite3.Error) -> StoreError:
+        error = StoreError(f"job database {self.path}: {what}: {_explain(exc)}")
+        error.__cause__ = exc
+        return error
+
+
+def _given(value: Any, current: Any) -> Any:
+    """``value`` when the message carries one, else what the job has now."""
+    return current if value is None else value
+
+
+def _job_from_row(row: Sequence[Any]) -> Job:
+    """A Job from a row of ``_COLUMNS``; the spec is validated again on the way out."""
+    (seq, job_id, state, spec, created, updated, started, finished, not_before,
+     attempts, preemptions, partial, result, error, metrics) = row  # fmt: skip
+    return Job(
+        id=job_id,
+        seq=seq,
+        spec=JobSpec.from_dict(json.loads(spec)),
+        state=JobState(state),
+        created_at=created,
+        updated_at=updated,
+        attempts=attempts,
+        preemptions=preemptions,
+        started_at=started,
+        finished_at=finished,
+        not_before=not_before,
+        partial_output=partial,
+        result=result,
+        error=error,
+        metrics=None if metrics is None else JobMetrics(**json.loads(metrics)),
+    )
+
+
+def _fail_first(pending: Iterator[WriteMessage], error: StoreError) -> list[BatchOutcome]:
+    """Consume just one write and fail it: the batch never started."""
+    return [error for _ in itertools.islice(pending, 1)]
+
+
+def _sync_mode(synchronous: str) -> str:
+    mode = str(synchronous).upper()
+    if mode not in ("FULL", "NORMAL"):
+        raise ValidationError(
+            "store.synchronous", f"unknown mode {synchronous!r}", ("FULL", "NORMAL")
+        )
+    return mode
+
+
+def _check_location(path: str) -> None:
+    """Refuse a path SQLite could not use, with the reason in words."""
+    if path == ":memory:" or path.startswith("file:"):
+        raise StoreError(f"job database {path!r}: store.path must name a file on disk")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise StoreError(f"cannot open job database {path}: it is a directory, not a file")
+    if not os.path.isdir(directory):
+        what = "does not exist" if not os.path.exists(directory) else "is not a directory"
+        raise StoreError(f"cannot open job database {path}: the directory {directory} {what}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"cannot open job database {path}: the directory {directory} is not writable "
+            "(WAL mode needs to create files next to the database)"
+        )
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(f"cannot open job database {path}: the file is not readable and writable")
+
+
+_CAUSES = {
+    "SQLITE_NOTADB": "the file is not an SQLite database (corrupt, or some other kind of file)",
+    "SQLITE_CORRUPT": "the database file is corrupt",
+    "SQLITE_BUSY": "the database is locked by another process (is another gpulane using it?)",
+    "SQLITE_LOCKED": "the database is locked by another connection",
+    "SQLITE_CANTOPEN": "the file cannot be opened or created",
+    "SQLITE_READONLY": "the file or its directory is read-only",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "an I/O error occurred",
+    "SQLITE_PERM": "permission denied",
+}
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    """SQLite's error plus, where we know it, the cause in plain words."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    cause = _CAUSES.get("_".join(name.split("_")[:2]))  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+    return f"{cause} ({exc})" if cause else str(exc)

@@ -77,7 +77,9 @@ def _reply(envelope: Envelope[Any], outcome: Job | Exception) -> None:
 class JobStore(pykka.ThreadingActor):
     """The one owner of the job database (ARCHITECTURE.md sections 5 and 6).
 
-    Start it with ``JobStore.start(settings, clock)``. The database is opened, checked,
+    Start it with ``JobStore.start(settings, clock, listener)``; ``listener`` (optional)
+    hears every job the store has just committed, before any writer is answered, so
+    the facade can tell waiting callers only about durable outcomes. The database is opened, checked,
     migrated and recovered in the constructor, which runs in the starter's thread, so
     a corrupt, locked or unwritable file raises StoreError from ``start`` itself
     instead of being logged by a thread nobody watches. Recovery puts jobs left in
@@ -95,9 +97,15 @@ class JobStore(pykka.ThreadingActor):
     - StoreSnapshot → read-only mapping of the file, schema version and commit counters
     """
 
-    def __init__(self, settings: StoreSettings, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: StoreSettings,
+        clock: Clock,
+        listener: Callable[[Job], None] | None = None,
+    ) -> None:
         super().__init__()
         self._settings = settings
+        self._listener = listener
         self._db = JobDB.open(settings.path, clock, synchronous=settings.synchronous)
         try:
             self._recovery: Recovery = self._db.recover()
@@ -175,6 +183,10 @@ class JobStore(pykka.ThreadingActor):
                 yield envelope.message
 
         outcomes = self._db.write_batch(writes())
+        if self._listener is not None:
+            for outcome in outcomes:
+                if isinstance(outcome, Job):
+                    self._listener(outcome)
         for envelope, outcome in zip(drained, outcomes[1:], strict=True):
             _reply(envelope, outcome)
         if isinstance(outcomes[0], Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +59,14 @@ def occupy(lane: GpuLane, fake_gpu: FakeGpu, **fields: object):  # type: ignore[
     return ticket, fake_gpu.next_call()
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it holds (state changes arrive through actor mailboxes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
 def served_order(fake_gpu: FakeGpu, count: int) -> list[str]:
     """Finish the next ``count`` calls one by one; return their first message texts."""
     order = []
@@ -80,35 +89,35 @@ def test_a_submitted_job_runs_and_its_answer_comes_back(lane: GpuLane, fake_gpu:
 
 
 def test_internal_work_goes_before_external_work(lane: GpuLane, fake_gpu: FakeGpu) -> None:
-    blocker, call = occupy(lane, fake_gpu)
-    lane.submit(chat("external", lane=Lane.EXTERNAL))
-    lane.submit(chat("internal", lane=Lane.INTERNAL))
+    _, call = occupy(lane, fake_gpu)
+    waiting = [lane.submit(chat("external", lane=Lane.EXTERNAL)), lane.submit(chat("internal", lane=Lane.INTERNAL))]
     call.finish("done")
     assert served_order(fake_gpu, 2) == ["internal", "external"]
+    assert [t.result(timeout=5) for t in waiting] == ["ok", "ok"]
 
 
 def test_priorities_are_served_urgent_high_normal_low(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu)
-    for prio in ("low", "normal", "urgent", "high"):
-        lane.submit(chat(prio, priority=prio))
+    waiting = [lane.submit(chat(prio, priority=prio)) for prio in ("low", "normal", "urgent", "high")]
     call.finish()
     assert served_order(fake_gpu, 4) == ["urgent", "high", "normal", "low"]
+    assert all(t.result(timeout=5) == "ok" for t in waiting)
 
 
 def test_jobs_of_the_same_class_run_first_in_first_out(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu)
-    for i in range(5):
-        lane.submit(chat(f"job{i}"))
+    waiting = [lane.submit(chat(f"job{i}")) for i in range(5)]
     call.finish()
     assert served_order(fake_gpu, 5) == [f"job{i}" for i in range(5)]
+    assert [t.result(timeout=5) for t in waiting] == ["ok"] * 5
 
 
 def test_the_next_step_of_a_running_chain_goes_before_older_jobs(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu, chain_id="task-7")
-    lane.submit(chat("older"))
-    lane.submit(chat("step2", chain_id="task-7"))
+    waiting = [lane.submit(chat("older")), lane.submit(chat("step2", chain_id="task-7"))]
     call.finish()
     assert served_order(fake_gpu, 2) == ["step2", "older"]
+    assert [t.result(timeout=5) for t in waiting] == ["ok", "ok"]
 
 
 def test_internal_work_preempts_an_external_call_during_active_hours_and_it_resumes(
@@ -144,19 +153,23 @@ def test_outside_active_hours_internal_work_waits_for_the_running_call(
     lane = start_lane(scheduling=NEVER_ACTIVE)
     external = lane.submit(chat("ext", lane=Lane.EXTERNAL))
     ext_call = fake_gpu.next_call()
-    lane.submit(chat("bot", lane=Lane.INTERNAL, priority=Priority.HIGH))
+    bot = lane.submit(chat("bot", lane=Lane.INTERNAL, priority=Priority.HIGH))
     assert not ext_call.wait_cancelled(timeout=0.3)
     ext_call.finish("ext done")
     assert external.result(timeout=5) == "ext done"
     assert fake_gpu.next_call().request.messages[0].content == "bot"
+    assert not bot.done()
 
 
 def test_urgent_internal_work_preempts_even_outside_active_hours(start_lane: StartLane, fake_gpu: FakeGpu) -> None:
     lane = start_lane(scheduling=NEVER_ACTIVE)
-    lane.submit(chat("ext", lane=Lane.EXTERNAL))
+    external = lane.submit(chat("ext", lane=Lane.EXTERNAL))
     ext_call = fake_gpu.next_call()
-    lane.submit(chat("bot", lane=Lane.INTERNAL, priority=Priority.URGENT))
+    urgent = lane.submit(chat("bot", lane=Lane.INTERNAL, priority=Priority.URGENT))
     assert ext_call.wait_cancelled()
+    fake_gpu.next_call().finish("urgent done")
+    assert urgent.result(timeout=5) == "urgent done"
+    assert not external.done()
 
 
 def test_a_job_preempted_max_preemptions_times_is_not_preempted_again(
@@ -165,15 +178,18 @@ def test_a_job_preempted_max_preemptions_times_is_not_preempted_again(
     lane = start_lane(scheduling=SchedulingPolicy(active_hours=ActiveHours.parse("00:00-23:59"), max_preemptions=1))
     external = lane.submit(chat("ext", lane=Lane.EXTERNAL))
     first = fake_gpu.next_call()
-    lane.submit(chat("bot1", lane=Lane.INTERNAL))
+    bot1 = lane.submit(chat("bot1", lane=Lane.INTERNAL))
     assert first.wait_cancelled()
     fake_gpu.next_call().finish("b1")
     second = fake_gpu.next_call()
     assert second.request.messages[0].content == "ext"
-    lane.submit(chat("bot2", lane=Lane.INTERNAL))
+    bot2 = lane.submit(chat("bot2", lane=Lane.INTERNAL))
     assert not second.wait_cancelled(timeout=0.3)
     second.finish("done")
     assert external.result(timeout=5) == "done"
+    assert bot1.result(timeout=5) == "b1"
+    fake_gpu.next_call().finish("b2")
+    assert bot2.result(timeout=5) == "b2"
 
 
 def test_a_queued_job_can_be_cancelled(lane: GpuLane, fake_gpu: FakeGpu) -> None:
@@ -249,6 +265,7 @@ def test_a_job_fails_with_the_last_error_once_max_attempts_are_spent(
 ) -> None:
     ticket = lane.submit(chat("doomed", max_attempts=2))
     fake_gpu.next_call().fail("503 busy", transient=True)
+    wait_until(lambda: lane.get(ticket.job_id).attempts == 1)
     manual_clock.advance(120)
     fake_gpu.next_call().fail("500 boom", transient=True)
     with pytest.raises(JobFailedError, match="500 boom"):
@@ -328,12 +345,13 @@ def test_reloading_a_different_store_is_refused(lane: GpuLane) -> None:
 
 def test_status_shows_depths_the_running_job_and_the_resident_model(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     ticket, _ = occupy(lane, fake_gpu)
-    lane.submit(chat("waiting", lane=Lane.INTERNAL, priority=Priority.HIGH))
+    waiting = lane.submit(chat("waiting", lane=Lane.INTERNAL, priority=Priority.HIGH))
     status = lane.status()
     assert status["depth"]["internal.high"] == 1
     assert status["slots"]["gpu0"]["job_id"] == ticket.job_id
     assert status["resident_models"] == ("llama3.2",)
     assert status["jobs"]["queued"] == 1
+    assert not waiting.done()
 
 
 def test_stopping_puts_the_running_job_back_in_the_queue(tmp_path: Path) -> None:

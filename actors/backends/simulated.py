@@ -258,7 +258,7 @@ class SimulatedOllama:
         self._listener = listener
         self._thread = threading.Thread(
             target=listener.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.01},  # how soon stop() is noticed
             name=f"simulated-ollama:{self._port}",
         )
         self._thread.start()
@@ -544,6 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
     """One connection: parses requests, answers like Ollama, streams chunked NDJSON."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms stalls
     server_version = "SimulatedOllama/" + VERSION
     listener: _Listener
     connection: socket.socket
@@ -792,13 +793,21 @@ class _Handler(BaseHTTPRequestHandler):
                 load_ns=self._load(runner, needs_load),
                 limit=cap if limit is None or limit <= 0 else min(limit, cap),
             )
-            self._decode(call)
+            final = self._decode(call)
         except _ClientGone:
             self.sim._bump("calls_disconnected")
             raise
         finally:
             self.sim._bump("active_calls", -1)
             self.sim._release(runner, keep_alive)
+        # The state settles before the final line goes out, so a client that has read
+        # it sees the model released (or unloaded) and the call counted.
+        self.sim._bump("calls_finished")
+        if stream:
+            self._write_line(final)
+            self._end_stream()
+        else:
+            self._send_json(200, final)
 
     def _load(self, runner: _Runner, needs_load: bool) -> int:
         """Simulate the model load (Ollama finishes a load even if its client left)."""
@@ -836,8 +845,9 @@ class _Handler(BaseHTTPRequestHandler):
         line.update(done=True, done_reason=reason)
         self._send_json(200, line)
 
-    def _decode(self, call: _Call) -> None:
-        """Produce tokens one by one, streaming each as one NDJSON line."""
+    def _decode(self, call: _Call) -> dict[str, Any]:
+        """Produce tokens one by one, streaming each as one NDJSON line; returns the final
+        line (with the whole text when not streaming), which the caller sends."""
         speed = self.sim.speed
         words = call.context.split()
         prompt_count = len(words)
@@ -875,12 +885,7 @@ class _Handler(BaseHTTPRequestHandler):
             eval_count=len(pieces),
             eval_duration=now - eval_began,
         )
-        if call.stream:
-            self._write_line(final)
-            self._end_stream()
-        else:
-            self._send_json(200, final)
-        self.sim._bump("calls_finished")
+        return final
 
     def _mid_stream_fault(self, call: _Call) -> None:
         fault = call.fault

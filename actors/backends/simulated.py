@@ -555,6 +555,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.listener.track(self.connection, True)
         self._pipelined = False
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionError:
+            self.close_connection = True  # reset between requests: the client hung up
+
     def finish(self) -> None:
         self.listener.track(self.connection, False)
         super().finish()
@@ -597,22 +603,21 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         self.sim._bump("requests")
         try:
-            body = self._read_body()
-            route = routes.get(path)
-            if route is None:
-                self._send_text(404, "404 page not found")
-                return
-            fault = None if path == "/" else self.sim._take_fault(path)
-            if fault is not None and path not in ("/api/chat", "/api/generate"):
-                self._apply_fault_before_output(fault, body)
-                fault = None
-            route(body, fault)
-        except _HTTPError as exc:
-            self._send_json(exc.status, {"error": exc.message})
-        except _ClientGone:
-            self.close_connection = True
-        except (_Aborted, _Cut):
-            self.close_connection = True
+            try:
+                body = self._read_body()
+                route = routes.get(path)
+                if route is None:
+                    self._send_text(404, "404 page not found")
+                    return
+                fault = None if path == "/" else self.sim._take_fault(path)
+                if fault is not None and path not in ("/api/chat", "/api/generate"):
+                    self._apply_fault_before_output(fault, body)
+                    fault = None
+                route(body, fault)
+            except _HTTPError as exc:
+                self._send_json(exc.status, {"error": exc.message})
+        except (_ClientGone, _Aborted, _Cut):
+            self.close_connection = True  # the client left, the server stops, or a fault
 
     def _read_body(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)

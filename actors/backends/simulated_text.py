@@ -1,0 +1,93 @@
+"""Deterministic "language model" text for the simulated Ollama server.
+
+Each next token is a pure function of the model name and the last few words of the
+context, exactly as a greedy-decoding language model is a function of its context.
+That makes resuming work the way it does on a real model: a call whose context
+already carries the first k tokens of an answer produces exactly the rest of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = [
+    "ASSISTANT_MARKER",
+    "WINDOW_WORDS",
+    "embedding",
+    "next_token",
+    "render_chat",
+    "render_generate",
+]
+
+# How many trailing words of context decide the next token.
+WINDOW_WORDS = 8
+
+# The chat template's marker for "the assistant speaks now"; a chat context ends with it
+# (plus any prefill), so the first token of an answer is never the end of it.
+ASSISTANT_MARKER = "<|assistant|>"
+
+_VOCABULARY_TEXT = """
+    the a model GPU queue answer token is runs on local memory fast slow and then we it can
+    will load every request waits for its turn. scheduler picks next job, while bot asks
+    again. weights stay resident when keep alive expires, Ollama unloads them. latency
+    matters more than throughput here. each stream ends with done. context window holds
+    words, not pages. prompt evaluation takes time before first appears. small models fit
+    easily, large ones swap often. preemption frees card in milliseconds. resume continues
+    where left off, so nothing repeats. callers share fairly by priority lane. internal work
+    goes first, external after. embeddings bypass entirely. this simulation speaks same API
+    as real server does, line per chunk. clock ticks quietly yet state survives crashes
+    because SQLite commits group writes.
+"""
+_VOCABULARY = tuple(_VOCABULARY_TEXT.split())
+
+
+def _digest(*parts: str) -> int:
+    """A stable 64-bit hash (Python's ``hash`` is salted per process)."""
+    data = "\x1f".join(parts).encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def render_chat(messages: Iterable[Mapping[str, str]]) -> str:
+    """The context a chat request decodes from: the rendered turns, then the assistant marker.
+
+    A trailing assistant message is a prefill: its content follows the marker and the
+    model continues it, as Ollama does for a final assistant message.
+    """
+    turns = list(messages)
+    prefill = ""
+    if turns and turns[-1].get("role") == "assistant":
+        prefill = turns.pop().get("content", "")
+    rendered = "".join(f"<|{t.get('role', '')}|>\n{t.get('content', '')}\n" for t in turns)
+    return f"{rendered}{ASSISTANT_MARKER}\n{prefill}"
+
+
+def render_generate(prompt: str, system: str | None) -> str:
+    """The context a generate request decodes from: the system text, then the raw prompt."""
+    return f"{system}\n{prompt}" if system else prompt
+
+
+def next_token(model: str, words: Sequence[str], mean_answer_tokens: int) -> str | None:
+    """The token that follows ``words`` (the context split on whitespace), or None at the end.
+
+    The end of the answer comes with probability 1/``mean_answer_tokens`` at each step,
+    decided by the same hash that picks the word, but never right after the marker.
+    The token carries its leading space except as the first word of a chat answer.
+    """
+    window = words[-WINDOW_WORDS:]
+    value = _digest(model, *window)
+    at_answer_start = bool(window) and window[-1] == ASSISTANT_MARKER
+    if not at_answer_start and value % mean_answer_tokens == 0:
+        return None
+    word = _VOCABULARY[(value // mean_answer_tokens) % len(_VOCABULARY)]
+    return word if at_answer_start else f" {word}"
+
+
+def embedding(model: str, text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for ``text`` (equal texts give equal vectors)."""
+    rng = random.Random(_digest("embed", model, text))
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]

@@ -1,0 +1,531 @@
+"""The simulated Ollama server speaks the Ollama API faithfully, over real HTTP.
+
+Checked with raw httpx (exact fields, streaming, errors, residency, faults) and with
+the official ``ollama`` Python client, whose typed models must parse every answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from actors.backends.simulated import FaultKind, ModelProfile, SimulatedOllama
+
+TINY = ModelProfile(
+    load_seconds=0.01,
+    first_token_seconds=0.001,
+    tokens_per_second=5000.0,
+    mean_answer_tokens=20,
+    max_answer_tokens=300,
+    size_bytes=1_000_000,
+    embedding_dimensions=16,
+    context_length=2048,
+)
+EMBEDDER = ModelProfile(
+    load_seconds=0.005, first_token_seconds=0.0, size_bytes=500_000,
+    embedding_dimensions=8, embedding_only=True, family="nomic-bert",
+)  # fmt: skip
+# Practically never ends on its own: runs until num_predict or the client leaves.
+ENDLESS = ModelProfile(
+    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=200.0,
+    mean_answer_tokens=1_000_000, max_answer_tokens=2000,
+)  # fmt: skip
+CATALOG = {"tiny": TINY, "other": TINY, "embedder": EMBEDDER, "endless": ENDLESS}
+QUESTION = [{"role": "user", "content": "Why is the queue slow today?"}]
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
+CHUNK_KEYS = {"model", "created_at", "message", "done"}
+FINAL_KEYS = CHUNK_KEYS | {
+    "done_reason",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+}
+
+
+@pytest.fixture
+def server() -> Iterator[SimulatedOllama]:
+    with SimulatedOllama(CATALOG) as sim:
+        yield sim
+
+
+@pytest.fixture
+def http(server: SimulatedOllama) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=5.0) as client:
+        yield client
+
+
+@pytest.fixture
+def client(server: SimulatedOllama) -> Iterator[ollama.Client]:
+    with ollama.Client(host=server.url) as official:
+        yield official
+
+
+def stream_lines(http: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"] == "application/x-ndjson"
+        return [json.loads(line) for line in response.iter_lines() if line]
+
+
+def chat_tokens(http: httpx.Client, messages: list[dict[str, str]], **extra: Any) -> list[str]:
+    lines = stream_lines(http, "/api/chat", {"model": "tiny", "messages": messages, **extra})
+    return [line["message"]["content"] for line in lines[:-1]]
+
+
+def generate_tokens(http: httpx.Client, prompt: str, **extra: Any) -> list[str]:
+    lines = stream_lines(http, "/api/generate", {"model": "tiny", "prompt": prompt, **extra})
+    return [line["response"] for line in lines[:-1]]
+
+
+def ps(http: httpx.Client) -> list[dict[str, Any]]:
+    models: list[dict[str, Any]] = http.get("/api/ps").json()["models"]
+    return models
+
+
+def load(http: httpx.Client, model: str, **extra: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = http.post("/api/generate", json={"model": model, **extra}).json()
+    return reply
+
+
+# ------------------------------------------------------------------ plain routes
+
+
+def test_root_answers_ollama_is_running_to_get_and_head(http: httpx.Client) -> None:
+    assert http.get("/").text == "Ollama is running"
+    head = http.head("/")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_tags_list_the_catalog_under_ollama_full_names(http: httpx.Client) -> None:
+    models = http.get("/api/tags").json()["models"]
+    assert [m["name"] for m in models] == [
+        "tiny:latest",
+        "other:latest",
+        "embedder:latest",
+        "endless:latest",
+    ]
+    assert models[0]["size"] == 1_000_000 and len(models[0]["digest"]) == 64
+    assert models[2]["details"]["family"] == "nomic-bert"
+    assert http.get("/api/version").json()["version"]
+
+
+def test_an_unknown_path_is_a_404(http: httpx.Client) -> None:
+    response = http.get("/api/nothing")
+    assert response.status_code == 404 and response.text == "404 page not found"
+
+
+# -------------------------------------------------------------------- generation
+
+
+def test_a_streamed_chat_sends_one_token_per_line_with_ollama_fields(
+    http: httpx.Client,
+) -> None:
+    lines = stream_lines(http, "/api/chat", {"model": "tiny", "messages": QUESTION})
+    *chunks, final = lines
+    assert len(chunks) >= 3
+    for line in chunks:
+        assert set(line) == CHUNK_KEYS and line["done"] is False
+        assert line["model"] == "tiny" and line["message"]["role"] == "assistant"
+        assert RFC3339.match(line["created_at"])
+    words = [c["message"]["content"] for c in chunks]
+    assert not words[0].startswith(" ") and all(re.fullmatch(r" \S+", w) for w in words[1:])
+    assert set(final) == FINAL_KEYS and final["done"] is True
+    assert final["done_reason"] == "stop" and final["message"]["content"] == ""
+    assert final["eval_count"] == len(chunks)
+    assert final["prompt_eval_count"] == len(
+        ["<|user|>", "Why", "is", "the", "queue", "slow", "today?", "<|assistant|>"]
+    )
+    assert final["load_duration"] > 0  # the first call loaded the model
+    for key in ("total_duration", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(final[key], int) and final[key] > 0
+    assert final["total_duration"] >= final["load_duration"] + final["eval_duration"]
+
+
+def test_a_non_streamed_call_returns_one_object_with_the_streamed_text(
+    http: httpx.Client,
+) -> None:
+    streamed = "".join(generate_tokens(http, "Tell me about GPUs"))
+    reply = http.post(
+        "/api/generate", json={"model": "tiny", "prompt": "Tell me about GPUs", "stream": False}
+    )
+    assert reply.headers["content-type"].startswith("application/json")
+    body = reply.json()
+    assert body["response"] == streamed and body["done"] is True
+    assert body["eval_count"] == len(streamed.split()) and body["load_duration"] == 0
+
+
+def test_the_same_request_gives_the_same_text_even_on_another_server(
+    http: httpx.Client,
+) -> None:
+    first = chat_tokens(http, QUESTION)
+    assert chat_tokens(http, QUESTION) == first
+    with SimulatedOllama(CATALOG) as other, httpx.Client(base_url=other.url) as http2:
+        assert chat_tokens(http2, QUESTION) == first
+    assert chat_tokens(http, [{"role": "user", "content": "Something else"}]) != first
+
+
+def test_num_predict_stops_the_answer_with_done_reason_length(http: httpx.Client) -> None:
+    lines = stream_lines(
+        http, "/api/chat", {"model": "endless", "messages": QUESTION, "options": {"num_predict": 7}}
+    )
+    assert len(lines) == 8
+    assert lines[-1]["done_reason"] == "length" and lines[-1]["eval_count"] == 7
+
+
+def test_a_chat_prefill_continues_the_answer_token_for_token(http: httpx.Client) -> None:
+    tokens = chat_tokens(http, QUESTION)
+    for k in range(len(tokens) + 1):
+        prefill = {"role": "assistant", "content": "".join(tokens[:k])}
+        assert chat_tokens(http, [*QUESTION, prefill]) == tokens[k:], f"resumed after {k}"
+
+
+def test_a_generate_prompt_suffix_continues_the_answer_token_for_token(
+    http: httpx.Client,
+) -> None:
+    prompt = "The scheduler said"
+    tokens = generate_tokens(http, prompt, system="Be brief.")
+    assert len(tokens) >= 3
+    for k in range(len(tokens) + 1):
+        resumed = generate_tokens(http, prompt + "".join(tokens[:k]), system="Be brief.")
+        assert resumed == tokens[k:], f"resumed after {k}"
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_an_unknown_model_is_a_404_with_ollama_message(http: httpx.Client) -> None:
+    for path in ("/api/chat", "/api/generate", "/api/embed", "/api/show"):
+        reply = http.post(path, json={"model": "ghost", "messages": QUESTION, "input": "x"})
+        assert reply.status_code == 404
+        assert reply.json() == {"error": 'model "ghost" not found, try pulling it first'}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b"", "missing request body"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"messages": []}', "model is required"),
+        (b'{"model": "tiny", "messages": "hi"}', "messages must be a list"),
+        (b'{"model": "tiny", "messages": [], "keep_alive": "soon"}', "invalid duration"),
+        (b'{"model": "embedder", "messages": [{"role": "user"}]}', "does not support chat"),
+        (b'{"model": "tiny", "messages": [], "options": {"num_predict": "x"}}', "num_predict"),
+    ],
+)
+def test_a_bad_request_is_a_400_that_says_what_is_wrong(
+    http: httpx.Client, body: bytes, message: str
+) -> None:
+    reply = http.post("/api/chat", content=body)
+    assert reply.status_code == 400
+    assert message in reply.json()["error"]
+
+
+# -------------------------------------------------------------------- embeddings
+
+
+def test_embed_returns_deterministic_unit_vectors_and_loads_the_model(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    reply = http.post("/api/embed", json={"model": "embedder", "input": ["alpha", "beta"]})
+    body = reply.json()
+    assert set(body) == {"model", "embeddings", "total_duration", "load_duration",
+                         "prompt_eval_count"}  # fmt: skip
+    alpha, beta = body["embeddings"]
+    assert len(alpha) == 8 and alpha != beta
+    assert abs(sum(x * x for x in alpha) - 1.0) < 1e-9
+    single = http.post("/api/embed", json={"model": "embedder", "input": "alpha"}).json()
+    assert single["embeddings"] == [alpha]
+    assert server.stats().loaded == ("embedder:latest",)
+
+
+# --------------------------------------------------------------------- residency
+
+
+def test_keep_alive_zero_unloads_the_model_after_the_call(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    chat_tokens(http, QUESTION)
+    assert [m["name"] for m in ps(http)] == ["tiny:latest"]
+    chat_tokens(http, QUESTION, keep_alive=0)
+    assert ps(http) == [] and server.stats().unloads == 1
+
+
+def test_empty_requests_load_and_unload_like_ollama(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    loaded = load(http, "tiny")
+    assert loaded["done"] is True and loaded["done_reason"] == "load"
+    assert loaded["response"] == "" and server.stats().loads == 1
+    assert [m["name"] for m in ps(http)] == ["tiny:latest"]
+    unloaded = http.post(
+        "/api/chat", json={"model": "tiny", "messages": [], "keep_alive": "0s"}
+    ).json()
+    assert unloaded["done_reason"] == "unload" and unloaded["message"]["content"] == ""
+    assert ps(http) == [] and server.stats().unloads == 1
+
+
+def test_a_second_model_evicts_the_first_when_one_model_fits(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    load(http, "tiny")
+    load(http, "other")
+    assert [m["name"] for m in ps(http)] == ["other:latest"]
+    assert server.stats().evictions == 1 and server.stats().loads == 2
+
+
+def test_more_models_stay_loaded_when_max_loaded_models_allows_and_lru_goes_first() -> None:
+    with (
+        SimulatedOllama(CATALOG, max_loaded_models=2) as sim,
+        httpx.Client(base_url=sim.url) as http,
+    ):
+        load(http, "tiny")
+        load(http, "other")
+        load(http, "tiny")  # "other" is now the least recently used
+        assert sim.loaded_models == ("other:latest", "tiny:latest")
+        load(http, "endless")
+        assert sim.loaded_models == ("endless:latest", "tiny:latest")
+        assert sim.stats().evictions == 1
+
+
+def test_a_changed_reload_option_reloads_the_model(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    chat_tokens(http, QUESTION)
+    assert ps(http)[0]["context_length"] == 2048
+    chat_tokens(http, QUESTION, options={"num_ctx": 2048, "temperature": 0.1})
+    assert server.stats().reloads == 0  # the default num_ctx and a sampling option
+    chat_tokens(http, QUESTION, options={"num_ctx": 8192})
+    assert server.stats().reloads == 1 and server.stats().loads == 2
+    assert ps(http)[0]["context_length"] == 8192
+
+
+def test_ps_reports_the_expiry_that_keep_alive_asked_for(http: httpx.Client) -> None:
+    before = time.time()
+    load(http, "tiny", keep_alive="10m")
+    (model,) = ps(http)
+    assert set(model) == {"name", "model", "size", "digest", "details", "expires_at",
+                          "size_vram", "context_length"}  # fmt: skip
+    expires = datetime.fromisoformat(model["expires_at"]).timestamp()
+    assert before + 600 <= expires <= time.time() + 600
+    assert model["size"] == model["size_vram"] == 1_000_000
+    load(http, "tiny", keep_alive=-1)
+    forever = datetime.fromisoformat(ps(http)[0]["expires_at"])
+    assert forever.year > datetime.now(UTC).year + 200
+
+
+def test_a_short_keep_alive_expires_by_itself(http: httpx.Client, server: SimulatedOllama) -> None:
+    load(http, "tiny", keep_alive="30ms")
+    assert server.wait_for(lambda s: s.loaded == (), timeout=2.0).unloads == 1
+    assert ps(http) == []
+
+
+# ------------------------------------------------------------------- concurrency
+
+
+def test_one_model_generates_for_one_request_at_a_time(server: SimulatedOllama) -> None:
+    def ask(results: list[int]) -> None:
+        with httpx.Client(base_url=server.url) as own:
+            body = {"model": "endless", "messages": QUESTION, "options": {"num_predict": 20}}
+            results.append(len(stream_lines(own, "/api/chat", body)))
+
+    results: list[int] = []
+    threads = [threading.Thread(target=ask, args=(results,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [21, 21, 21]
+    stats = server.stats()
+    assert stats.calls_finished == 3 and stats.peak_active_calls == 1
+
+
+def test_two_loaded_models_generate_in_parallel() -> None:
+    with (
+        SimulatedOllama(CATALOG, max_loaded_models=2) as sim,
+        httpx.Client(base_url=sim.url) as http,
+        httpx.Client(base_url=sim.url) as http2,
+    ):
+        long_call = {"model": "endless", "messages": QUESTION}
+        with http.stream("POST", "/api/chat", json=long_call) as first:
+            lines = first.iter_lines()  # dropping the iterator would close the stream
+            next(lines)  # "endless" is generating now
+            assert stream_lines(http2, "/api/chat", {"model": "tiny", "messages": QUESTION})
+        assert sim.stats().peak_active_calls == 2
+
+
+def test_a_client_that_goes_away_stops_the_generation(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    with http.stream("POST", "/api/chat", json={"model": "endless", "messages": QUESTION}) as r:
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
+    stats = server.wait_for(lambda s: s.calls_disconnected == 1, timeout=2.0)
+    time.sleep(0.1)  # 20 more tokens at 200 tokens per second, had it kept going
+    assert server.stats().tokens_generated == stats.tokens_generated < 50
+    assert stats.calls_finished == 0 and stats.active_calls == 0
+
+
+# ------------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "message"),
+    [
+        (FaultKind.NOT_FOUND, 404, 'model "tiny" not found, try pulling it first'),
+        (FaultKind.SERVER_ERROR, 500, "llama runner process has terminated: signal: killed"),
+        (FaultKind.BUSY, 503, "server busy, please try again.  maximum pending requests exceeded"),
+    ],
+)
+def test_a_status_fault_answers_like_ollama_for_the_next_n_requests_only(
+    http: httpx.Client, server: SimulatedOllama, kind: FaultKind, status: int, message: str
+) -> None:
+    server.inject(kind, times=2)
+    body = {"model": "tiny", "messages": QUESTION, "stream": False}
+    for _ in range(2):
+        reply = http.post("/api/chat", json=body)
+        assert (reply.status_code, reply.json()) == (status, {"error": message})
+    assert server.faults == ()
+    assert http.post("/api/chat", json=body).status_code == 200
+    assert server.stats().calls_faulted == 2
+
+
+def test_a_fault_on_a_path_leaves_other_paths_alone(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    server.inject(FaultKind.SERVER_ERROR, path="/api/generate", times=None, message="boom")
+    assert http.get("/api/tags").status_code == 200
+    assert chat_tokens(http, QUESTION)
+    for _ in range(3):
+        reply = http.post("/api/generate", json={"model": "tiny", "prompt": "hi"})
+        assert (reply.status_code, reply.json()) == (500, {"error": "boom"})
+    assert server.faults[0].times is None
+    server.clear_faults()
+    assert http.post("/api/generate", json={"model": "tiny", "prompt": "hi"}).status_code == 200
+
+
+def test_a_cut_stream_closes_the_connection_after_n_chunks(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    server.inject(FaultKind.CUT_STREAM, after_chunks=4)
+    received = []
+    body = {"model": "endless", "messages": QUESTION}
+    with pytest.raises(httpx.RemoteProtocolError), http.stream("POST", "/api/chat", json=body) as r:
+        for line in r.iter_lines():
+            received.append(json.loads(line))
+    assert len(received) == 4 and not any(line["done"] for line in received)
+    assert server.stats().calls_faulted == 1
+
+
+def test_an_error_line_can_follow_the_first_chunks(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    server.inject(FaultKind.ERROR_LINE, after_chunks=2, message="CUDA error: out of memory")
+    lines = stream_lines(http, "/api/chat", {"model": "endless", "messages": QUESTION})
+    assert [set(line) for line in lines[:2]] == [CHUNK_KEYS, CHUNK_KEYS]
+    assert lines[2:] == [{"error": "CUDA error: out of memory"}]
+
+
+def test_slow_faults_delay_the_answer_or_stall_the_stream(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    server.inject(FaultKind.SLOW_RESPONSE, path="/api/tags", delay=0.15)
+    began = time.monotonic()
+    assert http.get("/api/tags").status_code == 200
+    assert time.monotonic() - began >= 0.15
+    server.inject(FaultKind.STALL_STREAM, after_chunks=2, delay=5.0)
+    with http.stream(
+        "POST",
+        "/api/chat",
+        json={"model": "tiny", "messages": QUESTION},
+        timeout=httpx.Timeout(5.0, read=0.1),
+    ) as response:
+        lines = response.iter_lines()
+        assert [next(lines), next(lines)]
+        with pytest.raises(httpx.ReadTimeout):
+            next(lines)
+
+
+def test_refusing_connections_keeps_state_until_connections_are_accepted_again(
+    server: SimulatedOllama,
+) -> None:
+    url = server.url
+    with httpx.Client(base_url=url) as http:
+        load(http, "tiny")
+    server.refuse_connections()
+    assert not server.running
+    with httpx.Client(base_url=url) as http:
+        with pytest.raises(httpx.ConnectError):
+            http.get("/api/ps")
+        server.accept_connections()
+        assert server.url == url
+        assert [m["name"] for m in ps(http)] == ["tiny:latest"]
+    assert server.stats().loads == 1
+
+
+# ----------------------------------------------------------- the official client
+
+
+def test_the_official_client_chats_streaming_and_not(
+    client: ollama.Client, http: httpx.Client
+) -> None:
+    expected = "".join(chat_tokens(http, QUESTION))
+    reply = client.chat(model="tiny", messages=QUESTION)
+    assert reply.message.role == "assistant" and reply.message.content == expected
+    assert reply.done and reply.done_reason == "stop"
+    assert reply.eval_count == len(expected.split()) and reply.total_duration
+    parts = list(client.chat(model="tiny", messages=QUESTION, stream=True))
+    assert "".join(p.message.content or "" for p in parts) == expected
+    assert parts[-1].done and not parts[0].done and parts[0].created_at
+
+
+def test_the_official_client_generates_streaming_and_not(client: ollama.Client) -> None:
+    reply = client.generate(model="endless", prompt="Once upon a time", options={"num_predict": 5})
+    assert reply.done_reason == "length" and reply.eval_count == 5
+    parts = list(
+        client.generate(
+            model="endless", prompt="Once upon a time", options={"num_predict": 5}, stream=True
+        )
+    )
+    assert len(parts) == 6 and "".join(p.response for p in parts) == reply.response
+    assert parts[-1].prompt_eval_count == 4 and parts[-1].eval_duration
+
+
+def test_the_official_client_embeds_lists_shows_and_sees_residency(
+    client: ollama.Client,
+) -> None:
+    embedded = client.embed(model="embedder", input=["one", "two"])
+    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 8
+    listed = client.list()
+    assert [m.model for m in listed.models][:2] == ["tiny:latest", "other:latest"]
+    assert listed.models[0].size == 1_000_000 and listed.models[0].modified_at is not None
+    running = client.ps()
+    assert [m.model for m in running.models] == ["embedder:latest"]
+    assert running.models[0].expires_at is not None and running.models[0].size_vram == 500_000
+    shown = client.show("embedder")
+    assert shown.capabilities == ["embedding"] and shown.details is not None
+    assert shown.modelinfo is not None and shown.modelinfo["nomic-bert.embedding_length"] == 8
+
+
+def test_the_official_client_sees_errors_with_their_status(
+    client: ollama.Client, server: SimulatedOllama
+) -> None:
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat(model="ghost", messages=QUESTION)
+    assert missing.value.status_code == 404 and "try pulling it first" in missing.value.error
+    server.inject(FaultKind.ERROR_LINE, after_chunks=1)
+    with pytest.raises(ollama.ResponseError, match="error was encountered"):
+        list(client.chat(model="endless", messages=QUESTION, stream=True))

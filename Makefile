@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUFF_RULES := --line-length 100 --select E,F,W,I,B,UP,SIM,RUF,N --target-version py311
 
-.PHONY: install run test bench lint typecheck clean
+.PHONY: install run test bench lint format clean
 
 install: $(STAMP)
 
@@ -25,9 +26,13 @@ bench: $(STAMP)
 	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check protocol actors tests
-	$(VENV)/bin/ruff format --check protocol actors tests
+	$(VENV)/bin/ruff check $(RUFF_RULES) protocol actors tests
+	$(VENV)/bin/ruff format --check --line-length 100 protocol actors tests
 	$(VENV)/bin/mypy protocol actors
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(RUFF_RULES) protocol actors tests
+	$(VENV)/bin/ruff format --line-length 100 protocol actors tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -27,6 +27,7 @@ from rich.table import Table
 from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import FaultKind, SimulatedOllama
 from actors.config import Config
+from actors.logs import configure_logging
 from actors.system import GpuLane
 from protocol import (
     ActiveHours,
@@ -84,7 +85,7 @@ class _Workload:
                 )
 
     def caller(self, name: str) -> None:
-        while not self.stop.wait(self.rng.uniform(0.4, 1.6)):
+        while not self.stop.wait(self.rng.uniform(1.0, 3.0)):
             model = self.rng.choices(CHAT_MODELS, weights=(6, 2, 2))[0]
             priority = self.rng.choices(list(Priority), weights=(2, 6, 2, 0))[0]
             self._submit(
@@ -117,6 +118,11 @@ def _view(lane: GpuLane, elapsed: float, total: float) -> Group:
         f"elapsed {elapsed:.0f}/{total:.0f}s"
     )
     return Group(gpu, queue, Panel(summary))
+
+
+def _unfinished(lane: GpuLane) -> int:
+    jobs = lane.status()["jobs"]
+    return int(jobs["queued"] + jobs["loading"] + jobs["running"])
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -176,7 +182,7 @@ def run_demo(seconds: float, speed: float, callers: int, seed: int, console: Con
                     thread.join()
                 sim.clear_faults()
                 deadline = time.monotonic() + 60
-                while lane.status()["jobs"]["queued"] + lane.status()["jobs"]["running"] and time.monotonic() < deadline:
+                while _unfinished(lane) and time.monotonic() < deadline:
                     live.update(_view(lane, seconds, seconds))
                     time.sleep(0.25)
             jobs = [lane.get(job_id) for job_id in work.job_ids]
@@ -190,6 +196,7 @@ def run_demo(seconds: float, speed: float, callers: int, seed: int, console: Con
 
 
 def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
+    console.print()
     table = Table(title="gpulane demo: summary")
     for column in ("lane", "jobs", "succeeded", "failed", "wait p50", "wait p99"):
         table.add_column(column, justify="right")
@@ -211,5 +218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--callers", type=int, default=4, help="external callers (default 4)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     args = parser.parse_args(argv)
+    configure_logging("warning")
     run_demo(args.seconds, args.speed, args.callers, args.seed, Console())
     return 0

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUFF_RULES := --line-length 100 --select E,F,W,I,B,UP,SIM,RUF,N --target-version py311
+RUFF_RULES := --line-length 100 --select E,F,W,I,B,UP,SIM,RUF --ignore RUF009,SIM105 --target-version py311
 
 .PHONY: install run test bench lint format clean
 

@@ -143,7 +143,12 @@ class PriorityArbiter(pykka.ThreadingActor):
         job = self._queue.remove(job_id)
         if job is not None:
             self._store.ask(
-                Transition(job_id, JobState.CANCELLED, expected=frozenset({JobState.QUEUED}), error=reason.value)
+                Transition(
+                    job_id,
+                    JobState.CANCELLED,
+                    expected=frozenset({JobState.QUEUED}),
+                    error=reason.value,
+                )
             )
             self._counters["cancelled_queued"] += 1
             return CancelOutcome.QUEUED
@@ -162,7 +167,9 @@ class PriorityArbiter(pykka.ThreadingActor):
         for slot_id, slot in self._slots.items():
             if slot.job is not None or not slot.known:
                 continue
-            job = self._queue.pop(now, self._policy, chains=self._chains(), resident=self._resident())
+            job = self._queue.pop(
+                now, self._policy, chains=self._chains(), resident=self._resident()
+            )
             if job is None:
                 break
             slot.job = job.replace(state=JobState.LOADING, started_at=now)
@@ -200,7 +207,9 @@ class PriorityArbiter(pykka.ThreadingActor):
 
     def _arm_wakeup(self) -> None:
         due = self._queue.next_due()
-        if due is None or (self._wakeup is not None and not self._wakeup.cancelled and self._wakeup.deadline <= due):
+        if due is None or (
+            self._wakeup is not None and not self._wakeup.cancelled and self._wakeup.deadline <= due
+        ):
             return
         if self._wakeup is not None:
             self._wakeup.cancel()
@@ -231,4 +240,3 @@ class PriorityArbiter(pykka.ThreadingActor):
                 "counters": MappingProxyType(dict(self._counters)),
             }
         )
-

@@ -16,7 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="A durable, preemptive GPU arbiter for local LLMs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("demo", help="run the demo on a simulated GPU (what `make run` does)", add_help=False)
+    sub.add_parser(
+        "demo", help="run the demo on a simulated GPU (what `make run` does)", add_help=False
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from actors.demo import main as demo_main

@@ -32,9 +32,13 @@ class BackendSettings:
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:
-            raise ValidationError("backend.kind", f"unknown backend {self.kind!r}", allowed=BACKEND_KINDS)
+            raise ValidationError(
+                "backend.kind", f"unknown backend {self.kind!r}", allowed=BACKEND_KINDS
+            )
         if not isinstance(self.slots, int) or self.slots < 1:
-            raise ValidationError("backend.slots", f"must be an integer of 1 or more, got {self.slots!r}")
+            raise ValidationError(
+                "backend.slots", f"must be an integer of 1 or more, got {self.slots!r}"
+            )
         if not self.url.startswith(("http://", "https://")):
             raise ValidationError("backend.url", f"not an http(s) URL: {self.url!r}")
 

@@ -79,8 +79,13 @@ class _Workload:
             for part in ("plan", "act"):
                 self._submit(
                     JobSpec.chat(
-                        model="llama3.2", messages=_ask(f"bot {part} {step}"), lane=Lane.INTERNAL,
-                        priority=priority, caller="bot", chain_id=chain, task_type=part,
+                        model="llama3.2",
+                        messages=_ask(f"bot {part} {step}"),
+                        lane=Lane.INTERNAL,
+                        priority=priority,
+                        caller="bot",
+                        chain_id=chain,
+                        task_type=part,
                     )
                 )
 
@@ -90,8 +95,12 @@ class _Workload:
             priority = self.rng.choices(list(Priority), weights=(2, 6, 2, 0))[0]
             self._submit(
                 JobSpec.chat(
-                    model=model, messages=_ask(f"{name} asks about {self.rng.choice(TOPICS)}"),
-                    lane=Lane.EXTERNAL, priority=priority, caller=name, stream=True,
+                    model=model,
+                    messages=_ask(f"{name} asks about {self.rng.choice(TOPICS)}"),
+                    lane=Lane.EXTERNAL,
+                    priority=priority,
+                    caller=name,
+                    stream=True,
                 )
             )
 
@@ -113,7 +122,8 @@ def _view(lane: GpuLane, elapsed: float, total: float) -> Group:
     counters = status["counters"]
     summary = (
         f"resident: {', '.join(status['resident_models']) or '-'}   "
-        f"succeeded {jobs['succeeded']}  failed {jobs['failed']}  running {jobs['running'] + jobs['loading']}  "
+        f"succeeded {jobs['succeeded']}  failed {jobs['failed']}  "
+        f"running {jobs['running'] + jobs['loading']}  "
         f"queued {jobs['queued']}   preemptions {counters['preemptions']}   "
         f"elapsed {elapsed:.0f}/{total:.0f}s"
     )
@@ -151,21 +161,29 @@ def summarise(jobs: Sequence[Job]) -> Mapping[str, Any]:
     return out
 
 
-def run_demo(seconds: float, speed: float, callers: int, seed: int, console: Console) -> Mapping[str, Any]:
+def run_demo(
+    seconds: float, speed: float, callers: int, seed: int, console: Console
+) -> Mapping[str, Any]:
     """Run the demo for ``seconds``, then let the queue drain; returns the summary."""
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="gpulane-demo-") as tmp, SimulatedOllama(speed=speed) as sim:
+    with (
+        tempfile.TemporaryDirectory(prefix="gpulane-demo-") as tmp,
+        SimulatedOllama(speed=speed) as sim,
+    ):
         backend = OllamaBackend(sim.url)
         config = Config(
             store=StoreSettings(path=str(Path(tmp) / "demo.sqlite3")),
-            scheduling=SchedulingPolicy(active_hours=ActiveHours.parse("00:00-23:59"), max_swap_defer_s=8.0),
+            scheduling=SchedulingPolicy(
+                active_hours=ActiveHours.parse("00:00-23:59"), max_swap_defer_s=8.0
+            ),
             retry=RetryPolicy(base_delay_s=0.5, max_delay_s=4.0),
         )
         lane = GpuLane.start(config, backend=backend)
         stop = threading.Event()
         work = _Workload(lane, rng, stop)
         threads = [threading.Thread(target=work.bot, name="demo-bot")] + [
-            threading.Thread(target=work.caller, args=(f"caller-{i}",), name=f"demo-caller-{i}") for i in range(callers)
+            threading.Thread(target=work.caller, args=(f"caller-{i}",), name=f"demo-caller-{i}")
+            for i in range(callers)
         ]
         try:
             for thread in threads:
@@ -174,7 +192,12 @@ def run_demo(seconds: float, speed: float, callers: int, seed: int, console: Con
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while (elapsed := time.monotonic() - started) < seconds:
                     if rng.random() < 0.03:
-                        sim.inject(rng.choice((FaultKind.SERVER_ERROR, FaultKind.BUSY, FaultKind.CUT_STREAM)), after_chunks=3)
+                        sim.inject(
+                            rng.choice(
+                                (FaultKind.SERVER_ERROR, FaultKind.BUSY, FaultKind.CUT_STREAM)
+                            ),
+                            after_chunks=3,
+                        )
                     live.update(_view(lane, elapsed, seconds))
                     time.sleep(0.25)
                 stop.set()
@@ -203,8 +226,12 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
     for lane in Lane:
         row = summary[lane.value]
         table.add_row(
-            lane.value, str(row["jobs"]), str(row["succeeded"]), str(row["failed"]),
-            f"{row['wait_p50_s']:.2f}s", f"{row['wait_p99_s']:.2f}s",
+            lane.value,
+            str(row["jobs"]),
+            str(row["succeeded"]),
+            str(row["failed"]),
+            f"{row['wait_p50_s']:.2f}s",
+            f"{row['wait_p99_s']:.2f}s",
         )
     console.print(table)
     console.print(f"preemptions: {summary['preemptions']}   retries: {summary['retries']}")
@@ -213,8 +240,12 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gpulane demo``."""
     parser = argparse.ArgumentParser(prog="gpulane demo", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=30.0, help="how long the callers submit work (default 30)")
-    parser.add_argument("--speed", type=float, default=3.0, help="simulated GPU speed-up factor (default 3)")
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="how long the callers submit work (default 30)"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=3.0, help="simulated GPU speed-up factor (default 3)"
+    )
     parser.add_argument("--callers", type=int, default=4, help="external callers (default 4)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     args = parser.parse_args(argv)

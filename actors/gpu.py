@@ -150,10 +150,18 @@ class GpuSlot(pykka.ThreadingActor):
                 self._start_call(job, call_id)
             case CallStreaming(call_id=call_id) if self._is_current(call_id):
                 assert self._call is not None
-                self._store.tell(Transition(self._call.job.id, JobState.RUNNING, expected=frozenset({JobState.LOADING})))
-            case CallFinished(call_id=call_id, text=text, metrics=metrics) if self._is_current(call_id):
+                self._store.tell(
+                    Transition(
+                        self._call.job.id, JobState.RUNNING, expected=frozenset({JobState.LOADING})
+                    )
+                )
+            case CallFinished(call_id=call_id, text=text, metrics=metrics) if self._is_current(
+                call_id
+            ):
                 self._finish(text, metrics)
-            case CallFailed(call_id=call_id, error=error, transient=transient) if self._is_current(call_id):
+            case CallFailed(call_id=call_id, error=error, transient=transient) if self._is_current(
+                call_id
+            ):
                 self._fail(error, transient)
             case CallCancelled(call_id=call_id) if self._is_current(call_id):
                 self._cancelled()
@@ -177,11 +185,15 @@ class GpuSlot(pykka.ThreadingActor):
 
     def _start_call(self, job: Job, call_id: int) -> None:
         if self._call is not None:
-            raise RuntimeError(f"slot {self.slot_id} got {job.id} while running {self._call.job.id}")
+            raise RuntimeError(
+                f"slot {self.slot_id} got {job.id} while running {self._call.job.id}"
+            )
         now = self._clock.now()
         call = _Call(job=job, call_id=call_id, token=CancelToken(), started_at=now)
         self._call = call
-        self._store.tell(Transition(job.id, JobState.LOADING, expected=frozenset({JobState.QUEUED})))
+        self._store.tell(
+            Transition(job.id, JobState.LOADING, expected=frozenset({JobState.QUEUED}))
+        )
         self._sinks.started(job.id)
         call.timeout = self._timers.send_after(
             self._policy.exec_timeout_s, self.actor_ref, ExecTimedOut(call_id)
@@ -218,7 +230,9 @@ class GpuSlot(pykka.ThreadingActor):
             if call.token.cancelled:
                 outcome = CallCancelled(call.call_id)
             else:
-                outcome = CallFinished(call.call_id, result.text, result.metrics, result.done_reason)
+                outcome = CallFinished(
+                    call.call_id, result.text, result.metrics, result.done_reason
+                )
         try:
             me.tell(outcome)
         except pykka.ActorDeadError:
@@ -256,22 +270,50 @@ class GpuSlot(pykka.ThreadingActor):
         attempts = job.attempts + 1
         if not transient or attempts >= job.spec.max_attempts:
             self._store.tell(
-                Transition(job.id, JobState.FAILED, expected=_ACTIVE, charge_attempt=True, error=error, partial_output=call.text_so_far)
+                Transition(
+                    job.id,
+                    JobState.FAILED,
+                    expected=_ACTIVE,
+                    charge_attempt=True,
+                    error=error,
+                    partial_output=call.text_so_far,
+                )
             )
-            log.info("job_failed", job_id=job.id, attempts=attempts, transient=transient, error=error)
+            log.info(
+                "job_failed", job_id=job.id, attempts=attempts, transient=transient, error=error
+            )
             return
         not_before = self._clock.now() + self._retry.delay(attempts, self._rng.random())
         partial = call.text_so_far
         self._store.tell(
             Transition(
-                job.id, JobState.QUEUED, expected=_ACTIVE, charge_attempt=True, error=error,
-                partial_output=partial, not_before=not_before,
+                job.id,
+                JobState.QUEUED,
+                expected=_ACTIVE,
+                charge_attempt=True,
+                error=error,
+                partial_output=partial,
+                not_before=not_before,
             )
         )
         self._arbiter.tell(
-            JobQueued(job.replace(state=JobState.QUEUED, attempts=attempts, error=error, partial_output=partial, not_before=not_before))
+            JobQueued(
+                job.replace(
+                    state=JobState.QUEUED,
+                    attempts=attempts,
+                    error=error,
+                    partial_output=partial,
+                    not_before=not_before,
+                )
+            )
         )
-        log.info("job_retry_scheduled", job_id=job.id, attempts=attempts, not_before=not_before, error=error)
+        log.info(
+            "job_retry_scheduled",
+            job_id=job.id,
+            attempts=attempts,
+            not_before=not_before,
+            error=error,
+        )
 
     def _cancelled(self) -> None:
         call = self._call
@@ -287,13 +329,25 @@ class GpuSlot(pykka.ThreadingActor):
             self._end_call()
             self._idle()
             self._store.tell(
-                Transition(call.job.id, JobState.CANCELLED, expected=_ACTIVE, error=reason.value, partial_output=call.text_so_far)
+                Transition(
+                    call.job.id,
+                    JobState.CANCELLED,
+                    expected=_ACTIVE,
+                    error=reason.value,
+                    partial_output=call.text_so_far,
+                )
             )
 
     def _requeue(self, call: _Call, *, count_preemption: bool) -> None:
         job, partial = call.job, call.text_so_far
         self._store.tell(
-            Transition(job.id, JobState.QUEUED, expected=_ACTIVE, count_preemption=count_preemption, partial_output=partial)
+            Transition(
+                job.id,
+                JobState.QUEUED,
+                expected=_ACTIVE,
+                count_preemption=count_preemption,
+                partial_output=partial,
+            )
         )
         self._arbiter.tell(
             JobQueued(
@@ -321,6 +375,8 @@ class GpuSlot(pykka.ThreadingActor):
                 "job_id": None if call is None else call.job.id,
                 "model_key": self._model_key,
                 "since": None if call is None else call.started_at,
-                "cancelling": None if call is None or call.cancel_reason is None else call.cancel_reason.value,
+                "cancelling": None
+                if call is None or call.cancel_reason is None
+                else call.cancel_reason.value,
             }
         )

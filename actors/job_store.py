@@ -79,7 +79,8 @@ class JobStore(pykka.ThreadingActor):
 
     Start it with ``JobStore.start(settings, clock, listener)``; ``listener`` (optional)
     hears every job the store has just committed, before any writer is answered, so
-    the facade can tell waiting callers only about durable outcomes. The database is opened, checked,
+    the facade can tell waiting callers only about durable outcomes. The database is opened,
+    checked,
     migrated and recovered in the constructor, which runs in the starter's thread, so
     a corrupt, locked or unwritable file raises StoreError from ``start`` itself
     instead of being logged by a thread nobody watches. Recovery puts jobs left in

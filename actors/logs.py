@@ -11,7 +11,9 @@ import structlog
 __all__ = ["configure_logging"]
 
 
-def configure_logging(level: str = "info", *, json: bool = False, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", *, json: bool = False, stream: TextIO | None = None
+) -> None:
     """Route structlog (and pykka's stdlib logging) to ``stream`` at ``level``."""
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:

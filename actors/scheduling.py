@@ -24,7 +24,9 @@ __all__ = ["ReadyQueue", "SlotView", "choose_preemption"]
 
 ClassKey = tuple[int, int]  # (lane rank, priority rank): lower is served first
 CLASS_ORDER: tuple[ClassKey, ...] = tuple(
-    (lane.rank, prio.rank) for lane in (Lane.INTERNAL, Lane.EXTERNAL) for prio in sorted(Priority, reverse=True)
+    (lane.rank, prio.rank)
+    for lane in (Lane.INTERNAL, Lane.EXTERNAL)
+    for prio in sorted(Priority, reverse=True)
 )
 
 
@@ -124,7 +126,11 @@ class _ClassQueue:
         if model.live == 0:
             del self.by_model[entry.job.spec.model_key]
         chain = entry.job.spec.chain_id
-        if chain is not None and chain in self.by_chain and _peek_alive(self.by_chain[chain]) is None:
+        if (
+            chain is not None
+            and chain in self.by_chain
+            and _peek_alive(self.by_chain[chain]) is None
+        ):
             del self.by_chain[chain]
 
     def choose(

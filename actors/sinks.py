@@ -78,7 +78,9 @@ class Sink:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def subscribe_async(self, loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Queue[SinkEvent], Callable[[SinkEvent], None]]:
+    def subscribe_async(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[asyncio.Queue[SinkEvent], Callable[[SinkEvent], None]]:
         """An asyncio queue fed from any thread via ``loop.call_soon_threadsafe``."""
         events: asyncio.Queue[SinkEvent] = asyncio.Queue()
 

@@ -247,11 +247,11 @@ class Supervisor(SupervisedActor):
             self._announce_ready()
 
     def _launch(self, child: _Child) -> None:
-        """Call the factory with the link set; a factory error or a wrong result is a failed start."""
+        """Call the factory with the link set; a factory error or wrong result is a failed start."""
         try:
             with linked_to(Link(self.actor_ref, child.id)):
                 instance = child.spec.factory()
-        except Exception as error:  # noqa: BLE001 - any factory error is a failed start
+        except Exception as error:
             self._log.exception("child_factory_failed", child=child.id)
             self._on_exit(child, ExitReason.from_exception(ExitKind.START_FAILED, error))
             return
@@ -441,7 +441,7 @@ class Supervisor(SupervisedActor):
         if self._on_escalate is not None:
             try:
                 self._on_escalate(reason)
-            except Exception:  # noqa: BLE001 - a host callback must not break the shutdown
+            except Exception:
                 self._log.exception("on_escalate_failed")
 
     # --- observability ------------------------------------------------------------------

@@ -158,7 +158,7 @@ class SupervisedActor(pykka.ThreadingActor):
 
 
 def _outermost(actor: SupervisedActor, name: str, wrapper: Callable[..., Any]) -> bool:
-    """True when ``wrapper`` is the most derived definition of hook ``name`` (not a super() call)."""
+    """True when ``wrapper`` is the most derived definition of hook ``name`` (not super())."""
     return bool(getattr(type(actor), name) is wrapper)
 
 
@@ -235,7 +235,7 @@ def _wrap_on_receive(
             return hook(self, message)
         try:
             result = hook(self, message.message)
-        except Exception as error:  # noqa: BLE001 - the asker gets it; the actor lives on
+        except Exception as error:
             message.pending.fail(error)
             return None
         except BaseException as error:

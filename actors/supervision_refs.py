@@ -190,7 +190,7 @@ class StableRef:
             self._state = state
 
     def detach(self, reason: ExitReason, state: ChildState) -> None:
-        """The instance ended: fail its unanswered asks; when stopped for good, the held ones too."""
+        """The instance ended: fail its unanswered asks; if stopped for good, the held ones too."""
         with self._lock:
             self._instance = None
             self._pending_instance = None

@@ -6,6 +6,7 @@ from asyncio; it never awaits a pykka future on an event loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import threading
@@ -206,7 +207,7 @@ class GpuLane:
         """Cancel a queued or running job; says which it was ('queued', 'running', 'not_found')."""
         with self._lock:
             self._counters["cancel_requests"] += 1
-        outcome: str = self._arbiter_ref().ask(CancelQueued(job_id, reason))
+        outcome = str(self._ask_arbiter(CancelQueued(job_id, reason)))
         if outcome == CancelOutcome.NOT_FOUND:
             self.get(job_id)  # raises JobNotFoundError for an unknown id
         return outcome
@@ -215,10 +216,8 @@ class GpuLane:
         """A caller went away: cancel without waiting, and never raise."""
         if self._stopped or self._arbiter is None:
             return
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):
             self._arbiter.tell(CancelQueued(job_id, CancelReason.CALLER_GONE))
-        except pykka.ActorDeadError:
-            pass
 
     def retry(self, job_id: str, *, detach: bool = False) -> Ticket:
         """Run a failed or cancelled job again, as a new job with the same spec."""
@@ -256,8 +255,10 @@ class GpuLane:
 
     def status(self) -> Mapping[str, Any]:
         """Queue depth per lane and priority, the running jobs, resident models, counters."""
-        queue = self._arbiter_ref().ask(QueueSnapshot())
-        slots = {slot_id: ref.ask(SlotSnapshot()) for slot_id, ref in self._slots.items()}
+        queue: Mapping[str, Any] = self._ask_arbiter(QueueSnapshot())
+        slots: dict[str, Mapping[str, Any]] = {
+            slot_id: ref.ask(SlotSnapshot(), block=True) for slot_id, ref in self._slots.items()
+        }
         with self._lock:
             counters = dict(self._counters)
         counters.update(queue["counters"])
@@ -267,7 +268,9 @@ class GpuLane:
                 "queued": queue["queued"],
                 "depth": queue["depth"],
                 "slots": MappingProxyType(slots),
-                "resident_models": tuple(sorted({s["model_key"] for s in slots.values() if s["model_key"]})),
+                "resident_models": tuple(
+                    sorted({s["model_key"] for s in slots.values() if s["model_key"]})
+                ),
                 "jobs": self._ask_store(CountJobs()),
                 "counters": MappingProxyType(counters),
             }
@@ -284,9 +287,13 @@ class GpuLane:
     def reload_config(self, config: Config) -> None:
         """Apply new scheduling and retry settings; the queue and the counters are kept."""
         if config.store != self._config.store:
-            raise ValidationError("store", "the store cannot change while running", allowed="a restart")
+            raise ValidationError(
+                "store", "the store cannot change while running", allowed="a restart"
+            )
         if config.backend != self._config.backend:
-            raise ValidationError("backend", "the backend cannot change while running", allowed="a restart")
+            raise ValidationError(
+                "backend", "the backend cannot change while running", allowed="a restart"
+            )
         message = ApplyPolicy(config.scheduling, config.retry)
         self._arbiter_ref().tell(message)
         for ref in self._slots.values():
@@ -324,7 +331,10 @@ class GpuLane:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -333,9 +343,10 @@ class GpuLane:
             raise SystemStoppedError("gpulane is stopped")
         return self._arbiter
 
+    def _ask_arbiter(self, message: Any) -> Any:
+        return self._arbiter_ref().ask(message, block=True)
+
     def _ask_store(self, message: Any) -> Any:
         if self._stopped or self._store is None:
             raise SystemStoppedError("gpulane is stopped")
         return self._store.ask(message)
-
-

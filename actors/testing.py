@@ -49,7 +49,9 @@ _Action = tuple[str, Any]
 class FakeCall:
     """One backend call in flight; the test decides what it emits and how it ends."""
 
-    def __init__(self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken, clock: Clock) -> None:
+    def __init__(
+        self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken, clock: Clock
+    ) -> None:
         self.request = request
         self.token = cancel
         self.emitted: list[str] = []
@@ -74,9 +76,13 @@ class FakeCall:
         """Stream ``text`` (if any) and end the call successfully."""
         if text:
             self.emit(text)
-        self._actions.put(("finish", metrics or JobMetrics(eval_count=len(self.emitted) + bool(text))))
+        self._actions.put(
+            ("finish", metrics or JobMetrics(eval_count=len(self.emitted) + bool(text)))
+        )
 
-    def fail(self, message: str = "backend failed", *, transient: bool = True, status: int | None = None) -> None:
+    def fail(
+        self, message: str = "backend failed", *, transient: bool = True, status: int | None = None
+    ) -> None:
         """End the call with a BackendError."""
         self._actions.put(("fail", BackendError(message, transient=transient, status=status)))
 
@@ -169,7 +175,9 @@ class FakeBackend:
             return True
         raise AssertionError(f"unexpected call for {call.request.model}")
 
-    def complete(self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken) -> BackendResult:
+    def complete(
+        self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken
+    ) -> BackendResult:
         """Start a FakeCall and follow its instructions."""
         call = FakeCall(request, on_chunk, cancel, self._clock)
         self.all_calls.append(call)
@@ -180,9 +188,13 @@ class FakeBackend:
             self._calls.put(call)
         return call.run()
 
-    def embed(self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken) -> EmbedResult:
+    def embed(
+        self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
+    ) -> EmbedResult:
         """One fixed-size vector per input."""
-        return EmbedResult(model=model, embeddings=tuple((float(len(text)), 1.0) for text in inputs))
+        return EmbedResult(
+            model=model, embeddings=tuple((float(len(text)), 1.0) for text in inputs)
+        )
 
     def loaded_models(self) -> tuple[LoadedModel, ...]:
         """Models that calls have used."""
@@ -208,7 +220,9 @@ class FakeGpu:
     with :meth:`next_call` and drives it.
     """
 
-    def __init__(self, clock: Clock | None = None, script: Callable[[FakeCall], None] | None = None) -> None:
+    def __init__(
+        self, clock: Clock | None = None, script: Callable[[FakeCall], None] | None = None
+    ) -> None:
         self.clock = clock or ManualClock()
         self.backend = FakeBackend(self.clock, script)
         self.slots: list[pykka.ActorRef[Any]] = []
@@ -241,7 +255,7 @@ def fake_gpu(manual_clock: ManualClock) -> FakeGpu:
 
 @pytest.fixture
 def lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[GpuLane]:
-    """A started GpuLane on a fresh SQLite file, the fake GPU and the manual clock; stopped after."""
+    """A GpuLane on a fresh SQLite file, the fake GPU and the manual clock; stopped after."""
     config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")))
     started = GpuLane.start(config, gpu=fake_gpu, clock=fake_gpu.clock)
     try:

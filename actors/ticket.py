@@ -32,7 +32,9 @@ class Ticket:
     ticket (``submit(..., detach=True)``) never cancels on its own.
     """
 
-    def __init__(self, job: Job, sink: Sink, cancel: Callable[[str], None], *, detach: bool) -> None:
+    def __init__(
+        self, job: Job, sink: Sink, cancel: Callable[[str], None], *, detach: bool
+    ) -> None:
         self.job_id = job.id
         self.seq = job.seq
         self.submitted = job

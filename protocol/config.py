@@ -29,7 +29,9 @@ class ActiveHours:
         """Parse ``HH:MM-HH:MM``."""
         parts = text.split("-") if isinstance(text, str) else []
         if len(parts) != 2 or not all(_HHMM.match(p.strip()) for p in parts):
-            raise ValidationError(field, f"bad window {text!r}", allowed="'HH:MM-HH:MM', e.g. '08:00-20:00'")
+            raise ValidationError(
+                field, f"bad window {text!r}", allowed="'HH:MM-HH:MM', e.g. '08:00-20:00'"
+            )
         start, end = (dt.time.fromisoformat(p.strip().zfill(5)) for p in parts)
         return cls(start, end)
 
@@ -74,12 +76,16 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         _require(self.base_delay_s >= 0, "retry.base_delay_s", "must be 0 or more")
-        _require(self.max_delay_s >= self.base_delay_s, "retry.max_delay_s", "must be at least base_delay_s")
+        _require(
+            self.max_delay_s >= self.base_delay_s,
+            "retry.max_delay_s",
+            "must be at least base_delay_s",
+        )
         _require(0 <= self.jitter <= 1, "retry.jitter", "must be between 0 and 1")
 
     def delay(self, attempts: int, draw: float) -> float:
         """Seconds to wait before attempt ``attempts + 1``; ``draw`` is uniform in [0, 1)."""
-        raw = min(self.max_delay_s, self.base_delay_s * (2 ** max(0, attempts - 1)))
+        raw = min(self.max_delay_s, self.base_delay_s * float(2 ** max(0, attempts - 1)))
         return raw * (1 - self.jitter * draw)
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 __all__ = ["EMPTY_MAPPING", "FrozenJSON", "freeze", "is_deeply_immutable", "thaw"]
 
 FrozenJSON: TypeAlias = (
-    "str | int | float | bool | None | tuple[FrozenJSON, ...] | Mapping[str, FrozenJSON]"
+    "str | int | float | bool | tuple[FrozenJSON, ...] | Mapping[str, FrozenJSON] | None"
 )
 
 EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
@@ -57,7 +57,5 @@ def is_deeply_immutable(value: Any) -> bool:
         params = getattr(type(value), "__dataclass_params__", None)
         if params is None or not params.frozen:
             return False
-        return all(
-            is_deeply_immutable(getattr(value, f.name)) for f in dataclasses.fields(value)
-        )
+        return all(is_deeply_immutable(getattr(value, f.name)) for f in dataclasses.fields(value))
     return False

@@ -145,7 +145,7 @@ class JobQueued:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CancelQueued:
-    """Take a queued job off the ready queues and mark it cancelled; replies True if it was there."""
+    """Cancel a job: queued ones leave the queues; replies queued, running or not_found."""
 
     job_id: str
     reason: CancelReason

@@ -10,7 +10,7 @@ from protocol.enums import JobKind, Lane, Priority
 from protocol.errors import ValidationError
 from protocol.frozen import EMPTY_MAPPING, freeze, thaw
 
-__all__ = ["ROLES", "RELOAD_OPTIONS", "ChatMessage", "JobSpec"]
+__all__ = ["RELOAD_OPTIONS", "ROLES", "ChatMessage", "JobSpec"]
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -121,7 +121,9 @@ class JobSpec:
         if self.max_tokens is not None and (
             not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= 1_000_000
         ):
-            raise ValidationError("max_tokens", f"must be an integer from 1 to 1000000, got {self.max_tokens!r}")
+            raise ValidationError(
+                "max_tokens", f"must be an integer from 1 to 1000000, got {self.max_tokens!r}"
+            )
         if not _is_int(self.max_attempts) or not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise ValidationError(
                 "max_attempts",
@@ -142,7 +144,8 @@ class JobSpec:
         **fields: Any,
     ) -> JobSpec:
         """A chat request (Ollama ``/api/chat``)."""
-        return cls(kind=JobKind.CHAT, model=model, messages=tuple(messages), **fields)
+        parsed = tuple(ChatMessage.parse(m, i) for i, m in enumerate(messages))
+        return cls(kind=JobKind.CHAT, model=model, messages=parsed, **fields)
 
     @classmethod
     def generate(cls, *, model: str, prompt: str, **fields: Any) -> JobSpec:
@@ -220,5 +223,8 @@ def _parse_format(value: object) -> str | Mapping[str, Any] | None:
     if value == "json":
         return "json"
     if isinstance(value, Mapping):
-        return freeze(value)  # a JSON schema (Ollama structured outputs)
-    raise ValidationError("format", f"unsupported format {value!r}", allowed="'json' or a JSON schema object")
+        schema: Mapping[str, Any] = freeze(value)  # a JSON schema (Ollama structured outputs)
+        return schema
+    raise ValidationError(
+        "format", f"unsupported format {value!r}", allowed="'json' or a JSON schema object"
+    )

@@ -129,7 +129,7 @@ class Backoff:
             raise ValueError("back-off jitter must be in [0, 1)")
 
     def delay(self, attempt: int, unit_random: float) -> float:
-        """Seconds to wait before restart number ``attempt`` (1-based); ``unit_random`` in [0, 1)."""
+        """Seconds before restart number ``attempt`` (1-based); ``unit_random`` in [0, 1)."""
         base = min(self.max_s, self.initial_s * self.factor ** max(0, attempt - 1))
         return base * (1.0 + self.jitter * (2.0 * unit_random - 1.0))
 

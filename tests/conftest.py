@@ -26,4 +26,6 @@ def no_leaked_threads_or_actors() -> Iterator[None]:
             names = [t.name for t in extra]
             pytest.fail(f"test leaked {len(actors)} actor(s) and threads {names}")
         time.sleep(0.01)
+
+
 pytest_plugins = ["actors.testing"]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from job_store_helpers import make_spec
+from job_store_helpers import make_spec  # noqa: E402 (after the sys.path line)
 
-from actors.clock import SystemClock
-from actors.job_store import JobStore
-from protocol import Job, JobState, StoreSettings
-from protocol.messages import InsertJob, Transition
+from actors.clock import SystemClock  # noqa: E402
+from actors.job_store import JobStore  # noqa: E402
+from protocol import Job, JobState, StoreSettings  # noqa: E402
+from protocol.messages import InsertJob, Transition  # noqa: E402
 
 _L, _R, _S, _Q = JobState.LOADING, JobState.RUNNING, JobState.SUCCEEDED, JobState.QUEUED
 

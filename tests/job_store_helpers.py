@@ -1,4 +1,4 @@
-"""Shared helpers for the job store tests: job specs, state paths and a clock that can hold the store."""
+"""Helpers for the job store tests: job specs, state paths and a clock that can hold the store."""
 
 from __future__ import annotations
 

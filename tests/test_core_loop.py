@@ -35,7 +35,9 @@ def start_lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[StartLane]:
     started: list[GpuLane] = []
 
     def start(**sections: object) -> GpuLane:
-        config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3"))).replace(**sections)
+        config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3"))).replace(
+            **sections
+        )
         lane = GpuLane.start(config, gpu=fake_gpu, clock=fake_gpu.clock)
         started.append(lane)
         return lane
@@ -46,7 +48,11 @@ def start_lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[StartLane]:
 
 
 def chat(text: str = "hi", **fields: object) -> JobSpec:
-    return JobSpec.chat(model=str(fields.pop("model", "llama3.2")), messages=[{"role": "user", "content": text}], **fields)
+    return JobSpec.chat(
+        model=str(fields.pop("model", "llama3.2")),
+        messages=[{"role": "user", "content": text}],
+        **fields,
+    )
 
 
 ALWAYS_ACTIVE = SchedulingPolicy(active_hours=ActiveHours.parse("00:00-23:59"))
@@ -90,7 +96,10 @@ def test_a_submitted_job_runs_and_its_answer_comes_back(lane: GpuLane, fake_gpu:
 
 def test_internal_work_goes_before_external_work(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu)
-    waiting = [lane.submit(chat("external", lane=Lane.EXTERNAL)), lane.submit(chat("internal", lane=Lane.INTERNAL))]
+    waiting = [
+        lane.submit(chat("external", lane=Lane.EXTERNAL)),
+        lane.submit(chat("internal", lane=Lane.INTERNAL)),
+    ]
     call.finish("done")
     assert served_order(fake_gpu, 2) == ["internal", "external"]
     assert [t.result(timeout=5) for t in waiting] == ["ok", "ok"]
@@ -98,7 +107,9 @@ def test_internal_work_goes_before_external_work(lane: GpuLane, fake_gpu: FakeGp
 
 def test_priorities_are_served_urgent_high_normal_low(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu)
-    waiting = [lane.submit(chat(prio, priority=prio)) for prio in ("low", "normal", "urgent", "high")]
+    waiting = [
+        lane.submit(chat(prio, priority=prio)) for prio in ("low", "normal", "urgent", "high")
+    ]
     call.finish()
     assert served_order(fake_gpu, 4) == ["urgent", "high", "normal", "low"]
     assert all(t.result(timeout=5) == "ok" for t in waiting)
@@ -112,7 +123,9 @@ def test_jobs_of_the_same_class_run_first_in_first_out(lane: GpuLane, fake_gpu: 
     assert [t.result(timeout=5) for t in waiting] == ["ok"] * 5
 
 
-def test_the_next_step_of_a_running_chain_goes_before_older_jobs(lane: GpuLane, fake_gpu: FakeGpu) -> None:
+def test_the_next_step_of_a_running_chain_goes_before_older_jobs(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
     _, call = occupy(lane, fake_gpu, chain_id="task-7")
     waiting = [lane.submit(chat("older")), lane.submit(chat("step2", chain_id="task-7"))]
     call.finish()
@@ -161,7 +174,9 @@ def test_outside_active_hours_internal_work_waits_for_the_running_call(
     assert not bot.done()
 
 
-def test_urgent_internal_work_preempts_even_outside_active_hours(start_lane: StartLane, fake_gpu: FakeGpu) -> None:
+def test_urgent_internal_work_preempts_even_outside_active_hours(
+    start_lane: StartLane, fake_gpu: FakeGpu
+) -> None:
     lane = start_lane(scheduling=NEVER_ACTIVE)
     external = lane.submit(chat("ext", lane=Lane.EXTERNAL))
     ext_call = fake_gpu.next_call()
@@ -175,7 +190,11 @@ def test_urgent_internal_work_preempts_even_outside_active_hours(start_lane: Sta
 def test_a_job_preempted_max_preemptions_times_is_not_preempted_again(
     start_lane: StartLane, fake_gpu: FakeGpu
 ) -> None:
-    lane = start_lane(scheduling=SchedulingPolicy(active_hours=ActiveHours.parse("00:00-23:59"), max_preemptions=1))
+    lane = start_lane(
+        scheduling=SchedulingPolicy(
+            active_hours=ActiveHours.parse("00:00-23:59"), max_preemptions=1
+        )
+    )
     external = lane.submit(chat("ext", lane=Lane.EXTERNAL))
     first = fake_gpu.next_call()
     bot1 = lane.submit(chat("bot1", lane=Lane.INTERNAL))
@@ -202,7 +221,9 @@ def test_a_queued_job_can_be_cancelled(lane: GpuLane, fake_gpu: FakeGpu) -> None
     assert fake_gpu.no_call_within(0.3)
 
 
-def test_a_running_job_can_be_cancelled_and_its_call_stops(lane: GpuLane, fake_gpu: FakeGpu) -> None:
+def test_a_running_job_can_be_cancelled_and_its_call_stops(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
     ticket, call = occupy(lane, fake_gpu)
     call.emit("partial")
     assert lane.cancel(ticket.job_id) == "running"
@@ -325,7 +346,9 @@ def test_pause_stops_dispatch_and_resume_starts_it_again(lane: GpuLane, fake_gpu
     assert ticket.result(timeout=5) == "go"
 
 
-def test_reloading_the_config_keeps_the_queue_and_the_counters(lane: GpuLane, fake_gpu: FakeGpu) -> None:
+def test_reloading_the_config_keeps_the_queue_and_the_counters(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
     _, call = occupy(lane, fake_gpu)
     waiting = [lane.submit(chat(f"q{i}")) for i in range(3)]
     before = lane.status()
@@ -343,7 +366,9 @@ def test_reloading_a_different_store_is_refused(lane: GpuLane) -> None:
         lane.reload_config(lane.config.replace(store=StoreSettings(path="elsewhere.sqlite3")))
 
 
-def test_status_shows_depths_the_running_job_and_the_resident_model(lane: GpuLane, fake_gpu: FakeGpu) -> None:
+def test_status_shows_depths_the_running_job_and_the_resident_model(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
     ticket, _ = occupy(lane, fake_gpu)
     waiting = lane.submit(chat("waiting", lane=Lane.INTERNAL, priority=Priority.HIGH))
     status = lane.status()

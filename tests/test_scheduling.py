@@ -28,8 +28,14 @@ def make_job(
     )
     t = NOON + seq if created is None else created
     return Job(
-        id=f"job{seq}", seq=seq, spec=spec, state=JobState.QUEUED, created_at=t, updated_at=t,
-        preemptions=preemptions, not_before=not_before,
+        id=f"job{seq}",
+        seq=seq,
+        spec=spec,
+        state=JobState.QUEUED,
+        created_at=t,
+        updated_at=t,
+        preemptions=preemptions,
+        not_before=not_before,
     )
 
 
@@ -53,7 +59,10 @@ def test_internal_jobs_are_taken_before_external_ones() -> None:
 
 def test_higher_priority_goes_first_within_a_lane() -> None:
     q = ReadyQueue()
-    jobs = [make_job(priority=p) for p in (Priority.LOW, Priority.URGENT, Priority.NORMAL, Priority.HIGH)]
+    jobs = [
+        make_job(priority=p)
+        for p in (Priority.LOW, Priority.URGENT, Priority.NORMAL, Priority.HIGH)
+    ]
     for job in jobs:
         q.add(job, NOON)
     assert drain(q) == [jobs[1].id, jobs[3].id, jobs[2].id, jobs[0].id]
@@ -61,7 +70,10 @@ def test_higher_priority_goes_first_within_a_lane() -> None:
 
 def test_lane_outranks_priority() -> None:
     q = ReadyQueue()
-    ext_urgent, int_low = make_job(Lane.EXTERNAL, Priority.URGENT), make_job(Lane.INTERNAL, Priority.LOW)
+    ext_urgent, int_low = (
+        make_job(Lane.EXTERNAL, Priority.URGENT),
+        make_job(Lane.INTERNAL, Priority.LOW),
+    )
     q.add(ext_urgent, NOON)
     q.add(int_low, NOON)
     assert drain(q) == [int_low.id, ext_urgent.id]
@@ -195,14 +207,30 @@ def test_an_internal_job_preempts_an_external_call_during_active_hours() -> None
 
 def test_outside_active_hours_only_urgent_internal_work_preempts() -> None:
     victim = running(make_job(Lane.EXTERNAL))
-    assert choose_preemption(make_job(Lane.INTERNAL, Priority.HIGH), [victim], NOON, NEVER_ACTIVE) is None
-    assert choose_preemption(make_job(Lane.INTERNAL, Priority.URGENT), [victim], NOON, NEVER_ACTIVE) == victim
+    assert (
+        choose_preemption(make_job(Lane.INTERNAL, Priority.HIGH), [victim], NOON, NEVER_ACTIVE)
+        is None
+    )
+    assert (
+        choose_preemption(make_job(Lane.INTERNAL, Priority.URGENT), [victim], NOON, NEVER_ACTIVE)
+        == victim
+    )
 
 
 def test_external_work_never_preempts_and_internal_calls_are_never_preempted() -> None:
     ext_call, int_call = running(make_job(Lane.EXTERNAL)), running(make_job(Lane.INTERNAL))
-    assert choose_preemption(make_job(Lane.EXTERNAL, Priority.URGENT), [ext_call], NOON, ACTIVE_ALL_DAY) is None
-    assert choose_preemption(make_job(Lane.INTERNAL, Priority.URGENT), [int_call], NOON, ACTIVE_ALL_DAY) is None
+    assert (
+        choose_preemption(
+            make_job(Lane.EXTERNAL, Priority.URGENT), [ext_call], NOON, ACTIVE_ALL_DAY
+        )
+        is None
+    )
+    assert (
+        choose_preemption(
+            make_job(Lane.INTERNAL, Priority.URGENT), [int_call], NOON, ACTIVE_ALL_DAY
+        )
+        is None
+    )
 
 
 def test_a_job_preempted_max_preemptions_times_is_left_to_finish() -> None:

@@ -297,7 +297,9 @@ def _decode(data: str | bytes, path: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except ValueError:
-        raise BackendError(f"{path} sent a line that is not JSON: {data[:200]!r}", transient=True)
+        raise BackendError(
+            f"{path} sent a line that is not JSON: {data[:200]!r}", transient=True
+        ) from None
     if not isinstance(value, dict):
         raise BackendError(f"{path} sent JSON that is not an object: {value!r}", transient=True)
     return value

@@ -21,7 +21,9 @@ def parse_args(description: str) -> argparse.Namespace:
     """``--quick`` (under a minute, every figure) and ``--json`` (last line is the report)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smaller counts, same figures")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
     return parser.parse_args()
 
 
@@ -44,7 +46,9 @@ def goal(metric: str, op: str, target: float, value: float) -> dict[str, Any]:
     return {"metric": metric, "op": op, "goal": target, "value": round(value, 4)}
 
 
-def report(bench: str, results: dict[str, float], goals: list[dict[str, Any]], as_json: bool) -> None:
+def report(
+    bench: str, results: dict[str, float], goals: list[dict[str, Any]], as_json: bool
+) -> None:
     """Print the goals table (always) and the JSON line (with --json) last."""
     print(f"\ngoals ({bench}):")
     for g in goals:
@@ -52,4 +56,6 @@ def report(bench: str, results: dict[str, float], goals: list[dict[str, Any]], a
         print(f"  {'MET ' if met else 'MISS'} {g['metric']} {g['op']} {g['goal']}: {g['value']}")
     if as_json:
         rounded = {k: round(v, 4) for k, v in results.items()}
-        print(json.dumps({"bench": bench, "machine": machine(), "results": rounded, "goals": goals}))
+        print(
+            json.dumps({"bench": bench, "machine": machine(), "results": rounded, "goals": goals})
+        )

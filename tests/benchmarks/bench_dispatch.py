@@ -88,7 +88,9 @@ def gpulane_preemption(rounds: int, tmp: Path) -> tuple[list[float], list[float]
 
     config = Config(
         store=StoreSettings(path=str(tmp / "preempt.sqlite3")),
-        scheduling=SchedulingPolicy(active_hours=ActiveHours.parse("00:00-23:59"), max_preemptions=10**6),
+        scheduling=SchedulingPolicy(
+            active_hours=ActiveHours.parse("00:00-23:59"), max_preemptions=10**6
+        ),
     )
     lane = GpuLane.start(config, gpu=FakeGpu(SystemClock(), script=script), clock=SystemClock())
     try:
@@ -167,12 +169,24 @@ def main() -> None:
         "asyncio_pq.internal_start_ms.p99": percentile(b_start, 99) * ms,
     }
     print(f"{'figure':38} {'gpulane':>12} {'asyncio PQ':>12}")
-    for name in ("idle_gap_ms.p50", "idle_gap_ms.p99", "idle_fraction", "internal_start_ms.p50", "internal_start_ms.p99"):
+    for name in (
+        "idle_gap_ms.p50",
+        "idle_gap_ms.p99",
+        "idle_fraction",
+        "internal_start_ms.p50",
+        "internal_start_ms.p99",
+    ):
         print(f"{name:38} {results['gpulane.' + name]:12.4f} {results['asyncio_pq.' + name]:12.4f}")
-    print(f"{'preempt_cancel_ms.p50 / p99':38} {results['gpulane.preempt_cancel_ms.p50']:12.4f} "
-          f"{results['gpulane.preempt_cancel_ms.p99']:12.4f}  (gpulane only: the baseline cannot preempt)")
-    print(f"jobs {jobs} x {JOB_SECONDS * 1000:.0f} ms; preemption rounds {rounds} (baseline {base_rounds}); "
-          f"gpulane store synchronous=FULL")
+    print(
+        f"{'preempt_cancel_ms.p50 / p99':38} {results['gpulane.preempt_cancel_ms.p50']:12.4f} "
+        f"{results['gpulane.preempt_cancel_ms.p99']:12.4f}"
+        "  (gpulane only: the baseline cannot preempt)"
+    )
+    print(
+        f"jobs {jobs} x {JOB_SECONDS * 1000:.0f} ms; "
+        f"preemption rounds {rounds} (baseline {base_rounds}); "
+        f"gpulane store synchronous=FULL"
+    )
     goals = [
         goal("gpulane.idle_gap_ms.p50", "<=", 0.5, results["gpulane.idle_gap_ms.p50"]),
         goal("gpulane.idle_gap_ms.p99", "<=", 3.0, results["gpulane.idle_gap_ms.p99"]),

@@ -34,15 +34,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import structlog  # noqa: E402
-from huey import SqliteHuey  # noqa: E402
-from persistqueue import SQLiteAckQueue  # noqa: E402
-from ulid import ULID  # noqa: E402
+import structlog
+from huey import SqliteHuey
+from persistqueue import SQLiteAckQueue
+from ulid import ULID
 
-from actors.clock import SystemClock  # noqa: E402
-from actors.job_store import JobStore  # noqa: E402
-from protocol import JobSpec, Lane, StoreSettings  # noqa: E402
-from protocol.messages import InsertJob, StoreSnapshot  # noqa: E402
+from actors.clock import SystemClock
+from actors.job_store import JobStore
+from protocol import JobSpec, Lane, StoreSettings
+from protocol.messages import InsertJob, StoreSnapshot
 
 Submit = Callable[[], object]
 SYSTEMS = ("gpulane", "raw_sqlite", "huey", "persist_queue")
@@ -304,7 +304,9 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     for item in report["goals"]:
         verdict = "met" if met(item) else "NOT met"
-        lines.append(f"goal {item['metric']} {item['op']} {item['goal']}: {item['value']} {verdict}")
+        lines.append(
+            f"goal {item['metric']} {item['op']} {item['goal']}: {item['value']} {verdict}"
+        )
     return "\n".join(lines)
 
 

@@ -34,15 +34,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import structlog  # noqa: E402
-from huey import SqliteHuey  # noqa: E402
-from persistqueue import SQLiteAckQueue  # noqa: E402
-from ulid import ULID  # noqa: E402
+import structlog
+from huey import SqliteHuey
+from persistqueue import SQLiteAckQueue
+from ulid import ULID
 
-from actors.clock import SystemClock  # noqa: E402
-from actors.job_store import JobStore  # noqa: E402
-from protocol import JobSpec, Lane, StoreSettings  # noqa: E402
-from protocol.messages import InsertJob, StoreSnapshot  # noqa: E402
+from actors.clock import SystemClock
+from actors.job_store import JobStore
+from protocol import JobSpec, Lane, StoreSettings
+from protocol.messages import InsertJob, StoreSnapshot
 
 Submit = Callable[[], object]
 SYSTEMS = ("gpulane", "raw_sqlite", "huey", "persist_queue")
@@ -285,11 +285,15 @@ def table(report: dict[str, Any]) -> str:
     """The readable form: one row per system and submitter count, then the goals."""
     r = report["results"]
     lines = [
-        f"submit benchmark — {report['machine']}, median of {report['rounds']} round(s), "
-        f"submits per round {report['submits']}",
+        (
+            f"submit benchmark — {report['machine']}, median of {report['rounds']} round(s), "
+            f"submits per round {report['submits']}"
+        ),
         "",
-        f"{'system':<14} {'subm.':>5} {'submits/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'vs gpulane':>10}  batching",
+        (
+            f"{'system':<14} {'subm.':>5} {'submits/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'vs gpulane':>10}  batching"
+        ),
     ]
     for submitters in SUBMITTERS:
         ours = r[f"gpulane.submits_per_s.{submitters}"]
@@ -304,7 +308,9 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     for item in report["goals"]:
         verdict = "met" if met(item) else "NOT met"
-        lines.append(f"goal {item['metric']} {item['op']} {item['goal']}: {item['value']} {verdict}")
+        lines.append(
+            f"goal {item['metric']} {item['op']} {item['goal']}: {item['value']} {verdict}"
+        )
     return "\n".join(lines)
 
 

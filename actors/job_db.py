@@ -7,11 +7,10 @@ one thread does at a time. Tests use it directly, without an actor.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
@@ -209,32 +208,43 @@ class JobDB:
 
     # --- writes ---------------------------------------------------------------------
 
-    def write_batch(self, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
-        """Apply writes in one transaction and commit once.
+    def write_batch(self, take: Callable[[], WriteMessage | None]) -> list[BatchOutcome]:
+        """Apply the writes ``take`` hands out, in one transaction, and commit once.
 
-        ``writes`` is consumed lazily, so a caller can keep feeding writes that arrive
-        while the batch runs. Returns one outcome per write consumed: the Job, or the
-        error for that write alone. If the commit fails, every write that had succeeded
-        gets the StoreError instead, and nothing of the batch is kept.
+        ``take`` returns the next write or None when none is waiting; it is asked
+        again after each bulk INSERT, since more writes arrive while SQLite works.
+        Returns one outcome per write taken: the Job, or the error for that write
+        alone. If the commit fails, every write that had succeeded gets the StoreError
+        instead, and nothing of the batch is kept.
 
-        Inserts are prepared as they come and written together by one multi-row INSERT
-        before the commit: each statement lets go of the GIL, and under load winning
-        it back costs more than the statement itself. No caller knows a buffered job's
-        id before the commit, so no other write in the batch can depend on one.
+        Inserts are prepared as they come and written together by one multi-row INSERT:
+        each statement lets go of the GIL, and under load winning it back costs more
+        than the statement itself. No caller knows a buffered job's id before the
+        commit, so no other write in the batch can depend on one.
 
         A write fails alone without a savepoint: every check happens before its SQL,
         each Transition is one UPDATE, and SQLite undoes a failed statement by itself.
-        If the multi-row INSERT fails, its rows are retried one by one so only the bad
+        If a multi-row INSERT fails, its rows are retried one by one so only the bad
         one fails.
         """
-        pending = iter(writes)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            return _fail_first(pending, self._store_error("cannot start a write", exc))
+            error = self._store_error("cannot start a write", exc)
+            return [] if take() is None else [error]
         outcomes: list[BatchOutcome] = []
         rows: list[tuple[int, tuple[Any, ...]]] = []  # (index in outcomes, INSERT parameters)
-        for message in pending:
+        while True:
+            message = take()
+            if message is None:
+                if not rows:
+                    break
+                self._insert_rows(rows, outcomes)
+                rows = []
+                if not self._conn.in_transaction:
+                    lost = next(o for o in outcomes if isinstance(o, StoreError))
+                    return self._abandon(outcomes, lost)
+                continue
             try:
                 if isinstance(message, InsertJob):
                     job, row = self._prepare_insert(message.spec, message.retry_of)
@@ -249,11 +259,6 @@ class JobDB:
                 outcomes.append(error)
                 if not self._conn.in_transaction:  # SQLite rolled the whole batch back
                     return self._abandon(outcomes, error)
-        if rows:
-            self._insert_rows(rows, outcomes)
-            if not self._conn.in_transaction:
-                lost = next(o for o in outcomes if isinstance(o, StoreError))
-                return self._abandon(outcomes, lost)
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -305,15 +310,20 @@ class JobDB:
             params = [value for _, row in chunk for value in row]
             try:
                 self._conn.execute(_INSERT + ", ".join([_ROW] * len(chunk)), params)
-            except sqlite3.Error:
-                if not self._conn.in_transaction:
-                    self._mark_failed(rows, outcomes, "cannot write")
+            except sqlite3.Error as exc:
+                if not self._conn.in_transaction:  # the whole batch is gone
+                    error = self._store_error("cannot write", exc)
+                    for index, _ in rows:
+                        outcomes[index] = error
                     return
                 self._insert_one_by_one(chunk, outcomes)
+                if not self._conn.in_transaction:
+                    return
 
     def _insert_one_by_one(
         self, rows: list[tuple[int, tuple[Any, ...]]], outcomes: list[BatchOutcome]
     ) -> None:
+        """The slow path after a bulk INSERT failed: find the rows that fail on their own."""
         for index, row in rows:
             try:
                 self._conn.execute(_INSERT + _ROW, row)
@@ -321,13 +331,6 @@ class JobDB:
                 outcomes[index] = self._store_error("cannot write", exc)
                 if not self._conn.in_transaction:
                     return
-
-    def _mark_failed(
-        self, rows: list[tuple[int, tuple[Any, ...]]], outcomes: list[BatchOutcome], what: str
-    ) -> None:
-        error = StoreError(f"job database {self.path}: {what}: the transaction was rolled back")
-        for index, _ in rows:
-            outcomes[index] = error
 
     def transition(self, message: Transition) -> Job:
         """Move a job to ``message.target`` and record what came with the move.
@@ -552,11 +555,6 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         error=error,
         metrics=None if metrics is None else JobMetrics(**json.loads(metrics)),
     )
-
-
-def _fail_first(pending: Iterator[WriteMessage], error: StoreError) -> list[BatchOutcome]:
-    """Consume just one write and fail it: the batch never started."""
-    return [error for _ in itertools.islice(pending, 1)]
 
 
 def _sync_mode(synchronous: str) -> str:

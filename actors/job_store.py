@@ -2,15 +2,15 @@
 
 Group commit: when a write (InsertJob or Transition) reaches the head of the mailbox,
 the store also takes the asked writes queued right behind it, applies them all in one
-transaction (each in its own savepoint, so a refused write fails only its asker),
-commits once, and only then answers every one of them. A submit is therefore never
-acknowledged before its row is durable, and one fsync serves the whole batch.
+transaction (a refused write fails only its asker), commits once, and only then
+answers every one of them. A submit is therefore never acknowledged before its row
+is durable, and one fsync serves the whole batch.
 """
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -173,17 +173,23 @@ class JobStore(pykka.ThreadingActor):
         outcome is returned (or raised) for pykka to deliver, also after the commit.
         """
         drained: list[Envelope[Any]] = []
+        started = False
 
-        def writes() -> Iterator[WriteMessage]:
-            yield first
-            while len(drained) + 1 < self._settings.max_batch:
-                envelope = self._inbox.take_if(_is_asked_write)
-                if envelope is None:
-                    return
-                drained.append(envelope)
-                yield envelope.message
+        def take() -> WriteMessage | None:
+            nonlocal started
+            if not started:
+                started = True
+                return first
+            if len(drained) + 1 >= self._settings.max_batch:
+                return None
+            envelope = self._inbox.take_if(_is_asked_write)
+            if envelope is None:
+                return None
+            drained.append(envelope)
+            message: WriteMessage = envelope.message
+            return message
 
-        outcomes = self._db.write_batch(writes())
+        outcomes = self._db.write_batch(take)
         if self._listener is not None:
             for outcome in outcomes:
                 if isinstance(outcome, Job):

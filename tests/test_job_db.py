@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from job_store_helpers import make_spec
 
 from actors import job_db
 from actors.clock import ManualClock
-from actors.job_db import SCHEMA_VERSION, JobDB, migrate
+from actors.job_db import SCHEMA_VERSION, BatchOutcome, JobDB, WriteMessage, migrate
 from protocol import IllegalTransitionError, Job, JobState, StoreError
 from protocol.messages import InsertJob, Transition
 
@@ -22,6 +22,12 @@ def db(tmp_path: Path) -> Iterator[JobDB]:
     opened = JobDB.open(str(tmp_path / "jobs.sqlite3"), ManualClock())
     yield opened
     opened.close()
+
+
+def batch(db: JobDB, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
+    """Run ``writes`` as one batch; the iterator is consumed only as far as the batch takes."""
+    it = iter(writes)
+    return db.write_batch(lambda: next(it, None))
 
 
 class FaultyConnection:
@@ -46,22 +52,31 @@ class FaultyConnection:
 
 
 def test_a_batch_commits_once_and_returns_one_outcome_per_write(db: JobDB) -> None:
-    outcomes = db.write_batch(InsertJob(make_spec(n)) for n in range(5))
+    outcomes = batch(db, [InsertJob(make_spec(n)) for n in range(5)])
     assert all(isinstance(o, Job) for o in outcomes) and len(outcomes) == 5
     assert (db.commits, db.writes, db.largest_batch) == (1, 5, 5)
     assert [j.id for j in db.queued_jobs()] == [o.id for o in outcomes if isinstance(o, Job)]
 
 
+def test_writes_that_arrive_while_the_bulk_insert_runs_join_the_same_commit(db: JobDB) -> None:
+    arrivals = iter([InsertJob(make_spec(1)), None, InsertJob(make_spec(2)), None, None])
+    outcomes = db.write_batch(lambda: next(arrivals))
+    assert [type(o) for o in outcomes] == [Job, Job]
+    assert db.commits == 1 and db.count_by_state()["queued"] == 2
+    assert next(arrivals, "drained") == "drained", "it asked again after each INSERT"
+
+
 def test_when_the_commit_fails_every_writer_gets_the_store_error_and_nothing_is_kept(
     db: JobDB,
 ) -> None:
-    done = db.write_batch([InsertJob(make_spec())])[0]
+    done = batch(db, [InsertJob(make_spec())])[0]
     assert isinstance(done, Job)
-    db.write_batch([Transition(done.id, JobState.CANCELLED)])
+    batch(db, [Transition(done.id, JobState.CANCELLED)])
     real = db._conn
     db._conn = FaultyConnection(real, "COMMIT")  # type: ignore[assignment]
-    outcomes = db.write_batch(
-        [InsertJob(make_spec(1)), Transition(done.id, JobState.RUNNING), InsertJob(make_spec(2))]
+    outcomes = batch(
+        db,
+        [InsertJob(make_spec(1)), Transition(done.id, JobState.RUNNING), InsertJob(make_spec(2))],
     )
     db._conn = real
     assert isinstance(outcomes[0], StoreError) and outcomes[2] is outcomes[0]
@@ -75,36 +90,36 @@ def test_when_a_batch_cannot_begin_only_the_first_write_is_taken_and_failed(db: 
     real = db._conn
     db._conn = FaultyConnection(real, "BEGIN")  # type: ignore[assignment]
     writes = iter([InsertJob(make_spec(1)), InsertJob(make_spec(2))])
-    outcomes = db.write_batch(writes)
+    outcomes = batch(db, writes)
     db._conn = real
     assert len(outcomes) == 1 and isinstance(outcomes[0], StoreError)
     assert next(writes) == InsertJob(make_spec(2)), "the second write was left for later"
 
 
 def test_when_sqlite_abandons_the_transaction_the_batch_stops_and_fails_whole(db: JobDB) -> None:
-    kept = db.write_batch([InsertJob(make_spec(0))])[0]
+    kept = batch(db, [InsertJob(make_spec(0))])[0]
     assert isinstance(kept, Job)
     real = db._conn
     db._conn = FaultyConnection(real, "UPDATE", rollback=True)  # type: ignore[assignment]
     writes = iter(
         [InsertJob(make_spec(1)), Transition(kept.id, JobState.LOADING), InsertJob(make_spec(2))]
     )
-    outcomes = db.write_batch(writes)
+    outcomes = batch(db, writes)
     db._conn = real
     assert len(outcomes) == 2 and all(isinstance(o, StoreError) for o in outcomes)
     assert next(writes) == InsertJob(make_spec(2)), "the batch stopped taking writes"
     assert [j.id for j in db.queued_jobs()] == [kept.id]
-    again = db.write_batch([InsertJob(make_spec(3))])[0]
+    again = batch(db, [InsertJob(make_spec(3))])[0]
     assert isinstance(again, Job) and again.seq == kept.seq + 1, "no sequence number lost"
 
 
 def test_when_the_bulk_insert_loses_the_transaction_every_insert_fails(db: JobDB) -> None:
     real = db._conn
     db._conn = FaultyConnection(real, "INSERT", rollback=True)  # type: ignore[assignment]
-    outcomes = db.write_batch([InsertJob(make_spec(1)), InsertJob(make_spec(2))])
+    outcomes = batch(db, [InsertJob(make_spec(1)), InsertJob(make_spec(2))])
     db._conn = real
     assert len(outcomes) == 2 and all(isinstance(o, StoreError) for o in outcomes)
-    assert "rolled back" in str(outcomes[0])
+    assert "cannot write" in str(outcomes[0]) and "disk I/O error" in str(outcomes[0])
     assert db.count_by_state()["queued"] == 0
 
 
@@ -117,11 +132,20 @@ def test_a_write_that_fails_in_sqlite_fails_alone(
             return "01HZZZZZZZZZZZZZZZZZZZZZZZ"
 
     monkeypatch.setattr(job_db, "ULID", SameId)
-    first, clash = db.write_batch([InsertJob(make_spec(1)), InsertJob(make_spec(2))])
+    first, clash = batch(db, [InsertJob(make_spec(1)), InsertJob(make_spec(2))])
     assert isinstance(first, Job)
     assert isinstance(clash, StoreError) and "UNIQUE" in str(clash)
     assert db.get(first.id) == first
     assert db.count_by_state()["queued"] == 1
+
+
+def test_a_batch_larger_than_one_insert_statement_is_written_whole(db: JobDB) -> None:
+    outcomes = batch(db, [InsertJob(make_spec(n)) for n in range(1200)])
+    seqs = [o.seq for o in outcomes if isinstance(o, Job)]
+    assert seqs == list(range(1, 1201))
+    assert db.commits == 1
+    assert db.get_by_seq(1200) == outcomes[-1]
+    assert db.count_by_state()["queued"] == 1200
 
 
 def test_a_new_file_gets_the_current_schema_version(db: JobDB) -> None:
@@ -155,7 +179,7 @@ def test_migrations_run_in_order_from_the_stored_version_only(tmp_path: Path) ->
 def test_a_version_one_file_opens_unchanged_with_its_jobs(tmp_path: Path) -> None:
     path = str(tmp_path / "jobs.sqlite3")
     first = JobDB.open(path, ManualClock())
-    job = first.write_batch([InsertJob(make_spec())])[0]
+    job = batch(first, [InsertJob(make_spec())])[0]
     first.close()
     again = JobDB.open(path, ManualClock())
     try:

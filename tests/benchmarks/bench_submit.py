@@ -285,11 +285,15 @@ def table(report: dict[str, Any]) -> str:
     """The readable form: one row per system and submitter count, then the goals."""
     r = report["results"]
     lines = [
-        f"submit benchmark — {report['machine']}, median of {report['rounds']} round(s), "
-        f"submits per round {report['submits']}",
+        (
+            f"submit benchmark — {report['machine']}, median of {report['rounds']} round(s), "
+            f"submits per round {report['submits']}"
+        ),
         "",
-        f"{'system':<14} {'subm.':>5} {'submits/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'vs gpulane':>10}  batching",
+        (
+            f"{'system':<14} {'subm.':>5} {'submits/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'vs gpulane':>10}  batching"
+        ),
     ]
     for submitters in SUBMITTERS:
         ours = r[f"gpulane.submits_per_s.{submitters}"]

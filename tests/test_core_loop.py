@@ -386,6 +386,9 @@ def test_stopping_puts_the_running_job_back_in_the_queue(tmp_path: Path) -> None
     with GpuLane.start(config, gpu=fake, clock=clock) as lane:
         ticket = lane.submit(chat("interrupted"), detach=True)
         fake.next_call().emit("half")
+        stream = ticket.chunks(timeout=5)
+        assert next(stream) == "half"  # the chunk reached the caller before the stop
+        stream.close()
         job_id = ticket.job_id
     fake2 = FakeGpu(clock)
     with GpuLane.start(config, gpu=fake2, clock=clock) as lane:

@@ -237,6 +237,12 @@ class GpuSlot(pykka.ThreadingActor):
             me.tell(outcome)
         except pykka.ActorDeadError:
             log.debug("slot_gone_before_call_end", slot=self.slot_id, job_id=call.job.id)
+            return
+        if isinstance(outcome, CallFinished):
+            # The GPU is free now: offer it straight away instead of after the slot's turn.
+            # The slot's mailbox already holds CallFinished, so it ends this call before it
+            # sees the next Dispatch.
+            self._arbiter.tell(SlotIdle(self.slot_id, call.job.spec.model_key))
 
     def _end_call(self) -> _Call:
         call = self._call
@@ -250,8 +256,7 @@ class GpuSlot(pykka.ThreadingActor):
         self._arbiter.tell(SlotIdle(self.slot_id, self._model_key))
 
     def _finish(self, text: str, metrics: JobMetrics) -> None:
-        call = self._end_call()
-        self._idle()
+        call = self._end_call()  # the worker has already offered the slot to the arbiter
         self._store.tell(
             Transition(
                 call.job.id,

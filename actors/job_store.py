@@ -19,6 +19,7 @@ import structlog
 
 from actors.clock import Clock
 from actors.job_db import JobDB, Recovery, WriteMessage
+from actors.wal_sync import Reply, WalSyncer, answer, running_on_linux
 from protocol.config import StoreSettings
 from protocol.job import Job
 from protocol.messages import (
@@ -44,7 +45,27 @@ log = structlog.get_logger("gpulane.job_store")
 
 
 class BatchingInbox(queue.Queue["Envelope[Any]"]):
-    """A mailbox whose one consumer may take the head envelope only if it qualifies."""
+    """A mailbox whose one consumer may take the head envelope only if it qualifies.
+
+    It also keeps the reply of every asked write for the store to give itself, after
+    the write is durable, instead of pykka answering when the handler returns.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held_reply: Any = None
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:
+        """The next envelope; an asked write's reply future is held back for the store."""
+        envelope = super().get(block, timeout)
+        if envelope.reply_to is not None and isinstance(envelope.message, (InsertJob, Transition)):
+            self._held_reply, envelope.reply_to = envelope.reply_to, None
+        return envelope
+
+    def take_held_reply(self) -> Any:
+        """The reply future of the write just handed out (None for a told write)."""
+        held, self._held_reply = self._held_reply, None
+        return held
 
     def take_if(self, predicate: Callable[[Envelope[Any]], bool]) -> Envelope[Any] | None:
         """Pop and return the head envelope if ``predicate`` holds for it, else None.
@@ -63,15 +84,6 @@ class BatchingInbox(queue.Queue["Envelope[Any]"]):
 def _is_asked_write(envelope: Envelope[Any]) -> bool:
     """Writes that may join a batch: only asked ones, so a failing told write leads its own."""
     return envelope.reply_to is not None and isinstance(envelope.message, (InsertJob, Transition))
-
-
-def _reply(envelope: Envelope[Any], outcome: Job | Exception) -> None:
-    """Answer a drained envelope with its job or its error."""
-    assert envelope.reply_to is not None
-    if isinstance(outcome, Exception):
-        envelope.reply_to.set_exception(exc_info=(type(outcome), outcome, outcome.__traceback__))
-    else:
-        envelope.reply_to.set(outcome)
 
 
 class JobStore(pykka.ThreadingActor):
@@ -107,12 +119,16 @@ class JobStore(pykka.ThreadingActor):
         super().__init__()
         self._settings = settings
         self._listener = listener
-        self._db = JobDB.open(settings.path, clock, synchronous=settings.synchronous)
+        pipelined = settings.synchronous == "FULL" and running_on_linux()
+        self._db = JobDB.open(
+            settings.path, clock, synchronous="NORMAL" if pipelined else settings.synchronous
+        )
         try:
             self._recovery: Recovery = self._db.recover()
         except BaseException:
             self._db.close()
             raise
+        self._syncer = WalSyncer(settings.path, listener) if pipelined else None
         log.info(
             "job_store.recovered",
             path=settings.path,
@@ -128,7 +144,12 @@ class JobStore(pykka.ThreadingActor):
         return BatchingInbox()
 
     def on_stop(self) -> None:
-        """Close the database, releasing its lock."""
+        """Answer the writes still being flushed, then close the database (its lock too)."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.close()
         self._db.close()
 
     def on_failure(
@@ -138,12 +159,13 @@ class JobStore(pykka.ThreadingActor):
         traceback: TracebackType | None,
     ) -> None:
         """Close the database so a restarted store can open it."""
-        self._db.close()
+        self._close()
 
     def on_receive(self, message: Any) -> Any:
         """Handle one protocol message; writes take their queued neighbours along."""
         if isinstance(message, (InsertJob, Transition)):
-            return self._write(message)
+            self._write(message, self._inbox.take_held_reply())
+            return None
         db = self._db
         if isinstance(message, GetJob):
             return db.get(message.job_id)
@@ -165,12 +187,13 @@ class JobStore(pykka.ThreadingActor):
             return self._snapshot()
         raise TypeError(f"JobStore cannot handle {type(message).__name__}")
 
-    def _write(self, first: WriteMessage) -> Job:
-        """Commit ``first`` with the asked writes queued behind it; answer them after COMMIT.
+    def _write(self, first: WriteMessage, first_reply: Any) -> None:
+        """Commit ``first`` with the asked writes queued behind it; answer them once durable.
 
         Draining stops at the first message that is not an asked write, so every
-        sender's messages are still handled in the order sent. The current message's
-        outcome is returned (or raised) for pykka to deliver, also after the commit.
+        sender's messages are still handled in the order sent. With pipelined flushing
+        the answers (and the listener) wait for the WAL fsync on the syncer thread while
+        this thread goes on with the next batch. A told write that fails is a crash.
         """
         drained: list[Envelope[Any]] = []
         started = False
@@ -190,15 +213,18 @@ class JobStore(pykka.ThreadingActor):
             return message
 
         outcomes = self._db.write_batch(take)
-        if self._listener is not None:
-            for outcome in outcomes:
-                if isinstance(outcome, Job):
+        replies: list[Reply] = [(first_reply, outcomes[0])]
+        replies += [(env.reply_to, out) for env, out in zip(drained, outcomes[1:], strict=True)]
+        if self._syncer is not None:
+            self._syncer.submit(replies)
+        else:
+            for future, outcome in replies:
+                if isinstance(outcome, Job) and self._listener is not None:
                     self._listener(outcome)
-        for envelope, outcome in zip(drained, outcomes[1:], strict=True):
-            _reply(envelope, outcome)
-        if isinstance(outcomes[0], Exception):
+                if future is not None:
+                    answer(future, outcome)
+        if first_reply is None and isinstance(outcomes[0], Exception):
             raise outcomes[0]
-        return outcomes[0]
 
     def _snapshot(self) -> Mapping[str, Any]:
         db = self._db
@@ -207,7 +233,9 @@ class JobStore(pykka.ThreadingActor):
             {
                 "path": db.path,
                 "journal_mode": journal_mode,
-                "synchronous": synchronous,
+                # Pipelined flushing gives FULL's guarantee with SQLite itself at NORMAL.
+                "synchronous": "FULL" if self._syncer is not None else synchronous,
+                "log_flush": "pipelined" if self._syncer is not None else "sqlite",
                 "schema_version": db.schema_version(),
                 "commits": db.commits,
                 "writes": db.writes,

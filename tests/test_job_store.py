@@ -493,15 +493,36 @@ def test_a_told_write_that_fails_crashes_the_store_after_committing_its_batch(
         reopened.stop()
 
 
+class _Envelope:
+    """The two attributes pykka's envelopes have."""
+
+    def __init__(self, message: object, reply_to: object = None) -> None:
+        self.message = message
+        self.reply_to = reply_to
+
+
 def test_the_inbox_takes_the_head_only_when_it_qualifies() -> None:
     inbox = BatchingInbox()
     assert inbox.take_if(lambda _: True) is None
-    inbox.put("a")  # type: ignore[arg-type]
-    inbox.put("b")  # type: ignore[arg-type]
-    assert inbox.take_if(lambda e: e == "b") is None
-    assert inbox.take_if(lambda e: e == "a") == "a"
-    assert inbox.get() == "b"
+    a, b = _Envelope("a"), _Envelope("b")
+    inbox.put(a)  # type: ignore[arg-type]
+    inbox.put(b)  # type: ignore[arg-type]
+    assert inbox.take_if(lambda e: e.message == "b") is None
+    assert inbox.take_if(lambda e: e.message == "a") is a
+    assert inbox.get() is b
     assert inbox.empty()
+
+
+def test_the_inbox_holds_back_the_reply_of_an_asked_write_for_the_store() -> None:
+    inbox = BatchingInbox()
+    future, other = object(), object()
+    write = _Envelope(InsertJob(make_spec()), reply_to=future)
+    read = _Envelope(CountJobs(), reply_to=other)
+    inbox.put(write)  # type: ignore[arg-type]
+    inbox.put(read)  # type: ignore[arg-type]
+    assert inbox.get() is write and write.reply_to is None
+    assert inbox.take_held_reply() is future and inbox.take_held_reply() is None
+    assert inbox.get() is read and read.reply_to is other
 
 
 # --- start-up errors ------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 from _common import goal, parse_args, percentile, report
 
@@ -54,17 +55,18 @@ class Outcome:
     end: float
 
 
-class Policy:
+class Policy(Protocol):
     """One ordering of the waiting jobs."""
 
     def add(self, job: Job, now: float) -> None:
-        raise NotImplementedError
+        """A job arrived."""
 
     def pop(self, now: float, current: str | None) -> Job:
-        raise NotImplementedError
+        """The next job to run on a GPU holding ``current``."""
+        ...
 
 
-class Gpulane(Policy):
+class Gpulane:
     def __init__(self) -> None:
         self.queue = ReadyQueue()
 
@@ -78,7 +80,7 @@ class Gpulane(Policy):
         return job
 
 
-class Fifo(Policy):
+class Fifo:
     def __init__(self) -> None:
         self.waiting: list[Job] = []
 
@@ -176,9 +178,12 @@ def main() -> None:
     jobs, fair_jobs = (300, 1000) if args.quick else (600, 2000)
     names = ("gpulane", "fifo", "drain")
     trace = make_trace(jobs, lambda rng: rng.choice(("a", "b", "c", "d", "e")), SEED)
-    runs = {
-        name: simulate(trace, make()) for name, make in zip(names, (Gpulane, Fifo, DrainByModel))
+    policies: dict[str, Callable[[], Policy]] = {
+        "gpulane": Gpulane,
+        "fifo": Fifo,
+        "drain": DrainByModel,
     }
+    runs = {name: simulate(trace, make()) for name, make in policies.items()}
     results: dict[str, float] = {}
     for name, outcome in runs.items():
         w = waits(trace, outcome)

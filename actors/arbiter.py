@@ -29,6 +29,7 @@ from protocol.messages import (
     LoadQueuedJobs,
     PauseDispatch,
     QueueSnapshot,
+    ResidencyChanged,
     ResumeDispatch,
     SlotIdle,
     TimersDue,
@@ -82,7 +83,11 @@ class PriorityArbiter(pykka.ThreadingActor):
         self._paused = False
         self._call_ids = itertools.count(1)
         self._wakeup: TimerHandle | None = None
-        self._counters = {"dispatched": 0, "preemptions": 0, "cancelled_queued": 0}
+        self._counters = {"dispatched": 0, "preemptions": 0, "cancelled_queued": 0, "swaps": 0}
+        # The ResidencyTracker's resident set (None until it speaks: then the slots' models
+        # are used), plus models slots reported idle on since its last word.
+        self._tracked: frozenset[str] | None = None
+        self._fresh: set[str] = set()
 
     def on_start(self) -> None:
         """Rebuild the ready queues from the store (after a crash or a restart)."""
@@ -115,6 +120,9 @@ class PriorityArbiter(pykka.ThreadingActor):
             case ResumeDispatch():
                 self._paused = False
                 self._dispatch()
+            case ResidencyChanged(resident=resident):
+                self._tracked = resident
+                self._fresh.clear()
             case ApplyPolicy(scheduling=scheduling, retry=retry):
                 self._policy, self._retry = scheduling, retry
                 self._dispatch()
@@ -137,6 +145,8 @@ class PriorityArbiter(pykka.ThreadingActor):
         if slot.job is not None:
             slot.last_chain = slot.job.spec.chain_id
         slot.job, slot.known, slot.preempting, slot.model_key = None, True, False, model_key
+        if model_key is not None:
+            self._fresh.add(model_key)
         self._dispatch()
 
     def _on_cancel(self, job_id: str, reason: CancelReason) -> str:
@@ -167,11 +177,12 @@ class PriorityArbiter(pykka.ThreadingActor):
         for slot_id, slot in self._slots.items():
             if slot.job is not None or not slot.known:
                 continue
-            job = self._queue.pop(
-                now, self._policy, chains=self._chains(), resident=self._resident()
-            )
+            resident = self._resident()
+            job = self._queue.pop(now, self._policy, chains=self._chains(), resident=resident)
             if job is None:
                 break
+            if job.spec.model_key not in resident:
+                self._counters["swaps"] += 1  # this call has to load its model first
             slot.job = job.replace(state=JobState.LOADING, started_at=now)
             slot.ref.tell(Dispatch(job, next(self._call_ids)))
             self._counters["dispatched"] += 1
@@ -203,7 +214,14 @@ class PriorityArbiter(pykka.ThreadingActor):
         return frozenset(chains)
 
     def _resident(self) -> frozenset[str]:
-        return frozenset(s.model_key for s in self._slots.values() if s.model_key is not None)
+        """Model keys loaded now (the tracker's word, else what the slots last ran), plus
+        the models of the calls running now: a job for one of those needs no swap."""
+        running = {s.job.spec.model_key for s in self._slots.values() if s.job is not None}
+        if self._tracked is not None:
+            return self._tracked | self._fresh | running
+        return frozenset(
+            {s.model_key for s in self._slots.values() if s.model_key is not None} | running
+        )
 
     def _arm_wakeup(self) -> None:
         due = self._queue.next_due()
@@ -221,6 +239,7 @@ class PriorityArbiter(pykka.ThreadingActor):
             {
                 "paused": self._paused,
                 "queued": len(self._queue),
+                "resident": tuple(sorted(self._resident())),
                 "depth": MappingProxyType(
                     {f"{lane.value}.{prio.name.lower()}": n for (lane, prio), n in depths.items()}
                 ),

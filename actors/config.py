@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from protocol import ActiveHours, RetryPolicy, SchedulingPolicy, StoreSettings, ValidationError
+from protocol import (
+    ActiveHours,
+    Limits,
+    ResidencySettings,
+    RetryPolicy,
+    SchedulingPolicy,
+    StoreSettings,
+    ValidationError,
+)
 
 __all__ = ["BackendSettings", "Config"]
 
@@ -48,6 +56,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "scheduling": SchedulingPolicy,
     "retry": RetryPolicy,
     "backend": BackendSettings,
+    "limits": Limits,
+    "residency": ResidencySettings,
 }
 
 
@@ -59,6 +69,8 @@ class Config:
     scheduling: SchedulingPolicy = SchedulingPolicy()
     retry: RetryPolicy = RetryPolicy()
     backend: BackendSettings = BackendSettings()
+    limits: Limits = Limits()
+    residency: ResidencySettings = ResidencySettings()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

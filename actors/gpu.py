@@ -44,6 +44,8 @@ from protocol.messages import (
     Dispatch,
     ExecTimedOut,
     JobQueued,
+    ModelEvicted,
+    ModelLoaded,
     SlotIdle,
     SlotSnapshot,
     Transition,
@@ -110,6 +112,7 @@ class GpuSlot(pykka.ThreadingActor):
         retry: RetryPolicy,
         rng: random.Random | None = None,
         shutdown_timeout_s: float = 5.0,
+        residency: ActorAddress | None = None,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
@@ -123,6 +126,7 @@ class GpuSlot(pykka.ThreadingActor):
         self._retry = retry
         self._rng = rng or random.Random()
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._residency = residency  # the ResidencyTracker hears loads and switches, if wired
         self._call: _Call | None = None
         self._model_key: str | None = None
         self._worker: _Worker | None = None
@@ -155,6 +159,7 @@ class GpuSlot(pykka.ThreadingActor):
                         self._call.job.id, JobState.RUNNING, expected=frozenset({JobState.LOADING})
                     )
                 )
+                self._tell_residency(ModelLoaded(self.slot_id, self._call.job.spec.model_key))
             case CallFinished(call_id=call_id, text=text, metrics=metrics) if self._is_current(
                 call_id
             ):
@@ -198,6 +203,8 @@ class GpuSlot(pykka.ThreadingActor):
         call.timeout = self._timers.send_after(
             self._policy.exec_timeout_s, self.actor_ref, ExecTimedOut(call_id)
         )
+        if self._model_key is not None and self._model_key != job.spec.model_key:
+            self._tell_residency(ModelEvicted(self.slot_id, self._model_key))
         self._model_key = job.spec.model_key
         assert self._worker is not None
         self._worker.submit(lambda: self._run_call(call))
@@ -255,8 +262,15 @@ class GpuSlot(pykka.ThreadingActor):
     def _idle(self) -> None:
         self._arbiter.tell(SlotIdle(self.slot_id, self._model_key))
 
+    def _tell_residency(self, message: ModelLoaded | ModelEvicted) -> None:
+        if self._residency is not None:
+            self._residency.tell(message)
+
     def _finish(self, text: str, metrics: JobMetrics) -> None:
         call = self._end_call()  # the worker has already offered the slot to the arbiter
+        self._tell_residency(
+            ModelLoaded(self.slot_id, call.job.spec.model_key, metrics.load_duration_ns / 1e9)
+        )
         self._store.tell(
             Transition(
                 call.job.id,

@@ -3,6 +3,11 @@
 Keys, first key first (ARCHITECTURE.md section 4): lane, priority, a preempted job
 returning to the head of its class, chain continuation, residency (bounded by
 ``max_swap_defer_s``), fair share between callers (round-robin), age.
+docs/scheduling.md explains the keys, the starvation bound and how to tune them.
+
+The starvation bound counts from a job's FIFO turn: the moment it is the oldest ready
+job of its class and a job for a resident model is taken instead. From then on it
+runs within ``max_swap_defer_s`` plus the run of the call in progress at that time.
 
 Structure: a fixed number of classes (lane x priority), each holding heaps per
 chain and per model, and per model a round-robin ring of callers, each caller a
@@ -109,6 +114,8 @@ class _ClassQueue:
         self.returning: list[_Entry] = []  # preempted jobs: back to the head of the class
         self.by_chain: dict[str, list[_Entry]] = {}
         self.by_model: dict[str, _ModelQueue] = {}
+        # The oldest job of the class while it waits for a swap, and since when.
+        self.passed_over: tuple[_Entry, float] | None = None
 
     def add(self, entry: _Entry) -> None:
         job = entry.job
@@ -144,28 +151,40 @@ class _ClassQueue:
             entry = _peek_alive(heap) if heap else None
             if entry is not None:
                 return entry
-        return self._choose_by_model(now, resident, max_swap_defer_s).next_fair()
+        return self._choose_by_model(now, resident, max_swap_defer_s)
 
     def _choose_by_model(
         self, now: float, resident: frozenset[str], max_swap_defer_s: float
-    ) -> _ModelQueue:
-        oldest_resident: tuple[float, int, _ModelQueue] | None = None
-        oldest_swap: tuple[float, int, _ModelQueue] | None = None
+    ) -> _Entry:
+        """Residency with the starvation bound, then fair share inside the chosen model.
+
+        The deferral clock of a job that needs a swap starts when it becomes the oldest
+        ready job of its class, i.e. at the moment FIFO would have run it, not at its
+        creation: under a backlog every job is older than ``max_swap_defer_s``, and a
+        clock started at creation would make every choice a swap (FIFO again).
+        Once it has been passed over for ``max_swap_defer_s``, that very job runs next.
+        """
+        oldest: tuple[float, int, _ModelQueue, _Entry] | None = None
+        oldest_resident: tuple[float, int, _ModelQueue, _Entry] | None = None
         for key, queue in self.by_model.items():
             head = queue.oldest()
             assert head is not None, "a model queue with live jobs has an oldest one"
-            candidate = (head.job.created_at, head.job.seq, queue)
-            if key in resident:
-                if oldest_resident is None or candidate[:2] < oldest_resident[:2]:
-                    oldest_resident = candidate
-            elif oldest_swap is None or candidate[:2] < oldest_swap[:2]:
-                oldest_swap = candidate
-        if oldest_resident is None:
-            assert oldest_swap is not None
-            return oldest_swap[2]
-        if oldest_swap is not None and now - oldest_swap[0] > max_swap_defer_s:
-            return oldest_swap[2]  # the starvation bound: this one has waited long enough
-        return oldest_resident[2]
+            candidate = (head.job.created_at, head.job.seq, queue, head)
+            if oldest is None or candidate[:2] < oldest[:2]:
+                oldest = candidate
+            if key in resident and (oldest_resident is None or candidate[:2] < oldest_resident[:2]):
+                oldest_resident = candidate
+        assert oldest is not None, "choose is only called on a class with live jobs"
+        if oldest_resident is None or oldest_resident[2] is oldest[2]:
+            self.passed_over = None
+            return oldest[2].next_fair()
+        head = oldest[3]
+        if self.passed_over is None or self.passed_over[0] is not head:
+            self.passed_over = (head, now)  # its FIFO turn: from now on it is being deferred
+        if now - self.passed_over[1] >= max_swap_defer_s:
+            self.passed_over = None
+            return head  # the starvation bound: this one has been deferred long enough
+        return oldest_resident[2].next_fair()
 
 
 class ReadyQueue:

@@ -23,7 +23,9 @@ from actors.clock import Clock, SystemClock
 from actors.config import Config
 from actors.gpu import GpuSlot
 from actors.job_store import JobStore
+from actors.rate_limiter import RateLimiter
 from actors.refs import ActorAddress, Forward
+from actors.residency import ResidencyTracker
 from actors.sinks import SinkRegistry
 from actors.ticket import Ticket
 from actors.timers import Timers
@@ -38,16 +40,24 @@ from protocol import (
     ValidationError,
 )
 from protocol.messages import (
+    Admit,
+    Admitted,
+    ApplyLimits,
     ApplyPolicy,
+    ApplyResidency,
     CancelQueued,
     CountJobs,
     GetJob,
     GetJobBySeq,
     InsertJob,
+    JobEnded,
     JobQueued,
+    LimiterSnapshot,
     ListJobs,
     PauseDispatch,
     QueueSnapshot,
+    ReleaseAdmission,
+    ResidencySnapshot,
     ResumeDispatch,
     SlotSnapshot,
 )
@@ -69,6 +79,7 @@ class SlotWiring:
     timers: Timers
     policy: SchedulingPolicy
     retry: RetryPolicy
+    residency: ActorAddress | None = None  # the ResidencyTracker, told of loads and switches
 
 
 GpuFactory = Callable[[SlotWiring], pykka.ActorRef[Any]]
@@ -89,6 +100,7 @@ def backend_slot_factory(backend: Backend) -> GpuFactory:
             policy=wiring.policy,
             retry=wiring.retry,
             rng=random.Random(),
+            residency=wiring.residency,
         )
 
     return start
@@ -106,6 +118,8 @@ class GpuLane:
         self._stopped = False
         self._store: pykka.ActorRef[Any] | None = None
         self._arbiter: pykka.ActorRef[Any] | None = None
+        self._limiter: pykka.ActorRef[Any] | None = None
+        self._residency: pykka.ActorRef[Any] | None = None
         self._slots: dict[str, pykka.ActorRef[Any]] = {}
         self._owned: list[Callable[[], None]] = []
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
@@ -122,7 +136,9 @@ class GpuLane:
         """Start the actors: store, arbiter, then the GPU slots.
 
         ``gpu`` replaces the slot actor (tests pass ``actors.testing.FakeGpu``);
-        otherwise slots drive ``backend``, or the one ``config.backend`` names.
+        otherwise slots drive ``backend``, or the one ``config.backend`` names. The
+        ResidencyTracker polls and pins on ``backend`` (or the one made from the config),
+        and without one (``gpu`` alone) learns from the slots only.
         """
         config = config or Config()
         clock = clock or SystemClock()
@@ -141,10 +157,20 @@ class GpuLane:
             if backend is None:
                 backend = self._default_backend()
             gpu = backend_slot_factory(backend)
-        self._store = JobStore.start(config.store, self._clock, listener=self._sinks.committed)
+        self._store = JobStore.start(config.store, self._clock, listener=self._committed)
         slot_ids = [f"gpu{i}" for i in range(config.backend.slots)]
         forwards = {slot_id: Forward(slot_id) for slot_id in slot_ids}
         arbiter_address = Forward("arbiter")
+        self._limiter = RateLimiter.start(
+            limits=config.limits, clock=self._clock, store=self._store
+        )
+        self._residency = ResidencyTracker.start(
+            settings=config.residency,
+            clock=self._clock,
+            timers=self._timers,
+            backend=backend,
+            arbiter=arbiter_address,
+        )
         self._arbiter = PriorityArbiter.start(
             store=self._store,
             slots=forwards,
@@ -165,11 +191,20 @@ class GpuLane:
                     timers=self._timers,
                     policy=config.scheduling,
                     retry=config.retry,
+                    residency=self._residency,
                 )
             )
             forwards[slot_id].point_at(ref)
             self._slots[slot_id] = ref
         log.info("gpulane_started", slots=len(slot_ids), store=config.store.path)
+
+    def _committed(self, job: Job) -> None:
+        """The store's commit listener: wake the job's caller; an ended job frees its place."""
+        self._sinks.committed(job)
+        limiter = self._limiter
+        if job.state.is_terminal and limiter is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                limiter.tell(JobEnded(job))
 
     def _default_backend(self) -> Backend:
         from actors.backends.ollama import OllamaBackend
@@ -190,11 +225,26 @@ class GpuLane:
     # --- the public surface ---------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, detach: bool = False) -> Ticket:
-        """Queue a job durably and return its ticket once the insert is committed."""
+        """Queue a job durably and return its ticket once the insert is committed.
+
+        Raises RateLimitedError or QueueFullError (limit, figure, retry_after) when the
+        RateLimiter refuses ``spec.caller``.
+        """
         if not isinstance(spec, JobSpec):
             raise ValidationError("spec", f"must be a JobSpec, got {type(spec).__name__}")
-        job: Job = self._ask_store(InsertJob(spec))
-        return self._ticket_for(job, detach)
+        return self._ticket_for(self._admit_and_insert(InsertJob(spec)), detach)
+
+    def _admit_and_insert(self, insert: InsertJob) -> Job:
+        """Ask the RateLimiter, then the store; the admission is bound to the stored job."""
+        limiter = self._limiter_ref()
+        reservation: int = limiter.ask(Admit(insert.spec.caller, insert.spec.lane), block=True)
+        try:
+            job: Job = self._ask_store(insert)
+        except BaseException:
+            limiter.tell(ReleaseAdmission(reservation))
+            raise
+        limiter.tell(Admitted(reservation, job.id))
+        return job
 
     def _ticket_for(self, job: Job, detach: bool) -> Ticket:
         sink = self._sinks.register(job.id)
@@ -228,7 +278,7 @@ class GpuLane:
             )
         with self._lock:
             self._counters["retries_requested"] += 1
-        job: Job = self._ask_store(InsertJob(old.spec, retry_of=old.id))
+        job = self._admit_and_insert(InsertJob(old.spec, retry_of=old.id))
         return self._ticket_for(job, detach)
 
     def get(self, job_id: str | int) -> Job:
@@ -259,18 +309,26 @@ class GpuLane:
         slots: dict[str, Mapping[str, Any]] = {
             slot_id: ref.ask(SlotSnapshot(), block=True) for slot_id, ref in self._slots.items()
         }
+        residency: Mapping[str, Any] = self._ask(self._residency, ResidencySnapshot())
+        admission: Mapping[str, Any] = self._ask(self._limiter, LimiterSnapshot())
         with self._lock:
-            counters = dict(self._counters)
+            counters: dict[str, Any] = dict(self._counters)
         counters.update(queue["counters"])
+        counters["loading_s"] = residency["counters"]["loading_s"]
         return MappingProxyType(
             {
                 "paused": queue["paused"],
                 "queued": queue["queued"],
                 "depth": queue["depth"],
                 "slots": MappingProxyType(slots),
-                "resident_models": tuple(
-                    sorted({s["model_key"] for s in slots.values() if s["model_key"]})
+                "resident_models": tuple(  # loaded, or being loaded by a running call
+                    sorted(
+                        set(residency["resident"])
+                        | {s["model_key"] for s in slots.values() if s["job_id"]}
+                    )
                 ),
+                "residency": residency,
+                "admission": admission,
                 "jobs": self._ask_store(CountJobs()),
                 "counters": MappingProxyType(counters),
             }
@@ -285,7 +343,10 @@ class GpuLane:
         self._arbiter_ref().tell(ResumeDispatch())
 
     def reload_config(self, config: Config) -> None:
-        """Apply new scheduling and retry settings; the queue and the counters are kept."""
+        """Apply new scheduling (active hours), retry, limits and residency settings.
+
+        The queue, the buckets' fill and the counters are kept.
+        """
         if config.store != self._config.store:
             raise ValidationError(
                 "store", "the store cannot change while running", allowed="a restart"
@@ -298,6 +359,10 @@ class GpuLane:
         self._arbiter_ref().tell(message)
         for ref in self._slots.values():
             ref.tell(message)
+        if self._limiter is not None:
+            self._limiter.tell(ApplyLimits(config.limits))
+        if self._residency is not None:
+            self._residency.tell(ApplyResidency(config.residency))
         self._config = config
         log.info("config_reloaded")
 
@@ -319,7 +384,7 @@ class GpuLane:
             self._stopped = True
         for ref in reversed(list(self._slots.values())):
             ref.stop()
-        for ref in (self._arbiter, self._store):
+        for ref in (self._arbiter, self._residency, self._limiter, self._store):
             if ref is not None:
                 ref.stop()
         self._timers.stop()
@@ -342,6 +407,16 @@ class GpuLane:
         if self._stopped or self._arbiter is None:
             raise SystemStoppedError("gpulane is stopped")
         return self._arbiter
+
+    def _limiter_ref(self) -> pykka.ActorRef[Any]:
+        if self._stopped or self._limiter is None:
+            raise SystemStoppedError("gpulane is stopped")
+        return self._limiter
+
+    def _ask(self, ref: pykka.ActorRef[Any] | None, message: Any) -> Any:
+        if self._stopped or ref is None:
+            raise SystemStoppedError("gpulane is stopped")
+        return ref.ask(message, block=True)
 
     def _ask_arbiter(self, message: Any) -> Any:
         return self._arbiter_ref().ask(message, block=True)

@@ -1,7 +1,15 @@
 """gpulane's vocabulary: immutable values, errors and messages, with no I/O and no threads."""
 
 from protocol.backend import BackendRequest, BackendResult, EmbedResult, LoadedModel
-from protocol.config import ActiveHours, RetryPolicy, SchedulingPolicy, StoreSettings
+from protocol.config import (
+    ActiveHours,
+    CallerLimits,
+    Limits,
+    ResidencySettings,
+    RetryPolicy,
+    SchedulingPolicy,
+    StoreSettings,
+)
 from protocol.enums import TERMINAL_STATES, CancelReason, JobKind, JobState, Lane, Priority
 from protocol.errors import (
     BackendError,
@@ -19,7 +27,7 @@ from protocol.errors import (
 from protocol.frozen import freeze, is_deeply_immutable, thaw
 from protocol.job import Job, JobMetrics
 from protocol.lifecycle import LEGAL_TRANSITIONS, check_transition, is_legal_transition
-from protocol.spec import RELOAD_OPTIONS, ChatMessage, JobSpec
+from protocol.spec import RELOAD_OPTIONS, ChatMessage, JobSpec, normalise_model_name
 
 __all__ = [
     "LEGAL_TRANSITIONS",
@@ -29,6 +37,7 @@ __all__ = [
     "BackendError",
     "BackendRequest",
     "BackendResult",
+    "CallerLimits",
     "CancelReason",
     "ChatMessage",
     "EmbedResult",
@@ -43,10 +52,12 @@ __all__ = [
     "JobSpec",
     "JobState",
     "Lane",
+    "Limits",
     "LoadedModel",
     "Priority",
     "QueueFullError",
     "RateLimitedError",
+    "ResidencySettings",
     "RetryPolicy",
     "SchedulingPolicy",
     "StoreError",
@@ -57,5 +68,6 @@ __all__ = [
     "freeze",
     "is_deeply_immutable",
     "is_legal_transition",
+    "normalise_model_name",
     "thaw",
 ]

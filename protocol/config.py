@@ -8,11 +8,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from protocol.errors import ValidationError
 
-__all__ = ["ActiveHours", "RetryPolicy", "SchedulingPolicy", "StoreSettings"]
+__all__ = [
+    "ActiveHours",
+    "CallerLimits",
+    "Limits",
+    "ResidencySettings",
+    "RetryPolicy",
+    "SchedulingPolicy",
+    "StoreSettings",
+]
 
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -108,6 +118,110 @@ class StoreSettings:
         )
         _require(self.prune_after_s > 0, "store.prune_after_s", "must be more than 0")
         _require(self.max_batch >= 1, "store.max_batch", "must be 1 or more")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallerLimits:
+    """The admission limits that apply to one caller; 0 means "no limit" for each figure."""
+
+    requests_per_minute: float = 60.0
+    burst: int = 10
+    max_queued_per_caller: int = 50
+    embeddings_per_minute: float = 600.0
+    embeddings_burst: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "embeddings_per_minute"):
+            _require(getattr(self, name) >= 0, f"limits.{name}", "must be 0 (no limit) or more")
+        for name in ("burst", "max_queued_per_caller", "embeddings_burst"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and value >= 0,
+                f"limits.{name}",
+                f"must be an integer of 0 (no limit) or more, got {value!r}",
+            )
+
+
+_CALLER_FIELDS = (
+    "requests_per_minute",
+    "burst",
+    "max_queued_per_caller",
+    "embeddings_per_minute",
+    "embeddings_burst",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """What the RateLimiter admits (ARCHITECTURE.md sections 2-3); hot-reloadable.
+
+    The per-caller figures here are the defaults; ``callers`` maps a caller identity to
+    overrides of some of them (``{"bot": {"requests_per_minute": 600}}``), resolved
+    against the defaults when the Limits are built. 0 means "no limit".
+    """
+
+    requests_per_minute: float = 60.0
+    burst: int = 10
+    max_queued_per_caller: int = 50
+    embeddings_per_minute: float = 600.0
+    embeddings_burst: int = 60
+    max_external_queue: int = 500
+    limit_internal: bool = False
+    min_retry_after_s: float = 1.0
+    callers: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        default = CallerLimits(**{name: getattr(self, name) for name in _CALLER_FIELDS})
+        _require(
+            isinstance(self.max_external_queue, int) and self.max_external_queue >= 0,
+            "limits.max_external_queue",
+            "must be an integer of 0 (no limit) or more",
+        )
+        _require(self.min_retry_after_s >= 0, "limits.min_retry_after_s", "must be 0 or more")
+        _require(
+            isinstance(self.limit_internal, bool), "limits.limit_internal", "must be true or false"
+        )
+        _require(isinstance(self.callers, Mapping), "limits.callers", "must map callers to tables")
+        resolved: dict[str, CallerLimits] = {}
+        for caller, overrides in self.callers.items():
+            if isinstance(overrides, CallerLimits):
+                resolved[caller] = overrides
+                continue
+            field = f"limits.callers.{caller}"
+            _require(isinstance(overrides, Mapping), field, "must be a table of limits")
+            for key in overrides:
+                _require(key in _CALLER_FIELDS, f"{field}.{key}", "unknown limit", _CALLER_FIELDS)
+            resolved[caller] = dataclasses.replace(default, **dict(overrides))
+        object.__setattr__(self, "callers", MappingProxyType(resolved))
+
+    def for_caller(self, caller: str) -> CallerLimits:
+        """The limits that apply to ``caller``: its overrides, or the defaults."""
+        found = self.callers.get(caller)
+        if isinstance(found, CallerLimits):
+            return found
+        return CallerLimits(**{name: getattr(self, name) for name in _CALLER_FIELDS})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResidencySettings:
+    """How the ResidencyTracker learns what is loaded, and which models it pins.
+
+    ``chat_model`` and ``embedding_model`` (empty: none) are loaded at start and kept
+    with ``pin_keep_alive_s`` (negative: forever, as Ollama reads it): two-slot residency.
+    """
+
+    poll_interval_s: float = 10.0
+    chat_model: str = ""
+    embedding_model: str = ""
+    pin_keep_alive_s: float = -1.0
+
+    def __post_init__(self) -> None:
+        _require(self.poll_interval_s > 0, "residency.poll_interval_s", "must be more than 0")
+
+    @property
+    def pinned(self) -> tuple[str, ...]:
+        """The models to keep loaded, chat model first."""
+        return tuple(m for m in (self.chat_model, self.embedding_model) if m)
 
 
 def _require(ok: bool, field: str, problem: str, allowed: Any = None) -> None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from protocol.config import RetryPolicy, SchedulingPolicy
+from protocol.backend import LoadedModel
+from protocol.config import Limits, ResidencySettings, RetryPolicy, SchedulingPolicy
 from protocol.enums import CancelReason, JobState, Lane
 from protocol.job import Job, JobMetrics
 from protocol.spec import JobSpec
 
 __all__ = [
+    "Admit",
+    "Admitted",
+    "ApplyLimits",
     "ApplyPolicy",
+    "ApplyResidency",
     "CallCancelled",
     "CallFailed",
     "CallFinished",
@@ -23,14 +28,25 @@ __all__ = [
     "GetJob",
     "GetJobBySeq",
     "InsertJob",
+    "JobEnded",
     "JobQueued",
     "JobStats",
     "LaneStats",
+    "LimiterSnapshot",
     "ListJobs",
     "LoadQueuedJobs",
+    "ModelEvicted",
+    "ModelLoaded",
     "PauseDispatch",
+    "PinFinished",
+    "PollResidency",
     "PruneJobs",
     "QueueSnapshot",
+    "ReleaseAdmission",
+    "ResidencyChanged",
+    "ResidencyPollFailed",
+    "ResidencyPolled",
+    "ResidencySnapshot",
     "ResumeDispatch",
     "SlotIdle",
     "SlotSnapshot",
@@ -249,3 +265,125 @@ class CallStreaming:
     """The call produced its first piece of text: the model is loaded and running."""
 
     call_id: int
+
+
+# --- RateLimiter ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admit:
+    """May ``caller`` queue a job in ``lane`` (or make an embedding call) now?
+
+    Replies with a reservation number to bind with Admitted once the job is stored
+    (or release with ReleaseAdmission), or raises RateLimitedError / QueueFullError
+    naming the limit, the current figure and a retry-after.
+    """
+
+    caller: str
+    lane: Lane
+    embedding: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admitted:
+    """The admitted job was stored as ``job_id``: it counts against its caps until it ends."""
+
+    reservation: int
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseAdmission:
+    """The admitted job was never stored (the insert failed): give its place back."""
+
+    reservation: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobEnded:
+    """The store committed a terminal state for ``job``: it no longer counts as queued."""
+
+    job: Job
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyLimits:
+    """New admission limits; buckets keep their fill, counts are kept."""
+
+    limits: Limits
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimiterSnapshot:
+    """Ask the RateLimiter for its counts and counters (replies with a read-only mapping)."""
+
+
+# --- ResidencyTracker -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelLoaded:
+    """Slot ``slot_id`` has ``model_key`` loaded (its call produced output or finished).
+
+    ``load_s`` is the load time the backend reported for the call (0 when not known yet).
+    """
+
+    slot_id: str
+    model_key: str
+    load_s: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelEvicted:
+    """Slot ``slot_id`` no longer holds ``model_key`` (it switched to another model)."""
+
+    slot_id: str
+    model_key: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PollResidency:
+    """Timer tick: ask the backend which models are loaded (off the tracker's thread)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResidencyPolled:
+    """The backend's loaded models, as asked at ``asked_at``."""
+
+    models: tuple[LoadedModel, ...]
+    asked_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResidencyPollFailed:
+    """Asking the backend for its loaded models failed."""
+
+    error: str
+    asked_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PinFinished:
+    """Loading pinned ``model`` with keep_alive ended; ``error`` is None on success."""
+
+    model: str
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyResidency:
+    """New residency settings (poll interval, pinned models)."""
+
+    settings: ResidencySettings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResidencySnapshot:
+    """Ask the tracker what is loaded where and until when (a read-only mapping)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResidencyChanged:
+    """The tracker's resident model keys changed (told to the arbiter)."""
+
+    resident: frozenset[str]

@@ -10,7 +10,7 @@ from protocol.enums import JobKind, Lane, Priority
 from protocol.errors import ValidationError
 from protocol.frozen import EMPTY_MAPPING, freeze, thaw
 
-__all__ = ["RELOAD_OPTIONS", "ROLES", "ChatMessage", "JobSpec"]
+__all__ = ["RELOAD_OPTIONS", "ROLES", "ChatMessage", "JobSpec", "normalise_model_name"]
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -18,6 +18,7 @@ ROLES = ("system", "user", "assistant", "tool")
 RELOAD_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "use_mmap", "num_thread")
 
 MAX_MODEL_NAME = 200
+_DEFAULT_TAG = ":latest"
 MAX_CALLER = 200
 MAX_ID_FIELD = 200
 MAX_ATTEMPTS_LIMIT = 100
@@ -155,8 +156,9 @@ class JobSpec:
     @property
     def model_key(self) -> str:
         """The residency key: the model plus the runner options that force a reload."""
+        model = normalise_model_name(self.model)
         parts = [f"{k}={self.options[k]}" for k in RELOAD_OPTIONS if k in self.options]
-        return self.model if not parts else f"{self.model}|{','.join(parts)}"
+        return model if not parts else f"{model}|{','.join(parts)}"
 
     def replace(self, **changes: Any) -> JobSpec:
         """A copy with some fields changed, validated again."""
@@ -193,6 +195,11 @@ class JobSpec:
         if unknown:
             raise ValidationError(unknown[0], "unknown field", allowed=sorted(known))
         return cls(**dict(data))
+
+
+def normalise_model_name(name: str) -> str:
+    """One spelling per model: Ollama reports ``llama3.2`` as ``llama3.2:latest`` (``/api/ps``)."""
+    return name[: -len(_DEFAULT_TAG)] if name.endswith(_DEFAULT_TAG) else name
 
 
 def _is_int(value: object) -> bool:

@@ -149,13 +149,35 @@ def test_jobs_for_the_resident_model_go_before_older_ones_that_need_a_swap() -> 
     assert drain(q, now=NOON + 10, resident=frozenset({"a"})) == [new_resident.id, old_other.id]
 
 
-def test_a_job_that_needs_a_swap_goes_first_once_it_waited_past_max_swap_defer() -> None:
+def test_a_job_that_needs_a_swap_runs_once_deferred_for_max_swap_defer_from_its_fifo_turn() -> None:
     q = ReadyQueue()
     old_other = make_job(model="b", created=NOON)
-    new_resident = make_job(model="a", created=NOON + 5)
+    resident = [make_job(model="a", created=NOON + 1 + i) for i in range(5)]
+    for job in (old_other, *resident):
+        q.add(job, NOON)
+    a = frozenset({"a"})
+    # Long past its creation, but its deferral starts at its first pass-over (its FIFO turn).
+    assert q.pop(NOON + 100, POLICY, resident=a) == resident[0]
+    assert q.pop(NOON + 129, POLICY, resident=a) == resident[1]
+    assert q.pop(NOON + 130, POLICY, resident=a) == old_other
+    assert drain(q, now=NOON + 131, resident=a) == [j.id for j in resident[2:]]
+
+
+def test_a_zero_max_swap_defer_serves_the_oldest_job_first_whatever_is_resident() -> None:
+    q = ReadyQueue()
+    old_other, new_resident = make_job(model="b"), make_job(model="a")
     q.add(old_other, NOON)
     q.add(new_resident, NOON)
-    assert drain(q, now=NOON + 31, resident=frozenset({"a"})) == [old_other.id, new_resident.id]
+    fifo = SchedulingPolicy(max_swap_defer_s=0.0)
+    assert q.pop(NOON, fifo, resident=frozenset({"a"})) == old_other
+
+
+def test_an_older_job_for_the_resident_model_is_not_deferred() -> None:
+    q = ReadyQueue()
+    old_resident, other = make_job(model="a"), make_job(model="b")
+    q.add(old_resident, NOON)
+    q.add(other, NOON)
+    assert drain(q, resident=frozenset({"a"})) == [old_resident.id, other.id]
 
 
 def test_callers_of_one_class_are_served_round_robin() -> None:

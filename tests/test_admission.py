@@ -1,0 +1,258 @@
+"""The RateLimiter and ResidencyTracker actors, alone and wired into a GpuLane (manual clock)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from actors import Config, GpuLane
+from actors.residency import ResidencyTracker
+from actors.testing import FakeBackend, FakeGpu, ManualClock
+from actors.timers import Timers
+from protocol import (
+    JobSpec,
+    Lane,
+    Limits,
+    LoadedModel,
+    QueueFullError,
+    RateLimitedError,
+    ResidencySettings,
+    StoreSettings,
+)
+from protocol.messages import (
+    ModelEvicted,
+    ModelLoaded,
+    ResidencyChanged,
+    ResidencySnapshot,
+)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it holds (state changes arrive through mailboxes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def chat(text: str = "hi", **fields: Any) -> JobSpec:
+    return JobSpec.chat(
+        model=str(fields.pop("model", "llama3.2")),
+        messages=[{"role": "user", "content": text}],
+        **fields,
+    )
+
+
+@pytest.fixture
+def limited_lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[GpuLane]:
+    config = Config(
+        store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")),
+        limits=Limits(requests_per_minute=0, max_queued_per_caller=2, max_external_queue=3),
+    )
+    lane = GpuLane.start(config, gpu=fake_gpu, clock=fake_gpu.clock)
+    try:
+        yield lane
+    finally:
+        lane.stop()
+
+
+def test_a_caller_over_its_queue_cap_is_refused_until_one_of_its_jobs_ends(
+    limited_lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    first = limited_lane.submit(chat("one", caller="alice"))
+    call = fake_gpu.next_call()
+    second = limited_lane.submit(chat("two", caller="alice"))
+    with pytest.raises(QueueFullError) as caught:
+        limited_lane.submit(chat("three", caller="alice"))
+    assert (caught.value.limit, caught.value.current, caught.value.maximum) == (
+        "queued_per_caller",
+        2,
+        2,
+    )
+    assert caught.value.retry_after >= 1.0
+    call.finish("done")
+    assert first.result(timeout=5) == "done"
+    wait_until(lambda: limited_lane.status()["admission"]["queued_by_caller"]["alice"] == 1)
+    third = limited_lane.submit(chat("three", caller="alice"))
+    assert not second.done() and not third.done()
+
+
+def test_the_external_lane_depth_is_capped_but_internal_work_still_gets_in(
+    limited_lane: GpuLane,
+) -> None:
+    for caller in ("a", "b", "c"):
+        limited_lane.submit(chat(caller=caller), detach=True)
+    with pytest.raises(QueueFullError) as caught:
+        limited_lane.submit(chat(caller="d"))
+    assert caught.value.limit == "external_queue" and caught.value.current == 3
+    limited_lane.submit(chat(caller="bot", lane=Lane.INTERNAL), detach=True)
+
+
+def test_reloading_the_limits_applies_a_new_request_rate(
+    limited_lane: GpuLane, manual_clock: ManualClock
+) -> None:
+    strict = limited_lane.config.replace(
+        limits=Limits(requests_per_minute=1, burst=1, max_queued_per_caller=0)
+    )
+    limited_lane.reload_config(strict)
+    wait_until(lambda: _rejects(limited_lane, "zed"))
+    with pytest.raises(RateLimitedError) as caught:
+        limited_lane.submit(chat(caller="zed"))
+    assert caught.value.limit == "requests_per_minute"
+    assert caught.value.retry_after == pytest.approx(60.0)
+    manual_clock.advance(60.0)
+    limited_lane.submit(chat(caller="zed"), detach=True)
+
+
+def _rejects(lane: GpuLane, caller: str) -> bool:
+    """Submit once for ``caller``; True if the limiter refused (a probe after a reload)."""
+    try:
+        lane.submit(chat(caller=caller), detach=True)
+    except RateLimitedError:
+        return True
+    return False
+
+
+def test_a_restarted_lane_counts_the_jobs_still_queued_against_their_callers(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    config = Config(
+        store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")),
+        limits=Limits(requests_per_minute=0, max_queued_per_caller=1),
+    )
+    with GpuLane.start(config, gpu=FakeGpu(clock), clock=clock) as lane:
+        lane.pause()
+        lane.submit(chat(caller="alice"), detach=True)
+    with GpuLane.start(config, gpu=FakeGpu(clock), clock=clock) as again:
+        again.pause()
+        with pytest.raises(QueueFullError):
+            again.submit(chat(caller="alice"))
+
+
+def test_status_counts_swaps_and_shows_the_resident_model(lane: GpuLane, fake_gpu: FakeGpu) -> None:
+    for model in ("a", "a", "b"):
+        ticket = lane.submit(chat(model=model))
+        fake_gpu.next_call().finish("ok")
+        ticket.result(timeout=5)
+    wait_until(lambda: lane.status()["resident_models"] == ("b",))
+    assert lane.status()["counters"]["swaps"] == 2  # nothing loaded, then a -> b
+
+
+class _Recorder(pykka.ThreadingActor):
+    """Stands in for the arbiter: keeps every ResidencyChanged it hears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[frozenset[str]] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, ResidencyChanged):
+            self.seen.append(message.resident)
+        return list(self.seen)
+
+
+@pytest.fixture
+def tracker_kit(
+    manual_clock: ManualClock,
+) -> Iterator[tuple[FakeBackend, pykka.ActorRef[Any], Callable[..., pykka.ActorRef[Any]]]]:
+    backend = FakeBackend(manual_clock)
+    timers = Timers(manual_clock).start()
+    recorder = _Recorder.start()
+    started: list[pykka.ActorRef[Any]] = []
+
+    def start(**settings: Any) -> pykka.ActorRef[Any]:
+        ref = ResidencyTracker.start(
+            settings=ResidencySettings(**settings),
+            clock=manual_clock,
+            timers=timers,
+            backend=backend,
+            arbiter=recorder,
+        )
+        started.append(ref)
+        return ref
+
+    yield backend, recorder, start
+    for ref in started:
+        ref.stop()
+    recorder.stop()
+    timers.stop()
+
+
+def _resident(tracker: pykka.ActorRef[Any]) -> tuple[str, ...]:
+    snapshot: Any = tracker.ask(ResidencySnapshot())
+    return tuple(snapshot["resident"])
+
+
+def test_the_tracker_pins_the_chat_and_embedding_models_with_keep_alive(
+    tracker_kit: Any,
+) -> None:
+    backend, recorder, start = tracker_kit
+    loads: list[tuple[str, object]] = []
+    real_load = backend.load
+
+    def load(model: str, keep_alive: object = None) -> None:
+        loads.append((model, keep_alive))
+        real_load(model, keep_alive)
+
+    backend.load = load
+    tracker = start(chat_model="llama3.2", embedding_model="nomic-embed-text:latest")
+    wait_until(lambda: len(loads) == 2)
+    assert sorted(loads) == [("llama3.2", -1.0), ("nomic-embed-text:latest", -1.0)]
+    wait_until(lambda: _resident(tracker) == ("llama3.2", "nomic-embed-text"))
+    wait_until(lambda: recorder.ask("seen")[-1] == frozenset({"llama3.2", "nomic-embed-text"}))
+
+
+def test_the_tracker_polls_the_backend_on_a_timer_and_normalises_latest(
+    tracker_kit: Any, manual_clock: ManualClock
+) -> None:
+    backend, recorder, start = tracker_kit
+    tracker = start(poll_interval_s=10.0)
+    wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["polls"] == 1)
+    assert _resident(tracker) == ()
+    backend.loaded["x"] = LoadedModel(name="llama3.2:latest", expires_at=manual_clock.now() + 300)
+    manual_clock.advance(10.0)
+    wait_until(lambda: _resident(tracker) == ("llama3.2",))
+    assert recorder.ask("seen")[-1] == frozenset({"llama3.2"})
+    manual_clock.advance(301.0)  # its keep_alive ran out, and the next poll says it is gone
+    del backend.loaded["x"]
+    wait_until(lambda: _resident(tracker) == ())
+
+
+def test_a_polled_model_maps_to_the_key_a_slot_last_loaded_with_reload_options(
+    tracker_kit: Any, manual_clock: ManualClock
+) -> None:
+    backend, _, start = tracker_kit
+    tracker = start(poll_interval_s=5.0)
+    wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["polls"] == 1)
+    tracker.tell(ModelLoaded("gpu0", "llama3.2|num_ctx=8192", load_s=2.5))
+    wait_until(lambda: _resident(tracker) == ("llama3.2|num_ctx=8192",))
+    backend.loaded["llama3.2"] = LoadedModel(name="llama3.2:latest")
+    tracker.tell(ModelEvicted("gpu0", "llama3.2|num_ctx=8192"))
+    manual_clock.advance(5.0)
+    wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["polls"] >= 2)
+    assert _resident(tracker) == ("llama3.2|num_ctx=8192",)
+    assert tracker.ask(ResidencySnapshot())["counters"]["loading_s"] == 2.5
+
+
+def test_a_failed_poll_is_counted_and_polling_goes_on(
+    tracker_kit: Any, manual_clock: ManualClock
+) -> None:
+    backend, _, start = tracker_kit
+    calls: list[int] = []
+
+    def broken() -> tuple[LoadedModel, ...]:
+        calls.append(1)
+        raise ConnectionError("refused")
+
+    backend.loaded_models = broken
+    tracker = start(poll_interval_s=1.0)
+    wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["poll_failures"] == 1)
+    manual_clock.advance(1.0)
+    wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["poll_failures"] == 2)
+    assert len(calls) == 2

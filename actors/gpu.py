@@ -9,10 +9,7 @@ and a cancel for the same job never interleave; news about an older call (a stal
 from __future__ import annotations
 
 import dataclasses
-import queue
 import random
-import threading
-from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +21,7 @@ from actors.clock import Clock
 from actors.refs import ActorAddress
 from actors.sinks import SinkRegistry
 from actors.timers import TimerHandle, Timers
+from actors.worker import WorkerThread
 from protocol import (
     BackendError,
     BackendRequest,
@@ -75,26 +73,6 @@ class _Call:
         return self.job.partial_output + "".join(self.chunks)
 
 
-class _Worker:
-    """The slot's one worker thread: runs backend calls so the actor's thread never blocks."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, work: Callable[[], None]) -> None:
-        self._jobs.put(work)
-
-    def stop(self, timeout: float) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (work := self._jobs.get()) is not None:
-            work()
-
-
 class GpuSlot(pykka.ThreadingActor):
     """Owns the single call running on one GPU (or backend): its cancel token and stream."""
 
@@ -129,11 +107,11 @@ class GpuSlot(pykka.ThreadingActor):
         self._residency = residency  # the ResidencyTracker hears loads and switches, if wired
         self._call: _Call | None = None
         self._model_key: str | None = None
-        self._worker: _Worker | None = None
+        self._worker: WorkerThread | None = None
 
     def on_start(self) -> None:
         """Start the worker thread and offer the slot to the arbiter."""
-        self._worker = _Worker(f"gpulane-slot-{self.slot_id}")
+        self._worker = WorkerThread(f"gpulane-slot-{self.slot_id}")
         self._arbiter.tell(SlotIdle(self.slot_id, self._model_key))
 
     def on_stop(self) -> None:

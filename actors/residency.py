@@ -21,9 +21,6 @@ finds a pinned model gone.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -34,6 +31,7 @@ from actors.backends.base import Backend
 from actors.clock import Clock
 from actors.refs import ActorAddress
 from actors.timers import TimerHandle, Timers
+from actors.worker import WorkerThread
 from protocol import LoadedModel, ResidencySettings, normalise_model_name
 from protocol.messages import (
     ApplyResidency,
@@ -55,26 +53,6 @@ log = structlog.get_logger(__name__)
 def model_of_key(key: str) -> str:
     """The model name part of a residency key (``llama3.2|num_ctx=8192`` → ``llama3.2``)."""
     return key.partition("|")[0]
-
-
-class _IoWorker:
-    """One thread that runs the tracker's backend calls, so the actor's thread never blocks."""
-
-    def __init__(self, name: str) -> None:
-        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, work: Callable[[], None]) -> None:
-        self._work.put(work)
-
-    def stop(self, timeout: float) -> None:
-        self._work.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (work := self._work.get()) is not None:
-            work()
 
 
 class ResidencyTracker(pykka.ThreadingActor):
@@ -101,7 +79,7 @@ class ResidencyTracker(pykka.ThreadingActor):
         self._backend = backend
         self._arbiter = arbiter
         self._shutdown_timeout_s = shutdown_timeout_s
-        self._worker: _IoWorker | None = None
+        self._worker: WorkerThread | None = None
         self._next_poll: TimerHandle | None = None
         self._polling = False
         self._pinning: set[str] = set()
@@ -122,7 +100,7 @@ class ResidencyTracker(pykka.ThreadingActor):
     def on_start(self) -> None:
         """Start the worker, pin the configured models, poll once, tell the arbiter."""
         if self._backend is not None:
-            self._worker = _IoWorker("gpulane-residency")
+            self._worker = WorkerThread("gpulane-residency")
             self._pin_missing()
             self._poll()
         self._publish()

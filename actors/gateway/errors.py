@@ -102,14 +102,34 @@ def _from_pydantic(exc: RequestValidationError) -> GatewayError:
     if not errors:
         return GatewayError(400, "the request is not valid")
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    field = ".".join(loc) or "body"
+    field = ".".join(_field_path(errors)) or "body"
     problem = str(first.get("msg", "is not valid"))
     context = first.get("ctx") or {}
     expected = context.get("expected")
     if first.get("type") == "json_invalid":
         field, problem = "body", f"is not valid JSON: {context.get('error', problem)}"
     return GatewayError(400, problem, field=field, allowed=str(expected) if expected else None)
+
+
+def _location(error: Mapping[str, Any]) -> list[str]:
+    return [str(part) for part in error.get("loc", ()) if part != "body"]
+
+
+def _field_path(errors: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The first error's field: the common location of the errors about the same field
+    (a value that fits no member of a union gets one error per member, each located at
+    the member's type tag), without trailing type tags such as ``literal['json']``."""
+    first = _location(errors[0])
+    related = [loc for loc in map(_location, errors) if loc[:1] == first[:1]]
+    path = first
+    for loc in related[1:]:
+        common = 0
+        while common < min(len(path), len(loc)) and path[common] == loc[common]:
+            common += 1
+        path = path[:common]
+    while path and not (path[-1].isidentifier() or path[-1].isdigit()):
+        path = path[:-1]
+    return path
 
 
 def render(request: Request, error: GatewayError) -> JSONResponse:

@@ -176,6 +176,7 @@ async def queue_position(gateway: Gateway, job: Job) -> int:
 
 async def _events(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
     """Queued (with position) → started → chunks → end; polls the store when no live ticket."""
+    ticket = gateway.ticket(job.id)  # taken now: it is dropped once the job ends
     last_position = -1.0
     loop = asyncio.get_running_loop()
     while job.state is JobState.QUEUED:
@@ -186,7 +187,6 @@ async def _events(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
         job = await gateway.call(gateway.lane.get, job.id)
     if not job.state.is_terminal:
         yield _event("started", {"id": job.id, "state": job.state.value})
-    ticket = gateway.ticket(job.id)
     if ticket is not None:
         try:
             async for piece in ticket.stream():

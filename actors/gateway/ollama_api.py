@@ -48,7 +48,7 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)
-    stream: bool = True
+    stream: bool = Field(default=True, strict=True)
     format: Literal["json", ""] | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: str | float | None = None
@@ -158,7 +158,7 @@ async def _respond(request: Request, gateway: Gateway, spec: JobSpec, kind: str)
     async def body() -> AsyncIterator[bytes]:
         try:
             async for piece in stream.pieces():
-                yield _encode(_line(spec.model, kind, piece))
+                yield _encode(_line(spec.model, kind, piece) | {"done": False})
         except (JobFailedError, JobCancelledError) as exc:
             yield _encode({"error": str(exc)})
             return

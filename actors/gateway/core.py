@@ -36,6 +36,7 @@ log = structlog.get_logger("actors.gateway")
 T = TypeVar("T")
 
 FACADE_THREADS = 64
+MAX_SEQ_DIGITS = 18  # sequence numbers are SQLite integers (below 2**63)
 
 
 class Gateway:
@@ -100,7 +101,8 @@ class Gateway:
 
     async def job_for(self, caller: Caller, ref: str) -> Job:
         """A job by id or sequence number, if ``caller`` may see it (404 otherwise)."""
-        key: str | int = int(ref) if ref.isdigit() else ref
+        is_seq = ref.isascii() and ref.isdigit() and len(ref) <= MAX_SEQ_DIGITS
+        key: str | int = int(ref) if is_seq else ref
         job = await self.call(self.lane.get, key)
         if not caller.may_see(job.spec.caller):
             raise GatewayError(404, f"no job {ref!r}", field="job", reason="not_found")

@@ -67,7 +67,9 @@ def _queue(args: argparse.Namespace) -> int:
     if action == "ls":
         query = f"?limit={args.limit}" + "".join(f"&state={s}" for s in args.state or ())
         jobs = _request(args, "GET", "/jobs" + query)["jobs"]
-        print(f"{'seq':>6}  {'id':<26}  {'state':<9}  {'lane':<8}  {'prio':<6}  {'caller':<12}  model")
+        print(
+            f"{'seq':>6}  {'id':<26}  {'state':<9}  {'lane':<8}  {'prio':<6}  {'caller':<12}  model"
+        )
         for job in jobs:
             print(_job_line(job))
         return 0

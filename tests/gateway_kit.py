@@ -63,9 +63,7 @@ class Stack:
 
     def client(self, key: str | None = ALICE) -> httpx.Client:
         """An httpx client on the gateway, authenticated as ``key`` (None: no header)."""
-        return httpx.Client(
-            base_url=self.url, headers=bearer(key) if key else {}, timeout=10.0
-        )
+        return httpx.Client(base_url=self.url, headers=bearer(key) if key else {}, timeout=10.0)
 
     def wait_for_job(self, predicate: Callable[[Job], bool], timeout: float = 5.0) -> Job:
         """The first job (newest first) matching ``predicate``, waiting up to ``timeout``."""

@@ -153,7 +153,10 @@ def test_openai_client_gets_a_chat_completion_with_usage(stack: Stack) -> None:
 
 def test_openai_client_streams_server_sent_events_to_the_same_text(stack: Stack) -> None:
     stream = openai_client(stack).chat.completions.create(
-        model="tiny", messages=HELLO, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model="tiny",
+        messages=HELLO,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -298,7 +301,11 @@ def test_a_body_over_the_byte_limit_is_a_413_naming_the_limit(tight: Stack) -> N
     ("path", "body", "field"),
     [
         ("/api/chat", {"model": "tiny", "messages": HELLO * 4}, "messages"),
-        ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "y" * 101}]}, "messages"),
+        (
+            "/api/chat",
+            {"model": "tiny", "messages": [{"role": "user", "content": "y" * 101}]},
+            "messages",
+        ),
         ("/api/generate", {"model": "tiny", "prompt": "y" * 101}, "prompt"),
         ("/jobs", {"model": "tiny", "kind": "generate", "prompt": "y" * 101}, "prompt"),
         ("/v1/chat/completions", {"model": "tiny", "messages": HELLO * 4}, "messages"),
@@ -322,19 +329,31 @@ def test_text_over_the_message_or_character_limit_is_a_413_naming_it(
     [
         ("/api/chat", {"messages": HELLO}, "model"),
         ("/api/chat", {"model": "", "messages": HELLO}, "model"),
-        ("/api/chat", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        (
+            "/api/chat",
+            {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]},
+            "messages.0.role",
+        ),
         ("/api/chat", {"model": "tiny", "messages": []}, "messages"),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "stream": "yes"}, "stream"),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "options": [1]}, "options"),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "format": "xml"}, "format"),
-        ("/api/chat", {"model": "tiny", "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
+        (
+            "/api/chat",
+            {"model": "tiny", "messages": HELLO, "tools": [{"type": "function"}]},
+            "tools",
+        ),
         ("/api/generate", {"model": "tiny", "prompt": 5}, "prompt"),
         ("/jobs", {"model": "tiny", "messages": HELLO, "priority": "asap"}, "priority"),
         ("/jobs", {"model": "tiny", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
         ("/jobs", {"model": "tiny", "messages": HELLO, "max_attempts": 101}, "max_attempts"),
         ("/jobs", {"model": "tiny", "kind": "embed"}, "kind"),
         ("/v1/chat/completions", {"model": "tiny", "messages": []}, "messages"),
-        ("/v1/chat/completions", {"model": "tiny", "messages": HELLO, "temperature": 3}, "temperature"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": HELLO, "temperature": 3},
+            "temperature",
+        ),
     ],
 )
 def test_a_bad_field_is_a_400_naming_the_field(
@@ -350,14 +369,18 @@ def test_a_bad_field_is_a_400_naming_the_field(
 
 def test_a_body_that_is_not_json_is_a_400_naming_the_body(stack: Stack) -> None:
     with stack.client() as http:
-        response = http.post("/api/chat", content=b"{not json", headers={"content-type": "application/json"})
+        response = http.post(
+            "/api/chat", content=b"{not json", headers={"content-type": "application/json"}
+        )
     assert response.status_code == 400 and response.json()["field"] == "body"
 
 
 def test_a_bad_scheduling_header_is_a_400_naming_the_header(stack: Stack) -> None:
     with stack.client() as http:
         response = http.post(
-            "/api/chat", json={"model": "tiny", "messages": HELLO}, headers={"X-Gpulane-Priority": "asap"}
+            "/api/chat",
+            json={"model": "tiny", "messages": HELLO},
+            headers={"X-Gpulane-Priority": "asap"},
         )
     assert response.status_code == 400
     assert response.json()["field"] == "x-gpulane-priority"
@@ -368,9 +391,10 @@ def test_a_bad_scheduling_header_is_a_400_naming_the_header(stack: Stack) -> Non
 
 
 def test_a_streaming_client_that_disconnects_cancels_its_running_job(stack: Stack) -> None:
-    with stack.client() as http, http.stream(
-        "POST", "/api/chat", json={"model": "endless", "messages": HELLO}
-    ) as response:
+    with (
+        stack.client() as http,
+        http.stream("POST", "/api/chat", json={"model": "endless", "messages": HELLO}) as response,
+    ):
         lines = response.iter_lines()
         assert json.loads(next(lines))["done"] is False
         assert json.loads(next(lines))["done"] is False
@@ -382,7 +406,9 @@ def test_a_streaming_client_that_disconnects_cancels_its_running_job(stack: Stac
 def test_a_waiting_client_that_disconnects_cancels_its_queued_job(stack: Stack) -> None:
     stack.lane.pause()
     with stack.client() as http, pytest.raises(httpx.ReadTimeout):
-        http.post("/api/chat", json={"model": "tiny", "messages": HELLO, "stream": False}, timeout=0.3)
+        http.post(
+            "/api/chat", json={"model": "tiny", "messages": HELLO, "stream": False}, timeout=0.3
+        )
     job = stack.wait_for_job(lambda j: j.state is JobState.CANCELLED)
     assert job.error == "caller_gone"
 
@@ -449,7 +475,10 @@ def test_job_events_give_queue_position_then_chunks_then_the_end(stack: Stack) -
         result: dict[str, list[tuple[str, dict[str, Any]]]] = {}
 
         def listen() -> None:
-            with stack.client() as listener, listener.stream("GET", f"/jobs/{second['id']}/events") as r:
+            with (
+                stack.client() as listener,
+                listener.stream("GET", f"/jobs/{second['id']}/events") as r,
+            ):
                 result["events"] = sse_events(r)
 
         thread = threading.Thread(target=listen)
@@ -501,3 +530,10 @@ def test_the_status_page_shows_the_queue_without_naming_callers(stack: Stack) ->
     assert "<h1>gpulane: 1 queued</h1>" in page and "dispatch is paused" in page
     assert "http-equiv='refresh'" in page
     assert job["id"] not in page and "alice" not in page
+
+
+@pytest.mark.parametrize("ref", ["99999999999999999999999", "²", "no-such-job"])
+def test_an_unknown_or_impossible_job_reference_is_a_404(stack: Stack, ref: str) -> None:
+    with stack.client() as http:
+        response = http.get(f"/jobs/{ref}")
+    assert response.status_code == 404 and response.json()["field"] == "job"

@@ -183,12 +183,18 @@ def main() -> None:
     results["http_layer.added_ms.p50"] = (
         results["gateway.chat_ms.p50"] - results["in_process.chat_ms.p50"]
     )
-    print(f"{clients} clients waiting on /api/chat: {completed} completed in {wall:.2f} s; "
-          f"gateway peak RSS {peak_mb:.1f} MB (before the load {idle_mb:.1f} MB)")
-    print(f"POST /jobs: {rate:.0f} submits/s, p50 {results['gateway.submit_ms.p50']:.2f} ms, "
-          f"p99 {results['gateway.submit_ms.p99']:.2f} ms ({submit_count} submits, 64 in flight)")
-    print(f"\n{'/api/chat, one at a time':28} {'direct':>10} {'in-process':>12} {'gateway':>10} "
-          f"{'added':>10}")
+    print(
+        f"{clients} clients waiting on /api/chat: {completed} completed in {wall:.2f} s; "
+        f"gateway peak RSS {peak_mb:.1f} MB (before the load {idle_mb:.1f} MB)"
+    )
+    print(
+        f"POST /jobs: {rate:.0f} submits/s, p50 {results['gateway.submit_ms.p50']:.2f} ms, "
+        f"p99 {results['gateway.submit_ms.p99']:.2f} ms ({submit_count} submits, 64 in flight)"
+    )
+    print(
+        f"\n{'/api/chat, one at a time':28} {'direct':>10} {'in-process':>12} {'gateway':>10} "
+        f"{'added':>10}"
+    )
     for q in ("p50", "p99"):
         d, i, g = (results[f"{s}.chat_ms.{q}"] for s in ("direct", "in_process", "gateway"))
         print(f"{'latency ms ' + q:28} {d:10.3f} {i:12.3f} {g:10.3f} {g - d:10.3f}")

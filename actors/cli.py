@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     from actors.logs import configure_logging
 
     configure_logging(args.log_level, json=args.log_json)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per catalog request
     config = Config.load(args.config) if args.config else Config.from_mapping({})
     serve(config, config_path=args.config, host=args.host, port=args.port)
     return 0

@@ -537,3 +537,11 @@ def test_an_unknown_or_impossible_job_reference_is_a_404(stack: Stack, ref: str)
     with stack.client() as http:
         response = http.get(f"/jobs/{ref}")
     assert response.status_code == 404 and response.json()["field"] == "job"
+
+
+def test_a_json_body_sent_with_curls_form_content_type_is_read_as_json(stack: Stack) -> None:
+    body = json.dumps({"model": "tiny", "messages": HELLO, "stream": False})
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with stack.client() as http:
+        response = http.post("/api/chat", content=body, headers=form)
+    assert response.status_code == 200 and response.json()["done"] is True

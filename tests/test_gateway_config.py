@@ -1,4 +1,4 @@
-"""The ``[gateway]`` config section: TOML tables, environment overrides, refusals that name the key."""
+"""The ``[gateway]`` config section: TOML tables, environment overrides, refusals naming keys."""
 
 from __future__ import annotations
 

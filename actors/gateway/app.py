@@ -27,8 +27,13 @@ __all__ = ["create_app"]
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class BodyLimit:
-    """413 naming ``gateway.max_body_bytes`` for a body over the limit, declared or streamed."""
+class RequestGuard:
+    """Every body is JSON, and none is larger than ``gateway.max_body_bytes``.
+
+    Ollama reads a JSON body whatever its Content-Type (its own examples use ``curl -d``,
+    which sends a form type), so a POST without a JSON type is read as JSON too. A body
+    over the limit, declared or streamed, is a 413 naming the limit.
+    """
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
@@ -38,8 +43,14 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = dict(scope["headers"])
+        if scope["method"] == "POST" and not headers.get(b"content-type", b"").startswith(
+            b"application/json"
+        ):
+            headers[b"content-type"] = b"application/json"
+            scope = dict(scope, headers=list(headers.items()))
         limit = self.gateway.settings.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._reject(scope, receive, send, int(declared), limit)
             return
@@ -122,7 +133,7 @@ def create_app(
         return render(request, exc.error)
 
     app.add_exception_handler(BodyTooLarge, body_too_large)
-    app.add_middleware(BodyLimit, gateway=gateway)
+    app.add_middleware(RequestGuard, gateway=gateway)
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
     app.include_router(jobs_api.router)

@@ -8,6 +8,7 @@ the file (e.g. ``GPULANE_STORE_PATH=/var/lib/gpulane.sqlite3``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from protocol import (
     ValidationError,
 )
 
-__all__ = ["BackendSettings", "Config"]
+__all__ = ["ApiKey", "BackendSettings", "Config", "GatewaySettings"]
 
 BACKEND_KINDS = ("ollama", "simulated")
 
@@ -51,6 +52,119 @@ class BackendSettings:
             raise ValidationError("backend.url", f"not an http(s) URL: {self.url!r}")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One gateway API key: the caller identity it stands for and what that caller may do.
+
+    The caller identity comes from the key alone (never from a request field), so rate
+    limits and job visibility cannot be spoofed by a client.
+    """
+
+    key: str
+    caller: str
+    allow_internal: bool = False
+    admin: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or len(self.key) < 8:
+            raise ValidationError(
+                "gateway.api_keys.key", "must be a string of 8 characters or more"
+            )
+        if not isinstance(self.caller, str) or not self.caller.strip():
+            raise ValidationError("gateway.api_keys.caller", "must be a non-empty string")
+        for name in ("allow_internal", "admin"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(f"gateway.api_keys.{name}", "must be true or false")
+
+    @classmethod
+    def parse(cls, value: ApiKey | Mapping[str, Any] | str) -> ApiKey:
+        """From a TOML table, or the environment form ``caller:key[:internal][:admin]``."""
+        if isinstance(value, ApiKey):
+            return value
+        if isinstance(value, str):
+            caller, _, rest = value.partition(":")
+            key, *flags = rest.split(":")
+            unknown = sorted(set(flags) - {"internal", "admin"})
+            if unknown:
+                raise ValidationError(
+                    "gateway.api_keys",
+                    f"unknown flag {unknown[0]!r}",
+                    allowed=("internal", "admin"),
+                )
+            return cls(key, caller, "internal" in flags, "admin" in flags)
+        if not isinstance(value, Mapping):
+            raise ValidationError("gateway.api_keys", "each key must be a table")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(value) - known)
+        if extra:
+            raise ValidationError(
+                f"gateway.api_keys.{extra[0]}", "unknown setting", allowed=sorted(known)
+            )
+        missing = sorted({"key", "caller"} - set(value))
+        if missing:
+            raise ValidationError(f"gateway.api_keys.{missing[0]}", "is required")
+        return cls(**dict(value))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The HTTP gateway (``gpulane serve``): where it listens, who may call it, how much.
+
+    With no ``api_keys`` the gateway is open to anyone who can reach it, as the local
+    caller ``local`` with admin rights; that is allowed on a loopback address only.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 11435
+    api_keys: tuple[ApiKey, ...] = ()
+    max_body_bytes: int = 1_048_576
+    max_messages: int = 200
+    max_prompt_chars: int = 200_000
+    log_prompts: bool = False
+
+    def __post_init__(self) -> None:
+        keys = self.api_keys
+        if isinstance(keys, str):
+            keys = tuple(part for part in keys.split(",") if part.strip())
+        if not isinstance(keys, (list, tuple)):
+            raise ValidationError("gateway.api_keys", "must be a list of key tables")
+        parsed = tuple(ApiKey.parse(k.strip() if isinstance(k, str) else k) for k in keys)
+        seen: set[str] = set()
+        for entry in parsed:
+            if entry.key in seen:
+                raise ValidationError(
+                    "gateway.api_keys", f"key for {entry.caller!r} is listed twice"
+                )
+            seen.add(entry.key)
+        object.__setattr__(self, "api_keys", parsed)
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValidationError("gateway.port", f"must be 0 to 65535, got {self.port!r}")
+        for name in ("max_body_bytes", "max_messages", "max_prompt_chars"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValidationError(
+                    f"gateway.{name}", f"must be an integer of 1 or more, got {value!r}"
+                )
+        if not isinstance(self.log_prompts, bool):
+            raise ValidationError("gateway.log_prompts", "must be true or false")
+        if not parsed and not self.is_loopback:
+            raise ValidationError(
+                "gateway.api_keys",
+                f"are required when listening on {self.host!r}",
+                allowed="a loopback host (127.0.0.1, ::1, localhost) for an open gateway",
+            )
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when only this machine can reach the gateway."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "store": StoreSettings,
     "scheduling": SchedulingPolicy,
@@ -58,6 +172,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "backend": BackendSettings,
     "limits": Limits,
     "residency": ResidencySettings,
+    "gateway": GatewaySettings,
 }
 
 
@@ -71,6 +186,7 @@ class Config:
     backend: BackendSettings = BackendSettings()
     limits: Limits = Limits()
     residency: ResidencySettings = ResidencySettings()
+    gateway: GatewaySettings = GatewaySettings()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

@@ -1,0 +1,229 @@
+"""The gateway's shared state and the few things every route does with the facade.
+
+Every facade call that may block (a pykka ask, a SQLite commit) runs on a dedicated
+thread pool, never on the event loop (ARCHITECTURE.md section 8); waiting for a job
+uses ``await ticket`` / ``ticket.stream()``, which the sinks wake with
+``call_soon_threadsafe``. The pool is wide so that many concurrent submits reach the
+job store together and are committed in one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import structlog
+from fastapi import Depends, Request
+
+from actors.config import Config, GatewaySettings
+from actors.gateway.auth import Caller, KeyRing
+from actors.gateway.errors import GatewayError
+from actors.gateway.metrics import GatewayMetrics
+from actors.system import GpuLane
+from actors.ticket import Ticket
+from protocol import Job, JobKind, JobSpec, JobState
+
+__all__ = ["CallerDep", "Gateway", "caller_of", "gateway_of"]
+
+log = structlog.get_logger("actors.gateway")
+
+T = TypeVar("T")
+
+FACADE_THREADS = 64
+MAX_SEQ_DIGITS = 18  # sequence numbers are SQLite integers (below 2**63)
+
+
+class Gateway:
+    """What the routes share: the facade, the settings in force, keys, metrics, live tickets."""
+
+    def __init__(
+        self,
+        lane: GpuLane,
+        settings: GatewaySettings,
+        *,
+        upstream: str | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        self.lane = lane
+        self.settings = settings
+        self.keys = KeyRing(settings.api_keys)
+        self.upstream = upstream
+        self.config_path = config_path
+        self.metrics = GatewayMetrics(lane.status)
+        self.http: httpx.AsyncClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._tickets: dict[str, Ticket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- life cycle (the app's lifespan) ------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the thread pool and the client for the model server's catalog."""
+        self._pool = ThreadPoolExecutor(FACADE_THREADS, thread_name_prefix="gateway-facade")
+        if self.upstream is not None:
+            self.http = httpx.AsyncClient(base_url=self.upstream, timeout=10.0)
+
+    async def close(self) -> None:
+        """Stop watching detached jobs (they keep running), close the pool and the client."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tickets.clear()
+        if self.http is not None:
+            await self.http.aclose()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # --- the facade, off the event loop -------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking facade call on the gateway's pool and await its result."""
+        if self._pool is None:
+            raise RuntimeError("the gateway is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def submit(self, spec: JobSpec, *, detach: bool) -> Ticket:
+        """Check the size limits, log the request, and submit it durably."""
+        self.check_limits(spec)
+        self.log_submit(spec)
+        ticket = await self.call(self.lane.submit, spec, detach=detach)
+        if detach:
+            self.track(ticket)
+        return ticket
+
+    async def job_for(self, caller: Caller, ref: str) -> Job:
+        """A job by id or sequence number, if ``caller`` may see it (404 otherwise)."""
+        is_seq = ref.isascii() and ref.isdigit() and len(ref) <= MAX_SEQ_DIGITS
+        key: str | int = int(ref) if is_seq else ref
+        job = await self.call(self.lane.get, key)
+        if not caller.may_see(job.spec.caller):
+            raise GatewayError(404, f"no job {ref!r}", field="job", reason="not_found")
+        return job
+
+    def ticket(self, job_id: str) -> Ticket | None:
+        """The live ticket of a detached job this gateway submitted, while it runs."""
+        return self._tickets.get(job_id)
+
+    def track(self, ticket: Ticket) -> None:
+        """Keep a detached ticket until its job ends, then record the job's metrics."""
+        self._tickets[ticket.job_id] = ticket
+        task = asyncio.get_running_loop().create_task(self._watch(ticket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, ticket: Ticket) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await ticket
+            if ticket.done():
+                self.metrics.job_ended(ticket.job(timeout=0))
+        finally:
+            self._tickets.pop(ticket.job_id, None)
+
+    # --- request hygiene ----------------------------------------------------------------
+
+    def check_limits(self, spec: JobSpec) -> None:
+        """413 naming the field and the limit when a request is larger than allowed."""
+        settings = self.settings
+        if len(spec.messages) > settings.max_messages:
+            raise GatewayError(
+                413,
+                f"has {len(spec.messages)} messages; the limit is {settings.max_messages}",
+                field="messages", reason="too_large",
+            )  # fmt: skip
+        size = len(spec.prompt) + len(spec.system or "")
+        size += sum(len(m.content) for m in spec.messages)
+        if size > settings.max_prompt_chars:
+            field = "messages" if spec.kind is JobKind.CHAT else "prompt"
+            raise GatewayError(
+                413,
+                f"holds {size} characters of text; the limit is {settings.max_prompt_chars}",
+                field=field, reason="too_large",
+            )  # fmt: skip
+
+    def log_submit(self, spec: JobSpec) -> None:
+        """Log a submission; the text itself only when ``gateway.log_prompts`` is on."""
+        fields: dict[str, Any] = {
+            "caller": spec.caller,
+            "model": spec.model,
+            "kind": spec.kind.value,
+            "lane": spec.lane.value,
+            "priority": spec.priority.name.lower(),
+        }
+        if self.settings.log_prompts:
+            fields["prompt"] = spec.prompt
+            fields["messages"] = [m.to_dict() for m in spec.messages]
+        log.info("gateway_submit", **fields)
+
+    def reload(self) -> Config:
+        """Re-read the config file; apply scheduling, retry and gateway keys and limits."""
+        if self.config_path is None:
+            raise GatewayError(
+                409, "the gateway was started without a config file", field="config",
+                allowed="gpulane serve --config FILE", reason="conflict",
+            )  # fmt: skip
+        config = Config.load(self.config_path)
+        new = config.gateway
+        for name in ("host", "port"):
+            if getattr(new, name) != getattr(self.settings, name):
+                raise GatewayError(
+                    409, "cannot change while running", field=f"gateway.{name}",
+                    allowed="a restart", reason="conflict",
+                )  # fmt: skip
+        self.lane.reload_config(config)
+        self.settings = new
+        self.keys = KeyRing(new.api_keys)
+        return config
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The Gateway behind this app."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def caller_of(request: Request) -> Caller:
+    """FastAPI dependency: the authenticated caller (401 without a valid key)."""
+    return gateway_of(request).keys.identify(request.headers.get("authorization"))
+
+
+CallerDep = Annotated[Caller, Depends(caller_of)]
+
+
+async def cancel_on_disconnect(request: Request, ticket: Ticket) -> None:
+    """Cancel ``ticket``'s job as soon as the client closes its connection."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            ticket.cancel()
+            return
+
+
+def final_job(ticket: Ticket) -> Job:
+    """The ended job of a ticket whose wait or stream has returned (does not block)."""
+    job = ticket.job(timeout=0)
+    if not job.state.is_terminal:
+        raise RuntimeError(f"job {job.id} is still {job.state.value}")
+    return job
+
+
+def failure_status(job: Job) -> int:
+    """The HTTP status for a job that ended without an answer before any output was sent.
+
+    A permanent "model not found" from the model server is a 404, as Ollama answers it;
+    a job cancelled by someone else is a 409; any other failure is a 502 (the model
+    server, upstream of the gateway, failed).
+    """
+    if job.state is JobState.CANCELLED:
+        return 409
+    if job.error and "not found" in job.error.lower():
+        return 404
+    return 502

@@ -1,0 +1,260 @@
+"""The asynchronous job surface and the queue's administration.
+
+``POST /jobs`` returns the job's id at once (the job is detached: it runs whether or
+not anyone waits); ``GET /jobs/{ref}`` (an id or a sequence number), ``POST
+/jobs/{ref}/cancel``, ``POST /jobs/{ref}/retry`` and ``GET /jobs/{ref}/events`` (server-
+sent events: queue position while waiting, then chunks, then the end) follow it. A
+caller sees and steers only its own jobs; an admin key sees all, and may pause,
+resume and reload the configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.gateway.core import CallerDep, Gateway, gateway_of
+from actors.gateway.ollama_api import OllamaMessage
+from protocol import Job, JobCancelledError, JobFailedError, JobSpec, JobState, Lane, Priority
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["jobs"])
+
+StateName = Literal["queued", "loading", "running", "succeeded", "failed", "cancelled"]
+
+POLL_SECONDS = 0.25
+POSITION_EVERY_SECONDS = 1.0
+
+
+class JobRequest(BaseModel):
+    """``POST /jobs``: a chat (``messages``) or generate (``prompt``) job and how to schedule it.
+
+    There is no ``caller`` field: the caller is the API key's identity.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["chat", "generate"] = "chat"
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    prompt: str = ""
+    system: str | None = None
+    options: dict[str, Any] | None = None
+    format: Literal["json"] | dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    lane: Literal["internal", "external"] | None = None
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    task_type: str | None = Field(default=None, min_length=1, max_length=200)
+    task_id: str | None = Field(default=None, min_length=1, max_length=200)
+    chain_id: str | None = Field(default=None, min_length=1, max_length=200)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    keep_alive: str | float | None = None
+
+
+class Submitted(BaseModel):
+    """What ``POST /jobs`` and ``POST /jobs/{ref}/retry`` answer."""
+
+    id: str
+    seq: int
+    state: str
+    caller: str
+    lane: str
+    priority: str
+
+
+class CancelOutcome(BaseModel):
+    """What ``POST /jobs/{ref}/cancel`` answers: was the job queued or running."""
+
+    id: str
+    outcome: str
+
+
+def _submitted(job: Job) -> Submitted:
+    spec = job.spec
+    return Submitted(
+        id=job.id, seq=job.seq, state=job.state.value, caller=spec.caller,
+        lane=spec.lane.value, priority=spec.priority.name.lower(),
+    )  # fmt: skip
+
+
+@router.post("/jobs", status_code=202, response_model=Submitted, summary="Submit a job")
+async def submit(body: JobRequest, request: Request, caller: CallerDep) -> Submitted:
+    """Queue a job durably and answer its id at once."""
+    gateway = gateway_of(request)
+    lane = caller.check_lane(Lane.parse(body.lane) if body.lane else caller.default_lane)
+    fields: dict[str, Any] = {
+        "model": body.model,
+        "system": body.system,
+        "options": body.options or {},
+        "format": body.format,
+        "max_tokens": body.max_tokens,
+        "lane": lane,
+        "priority": Priority.parse(body.priority),
+        "caller": caller.name,
+        "task_type": body.task_type,
+        "task_id": body.task_id,
+        "chain_id": body.chain_id,
+        "max_attempts": body.max_attempts,
+        "keep_alive": body.keep_alive,
+        "stream": True,
+    }
+    if body.kind == "chat":
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        spec = JobSpec.chat(messages=messages, **fields)
+    else:
+        spec = JobSpec.generate(prompt=body.prompt, **fields)
+    ticket = await gateway.submit(spec, detach=True)
+    return _submitted(ticket.submitted)
+
+
+@router.get("/jobs", summary="List jobs (your own; admins: anyone's)")
+async def list_jobs(
+    request: Request,
+    caller: CallerDep,
+    state: Annotated[list[StateName] | None, Query()] = None,
+    of: Annotated[str | None, Query(min_length=1, max_length=200, description="admins")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    """Newest first."""
+    gateway = gateway_of(request)
+    who = of if caller.admin else caller.name
+    states = frozenset(JobState(s) for s in state) if state else None
+    jobs = await gateway.call(gateway.lane.list, states=states, caller=who, limit=limit)
+    return {"jobs": [job.to_dict() for job in jobs]}
+
+
+@router.get("/jobs/{ref}", summary="One job, by id or sequence number")
+async def get_job(ref: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    """The job as the store keeps it."""
+    job = await gateway_of(request).job_for(caller, ref)
+    return job.to_dict()
+
+
+@router.post("/jobs/{ref}/cancel", response_model=CancelOutcome, summary="Cancel a job")
+async def cancel_job(ref: str, request: Request, caller: CallerDep) -> CancelOutcome:
+    """Cancel a queued or running job of yours."""
+    gateway = gateway_of(request)
+    job = await gateway.job_for(caller, ref)
+    outcome = await gateway.call(gateway.lane.cancel, job.id)
+    return CancelOutcome(id=job.id, outcome=str(outcome))
+
+
+@router.post("/jobs/{ref}/retry", status_code=202, response_model=Submitted, summary="Retry a job")
+async def retry_job(ref: str, request: Request, caller: CallerDep) -> Submitted:
+    """Run a failed or cancelled job of yours again, as a new job."""
+    gateway = gateway_of(request)
+    job = await gateway.job_for(caller, ref)
+    ticket = await gateway.call(gateway.lane.retry, job.id, detach=True)
+    gateway.track(ticket)
+    return _submitted(ticket.submitted)
+
+
+def _event(kind: str, data: Mapping[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _queue_key(job: Job) -> tuple[int, int, int]:
+    return (job.spec.lane.rank, job.spec.priority.rank, job.seq)
+
+
+async def queue_position(gateway: Gateway, job: Job) -> int:
+    """Jobs ahead of ``job`` by lane, priority and age: an estimate of the arbiter's order
+    (chains, swap deferral and back-off can reorder it)."""
+    queued = await gateway.call(
+        gateway.lane.list, states=frozenset({JobState.QUEUED}), limit=100_000, oldest_first=True
+    )
+    mine = _queue_key(job)
+    return sum(1 for other in queued if _queue_key(other) < mine)
+
+
+async def _events(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
+    """Queued (with position) → started → chunks → end; polls the store when no live ticket."""
+    ticket = gateway.ticket(job.id)  # taken now: it is dropped once the job ends
+    last_position = -1.0
+    loop = asyncio.get_running_loop()
+    while job.state is JobState.QUEUED:
+        if loop.time() - last_position >= POSITION_EVERY_SECONDS:
+            last_position = loop.time()
+            yield _event("queued", {"id": job.id, "position": await queue_position(gateway, job)})
+        await asyncio.sleep(POLL_SECONDS)
+        job = await gateway.call(gateway.lane.get, job.id)
+    if not job.state.is_terminal:
+        yield _event("started", {"id": job.id, "state": job.state.value})
+    if ticket is not None:
+        try:
+            async for piece in ticket.stream():
+                yield _event("chunk", {"text": piece})
+        except (JobFailedError, JobCancelledError):
+            pass
+        job = ticket.job(timeout=0)
+    while not job.state.is_terminal:
+        await asyncio.sleep(POLL_SECONDS)
+        job = await gateway.call(gateway.lane.get, job.id)
+    yield _event("end", job.to_dict())
+
+
+@router.get("/jobs/{ref}/events", summary="A job's events (server-sent events)")
+async def job_events(ref: str, request: Request, caller: CallerDep) -> StreamingResponse:
+    """``queued`` (position), ``started``, ``chunk`` (text) and ``end`` (the job) events."""
+    gateway = gateway_of(request)
+    job = await gateway.job_for(caller, ref)
+    return StreamingResponse(_events(gateway, job), media_type="text/event-stream")
+
+
+@router.get("/queue", summary="Queue status")
+async def queue_status(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Depth per lane and priority, the GPU slots, resident models, counters."""
+    gateway = gateway_of(request)
+    status = await gateway.call(gateway.lane.status)
+    slots = {
+        slot_id: {
+            "job_id": slot["job_id"] if caller.admin else None,
+            "busy": slot["job_id"] is not None,
+            "model": slot["model_key"],
+            "since": slot["since"],
+        }
+        for slot_id, slot in status["slots"].items()
+    }
+    return {
+        "paused": status["paused"],
+        "queued": status["queued"],
+        "depth": dict(status["depth"]),
+        "slots": slots,
+        "resident_models": list(status["resident_models"]),
+        "jobs": dict(status["jobs"]),
+        "counters": dict(status["counters"]),
+    }
+
+
+@router.post("/admin/pause", summary="Stop starting jobs (admin)")
+async def pause(request: Request, caller: CallerDep) -> dict[str, bool]:
+    """Running calls finish; queued jobs wait."""
+    caller.require_admin()
+    gateway = gateway_of(request)
+    await gateway.call(gateway.lane.pause)
+    return {"paused": True}
+
+
+@router.post("/admin/resume", summary="Start dispatching again (admin)")
+async def resume(request: Request, caller: CallerDep) -> dict[str, bool]:
+    """Dispatch resumes at once."""
+    caller.require_admin()
+    gateway = gateway_of(request)
+    await gateway.call(gateway.lane.resume)
+    return {"paused": False}
+
+
+@router.post("/admin/reload", summary="Re-read the config file (admin)")
+async def reload(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Scheduling, retry, API keys and limits change; store, backend, host and port do not."""
+    caller.require_admin()
+    gateway = gateway_of(request)
+    config = await gateway.call(gateway.reload)
+    return {"reloaded": True, "api_keys": len(config.gateway.api_keys)}

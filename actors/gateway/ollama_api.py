@@ -1,0 +1,256 @@
+"""The Ollama API, so any Ollama client can use gpulane (ARCHITECTURE.md section 10).
+
+``/api/chat`` and ``/api/generate`` are jobs like any other: queued, scheduled and
+preemptible. Streaming answers are NDJSON exactly as Ollama writes them (one object
+per line, no blank keep-alive lines, a final line with ``done``, ``done_reason`` and the
+duration and count metrics, an error after output as a final ``{"error": ...}`` line).
+The catalog routes (``/api/tags``, ``/api/ps``, ``/api/version``) come from the model
+server. ``/api/embed`` answers 501: it needs ``GpuLane.embed``, which this build lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.gateway.auth import Caller
+from actors.gateway.core import CallerDep, Gateway, failure_status, gateway_of
+from actors.gateway.errors import GatewayError
+from actors.gateway.streams import JobStream, wait_for_job
+from protocol import Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec, Lane, Priority
+
+__all__ = ["GATEWAY_VERSION", "rfc3339_now", "router", "scheduling"]
+
+GATEWAY_VERSION = "0.1.0"
+NDJSON = "application/x-ndjson"
+
+router = APIRouter(tags=["ollama"])
+
+
+class OllamaMessage(BaseModel):
+    """One chat turn as Ollama takes it (unknown fields, such as ``thinking``, are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200)
+    stream: bool = Field(default=True, strict=True)
+    format: Literal["json", ""] | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: str | float | None = None
+
+
+class ChatRequest(_Common):
+    """``POST /api/chat``."""
+
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+
+class GenerateRequest(_Common):
+    """``POST /api/generate``."""
+
+    prompt: str = ""
+    system: str | None = None
+    images: list[str] | None = None
+
+
+class EmbedRequest(BaseModel):
+    """``POST /api/embed`` (answered 501 on this build)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str] = ""
+
+
+def scheduling(request: Request, caller: Caller) -> tuple[Lane, Priority]:
+    """Lane and priority from ``X-Gpulane-Lane`` / ``X-Gpulane-Priority``, checked for rights."""
+    raw_lane = request.headers.get("x-gpulane-lane")
+    lane = caller.default_lane if raw_lane is None else Lane.parse(raw_lane, "x-gpulane-lane")
+    raw_priority = request.headers.get("x-gpulane-priority")
+    priority = (
+        Priority.NORMAL
+        if raw_priority is None
+        else Priority.parse(raw_priority, "x-gpulane-priority")
+    )
+    return caller.check_lane(lane), priority
+
+
+def rfc3339_now() -> str:
+    """Now as Go's RFC3339Nano in UTC, as Ollama stamps ``created_at``."""
+    seconds, nanos = divmod(time.time_ns(), 10**9)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    fraction = f"{nanos:09d}".rstrip("0")
+    return f"{base}.{fraction}Z" if fraction else f"{base}Z"
+
+
+def done_reason(job: Job) -> str:
+    """``length`` when the token limit cut the answer, else ``stop``."""
+    limit = job.spec.max_tokens or job.spec.options.get("num_predict")
+    metrics = job.metrics or JobMetrics()
+    if isinstance(limit, int) and limit > 0 and metrics.eval_count >= limit:
+        return "length"
+    return "stop"
+
+
+def _line(model: str, kind: str, text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "created_at": rfc3339_now()}
+    if kind == "chat":
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    return out
+
+
+def _final(job: Job, kind: str, text: str, started_ns: int) -> dict[str, Any]:
+    """The last object: ``done`` with Ollama's metrics; total_duration includes queueing."""
+    metrics = job.metrics or JobMetrics()
+    out = _line(job.spec.model, kind, text)
+    out.update(
+        done_reason=done_reason(job),
+        done=True,
+        total_duration=time.monotonic_ns() - started_ns,
+        load_duration=metrics.load_duration_ns,
+        prompt_eval_count=metrics.prompt_eval_count,
+        prompt_eval_duration=metrics.prompt_eval_duration_ns,
+        eval_count=metrics.eval_count,
+        eval_duration=metrics.eval_duration_ns,
+    )
+    return out
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _ended_badly(job: Job) -> JSONResponse:
+    return JSONResponse({"error": job.error or job.state.value}, status_code=failure_status(job))
+
+
+async def _respond(request: Request, gateway: Gateway, spec: JobSpec, kind: str) -> Response:
+    started = time.monotonic_ns()
+    ticket = await gateway.submit(spec, detach=False)
+    if not spec.stream:
+        job = await wait_for_job(request, gateway, ticket)
+        if job.result is None:
+            return _ended_badly(job)
+        return JSONResponse(_final(job, kind, job.result, started))
+    stream = JobStream(request, gateway, ticket)
+    ended = await stream.start()
+    if ended is not None and ended.result is None:
+        return _ended_badly(ended)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for piece in stream.pieces():
+                yield _encode(_line(spec.model, kind, piece) | {"done": False})
+        except (JobFailedError, JobCancelledError) as exc:
+            yield _encode({"error": str(exc)})
+            return
+        yield _encode(_final(stream.final, kind, "", started))
+
+    return StreamingResponse(body(), media_type=NDJSON)
+
+
+def _spec_fields(body: _Common, request: Request, caller: Caller) -> dict[str, Any]:
+    lane, priority = scheduling(request, caller)
+    return {
+        "model": body.model,
+        "options": body.options or {},
+        "format": body.format or None,
+        "keep_alive": body.keep_alive,
+        "stream": body.stream,
+        "lane": lane,
+        "priority": priority,
+        "caller": caller.name,
+    }
+
+
+@router.post("/api/chat", summary="Chat (Ollama): queued as a job; NDJSON stream or one object")
+async def chat(body: ChatRequest, request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/chat``."""
+    if body.tools:
+        raise GatewayError(400, "tool calling is not supported by gpulane", field="tools")
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    spec = JobSpec.chat(messages=messages, **_spec_fields(body, request, caller))
+    return await _respond(request, gateway_of(request), spec, "chat")
+
+
+@router.post("/api/generate", summary="Generate (Ollama): queued as a job")
+async def generate(body: GenerateRequest, request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/generate``."""
+    if body.images:
+        raise GatewayError(400, "images are supported on /api/chat only", field="images")
+    spec = JobSpec.generate(
+        prompt=body.prompt, system=body.system, **_spec_fields(body, request, caller)
+    )
+    return await _respond(request, gateway_of(request), spec, "generate")
+
+
+@router.post("/api/embed", status_code=501, summary="Embed (Ollama): not available on this build")
+async def embed(body: EmbedRequest, caller: CallerDep) -> Response:
+    """501: embeddings bypass the queue through ``GpuLane.embed``, which this build lacks."""
+    raise GatewayError(
+        501,
+        "embeddings need GpuLane.embed, which this gpulane build does not have yet",
+        field="model", allowed="the model server's own /api/embed", reason="not_implemented",
+    )  # fmt: skip
+
+
+async def upstream_json(gateway: Gateway, path: str) -> dict[str, Any] | None:
+    """GET a catalog route from the model server; None when no model server URL is known."""
+    if gateway.http is None:
+        return None
+    try:
+        response = await gateway.http.get(path)
+        response.raise_for_status()
+        data = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise GatewayError(
+            502, f"the model server did not answer {path}: {exc}", reason="upstream"
+        ) from None
+    if not isinstance(data, dict):
+        raise GatewayError(502, f"the model server sent a non-object for {path}", reason="upstream")
+    return data
+
+
+@router.get("/api/tags", summary="Models the model server has (Ollama)")
+async def tags(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """The model server's catalog."""
+    data = await upstream_json(gateway_of(request), "/api/tags")
+    return data if data is not None else {"models": []}
+
+
+@router.get("/api/ps", summary="Models loaded now (Ollama)")
+async def ps(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """The model server's resident models, or the GPU slots' models if it is unknown."""
+    gateway = gateway_of(request)
+    data = await upstream_json(gateway, "/api/ps")
+    if data is not None:
+        return data
+    status = await gateway.call(gateway.lane.status)
+    return {"models": [{"name": m, "model": m} for m in status["resident_models"]]}
+
+
+@router.get("/api/version", summary="Version (Ollama)")
+async def version(request: Request) -> dict[str, Any]:
+    """The model server's version when known (clients gate features on it), else gpulane's."""
+    data = await upstream_json(gateway_of(request), "/api/version")
+    if data is not None and isinstance(data.get("version"), str):
+        return {"version": data["version"], "gpulane": GATEWAY_VERSION}
+    return {"version": GATEWAY_VERSION, "gpulane": GATEWAY_VERSION}

@@ -1,0 +1,99 @@
+"""A whole gpulane behind a real gateway for end-to-end tests: simulated Ollama → OllamaBackend
+→ GpuLane → gateway (uvicorn on a loopback port, in a thread) → official clients."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from actors import Config, GpuLane
+from actors.backends.ollama import OllamaBackend
+from actors.backends.simulated import ModelProfile, SimulatedOllama
+from actors.config import ApiKey, GatewaySettings
+from actors.gateway import GatewayServer, create_app
+from protocol import Job, RetryPolicy, StoreSettings
+
+TINY = ModelProfile(
+    load_seconds=0.01, first_token_seconds=0.001, tokens_per_second=5000.0,
+    mean_answer_tokens=20, max_answer_tokens=300, size_bytes=1_000_000,
+)  # fmt: skip
+# Runs until num_predict or until its client leaves.
+ENDLESS = ModelProfile(
+    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=200.0,
+    mean_answer_tokens=1_000_000, max_answer_tokens=100_000,
+)  # fmt: skip
+CATALOG = {"tiny": TINY, "endless": ENDLESS}
+
+ALICE = "alice-key-0001"
+BOB = "bob-key-00002"
+BOT = "bot-key-00003"
+ADMIN = "admin-key-004"
+KEYS = (
+    ApiKey(ALICE, "alice"),
+    ApiKey(BOB, "bob"),
+    ApiKey(BOT, "bot", allow_internal=True),
+    ApiKey(ADMIN, "ops", admin=True),
+)
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header for ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+@dataclasses.dataclass
+class Stack:
+    """The running pieces a test can poke."""
+
+    sim: SimulatedOllama
+    lane: GpuLane
+    server: GatewayServer
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return self.server.url
+
+    def client(self, key: str | None = ALICE) -> httpx.Client:
+        """An httpx client on the gateway, authenticated as ``key`` (None: no header)."""
+        return httpx.Client(base_url=self.url, headers=bearer(key) if key else {}, timeout=10.0)
+
+    def wait_for_job(self, predicate: Callable[[Job], bool], timeout: float = 5.0) -> Job:
+        """The first job (newest first) matching ``predicate``, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for job in self.lane.list(limit=1000):
+                if predicate(job):
+                    return job
+            time.sleep(0.01)
+        raise AssertionError("no job matched in time")
+
+
+@contextmanager
+def running_stack(
+    tmp_path: Path, settings: GatewaySettings | None = None, **app_options: Any
+) -> Iterator[Stack]:
+    """Start everything on loopback; stop it all afterwards (no leaked threads)."""
+    settings = settings or GatewaySettings(api_keys=KEYS)
+    config = Config(
+        store=StoreSettings(path=str(tmp_path / "jobs.sqlite3"), synchronous="NORMAL"),
+        retry=RetryPolicy(base_delay_s=0.0, max_delay_s=0.0, jitter=0.0),
+        gateway=settings,
+    )
+    with SimulatedOllama(CATALOG) as sim:
+        backend = OllamaBackend(sim.url, timeout=10.0)
+        lane = GpuLane.start(config, backend=backend)
+        try:
+            app = create_app(lane, settings, upstream=sim.url, **app_options)
+            with GatewayServer(app) as server:
+                yield Stack(sim, lane, server)
+        finally:
+            lane.stop()
+            backend.close()

@@ -1,0 +1,69 @@
+"""``gpulane queue ...`` against a running gateway, and ``--help`` for each command."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_kit import ADMIN, ALICE, HELLO, running_stack
+
+from actors.cli import main
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d")
+
+
+def printed(capsys: pytest.CaptureFixture[str]) -> str:
+    """What the command printed, without the in-process gateway's log lines."""
+    lines = capsys.readouterr().out.splitlines()
+    return "\n".join(line for line in lines if not _LOG_LINE.match(line))
+
+
+def printed_json(capsys: pytest.CaptureFixture[str]) -> Any:
+    """The JSON document the command printed."""
+    return json.loads(printed(capsys))
+
+
+def test_queue_commands_list_show_cancel_and_retry_a_callers_jobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_stack(tmp_path) as stack:
+        stack.lane.pause()
+        with stack.client() as http:
+            job = http.post("/jobs", json={"model": "tiny", "messages": HELLO}).json()
+        base = ["--url", stack.url, "--key", ALICE]
+        assert main(["queue", "ls", *base]) == 0
+        listing = printed(capsys)
+        assert job["id"] in listing and "queued" in listing and "alice" in listing
+        assert main(["queue", "show", str(job["seq"]), *base]) == 0
+        assert printed_json(capsys)["id"] == job["id"]
+        assert main(["queue", "cancel", job["id"], *base]) == 0
+        assert printed_json(capsys)["outcome"] == "queued"
+        assert main(["queue", "retry", job["id"], *base]) == 0
+        assert printed_json(capsys)["state"] == "queued"
+        with pytest.raises(SystemExit, match="403"):
+            main(["queue", "resume", *base])
+        capsys.readouterr()
+        assert main(["queue", "resume", "--url", stack.url, "--key", ADMIN]) == 0
+        assert printed_json(capsys) == {"paused": False}
+        assert main(["queue", "stats", *base]) == 0
+        stats = printed_json(capsys)
+        assert stats["paused"] is False and set(stats["slots"]) == {"gpu0"}
+
+
+def test_queue_commands_say_when_the_key_is_wrong(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as stack, pytest.raises(SystemExit, match="401"):
+        main(["queue", "ls", "--url", stack.url, "--key", "wrong-key-0000"])
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["queue"]])
+def test_help_explains_each_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gpulane")
+    expected = {(): "queue", ("serve",): "--config", ("queue",): "sequence number"}[tuple(command)]
+    assert expected in out

@@ -5,6 +5,11 @@ the store also takes the asked writes queued right behind it, applies them all i
 transaction (each in its own savepoint, so a refused write fails only its asker),
 commits once, and only then answers every one of them. A submit is therefore never
 acknowledged before its row is durable, and one fsync serves the whole batch.
+
+Under a supervisor the store is the source of truth the other actors rebuild from:
+it is a SupervisedActor, asks arrive through a StableRef (and still join batches),
+and when it crashes it first applies the reports already in its mailbox (salvage),
+so what GPU slots told it is not lost with the instance.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-import pykka
 import structlog
 
 from actors.clock import Clock
-from actors.job_db import JobDB, Recovery, WriteMessage
+from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage
+from actors.supervision_actor import SupervisedActor
+from actors.supervision_refs import StableAsk
 from protocol.config import StoreSettings
+from protocol.errors import IllegalTransitionError, JobNotFoundError
 from protocol.job import Job
 from protocol.messages import (
     CountJobs,
@@ -60,13 +67,35 @@ class BatchingInbox(queue.Queue["Envelope[Any]"]):
             return envelope
 
 
+_WRITES = (InsertJob, Transition)
+
+
 def _is_asked_write(envelope: Envelope[Any]) -> bool:
-    """Writes that may join a batch: only asked ones, so a failing told write leads its own."""
-    return envelope.reply_to is not None and isinstance(envelope.message, (InsertJob, Transition))
+    """Writes that may join a batch: only asked ones (by pykka or through a StableRef),
+    so a failing told write leads its own."""
+    message = envelope.message
+    if isinstance(message, StableAsk):
+        return isinstance(message.message, _WRITES)
+    return envelope.reply_to is not None and isinstance(message, _WRITES)
 
 
-def _reply(envelope: Envelope[Any], outcome: Job | Exception) -> None:
+def _write_of(envelope: Envelope[Any]) -> WriteMessage:
+    """The write an asked envelope carries (unwrapping a StableRef's ask)."""
+    message = envelope.message
+    write = message.message if isinstance(message, StableAsk) else message
+    assert isinstance(write, _WRITES)
+    return write
+
+
+def _reply(envelope: Envelope[Any], outcome: Job | Exception | None) -> None:
     """Answer a drained envelope with its job or its error."""
+    message = envelope.message
+    if isinstance(message, StableAsk):
+        if isinstance(outcome, Exception):
+            message.pending.fail(outcome)
+        else:
+            message.pending.resolve(outcome)
+        return
     assert envelope.reply_to is not None
     if isinstance(outcome, Exception):
         envelope.reply_to.set_exception(exc_info=(type(outcome), outcome, outcome.__traceback__))
@@ -74,7 +103,10 @@ def _reply(envelope: Envelope[Any], outcome: Job | Exception) -> None:
         envelope.reply_to.set(outcome)
 
 
-class JobStore(pykka.ThreadingActor):
+_STALE = (IllegalTransitionError, JobNotFoundError)
+
+
+class JobStore(SupervisedActor):
     """The one owner of the job database (ARCHITECTURE.md sections 5 and 6).
 
     Start it with ``JobStore.start(settings, clock, listener)``; ``listener`` (optional)
@@ -84,15 +116,19 @@ class JobStore(pykka.ThreadingActor):
     migrated and recovered in the constructor, which runs in the starter's thread, so
     a corrupt, locked or unwritable file raises StoreError from ``start`` itself
     instead of being logged by a thread nobody watches. Recovery puts jobs left in
-    loading or running back to queued without charging an attempt.
+    loading or running back to queued without charging an attempt. With
+    ``recover_on_open=False`` (gpulane's tree) it waits for ``LoadQueuedJobs(recover=True)``
+    instead, so a restarted store first applies the reports slots told it meanwhile.
 
-    Messages (all by ``ask``; a told write that fails is a crash, as for any handler):
+    Messages (all by ``ask``; a told write that fails is a crash, as for any handler,
+    except a ``stale_ok`` Transition the store refuses, which is logged and dropped):
 
     - InsertJob → Job (queued), after its commit
     - Transition → Job, after its commit; IllegalTransitionError, JobNotFoundError,
-      ValidationError for that write alone
+      ValidationError for that write alone (None for a refused ``stale_ok`` one)
     - GetJob, GetJobBySeq → Job or JobNotFoundError
     - ListJobs → tuple[Job, ...]; LoadQueuedJobs → every queued Job in sequence order
+      (after recovering loading/running jobs when ``recover`` is set)
     - CountJobs → read-only {state: count}; JobStats → tuple[LaneStats, ...]
     - PruneJobs → number of terminal jobs deleted
     - StoreSnapshot → read-only mapping of the file, schema version and commit counters
@@ -103,22 +139,21 @@ class JobStore(pykka.ThreadingActor):
         settings: StoreSettings,
         clock: Clock,
         listener: Callable[[Job], None] | None = None,
+        *,
+        recover_on_open: bool = True,
     ) -> None:
         super().__init__()
         self._settings = settings
         self._listener = listener
+        self._stale = 0
+        self._recovery = Recovery(requeued=0, queued=0)
         self._db = JobDB.open(settings.path, clock, synchronous=settings.synchronous)
-        try:
-            self._recovery: Recovery = self._db.recover()
-        except BaseException:
-            self._db.close()
-            raise
-        log.info(
-            "job_store.recovered",
-            path=settings.path,
-            requeued=self._recovery.requeued,
-            queued=self._recovery.queued,
-        )
+        if recover_on_open:
+            try:
+                self._recover()
+            except BaseException:
+                self._db.close()
+                raise
         inbox = self.actor_inbox
         assert isinstance(inbox, BatchingInbox)
         self._inbox = inbox
@@ -126,6 +161,19 @@ class JobStore(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> ActorInbox:
         return BatchingInbox()
+
+    def _recover(self) -> None:
+        """Put loading/running jobs back to queued (no attempt charged) and log what it did."""
+        recovery = self._db.recover()
+        self._recovery = Recovery(
+            requeued=self._recovery.requeued + recovery.requeued, queued=recovery.queued
+        )
+        log.info(
+            "job_store.recovered",
+            path=self._settings.path,
+            requeued=recovery.requeued,
+            queued=recovery.queued,
+        )
 
     def on_stop(self) -> None:
         """Close the database, releasing its lock."""
@@ -137,8 +185,41 @@ class JobStore(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Close the database so a restarted store can open it."""
-        self._db.close()
+        """Apply what is already in the mailbox, then close the database for the next store."""
+        try:
+            self._salvage()
+        finally:
+            self._db.close()
+
+    def _salvage(self) -> None:
+        """Handle the writes and StableRef asks that reached this instance before it crashed.
+
+        pykka has marked the actor stopped, so nothing new arrives (senders hold their
+        messages for the next instance); handling these here, in order, keeps the
+        reports slots told, and answers the asks, instead of dropping them with the
+        instance. Anything else (pykka's own asks, its stop message) is left for pykka.
+        """
+        leftover: list[Envelope[Any]] = []
+        salvaged = 0
+        while True:
+            try:
+                envelope = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            message = envelope.message
+            if isinstance(message, StableAsk) or (
+                envelope.reply_to is None and isinstance(message, _WRITES)
+            ):
+                salvaged += 1
+                try:
+                    self.on_receive(message)
+                except Exception:
+                    log.exception("job_store.salvage_failed", message=type(message).__name__)
+            else:
+                leftover.append(envelope)
+        for envelope in leftover:
+            self._inbox.put(envelope)
+        log.warning("job_store.salvaged", messages=salvaged)
 
     def on_receive(self, message: Any) -> Any:
         """Handle one protocol message; writes take their queued neighbours along."""
@@ -152,6 +233,8 @@ class JobStore(pykka.ThreadingActor):
         if isinstance(message, ListJobs):
             return db.list_jobs(message)
         if isinstance(message, LoadQueuedJobs):
+            if message.recover:
+                self._recover()
             return db.queued_jobs()
         if isinstance(message, CountJobs):
             return db.count_by_state()
@@ -165,7 +248,7 @@ class JobStore(pykka.ThreadingActor):
             return self._snapshot()
         raise TypeError(f"JobStore cannot handle {type(message).__name__}")
 
-    def _write(self, first: WriteMessage) -> Job:
+    def _write(self, first: WriteMessage) -> Job | None:
         """Commit ``first`` with the asked writes queued behind it; answer them after COMMIT.
 
         Draining stops at the first message that is not an asked write, so every
@@ -173,6 +256,7 @@ class JobStore(pykka.ThreadingActor):
         outcome is returned (or raised) for pykka to deliver, also after the commit.
         """
         drained: list[Envelope[Any]] = []
+        messages: list[WriteMessage] = [first]
 
         def writes() -> Iterator[WriteMessage]:
             yield first
@@ -181,9 +265,13 @@ class JobStore(pykka.ThreadingActor):
                 if envelope is None:
                     return
                 drained.append(envelope)
-                yield envelope.message
+                messages.append(_write_of(envelope))
+                yield messages[-1]
 
-        outcomes = self._db.write_batch(writes())
+        outcomes = [
+            self._drop_if_stale(message, outcome)
+            for message, outcome in zip(messages, self._db.write_batch(writes()), strict=True)
+        ]
         if self._listener is not None:
             for outcome in outcomes:
                 if isinstance(outcome, Job):
@@ -193,6 +281,19 @@ class JobStore(pykka.ThreadingActor):
         if isinstance(outcomes[0], Exception):
             raise outcomes[0]
         return outcomes[0]
+
+    def _drop_if_stale(self, message: WriteMessage, outcome: BatchOutcome) -> BatchOutcome | None:
+        """A ``stale_ok`` Transition the store refused becomes None (logged), not an error."""
+        if isinstance(message, Transition) and message.stale_ok and isinstance(outcome, _STALE):
+            self._stale += 1
+            log.info(
+                "job_store.stale_transition",
+                job_id=message.job_id,
+                target=message.target.value,
+                reason=str(outcome),
+            )
+            return None
+        return outcome
 
     def _snapshot(self) -> Mapping[str, Any]:
         db = self._db
@@ -209,5 +310,6 @@ class JobStore(pykka.ThreadingActor):
                 "max_batch": self._settings.max_batch,
                 "recovered_requeued": self._recovery.requeued,
                 "recovered_queued": self._recovery.queued,
+                "stale_transitions": self._stale,
             }
         )

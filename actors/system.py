@@ -73,6 +73,7 @@ from protocol.messages import (
 )
 
 __all__ = [
+    "DEFAULT_FACTORIES",
     "ChildFactory",
     "GpuFactory",
     "GpuLane",
@@ -189,7 +190,8 @@ def _start_arbiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
 #: ResidencyTracker go between "store" and "arbiter": add them here, with a default
 #: factory, and they take part in rest_for_one like the others.
 _CHILD_ORDER: tuple[str, ...] = ("store", "arbiter")
-_DEFAULT_FACTORIES: Mapping[str, ChildFactory] = MappingProxyType(
+#: The factory each child starts with; ``GpuLane.start(factories=...)`` replaces some.
+DEFAULT_FACTORIES: Mapping[str, ChildFactory] = MappingProxyType(
     {"store": _start_store, "arbiter": _start_arbiter}
 )
 #: What a message to a child meets while it restarts (docs/supervision.md explains why).
@@ -268,7 +270,7 @@ class GpuLane:
             on_failure,
         )
         try:
-            lane._build_tree(gpu, backend, {**_DEFAULT_FACTORIES, **(factories or {})})
+            lane._build_tree(gpu, backend, {**DEFAULT_FACTORIES, **(factories or {})})
         except BaseException:
             lane.stop()
             raise

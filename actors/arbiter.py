@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from actors.clock import Clock
-from actors.refs import ActorAddress
+from actors.refs import ActorAddress, ask_while_up
 from actors.scheduling import ReadyQueue, SlotView, choose_preemption
 from actors.supervision_actor import SupervisedActor
 from actors.timers import TimerHandle, Timers
@@ -111,7 +111,7 @@ class PriorityArbiter(SupervisedActor):
         anything now (slots start after the arbiter) and their last reports, told
         before they stopped, are already ahead of this ask in the store's mailbox.
         """
-        jobs: tuple[Job, ...] = self._store.ask(LoadQueuedJobs(recover=True))
+        jobs: tuple[Job, ...] = ask_while_up(self._store, LoadQueuedJobs(recover=True))
         now = self._clock.now()
         for job in jobs:
             self._queue.add(job, now)
@@ -188,7 +188,7 @@ class PriorityArbiter(SupervisedActor):
             s.job and s.job.id == given.id for s in self._slots.values()
         ):
             return
-        job: Job = self._store.ask(GetJob(given.id))
+        job: Job = ask_while_up(self._store, GetJob(given.id))
         if job.state is not JobState.QUEUED:
             return  # it ended, or its report is on its way; the store decides
         self._counters["dispatches_recovered"] += 1
@@ -209,13 +209,14 @@ class PriorityArbiter(SupervisedActor):
         return CancelOutcome.NOT_FOUND
 
     def _cancel_in_store(self, job_id: str, reason: CancelReason) -> None:
-        self._store.ask(
+        ask_while_up(
+            self._store,
             Transition(
                 job_id,
                 JobState.CANCELLED,
                 expected=frozenset({JobState.QUEUED}),
                 error=reason.value,
-            )
+            ),
         )
         self._counters["cancelled_queued"] += 1
 

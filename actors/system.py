@@ -388,8 +388,6 @@ class GpuLane:
 
     def _ticket_for(self, job: Job, detach: bool) -> Ticket:
         sink = self._sinks.register(job.id)
-        if job.state.is_terminal:  # ended before the sink existed (a fast fail or cancel)
-            self._sinks.committed(job)
         self._tell_arbiter(JobQueued(job))
         with self._lock:
             self._counters["submitted"] += 1

@@ -2,6 +2,12 @@
 
 The choices themselves are in :mod:`actors.scheduling` (thread-free); this actor
 feeds them the events: jobs queued, slots idle, timers, cancels, policy changes.
+
+It keeps nothing the store does not also know, so a restart loses nothing: on start
+it recovers and reloads the queued jobs from the store, and learns each slot's state
+from the slots themselves (they restart after it and announce ``SlotIdle``). When a
+slot comes back as a new incarnation, the job given to the old one is checked
+against the store, so a dispatch lost with a crashed slot is queued again.
 """
 
 from __future__ import annotations
@@ -12,12 +18,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import pykka
 import structlog
 
 from actors.clock import Clock
-from actors.refs import ActorAddress
+from actors.refs import ActorAddress, ask_while_up
 from actors.scheduling import ReadyQueue, SlotView, choose_preemption
+from actors.supervision_actor import SupervisedActor
 from actors.timers import TimerHandle, Timers
 from protocol import CancelReason, Job, JobState, RetryPolicy, SchedulingPolicy
 from protocol.messages import (
@@ -25,6 +31,7 @@ from protocol.messages import (
     CancelCall,
     CancelQueued,
     Dispatch,
+    GetJob,
     JobQueued,
     LoadQueuedJobs,
     PauseDispatch,
@@ -35,6 +42,7 @@ from protocol.messages import (
     TimersDue,
     Transition,
 )
+from protocol.supervision import ChildUnavailableError
 
 __all__ = ["CancelOutcome", "PriorityArbiter"]
 
@@ -57,10 +65,14 @@ class _Slot:
     preempting: bool = False
     model_key: str | None = None
     last_chain: str | None = None
+    incarnation: str = ""  # the slot actor instance that last reported idle
 
 
-class PriorityArbiter(pykka.ThreadingActor):
-    """Owns the ready queues and the dispatch decision (ARCHITECTURE.md sections 2-4)."""
+class PriorityArbiter(SupervisedActor):
+    """Owns the ready queues and the dispatch decision (ARCHITECTURE.md sections 2-4).
+
+    ``paused`` is the dispatch state to start in, so a restart keeps the host's pause.
+    """
 
     def __init__(
         self,
@@ -71,6 +83,7 @@ class PriorityArbiter(pykka.ThreadingActor):
         retry: RetryPolicy,
         clock: Clock,
         timers: Timers,
+        paused: bool = False,
     ) -> None:
         super().__init__()
         self._store = store
@@ -80,18 +93,31 @@ class PriorityArbiter(pykka.ThreadingActor):
         self._clock = clock
         self._timers = timers
         self._queue = ReadyQueue()
-        self._paused = False
+        self._paused = paused
+        self._cancels: dict[str, CancelReason] = {}  # running jobs to cancel if they come back
         self._call_ids = itertools.count(1)
         self._wakeup: TimerHandle | None = None
-        self._counters = {"dispatched": 0, "preemptions": 0, "cancelled_queued": 0, "swaps": 0}
+        self._counters = {
+            "dispatched": 0,
+            "preemptions": 0,
+            "cancelled_queued": 0,
+            "swaps": 0,
+            "dispatches_refused": 0,
+            "dispatches_recovered": 0,
+        }
         # The ResidencyTracker's resident set (None until it speaks: then the slots' models
         # are used), plus models slots reported idle on since its last word.
         self._tracked: frozenset[str] | None = None
         self._fresh: set[str] = set()
 
     def on_start(self) -> None:
-        """Rebuild the ready queues from the store (after a crash or a restart)."""
-        jobs: tuple[Job, ...] = self._store.ask(LoadQueuedJobs())
+        """Rebuild the ready queues from the store (after a crash or a restart).
+
+        The store first puts loading/running jobs back to queued: no slot runs
+        anything now (slots start after the arbiter) and their last reports, told
+        before they stopped, are already ahead of this ask in the store's mailbox.
+        """
+        jobs: tuple[Job, ...] = ask_while_up(self._store, LoadQueuedJobs(recover=True))
         now = self._clock.now()
         for job in jobs:
             self._queue.add(job, now)
@@ -108,8 +134,8 @@ class PriorityArbiter(pykka.ThreadingActor):
         match message:
             case JobQueued(job=job):
                 self._on_job_queued(job)
-            case SlotIdle(slot_id=slot_id, model_key=model_key):
-                self._on_slot_idle(slot_id, model_key)
+            case SlotIdle(slot_id=slot_id, model_key=model_key, incarnation=incarnation):
+                self._on_slot_idle(slot_id, model_key, incarnation)
             case CancelQueued(job_id=job_id, reason=reason):
                 return self._on_cancel(job_id, reason)
             case TimersDue():
@@ -133,6 +159,10 @@ class PriorityArbiter(pykka.ThreadingActor):
         return None
 
     def _on_job_queued(self, job: Job) -> None:
+        reason = self._cancels.pop(job.id, None)
+        if reason is not None:  # cancelled while it ran; it came back instead of ending
+            self._cancel_in_store(job.id, reason)
+            return
         now = self._clock.now()
         if not self._queue.add(job, now):
             return  # already queued (e.g. recovered from the store and told again)
@@ -140,33 +170,75 @@ class PriorityArbiter(pykka.ThreadingActor):
         if not self._dispatch() and job.not_before is None:
             self._maybe_preempt(job, now)
 
-    def _on_slot_idle(self, slot_id: str, model_key: str | None) -> None:
+    def _on_slot_idle(self, slot_id: str, model_key: str | None, incarnation: str) -> None:
         slot = self._slots[slot_id]
-        if slot.job is not None:
-            slot.last_chain = slot.job.spec.chain_id
+        restarted = slot.known and incarnation != slot.incarnation
+        given = slot.job
+        if given is not None:
+            slot.last_chain = given.spec.chain_id
         slot.job, slot.known, slot.preempting, slot.model_key = None, True, False, model_key
         if model_key is not None:
             self._fresh.add(model_key)
+        slot.incarnation = incarnation
+        if given is not None:
+            if restarted:
+                self._recover_dispatch(slot_id, given)
+            else:
+                self._cancels.pop(given.id, None)
         self._dispatch()
+
+    def _recover_dispatch(self, slot_id: str, given: Job) -> None:
+        """A slot restarted while it had ``given``: make sure that job is not lost.
+
+        The old instance reports its running job back (JobQueued) before it exits, so
+        that report is already here. What can be missing is a Dispatch that died unread
+        in the old instance's mailbox: the store then still has the job queued, and
+        nobody else holds it, so it goes back in the queue. The store is the judge.
+        """
+        if given.id in self._queue or any(
+            s.job and s.job.id == given.id for s in self._slots.values()
+        ):
+            return
+        job: Job = ask_while_up(self._store, GetJob(given.id))
+        if job.state is not JobState.QUEUED:
+            return  # it ended, or its report is on its way; the store decides
+        self._counters["dispatches_recovered"] += 1
+        log.warning("dispatch_recovered", job_id=job.id, slot=slot_id)
+        self._on_job_queued(job)
 
     def _on_cancel(self, job_id: str, reason: CancelReason) -> str:
         job = self._queue.remove(job_id)
         if job is not None:
-            self._store.ask(
-                Transition(
-                    job_id,
-                    JobState.CANCELLED,
-                    expected=frozenset({JobState.QUEUED}),
-                    error=reason.value,
-                )
-            )
-            self._counters["cancelled_queued"] += 1
+            self._cancel_in_store(job_id, reason)
             return CancelOutcome.QUEUED
         for slot in self._slots.values():
             if slot.job is not None and slot.job.id == job_id:
-                slot.ref.tell(CancelCall(job_id, reason))
+                # If the slot restarts instead, the job comes back (JobQueued): cancel it then.
+                self._cancels[job_id] = reason
+                self._tell_slot(slot, CancelCall(job_id, reason))
                 return CancelOutcome.RUNNING
         return CancelOutcome.NOT_FOUND
+
+    def _cancel_in_store(self, job_id: str, reason: CancelReason) -> None:
+        ask_while_up(
+            self._store,
+            Transition(
+                job_id,
+                JobState.CANCELLED,
+                expected=frozenset({JobState.QUEUED}),
+                error=reason.value,
+            ),
+        )
+        self._counters["cancelled_queued"] += 1
+
+    def _tell_slot(self, slot: _Slot, message: Any) -> bool:
+        """Tell a slot; False if it cannot take messages (its hold buffer is full, or stopped)."""
+        try:
+            slot.ref.tell(message)
+        except ChildUnavailableError as error:
+            log.info("slot_unavailable", slot=error.child_id, message=type(message).__name__)
+            return False
+        return True
 
     def _dispatch(self) -> bool:
         """Give work to every idle slot; True if anything was dispatched."""
@@ -181,10 +253,16 @@ class PriorityArbiter(pykka.ThreadingActor):
             job = self._queue.pop(now, self._policy, chains=self._chains(), resident=resident)
             if job is None:
                 break
+            dispatch = Dispatch(job, next(self._call_ids), slot.incarnation)
+            if not self._tell_slot(slot, dispatch):
+                # The slot cannot take messages: keep the job; a new instance reports idle.
+                self._queue.add(job, now)
+                slot.known = False
+                self._counters["dispatches_refused"] += 1
+                continue
             if job.spec.model_key not in resident:
                 self._counters["swaps"] += 1  # this call has to load its model first
             slot.job = job.replace(state=JobState.LOADING, started_at=now)
-            slot.ref.tell(Dispatch(job, next(self._call_ids)))
             self._counters["dispatched"] += 1
             dispatched = True
             log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
@@ -200,8 +278,10 @@ class PriorityArbiter(pykka.ThreadingActor):
         victim = choose_preemption(incoming, busy, now, self._policy)
         if victim is None:
             return
-        self._slots[victim.slot_id].preempting = True
-        self._slots[victim.slot_id].ref.tell(CancelCall(victim.job.id, CancelReason.PREEMPTED))
+        slot = self._slots[victim.slot_id]
+        if not self._tell_slot(slot, CancelCall(victim.job.id, CancelReason.PREEMPTED)):
+            return
+        slot.preempting = True
         self._counters["preemptions"] += 1
         log.info("preempting", victim=victim.job.id, slot=victim.slot_id, for_job=incoming.id)
 

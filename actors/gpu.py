@@ -4,13 +4,19 @@ A Dispatch starts the call on the slot's worker thread with a cancel token and
 returns to the mailbox at once. The call's end comes back as a message, so a finish
 and a cancel for the same job never interleave; news about an older call (a stale
 ``call_id``) is recognised and ignored (ARCHITECTURE.md section 3).
+
+When the slot ends (stopped, or crashed and about to be restarted) it cancels the
+running call, joins its worker thread, and reports the job: an answer the backend
+had already produced is kept (succeeded), anything else goes back to queued with no
+attempt charged. A late CallFinished then finds no live instance and is dropped, so a
+job is never completed by both the old instance and whoever runs it next.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import pykka
@@ -20,6 +26,7 @@ from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.clock import Clock
 from actors.refs import ActorAddress
 from actors.sinks import SinkRegistry
+from actors.supervision_actor import SupervisedActor
 from actors.timers import TimerHandle, Timers
 from actors.worker import WorkerThread
 from protocol import (
@@ -48,6 +55,7 @@ from protocol.messages import (
     SlotSnapshot,
     Transition,
 )
+from protocol.supervision import ChildUnavailableError
 
 __all__ = ["GpuSlot"]
 
@@ -67,14 +75,19 @@ class _Call:
     chunks: list[str] = dataclasses.field(default_factory=list)
     cancel_reason: CancelReason | None = None
     timeout: TimerHandle | None = None
+    answer: CallFinished | None = None  # set by the worker once the backend has answered
 
     @property
     def text_so_far(self) -> str:
         return self.job.partial_output + "".join(self.chunks)
 
 
-class GpuSlot(pykka.ThreadingActor):
-    """Owns the single call running on one GPU (or backend): its cancel token and stream."""
+class GpuSlot(SupervisedActor):
+    """Owns the single call running on one GPU (or backend): its cancel token and stream.
+
+    Everything it tells the store is ``stale_ok``: after a restart elsewhere the store
+    may already have moved the job on, and a stale report must not crash the store.
+    """
 
     def __init__(
         self,
@@ -112,29 +125,73 @@ class GpuSlot(pykka.ThreadingActor):
     def on_start(self) -> None:
         """Start the worker thread and offer the slot to the arbiter."""
         self._worker = WorkerThread(f"gpulane-slot-{self.slot_id}")
-        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key))
+        self._idle()
 
     def on_stop(self) -> None:
-        """Stop the running call, put its job back in the queue, and join the worker."""
-        call = self._call
+        """Stop the running call, join the worker, and report the job (see :meth:`_wind_up`)."""
+        self._wind_up()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Crashed: wind up like a stop, so the next instance starts clean."""
+        self._wind_up()
+
+    def _wind_up(self) -> None:
+        """Cancel the call, join the worker, then report its job so nothing is lost or doubled.
+
+        If the backend answered before the cancel took effect, the answer is kept
+        (succeeded); otherwise the job goes back to queued, with its text so far and
+        no attempt charged. Only after the worker is joined can no late answer slip by.
+        """
+        call, self._call = self._call, None
         if call is not None:
-            call.cancel_reason = CancelReason.SHUTDOWN
+            if call.timeout is not None:
+                call.timeout.cancel()
+            if call.cancel_reason is None:
+                call.cancel_reason = CancelReason.SHUTDOWN
             call.token.cancel()
-        if self._worker is not None:
-            self._worker.stop(self._shutdown_timeout_s)
-        if call is not None:
-            self._requeue(call, count_preemption=False)
+        if self._worker is not None and not self._worker.stop(self._shutdown_timeout_s):
+            log.error("slot_worker_stuck", slot=self.slot_id, timeout_s=self._shutdown_timeout_s)
+        if call is None:
+            return
+        try:
+            if call.answer is not None:
+                self._record_success(call, call.answer.text, call.answer.metrics)
+            else:
+                self._requeue(call, count_preemption=False)
+        except ChildUnavailableError as error:  # the tree is stopping for good
+            log.warning(
+                "slot_report_undeliverable",
+                slot=self.slot_id,
+                job_id=call.job.id,
+                child=error.child_id,
+            )
+            return
+        log.info(
+            "slot_wound_up", slot=self.slot_id, job_id=call.job.id, kept=call.answer is not None
+        )
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch on the message type."""
         match message:
-            case Dispatch(job=job, call_id=call_id):
-                self._start_call(job, call_id)
+            case Dispatch(job=job, call_id=call_id, incarnation=incarnation):
+                if incarnation and incarnation != self.actor_urn:
+                    # Meant for the instance before this one; the arbiter recovers the job.
+                    log.info("stale_dispatch_dropped", slot=self.slot_id, job_id=job.id)
+                else:
+                    self._start_call(job, call_id)
             case CallStreaming(call_id=call_id) if self._is_current(call_id):
                 assert self._call is not None
                 self._store.tell(
                     Transition(
-                        self._call.job.id, JobState.RUNNING, expected=frozenset({JobState.LOADING})
+                        self._call.job.id,
+                        JobState.RUNNING,
+                        expected=frozenset({JobState.LOADING}),
+                        stale_ok=True,
                     )
                 )
                 self._tell_residency(ModelLoaded(self.slot_id, self._call.job.spec.model_key))
@@ -175,7 +232,9 @@ class GpuSlot(pykka.ThreadingActor):
         call = _Call(job=job, call_id=call_id, token=CancelToken(), started_at=now)
         self._call = call
         self._store.tell(
-            Transition(job.id, JobState.LOADING, expected=frozenset({JobState.QUEUED}))
+            Transition(
+                job.id, JobState.LOADING, expected=frozenset({JobState.QUEUED}), stale_ok=True
+            )
         )
         self._sinks.started(job.id)
         call.timeout = self._timers.send_after(
@@ -212,12 +271,9 @@ class GpuSlot(pykka.ThreadingActor):
             log.exception("backend_crashed", slot=self.slot_id, job_id=call.job.id)
             outcome = CallFailed(call.call_id, f"backend error: {exc!r}", False)
         else:
-            if call.token.cancelled:
-                outcome = CallCancelled(call.call_id)
-            else:
-                outcome = CallFinished(
-                    call.call_id, result.text, result.metrics, result.done_reason
-                )
+            answer = CallFinished(call.call_id, result.text, result.metrics, result.done_reason)
+            call.answer = answer  # read by _wind_up after joining this thread
+            outcome = CallCancelled(call.call_id) if call.token.cancelled else answer
         try:
             me.tell(outcome)
         except pykka.ActorDeadError:
@@ -227,7 +283,7 @@ class GpuSlot(pykka.ThreadingActor):
             # The GPU is free now: offer it straight away instead of after the slot's turn.
             # The slot's mailbox already holds CallFinished, so it ends this call before it
             # sees the next Dispatch.
-            self._arbiter.tell(SlotIdle(self.slot_id, call.job.spec.model_key))
+            self._arbiter.tell(SlotIdle(self.slot_id, call.job.spec.model_key, self.actor_urn))
 
     def _end_call(self) -> _Call:
         call = self._call
@@ -238,7 +294,7 @@ class GpuSlot(pykka.ThreadingActor):
         return call
 
     def _idle(self) -> None:
-        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key))
+        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key, self.actor_urn))
 
     def _tell_residency(self, message: ModelLoaded | ModelEvicted) -> None:
         if self._residency is not None:
@@ -249,6 +305,9 @@ class GpuSlot(pykka.ThreadingActor):
         self._tell_residency(
             ModelLoaded(self.slot_id, call.job.spec.model_key, metrics.load_duration_ns / 1e9)
         )
+        self._record_success(call, text, metrics)
+
+    def _record_success(self, call: _Call, text: str, metrics: JobMetrics) -> None:
         self._store.tell(
             Transition(
                 call.job.id,
@@ -257,12 +316,12 @@ class GpuSlot(pykka.ThreadingActor):
                 result=call.job.partial_output + text,
                 partial_output="",
                 metrics=metrics,
+                stale_ok=True,
             )
         )
 
     def _fail(self, error: str, transient: bool) -> None:
         call = self._end_call()
-        self._idle()
         job = call.job
         attempts = job.attempts + 1
         if not transient or attempts >= job.spec.max_attempts:
@@ -274,8 +333,10 @@ class GpuSlot(pykka.ThreadingActor):
                     charge_attempt=True,
                     error=error,
                     partial_output=call.text_so_far,
+                    stale_ok=True,
                 )
             )
+            self._idle()
             log.info(
                 "job_failed", job_id=job.id, attempts=attempts, transient=transient, error=error
             )
@@ -291,6 +352,7 @@ class GpuSlot(pykka.ThreadingActor):
                 error=error,
                 partial_output=partial,
                 not_before=not_before,
+                stale_ok=True,
             )
         )
         self._arbiter.tell(
@@ -304,6 +366,7 @@ class GpuSlot(pykka.ThreadingActor):
                 )
             )
         )
+        self._idle()  # after the job is back, so a cancel waiting for it finds it there
         log.info(
             "job_retry_scheduled",
             job_id=job.id,
@@ -332,6 +395,7 @@ class GpuSlot(pykka.ThreadingActor):
                     expected=_ACTIVE,
                     error=reason.value,
                     partial_output=call.text_so_far,
+                    stale_ok=True,
                 )
             )
 
@@ -344,6 +408,7 @@ class GpuSlot(pykka.ThreadingActor):
                 expected=_ACTIVE,
                 count_preemption=count_preemption,
                 partial_output=partial,
+                stale_ok=True,
             )
         )
         self._arbiter.tell(

@@ -4,7 +4,13 @@ Group commit: when a write (InsertJob or Transition) reaches the head of the mai
 the store also takes the asked writes queued right behind it, applies them all in one
 transaction (a refused write fails only its asker), commits once, and only then
 answers every one of them. A submit is therefore never acknowledged before its row
-is durable, and one fsync serves the whole batch.
+is durable, and one fsync serves the whole batch. With ``synchronous=FULL`` that
+fsync runs on a syncer thread (actors/wal_sync.py) while the next batch is applied.
+
+Under a supervisor the store is the source of truth the other actors rebuild from:
+it is a SupervisedActor, asks arrive through a StableRef (and still join batches),
+and when it crashes it first applies the reports already in its mailbox (salvage),
+so what GPU slots told it is not lost with the instance.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-import pykka
 import structlog
 
 from actors.clock import Clock
-from actors.job_db import JobDB, Recovery, WriteMessage
+from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage
+from actors.supervision_actor import SupervisedActor
+from actors.supervision_refs import StableAsk
 from actors.wal_sync import Reply, WalSyncer, answer, running_on_linux
 from protocol.config import StoreSettings
+from protocol.errors import IllegalTransitionError, JobNotFoundError
 from protocol.job import Job
 from protocol.messages import (
     CountJobs,
@@ -47,8 +55,9 @@ log = structlog.get_logger("gpulane.job_store")
 class BatchingInbox(queue.Queue["Envelope[Any]"]):
     """A mailbox whose one consumer may take the head envelope only if it qualifies.
 
-    It also keeps the reply of every asked write for the store to give itself, after
-    the write is durable, instead of pykka answering when the handler returns.
+    It also holds back the reply of every asked write (a pykka ask, or a StableRef's
+    ask, which it unwraps) for the store to give itself once the write is durable,
+    instead of the reply going out when the handler returns.
     """
 
     def __init__(self) -> None:
@@ -56,14 +65,17 @@ class BatchingInbox(queue.Queue["Envelope[Any]"]):
         self._held_reply: Any = None
 
     def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:
-        """The next envelope; an asked write's reply future is held back for the store."""
+        """The next envelope; an asked write comes out bare, its reply held for the store."""
         envelope = super().get(block, timeout)
-        if envelope.reply_to is not None and isinstance(envelope.message, (InsertJob, Transition)):
+        message = envelope.message
+        if isinstance(message, StableAsk) and isinstance(message.message, _WRITES):
+            self._held_reply, envelope.message = message.pending, message.message
+        elif envelope.reply_to is not None and isinstance(message, _WRITES):
             self._held_reply, envelope.reply_to = envelope.reply_to, None
         return envelope
 
     def take_held_reply(self) -> Any:
-        """The reply future of the write just handed out (None for a told write)."""
+        """The reply of the write just handed out (None for a told write)."""
         held, self._held_reply = self._held_reply, None
         return held
 
@@ -81,12 +93,36 @@ class BatchingInbox(queue.Queue["Envelope[Any]"]):
             return envelope
 
 
+_WRITES = (InsertJob, Transition)
+
+
 def _is_asked_write(envelope: Envelope[Any]) -> bool:
-    """Writes that may join a batch: only asked ones, so a failing told write leads its own."""
-    return envelope.reply_to is not None and isinstance(envelope.message, (InsertJob, Transition))
+    """Writes that may join a batch: only asked ones (by pykka or through a StableRef),
+    so a failing told write leads its own."""
+    message = envelope.message
+    if isinstance(message, StableAsk):
+        return isinstance(message.message, _WRITES)
+    return envelope.reply_to is not None and isinstance(message, _WRITES)
 
 
-class JobStore(pykka.ThreadingActor):
+def _write_of(envelope: Envelope[Any]) -> WriteMessage:
+    """The write an asked envelope carries (unwrapping a StableRef's ask)."""
+    message = envelope.message
+    write = message.message if isinstance(message, StableAsk) else message
+    assert isinstance(write, _WRITES)
+    return write
+
+
+def _reply_target(envelope: Envelope[Any]) -> Any:
+    """Where a drained write's answer goes: a StableRef's pending ask or a pykka future."""
+    message = envelope.message
+    return message.pending if isinstance(message, StableAsk) else envelope.reply_to
+
+
+_STALE = (IllegalTransitionError, JobNotFoundError)
+
+
+class JobStore(SupervisedActor):
     """The one owner of the job database (ARCHITECTURE.md sections 5 and 6).
 
     Start it with ``JobStore.start(settings, clock, listener)``; ``listener`` (optional)
@@ -96,15 +132,19 @@ class JobStore(pykka.ThreadingActor):
     migrated and recovered in the constructor, which runs in the starter's thread, so
     a corrupt, locked or unwritable file raises StoreError from ``start`` itself
     instead of being logged by a thread nobody watches. Recovery puts jobs left in
-    loading or running back to queued without charging an attempt.
+    loading or running back to queued without charging an attempt. With
+    ``recover_on_open=False`` (gpulane's tree) it waits for ``LoadQueuedJobs(recover=True)``
+    instead, so a restarted store first applies the reports slots told it meanwhile.
 
-    Messages (all by ``ask``; a told write that fails is a crash, as for any handler):
+    Messages (all by ``ask``; a told write that fails is a crash, as for any handler,
+    except a ``stale_ok`` Transition the store refuses, which is logged and dropped):
 
     - InsertJob → Job (queued), after its commit
     - Transition → Job, after its commit; IllegalTransitionError, JobNotFoundError,
-      ValidationError for that write alone
+      ValidationError for that write alone (None for a refused ``stale_ok`` one)
     - GetJob, GetJobBySeq → Job or JobNotFoundError
     - ListJobs → tuple[Job, ...]; LoadQueuedJobs → every queued Job in sequence order
+      (after recovering loading/running jobs when ``recover`` is set)
     - CountJobs → read-only {state: count}; JobStats → tuple[LaneStats, ...]
     - PruneJobs → number of terminal jobs deleted
     - StoreSnapshot → read-only mapping of the file, schema version and commit counters
@@ -115,26 +155,25 @@ class JobStore(pykka.ThreadingActor):
         settings: StoreSettings,
         clock: Clock,
         listener: Callable[[Job], None] | None = None,
+        *,
+        recover_on_open: bool = True,
     ) -> None:
         super().__init__()
         self._settings = settings
         self._listener = listener
+        self._stale = 0
+        self._recovery = Recovery(requeued=0, queued=0)
         pipelined = settings.synchronous == "FULL" and running_on_linux()
         self._db = JobDB.open(
             settings.path, clock, synchronous="NORMAL" if pipelined else settings.synchronous
         )
-        try:
-            self._recovery: Recovery = self._db.recover()
-        except BaseException:
-            self._db.close()
-            raise
+        if recover_on_open:
+            try:
+                self._recover()
+            except BaseException:
+                self._db.close()
+                raise
         self._syncer = WalSyncer(settings.path, listener) if pipelined else None
-        log.info(
-            "job_store.recovered",
-            path=settings.path,
-            requeued=self._recovery.requeued,
-            queued=self._recovery.queued,
-        )
         inbox = self.actor_inbox
         assert isinstance(inbox, BatchingInbox)
         self._inbox = inbox
@@ -142,6 +181,19 @@ class JobStore(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> ActorInbox:
         return BatchingInbox()
+
+    def _recover(self) -> None:
+        """Put loading/running jobs back to queued (no attempt charged) and log what it did."""
+        recovery = self._db.recover()
+        self._recovery = Recovery(
+            requeued=self._recovery.requeued + recovery.requeued, queued=recovery.queued
+        )
+        log.info(
+            "job_store.recovered",
+            path=self._settings.path,
+            requeued=recovery.requeued,
+            queued=recovery.queued,
+        )
 
     def on_stop(self) -> None:
         """Answer the writes still being flushed, then close the database (its lock too)."""
@@ -158,8 +210,41 @@ class JobStore(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Close the database so a restarted store can open it."""
-        self._close()
+        """Apply what is already in the mailbox, then close the database for the next store."""
+        try:
+            self._salvage()
+        finally:
+            self._close()
+
+    def _salvage(self) -> None:
+        """Handle the writes and StableRef asks that reached this instance before it crashed.
+
+        pykka has marked the actor stopped, so nothing new arrives (senders hold their
+        messages for the next instance); handling these here, in order, keeps the
+        reports slots told, and answers the asks, instead of dropping them with the
+        instance. Anything else (pykka's own asks, its stop message) is left for pykka.
+        """
+        leftover: list[Envelope[Any]] = []
+        salvaged = 0
+        while True:
+            try:
+                envelope = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            message = envelope.message
+            if isinstance(message, StableAsk) or (
+                envelope.reply_to is None and isinstance(message, _WRITES)
+            ):
+                salvaged += 1
+                try:
+                    self.on_receive(message)
+                except Exception:
+                    log.exception("job_store.salvage_failed", message=type(message).__name__)
+            else:
+                leftover.append(envelope)
+        for envelope in leftover:
+            self._inbox.put(envelope)
+        log.warning("job_store.salvaged", messages=salvaged)
 
     def on_receive(self, message: Any) -> Any:
         """Handle one protocol message; writes take their queued neighbours along."""
@@ -174,6 +259,8 @@ class JobStore(pykka.ThreadingActor):
         if isinstance(message, ListJobs):
             return db.list_jobs(message)
         if isinstance(message, LoadQueuedJobs):
+            if message.recover:
+                self._recover()
             return db.queued_jobs()
         if isinstance(message, CountJobs):
             return db.count_by_state()
@@ -209,22 +296,36 @@ class JobStore(pykka.ThreadingActor):
             if envelope is None:
                 return None
             drained.append(envelope)
-            message: WriteMessage = envelope.message
-            return message
+            return _write_of(envelope)
 
         outcomes = self._db.write_batch(take)
-        replies: list[Reply] = [(first_reply, outcomes[0])]
-        replies += [(env.reply_to, out) for env, out in zip(drained, outcomes[1:], strict=True)]
+        writes = [first, *(_write_of(envelope) for envelope in drained)]
+        final = [self._drop_if_stale(m, o) for m, o in zip(writes, outcomes, strict=True)]
+        replies: list[Reply] = [(first_reply, final[0])]
+        replies += [(_reply_target(e), o) for e, o in zip(drained, final[1:], strict=True)]
         if self._syncer is not None:
             self._syncer.submit(replies)
         else:
-            for future, outcome in replies:
+            for target, outcome in replies:
                 if isinstance(outcome, Job) and self._listener is not None:
                     self._listener(outcome)
-                if future is not None:
-                    answer(future, outcome)
-        if first_reply is None and isinstance(outcomes[0], Exception):
-            raise outcomes[0]
+                if target is not None:
+                    answer(target, outcome)
+        if first_reply is None and isinstance(final[0], Exception):
+            raise final[0]
+
+    def _drop_if_stale(self, message: WriteMessage, outcome: BatchOutcome) -> BatchOutcome | None:
+        """A ``stale_ok`` Transition the store refused becomes None (logged), not an error."""
+        if isinstance(message, Transition) and message.stale_ok and isinstance(outcome, _STALE):
+            self._stale += 1
+            log.info(
+                "job_store.stale_transition",
+                job_id=message.job_id,
+                target=message.target.value,
+                reason=str(outcome),
+            )
+            return None
+        return outcome
 
     def _snapshot(self) -> Mapping[str, Any]:
         db = self._db
@@ -243,5 +344,6 @@ class JobStore(pykka.ThreadingActor):
                 "max_batch": self._settings.max_batch,
                 "recovered_requeued": self._recovery.requeued,
                 "recovered_queued": self._recovery.queued,
+                "stale_transitions": self._stale,
             }
         )

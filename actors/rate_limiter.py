@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pykka
 import structlog
 
 from actors.clock import Clock
 from actors.refs import ActorAddress
+from actors.supervision_actor import SupervisedActor
 from actors.token_bucket import Admissions
 from protocol import Job, Limits
 from protocol.messages import (
@@ -33,7 +33,7 @@ __all__ = ["RateLimiter"]
 log = structlog.get_logger(__name__)
 
 
-class RateLimiter(pykka.ThreadingActor):
+class RateLimiter(SupervisedActor):
     """Owns the admission state; never touches the database itself (it asks the store)."""
 
     def __init__(self, *, limits: Limits, clock: Clock, store: ActorAddress | None = None) -> None:

@@ -1,15 +1,21 @@
 """How actors address each other: anything with ``tell`` and ``ask``.
 
-A pykka ActorRef fits, and so does a supervisor's stable reference, which always
-reaches the current instance of a child across restarts.
+A pykka ActorRef fits, and so does a supervisor's stable reference (what gpulane's
+tree uses), which always reaches the current instance of a child across restarts.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Protocol
 
-__all__ = ["ActorAddress", "Forward"]
+import pykka
+
+from actors.supervision_refs import StableRef
+from protocol.supervision import ChildRestartingError, ChildState
+
+__all__ = ["ActorAddress", "ask_while_up"]
+
+_POLL_S = 0.05
 
 
 class ActorAddress(Protocol):
@@ -24,37 +30,20 @@ class ActorAddress(Protocol):
         ...
 
 
-class Forward:
-    """An address whose target is set after creation, so actors that refer to each other
-    in a cycle (the arbiter and its slots) can be wired before all of them exist.
-    Messages told before the target is set are held and delivered, in order, once it is."""
+def ask_while_up(address: ActorAddress, message: Any) -> Any:
+    """Ask and wait for the reply, but give up if the target restarts meanwhile.
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._target: ActorAddress | None = None
-        self._held: list[Any] = []
-
-    def point_at(self, target: ActorAddress) -> None:
-        """Send everything to ``target`` from now on, starting with what was held."""
-        with self._lock:
-            held, self._held = self._held, []
-            for message in held:
-                target.tell(message)
-            self._target = target
-
-    def tell(self, message: Any) -> None:
-        """Deliver without waiting (held until a target is set)."""
-        with self._lock:
-            target = self._target
-            if target is None:
-                self._held.append(message)
-                return
-        target.tell(message)
-
-    def ask(self, message: Any, *, timeout: float | None = None) -> Any:
-        """Deliver and wait for the reply."""
-        target = self._target
-        if target is None:
-            raise RuntimeError(f"{self.name} is not started yet")
-        return target.ask(message, timeout=timeout)
+    For an actor asking a sibling that comes before it in a rest_for_one tree: if
+    the sibling crashes, the ask is held for its next instance, which the supervisor
+    starts only after it has stopped the asker, so waiting would hold up the
+    asker's own stop. Raises ChildRestartingError then; the asker restarts anyway.
+    """
+    if not isinstance(address, StableRef):
+        return address.ask(message)
+    future = address.ask(message, block=False)
+    while True:
+        try:
+            return future.get(timeout=_POLL_S)
+        except pykka.Timeout:
+            if address.state is not ChildState.RUNNING:
+                raise ChildRestartingError(address.child_id) from None

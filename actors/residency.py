@@ -30,6 +30,7 @@ import structlog
 from actors.backends.base import Backend
 from actors.clock import Clock
 from actors.refs import ActorAddress
+from actors.supervision_actor import SupervisedActor
 from actors.timers import TimerHandle, Timers
 from actors.worker import WorkerThread
 from protocol import LoadedModel, ResidencySettings, normalise_model_name
@@ -55,7 +56,7 @@ def model_of_key(key: str) -> str:
     return key.partition("|")[0]
 
 
-class ResidencyTracker(pykka.ThreadingActor):
+class ResidencyTracker(SupervisedActor):
     """Owns the resident-model picture; never starts calls (ARCHITECTURE.md section 2).
 
     ``backend`` None: no polling and no pins, slot events only (tests with a fake GPU).

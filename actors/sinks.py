@@ -12,11 +12,11 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from protocol import Job
+from protocol import GpulaneError, Job
 
 __all__ = ["Sink", "SinkEvent", "SinkRegistry"]
 
-SinkEvent = tuple[str, object]  # ("chunk", text) | ("end", Job)
+SinkEvent = tuple[str, object]  # ("chunk", text) | ("end", Job) | ("error", GpulaneError)
 
 
 class Sink:
@@ -27,6 +27,7 @@ class Sink:
         self._lock = threading.Lock()
         self._chunks: list[str] = []
         self._end: Job | None = None
+        self._error: GpulaneError | None = None
         self._done = threading.Event()
         self._listeners: list[Callable[[SinkEvent], None]] = []
 
@@ -35,15 +36,36 @@ class Sink:
         """The job in its terminal state, once it has ended."""
         return self._end
 
+    @property
+    def error(self) -> GpulaneError | None:
+        """Why nobody will ever learn how the job ended (the system stopped), if so."""
+        return self._error
+
     def wait(self, timeout: float | None) -> Job | None:
-        """Block until the job ends (or ``timeout``); returns the final job or None."""
+        """Block until the job ends (or ``timeout``); returns the final job or None.
+
+        Raises the sink's error if the system stopped for good before the job ended.
+        """
         self._done.wait(timeout)
+        if self._end is None and self._error is not None:
+            raise self._error
         return self._end
+
+    def fail(self, error: GpulaneError) -> None:
+        """No outcome will come (the system stopped): wake the waiters with ``error``."""
+        with self._lock:
+            if self._end is not None or self._error is not None:
+                return
+            self._error = error
+            listeners, self._listeners = self._listeners, []
+        self._done.set()
+        for listener in listeners:
+            listener(("error", error))
 
     def chunk(self, text: str) -> None:
         """A piece of output arrived."""
         with self._lock:
-            if self._end is not None:
+            if self._end is not None or self._error is not None:
                 return
             self._chunks.append(text)
             listeners = list(self._listeners)
@@ -67,6 +89,8 @@ class Sink:
             backlog: list[SinkEvent] = [("chunk", c) for c in self._chunks]
             if self._end is not None:
                 backlog.append(("end", self._end))
+            elif self._error is not None:
+                backlog.append(("error", self._error))
             else:
                 self._listeners.append(listener)
         for event in backlog:
@@ -136,6 +160,15 @@ class SinkRegistry:
             sink = self._sinks.pop(job.id, None)
         if sink is not None:
             sink.end(job)
+
+    def fail_all(self, error: GpulaneError) -> int:
+        """The system stopped for good: every waiting caller gets ``error``; returns how many."""
+        with self._lock:
+            sinks = list(self._sinks.values())
+            self._sinks.clear()
+        for sink in sinks:
+            sink.fail(error)
+        return len(sinks)
 
     def pending(self) -> int:
         """How many callers are waiting."""

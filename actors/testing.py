@@ -18,6 +18,7 @@ so dispatch, preemption, retry and stale-message handling are the real ones.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -41,7 +42,23 @@ from protocol import (
     StoreSettings,
 )
 
-__all__ = ["FakeBackend", "FakeCall", "FakeGpu", "ManualClock", "fake_gpu", "lane", "manual_clock"]
+__all__ = [
+    "FakeBackend",
+    "FakeCall",
+    "FakeGpu",
+    "InjectedFault",
+    "ManualClock",
+    "fake_gpu",
+    "lane",
+    "manual_clock",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InjectedFault:
+    """A message no gpulane actor handles: told to one (``lane.ref_for("arbiter").tell(...)``),
+    its handler raises, which is a crash its supervisor must deal with (fault injection)."""
+
 
 _Action = tuple[str, Any]
 
@@ -55,6 +72,7 @@ class FakeCall:
         self.request = request
         self.token = cancel
         self.emitted: list[str] = []
+        self.result: BackendResult | None = None  # set once the call returned an answer
         self._on_chunk = on_chunk
         self._clock = clock
         self._actions: queue.SimpleQueue[_Action] = queue.SimpleQueue()
@@ -101,7 +119,8 @@ class FakeCall:
     def run(self) -> BackendResult:
         """Carry out the test's instructions on the slot's worker thread."""
         try:
-            return self._run()
+            self.result = self._run()
+            return self.result
         finally:
             self.ended.set()
 

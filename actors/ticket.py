@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 from actors.sinks import Sink, SinkEvent
-from protocol import Job, JobCancelledError, JobFailedError, JobState
+from protocol import GpulaneError, Job, JobCancelledError, JobFailedError, JobState
 
 __all__ = ["Ticket"]
 
@@ -47,8 +47,8 @@ class Ticket:
         return f"<Ticket {self.job_id} {'done' if self.done() else 'pending'}>"
 
     def done(self) -> bool:
-        """True once the job has ended."""
-        return self._sink.final is not None
+        """True once the job has ended (or the system stopped before it could)."""
+        return self._sink.final is not None or self._sink.error is not None
 
     def job(self, timeout: float | None = None) -> Job:
         """Block until the job ends and return it in its final state."""
@@ -58,7 +58,10 @@ class Ticket:
         return final
 
     def result(self, timeout: float | None = None) -> str:
-        """Block until the job ends; its text, or JobFailedError / JobCancelledError."""
+        """Block until the job ends; its text, or JobFailedError / JobCancelledError.
+
+        SystemStoppedError if gpulane stopped itself after a failure before the job ended.
+        """
         return outcome_text(self.job(timeout))
 
     def cancel(self) -> None:
@@ -81,6 +84,10 @@ class Ticket:
                     assert isinstance(value, Job)
                     outcome_text(value)
                     return
+                if kind == "error":
+                    finished = True
+                    assert isinstance(value, GpulaneError)
+                    raise value
                 assert isinstance(value, str)
                 yield value
         finally:
@@ -100,6 +107,9 @@ class Ticket:
                 if kind == "end":
                     assert isinstance(value, Job)
                     return outcome_text(value)
+                if kind == "error":
+                    assert isinstance(value, GpulaneError)
+                    raise value
         except asyncio.CancelledError:
             self._went_away()
             raise
@@ -119,6 +129,10 @@ class Ticket:
                     assert isinstance(value, Job)
                     outcome_text(value)
                     return
+                if kind == "error":
+                    finished = True
+                    assert isinstance(value, GpulaneError)
+                    raise value
                 assert isinstance(value, str)
                 yield value
         finally:

@@ -21,13 +21,14 @@ from typing import Any
 
 import structlog
 
+from actors.supervision_refs import PendingAsk
 from protocol import Job, StoreError
 
 __all__ = ["Reply", "WalSyncer", "answer", "running_on_linux"]
 
 log = structlog.get_logger("gpulane.job_store")
 
-Reply = tuple[Any, Job | Exception]  # (a pykka future or None, the outcome to give it)
+Reply = tuple[Any, Job | Exception | None]  # (where the answer goes, or None; the outcome)
 
 
 class WalSyncer:
@@ -97,12 +98,17 @@ class WalSyncer:
         return self._fd
 
 
-def answer(future: Any, outcome: Job | Exception) -> None:
-    """Give a writer (a pykka future) its job or its error."""
-    if isinstance(outcome, Exception):
-        future.set_exception(exc_info=(type(outcome), outcome, outcome.__traceback__))
+def answer(target: Any, outcome: Job | Exception | None) -> None:
+    """Give a writer its outcome: ``target`` is a StableRef's PendingAsk or a pykka future."""
+    if isinstance(target, PendingAsk):
+        if isinstance(outcome, Exception):
+            target.fail(outcome)
+        else:
+            target.resolve(outcome)
+    elif isinstance(outcome, Exception):
+        target.set_exception(exc_info=(type(outcome), outcome, outcome.__traceback__))
     else:
-        future.set(outcome)
+        target.set(outcome)
 
 
 def running_on_linux() -> bool:

@@ -25,10 +25,11 @@ class WorkerThread:
         """Run ``work`` after everything submitted before it."""
         self._work.put(work)
 
-    def stop(self, timeout: float) -> None:
-        """Finish the work already submitted, then end the thread (waits up to ``timeout``)."""
+    def stop(self, timeout: float) -> bool:
+        """Finish the work already submitted, then end the thread; True if it did in ``timeout``."""
         self._work.put(None)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while (work := self._work.get()) is not None:

@@ -170,6 +170,14 @@ class Limits:
     min_retry_after_s: float = 1.0
     callers: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
 
+    @classmethod
+    def off(cls) -> Limits:
+        """No rate limit and no queue cap at all (trusted, in-process callers; benchmarks)."""
+        return cls(
+            requests_per_minute=0, max_queued_per_caller=0, embeddings_per_minute=0,
+            max_external_queue=0,
+        )  # fmt: skip
+
     def __post_init__(self) -> None:
         default = CallerLimits(**{name: getattr(self, name) for name in _CALLER_FIELDS})
         _require(

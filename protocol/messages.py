@@ -72,6 +72,9 @@ class Transition:
 
     ``expected`` guards against acting on stale news: if the job is not in one of
     those states the store raises IllegalTransitionError and changes nothing.
+    ``stale_ok`` marks news that may be out of date (a GPU slot's report, told after
+    a restart elsewhere): if the store refuses it, it logs and drops it instead of
+    raising, so a stale report is never a crash of the store.
     """
 
     job_id: str
@@ -84,6 +87,7 @@ class Transition:
     error: str | None = None
     metrics: JobMetrics | None = None
     not_before: float | None = None
+    stale_ok: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,7 +138,14 @@ class JobStats:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoadQueuedJobs:
-    """Ask for every queued job in sequence order (the arbiter rebuilds from this)."""
+    """Ask for every queued job in sequence order (the arbiter rebuilds from this).
+
+    With ``recover``, jobs left in loading or running go back to queued first (no
+    attempt charged): the arbiter asks this when it (re)starts, a moment when no GPU
+    slot runs anything and every slot's last report has reached the store.
+    """
+
+    recover: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,10 +180,15 @@ class CancelQueued:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SlotIdle:
-    """A GPU slot has nothing to run; ``model_key`` is the model it holds now, if any."""
+    """A GPU slot has nothing to run; ``model_key`` is the model it holds now, if any.
+
+    ``incarnation`` names the slot actor instance: a new one means the slot restarted,
+    and the arbiter checks the job it had given the old one against the store.
+    """
 
     slot_id: str
     model_key: str | None
+    incarnation: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,10 +224,15 @@ class QueueSnapshot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Run this job now. ``call_id`` names this one call so stale news can be told apart."""
+    """Run this job now. ``call_id`` names this one call so stale news can be told apart.
+
+    ``incarnation`` is the slot instance it is meant for (from its SlotIdle); a new
+    instance drops a Dispatch meant for the one before it, which the arbiter recovers.
+    """
 
     job: Job
     call_id: int
+    incarnation: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from _common import goal, parse_args, percentile, report
 from actors import Config, GpuLane, SystemClock
 from actors.logs import configure_logging
 from actors.testing import FakeCall, FakeGpu
-from protocol import ActiveHours, JobSpec, Lane, SchedulingPolicy, StoreSettings
+from protocol import ActiveHours, JobSpec, Lane, Limits, SchedulingPolicy, StoreSettings
 
 JOB_SECONDS = 0.020
 LONG_EXTERNAL_SECONDS = 1.0
@@ -54,7 +54,7 @@ def gpulane_backlog(jobs: int, tmp: Path) -> tuple[list[float], float]:
         timeline.ends.append(time.perf_counter())
         call.finish("ok")
 
-    config = Config(store=StoreSettings(path=str(tmp / "backlog.sqlite3")))
+    config = Config(store=StoreSettings(path=str(tmp / "backlog.sqlite3")), limits=Limits.off())
     lane = GpuLane.start(config, gpu=FakeGpu(SystemClock(), script=script), clock=SystemClock())
     try:
         lane.pause()
@@ -89,6 +89,7 @@ def gpulane_preemption(rounds: int, tmp: Path) -> tuple[list[float], list[float]
 
     config = Config(
         store=StoreSettings(path=str(tmp / "preempt.sqlite3")),
+        limits=Limits.off(),
         scheduling=SchedulingPolicy(
             active_hours=ActiveHours.parse("00:00-23:59"), max_preemptions=10**6
         ),

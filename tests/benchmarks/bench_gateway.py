@@ -34,7 +34,7 @@ from actors import Config, GpuLane
 from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import SimulatedOllama
 from actors.logs import configure_logging
-from protocol import JobSpec, StoreSettings
+from protocol import JobSpec, Limits, StoreSettings
 
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -120,7 +120,8 @@ def in_process(rounds: int, tmp: Path) -> list[float]:
     with SimulatedOllama({"fast": FAST}) as sim:
         backend = OllamaBackend(sim.url)
         lane = GpuLane.start(
-            Config(store=StoreSettings(path=str(tmp / "inproc.sqlite3"))), backend=backend
+            Config(store=StoreSettings(path=str(tmp / "inproc.sqlite3")), limits=Limits.off()),
+            backend=backend,
         )
         try:
             for i in range(rounds + rounds // 10):

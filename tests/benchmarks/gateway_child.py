@@ -19,7 +19,7 @@ from actors.backends.simulated import ModelProfile, SimulatedOllama
 from actors.config import ApiKey, GatewaySettings
 from actors.gateway import GatewayServer, create_app
 from actors.logs import configure_logging
-from protocol import StoreSettings
+from protocol import Limits, StoreSettings
 
 KEY = "bench-key-0001"
 FAST = ModelProfile(
@@ -32,7 +32,7 @@ def main() -> None:
     configure_logging("warning")
     store = sys.argv[1]
     settings = GatewaySettings(api_keys=(ApiKey(KEY, "bench", admin=True),))
-    config = Config(store=StoreSettings(path=store), gateway=settings)
+    config = Config(store=StoreSettings(path=store), gateway=settings, limits=Limits.off())
     with SimulatedOllama({"fast": FAST}) as sim:
         backend = OllamaBackend(sim.url, timeout=120.0)
         lane = GpuLane.start(config, backend=backend)

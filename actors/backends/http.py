@@ -197,7 +197,7 @@ def iter_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
     Comment lines (``:``) and ``id``/``retry`` fields are skipped; ``data`` lines of one
     event are joined with newlines; a blank line ends an event.
     """
-    event, data = "", []
+    event, data = "", list[str]()
     for line in lines:
         if not line:
             if data:

@@ -51,6 +51,8 @@ _TRANSIENT_ERROR_TYPES = frozenset(
 _DONE_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 _OPTION_NAMES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
 _SERVER = "the Anthropic API"
+# Reads wait long: a long answer streams for minutes.
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 
 
 class AnthropicBackend:
@@ -67,7 +69,7 @@ class AnthropicBackend:
         model: str,
         base_url: str = ANTHROPIC_URL,
         max_tokens: int = 1024,
-        timeout: float | httpx.Timeout = httpx.Timeout(600.0, connect=10.0),
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         name: str = "anthropic",
     ) -> None:
@@ -206,7 +208,8 @@ def _read_stream(response: httpx.Response, emit: _Emitter, began: int) -> Backen
         data = decode_object(event.data, "/v1/messages")
         kind = data.get("type", event.event)
         if kind == "error":
-            error = data.get("error") if isinstance(data.get("error"), dict) else {}
+            found = data.get("error")
+            error: dict[str, Any] = found if isinstance(found, dict) else {}
             message = str(error.get("message") or error.get("type") or "stream error")
             transient = error.get("type") in _TRANSIENT_ERROR_TYPES
             raise BackendError(message, transient=transient)

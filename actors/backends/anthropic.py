@@ -100,7 +100,8 @@ class AnthropicBackend:
                 for block in message.get("content") or []:
                     if isinstance(block, dict) and block.get("type") == "text":
                         emit(str(block.get("text", "")))
-                usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+                usage = message.get("usage")
+                usage = usage if isinstance(usage, dict) else {}
                 return emit.result(message.get("stop_reason"), usage, began)
             return _read_stream(response, emit, began)
 

@@ -16,6 +16,7 @@ import pykka
 import structlog
 
 from actors.clock import Clock
+from actors.cloud import CloudPolicy, LocalOutlook, cloud_deadline, send_to_cloud
 from actors.refs import ActorAddress
 from actors.scheduling import ReadyQueue, SlotView, choose_preemption
 from actors.timers import TimerHandle, Timers
@@ -56,6 +57,8 @@ class _Slot:
     preempting: bool = False
     model_key: str | None = None
     last_chain: str | None = None
+    cloud: bool = False  # a cloud slot: takes only jobs that send_to_cloud routes to it
+    healthy: bool = True
 
 
 class PriorityArbiter(pykka.ThreadingActor):
@@ -70,10 +73,18 @@ class PriorityArbiter(pykka.ThreadingActor):
         retry: RetryPolicy,
         clock: Clock,
         timers: Timers,
+        cloud_slots: frozenset[str] = frozenset(),
+        cloud: CloudPolicy | None = None,
     ) -> None:
         super().__init__()
         self._store = store
-        self._slots = {slot_id: _Slot(ref) for slot_id, ref in slots.items()}
+        self._slots = {
+            slot_id: _Slot(ref, cloud=slot_id in cloud_slots) for slot_id, ref in slots.items()
+        }
+        self._cloud = cloud or CloudPolicy()
+        self._cloud_jobs: dict[str, Job] = {}  # queued jobs with allow_cloud, when cloud slots
+        self._cloud_wakeup: TimerHandle | None = None
+        self._mean_run_s = self._cloud.assumed_run_s
         self._policy = policy
         self._retry = retry
         self._clock = clock
@@ -82,7 +93,12 @@ class PriorityArbiter(pykka.ThreadingActor):
         self._paused = False
         self._call_ids = itertools.count(1)
         self._wakeup: TimerHandle | None = None
-        self._counters = {"dispatched": 0, "preemptions": 0, "cancelled_queued": 0}
+        self._counters = {
+            "dispatched": 0,
+            "dispatched_cloud": 0,
+            "preemptions": 0,
+            "cancelled_queued": 0,
+        }
 
     def on_start(self) -> None:
         """Rebuild the ready queues from the store (after a crash or a restart)."""
@@ -94,17 +110,18 @@ class PriorityArbiter(pykka.ThreadingActor):
         log.info("arbiter_started", queued=len(jobs))
 
     def on_stop(self) -> None:
-        """Drop the pending wake-up timer."""
-        if self._wakeup is not None:
-            self._wakeup.cancel()
+        """Drop the pending wake-up timers."""
+        for timer in (self._wakeup, self._cloud_wakeup):
+            if timer is not None:
+                timer.cancel()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch on the message type."""
         match message:
             case JobQueued(job=job):
                 self._on_job_queued(job)
-            case SlotIdle(slot_id=slot_id, model_key=model_key):
-                self._on_slot_idle(slot_id, model_key)
+            case SlotIdle(slot_id=slot_id, model_key=model_key, healthy=healthy):
+                self._on_slot_idle(slot_id, model_key, healthy)
             case CancelQueued(job_id=job_id, reason=reason):
                 return self._on_cancel(job_id, reason)
             case TimersDue():
@@ -128,15 +145,21 @@ class PriorityArbiter(pykka.ThreadingActor):
         now = self._clock.now()
         if not self._queue.add(job, now):
             return  # already queued (e.g. recovered from the store and told again)
+        if job.spec.allow_cloud and any(s.cloud for s in self._slots.values()):
+            self._cloud_jobs[job.id] = job
         self._arm_wakeup()
         if not self._dispatch() and job.not_before is None:
             self._maybe_preempt(job, now)
 
-    def _on_slot_idle(self, slot_id: str, model_key: str | None) -> None:
+    def _on_slot_idle(self, slot_id: str, model_key: str | None, healthy: bool) -> None:
         slot = self._slots[slot_id]
         if slot.job is not None:
             slot.last_chain = slot.job.spec.chain_id
+            if not slot.cloud and slot.job.started_at is not None:
+                ran = max(0.0, self._clock.now() - slot.job.started_at)
+                self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * ran  # a moving average
         slot.job, slot.known, slot.preempting, slot.model_key = None, True, False, model_key
+        slot.healthy = healthy
         self._dispatch()
 
     def _on_cancel(self, job_id: str, reason: CancelReason) -> str:
@@ -165,7 +188,7 @@ class PriorityArbiter(pykka.ThreadingActor):
         dispatched = False
         now = self._clock.now()
         for slot_id, slot in self._slots.items():
-            if slot.job is not None or not slot.known:
+            if slot.job is not None or not slot.known or slot.cloud:
                 continue
             job = self._queue.pop(
                 now, self._policy, chains=self._chains(), resident=self._resident()
@@ -177,14 +200,55 @@ class PriorityArbiter(pykka.ThreadingActor):
             self._counters["dispatched"] += 1
             dispatched = True
             log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
+        if self._cloud_jobs:
+            dispatched = self._dispatch_cloud(now) or dispatched
         self._arm_wakeup()
+        return dispatched
+
+    def _dispatch_cloud(self, now: float) -> bool:
+        """Give idle cloud slots the queued jobs that ``send_to_cloud`` routes there, oldest
+        first, and arm a wake-up for the next job that will qualify as time passes."""
+        idle = [s for s in self._slots.values() if s.cloud and s.known and s.job is None]
+        local = [s for s in self._slots.values() if not s.cloud]
+        busy_local = sum(s.job is not None for s in local)
+        down = bool(local) and not any(s.healthy for s in local)
+        depths = self._queue.depths()
+        dispatched = False
+        next_due: float | None = None
+        for job_id, job in list(self._cloud_jobs.items()):
+            if job_id not in self._queue:
+                del self._cloud_jobs[job_id]  # dispatched locally or cancelled meanwhile
+                continue
+            rank = (job.spec.lane.rank, job.spec.priority.rank)
+            ahead = busy_local + sum(
+                n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank
+            )
+            outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
+            if idle and send_to_cloud(job, now, outlook, self._cloud):
+                self._queue.remove(job_id)
+                del self._cloud_jobs[job_id]
+                slot = idle.pop()
+                slot.job = job.replace(state=JobState.LOADING, started_at=now)
+                slot.ref.tell(Dispatch(job, next(self._call_ids)))
+                self._counters["dispatched_cloud"] += 1
+                dispatched = True
+                log.info("dispatched_to_cloud", job_id=job_id, waited=now - job.created_at)
+                continue
+            due = cloud_deadline(job, outlook, self._cloud)
+            if due is not None and due > now and (next_due is None or due < next_due):
+                next_due = due
+        if self._cloud_wakeup is not None:
+            self._cloud_wakeup.cancel()
+            self._cloud_wakeup = None
+        if next_due is not None:
+            self._cloud_wakeup = self._timers.send_at(next_due, self.actor_ref, TimersDue())
         return dispatched
 
     def _maybe_preempt(self, incoming: Job, now: float) -> None:
         busy = [
             SlotView(slot_id, slot.job)
             for slot_id, slot in self._slots.items()
-            if slot.job is not None and not slot.preempting
+            if slot.job is not None and not slot.preempting and not slot.cloud
         ]
         victim = choose_preemption(incoming, busy, now, self._policy)
         if victim is None:
@@ -203,7 +267,9 @@ class PriorityArbiter(pykka.ThreadingActor):
         return frozenset(chains)
 
     def _resident(self) -> frozenset[str]:
-        return frozenset(s.model_key for s in self._slots.values() if s.model_key is not None)
+        return frozenset(
+            s.model_key for s in self._slots.values() if s.model_key is not None and not s.cloud
+        )
 
     def _arm_wakeup(self) -> None:
         due = self._queue.next_due()

@@ -246,8 +246,8 @@ class GpuSlot(pykka.ThreadingActor):
         self._call = None
         return call
 
-    def _idle(self) -> None:
-        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key))
+    def _idle(self, *, healthy: bool = True) -> None:
+        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key, healthy))
 
     def _finish(self, text: str, metrics: JobMetrics) -> None:
         call = self._end_call()
@@ -265,7 +265,7 @@ class GpuSlot(pykka.ThreadingActor):
 
     def _fail(self, error: str, transient: bool) -> None:
         call = self._end_call()
-        self._idle()
+        self._idle(healthy=not transient)
         job = call.job
         attempts = job.attempts + 1
         if not transient or attempts >= job.spec.max_attempts:

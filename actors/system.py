@@ -6,19 +6,21 @@ from asyncio; it never awaits a pykka future on an event loop.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import os
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, cast
 
 import pykka
 import structlog
 
 from actors.arbiter import CancelOutcome, PriorityArbiter
-from actors.backends.base import Backend
+from actors.backends.base import Backend, CancelToken
 from actors.clock import Clock, SystemClock
 from actors.config import Config
 from actors.gpu import GpuSlot
@@ -29,6 +31,7 @@ from actors.ticket import Ticket
 from actors.timers import Timers
 from protocol import (
     CancelReason,
+    EmbedResult,
     Job,
     JobSpec,
     JobState,
@@ -36,6 +39,7 @@ from protocol import (
     SchedulingPolicy,
     SystemStoppedError,
     ValidationError,
+    freeze,
 )
 from protocol.messages import (
     ApplyPolicy,
@@ -109,6 +113,9 @@ class GpuLane:
         self._slots: dict[str, pykka.ActorRef[Any]] = {}
         self._owned: list[Callable[[], None]] = []
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
+        self._embed_backend: Backend | None = None
+        self._embed_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._embed_calls: set[CancelToken] = set()
 
     @classmethod
     def start(
@@ -118,32 +125,41 @@ class GpuLane:
         gpu: GpuFactory | None = None,
         backend: Backend | None = None,
         clock: Clock | None = None,
+        cloud: Backend | None = None,
     ) -> GpuLane:
         """Start the actors: store, arbiter, then the GPU slots.
 
         ``gpu`` replaces the slot actor (tests pass ``actors.testing.FakeGpu``);
         otherwise slots drive ``backend``, or the one ``config.backend`` names.
+        ``backend`` also serves :meth:`embed`. ``cloud`` (or ``config.cloud.enabled``)
+        adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback).
         """
         config = config or Config()
         clock = clock or SystemClock()
         timers = Timers(clock).start()
         lane = cls(config, clock, timers, SinkRegistry())
         try:
-            lane._wire(gpu, backend)
+            lane._wire(gpu, backend, cloud)
         except BaseException:
             lane.stop()
             raise
         return lane
 
-    def _wire(self, gpu: GpuFactory | None, backend: Backend | None) -> None:
+    def _wire(self, gpu: GpuFactory | None, backend: Backend | None, cloud: Backend | None) -> None:
         config = self._config
         if gpu is None:
             if backend is None:
                 backend = self._default_backend()
             gpu = backend_slot_factory(backend)
+        self._embed_backend = backend
+        if cloud is None and config.cloud.enabled:
+            cloud = self._cloud_backend()
         self._store = JobStore.start(config.store, self._clock, listener=self._sinks.committed)
-        slot_ids = [f"gpu{i}" for i in range(config.backend.slots)]
-        forwards = {slot_id: Forward(slot_id) for slot_id in slot_ids}
+        factories = {f"gpu{i}": gpu for i in range(config.backend.slots)}
+        cloud_ids = frozenset(f"cloud{i}" for i in range(config.cloud.slots) if cloud is not None)
+        if cloud is not None:
+            factories.update({slot_id: backend_slot_factory(cloud) for slot_id in cloud_ids})
+        forwards = {slot_id: Forward(slot_id) for slot_id in factories}
         arbiter_address = Forward("arbiter")
         self._arbiter = PriorityArbiter.start(
             store=self._store,
@@ -152,10 +168,12 @@ class GpuLane:
             retry=config.retry,
             clock=self._clock,
             timers=self._timers,
+            cloud_slots=cloud_ids,
+            cloud=config.cloud.policy,
         )
         arbiter_address.point_at(self._arbiter)
-        for slot_id in slot_ids:
-            ref = gpu(
+        for slot_id, factory in factories.items():
+            ref = factory(
                 SlotWiring(
                     slot_id=slot_id,
                     store=self._store,
@@ -169,12 +187,25 @@ class GpuLane:
             )
             forwards[slot_id].point_at(ref)
             self._slots[slot_id] = ref
-        log.info("gpulane_started", slots=len(slot_ids), store=config.store.path)
+        log.info(
+            "gpulane_started",
+            slots=len(factories) - len(cloud_ids),
+            cloud_slots=len(cloud_ids),
+            store=config.store.path,
+        )
 
     def _default_backend(self) -> Backend:
         from actors.backends.ollama import OllamaBackend
+        from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode
 
         settings = self._config.backend
+        if settings.kind == "openai":
+            resume = cast(ResumeMode, settings.resume)  # BackendSettings checked it
+            openai = OpenAICompatBackend(
+                settings.url, resume=resume, timeout=settings.request_timeout_s
+            )
+            self._owned.append(openai.close)
+            return openai
         if settings.kind == "simulated":
             from actors.backends.simulated import SimulatedOllama
 
@@ -186,6 +217,27 @@ class GpuLane:
         backend = OllamaBackend(url, timeout=settings.request_timeout_s)
         self._owned.append(backend.close)
         return backend
+
+    def _cloud_backend(self) -> Backend:
+        from actors.backends.anthropic import AnthropicBackend
+
+        settings = self._config.cloud
+        key = os.environ.get(settings.api_key_env, "")
+        if not key:
+            raise ValidationError(
+                "cloud.api_key_env",
+                f"cloud fallback is on but ${settings.api_key_env} is empty",
+                allowed="an Anthropic API key in that environment variable",
+            )
+        cloud = AnthropicBackend(
+            key,
+            model=settings.model,
+            base_url=settings.url,
+            max_tokens=settings.max_tokens,
+            timeout=settings.request_timeout_s,
+        )
+        self._owned.append(cloud.close)
+        return cloud
 
     # --- the public surface ---------------------------------------------------------
 
@@ -202,6 +254,54 @@ class GpuLane:
         with self._lock:
             self._counters["submitted"] += 1
         return Ticket(job, sink, self._cancel_quietly, detach=detach)
+
+    def embed(
+        self,
+        model: str,
+        inputs: str | Iterable[str],
+        *,
+        caller: str = "anonymous",
+        options: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> EmbedResult:
+        """Embed ``inputs`` with ``model`` straight on the backend, bypassing the GPU queue.
+
+        Embedding calls are short and the embedding model stays resident beside the chat
+        model (ARCHITECTURE.md section 3), so they run concurrently on a small thread
+        pool (``backend.embed_workers``), never waiting behind a long chat call. Blocks
+        until the vectors come back; after ``timeout`` seconds the call is cancelled
+        (its connection dropped) and TimeoutError raised.
+        """
+        texts = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValidationError("inputs", "must be a string or a non-empty list of strings")
+        backend = self._embed_backend
+        if backend is None:
+            raise ValidationError(
+                "backend", "no backend to embed with", allowed="GpuLane.start(backend=...)"
+            )
+        frozen = freeze(dict(options or {}))
+        token = CancelToken()
+        with self._lock:
+            if self._stopped:
+                raise SystemStoppedError("gpulane is stopped")
+            # Admission: the rate limiter's Admit for (caller, len(texts)) goes here, before
+            # the call; embeddings are limited by it, not by the GPU queue.
+            if self._embed_pool is None:
+                self._embed_pool = concurrent.futures.ThreadPoolExecutor(
+                    self._config.backend.embed_workers, thread_name_prefix="gpulane-embed"
+                )
+            self._embed_calls.add(token)
+            future = self._embed_pool.submit(backend.embed, model, texts, frozen, token)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            token.cancel()
+            raise TimeoutError(f"embedding with {model} took over {timeout}s") from None
+        finally:
+            with self._lock:
+                self._embed_calls.discard(token)
+            log.debug("embedded", caller=caller, model=model, inputs=len(texts))
 
     def cancel(self, job_id: str, reason: CancelReason = CancelReason.USER) -> str:
         """Cancel a queued or running job; says which it was ('queued', 'running', 'not_found')."""
@@ -319,6 +419,12 @@ class GpuLane:
             self._stopped = True
         for ref in reversed(list(self._slots.values())):
             ref.stop()
+        with self._lock:
+            pending = list(self._embed_calls)
+        for token in pending:
+            token.cancel()
+        if self._embed_pool is not None:
+            self._embed_pool.shutdown(wait=True, cancel_futures=True)
         for ref in (self._arbiter, self._store):
             if ref is not None:
                 ref.stop()

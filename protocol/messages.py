@@ -153,10 +153,13 @@ class CancelQueued:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SlotIdle:
-    """A GPU slot has nothing to run; ``model_key`` is the model it holds now, if any."""
+    """A GPU slot has nothing to run; ``model_key`` is the model it holds now, if any.
+    ``healthy`` is False when its last call ended in a transient failure (the backend
+    may be down), which sends cloud-eligible jobs to the cloud."""
 
     slot_id: str
     model_key: str | None
+    healthy: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

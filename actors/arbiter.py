@@ -185,8 +185,9 @@ class PriorityArbiter(pykka.ThreadingActor):
         """Give work to every idle slot; True if anything was dispatched."""
         if self._paused:
             return False
-        dispatched = False
         now = self._clock.now()
+        # The cloud goes first: it takes only jobs that should not wait for a local slot.
+        dispatched = bool(self._cloud_jobs) and self._dispatch_cloud(now)
         for slot_id, slot in self._slots.items():
             if slot.job is not None or not slot.known or slot.cloud:
                 continue
@@ -200,8 +201,6 @@ class PriorityArbiter(pykka.ThreadingActor):
             self._counters["dispatched"] += 1
             dispatched = True
             log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
-        if self._cloud_jobs:
-            dispatched = self._dispatch_cloud(now) or dispatched
         self._arm_wakeup()
         return dispatched
 
@@ -220,8 +219,12 @@ class PriorityArbiter(pykka.ThreadingActor):
                 del self._cloud_jobs[job_id]  # dispatched locally or cancelled meanwhile
                 continue
             rank = (job.spec.lane.rank, job.spec.priority.rank)
-            ahead = busy_local + sum(
-                n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank
+            ahead = (
+                busy_local
+                - 1
+                + sum(  # - 1: not the job itself
+                    n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank
+                )
             )
             outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
             if idle and send_to_cloud(job, now, outlook, self._cloud):

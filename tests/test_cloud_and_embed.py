@@ -71,11 +71,11 @@ def test_a_long_queue_sends_a_new_job_to_the_cloud_at_once() -> None:
 def test_cloud_settings_are_validated_and_give_the_policy() -> None:
     settings = CloudSettings(max_local_wait_s=5.0, assumed_run_s=2.0)
     assert settings.policy == CloudPolicy(5.0, 2.0)
-    with pytest.raises(ValidationError, match="cloud.max_local_wait_s"):
+    with pytest.raises(ValidationError, match=r"cloud\.max_local_wait_s"):
         CloudSettings(max_local_wait_s=-1.0)
-    with pytest.raises(ValidationError, match="cloud.slots"):
+    with pytest.raises(ValidationError, match=r"cloud\.slots"):
         Config.from_mapping({"cloud": {"slots": 0}})
-    with pytest.raises(ValidationError, match="cloud.api_key_env"):
+    with pytest.raises(ValidationError, match=r"cloud\.api_key_env"):
         GpuLane.start(
             Config(cloud=CloudSettings(enabled=True, api_key_env="GPULANE_TEST_NO_SUCH_KEY")),
             gpu=FakeGpu(SystemClock()),

@@ -145,7 +145,9 @@ def workload_tokens(jobs: int, seed: int, restart: bool, tmp: Path) -> tuple[int
                     base = sim.stats().tokens_generated
                     try:
                         sim.wait_for(
-                            lambda s, b=base, a=at: s.tokens_generated >= b + a or ticket.done(),
+                            lambda s, b=base, a=at, t=ticket: (
+                                s.tokens_generated >= b + a or t.done()
+                            ),
                             timeout=10,
                         )
                     except TimeoutError:
@@ -191,9 +193,8 @@ def main() -> None:
     }
     print(f"{'figure':40} {'p50':>10} {'p99':>10}")
     for name in ("stream_closed_ms", "internal_first_token_ms"):
-        print(
-            f"{name:40} {results[f'gpulane.{name}.p50']:10.2f} {results[f'gpulane.{name}.p99']:10.2f}"
-        )
+        p50, p99 = results[f"gpulane.{name}.p50"], results[f"gpulane.{name}.p99"]
+        print(f"{name:40} {p50:10.2f} {p99:10.2f}")
     print(f"(simulated time to first token {FIRST_TOKEN_S * ms:.0f} ms; {rounds} rounds)")
     print(f"\n{'workload':40} {'resume':>10} {'restart':>10}")
     print(f"{'external tokens generated':40} {resume_tokens:10d} {restart_tokens:10d}")

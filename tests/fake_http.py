@@ -161,6 +161,13 @@ class FakeHandler(BaseHTTPRequestHandler):
         fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
         return fake
 
+    def handle(self) -> None:
+        """Serve the connection; a client hanging up between requests is not an error."""
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests read the stats, not the access log."""
 

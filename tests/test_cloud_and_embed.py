@@ -232,6 +232,15 @@ def test_embeddings_complete_while_the_gpu_slot_is_busy_with_a_long_call(
     http_lane.cancel(long.job_id)
 
 
+def test_embed_needs_a_backend_and_strings(tmp_path: Path) -> None:
+    config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")))
+    with GpuLane.start(config, gpu=FakeGpu(SystemClock()), clock=SystemClock()) as lane:
+        with pytest.raises(ValidationError, match="no backend to embed with"):
+            lane.embed("embedder", "text")
+        with pytest.raises(ValidationError, match="inputs"):
+            lane.embed("embedder", [])
+
+
 def test_preemption_over_http_closes_the_stream_and_the_job_resumes_without_repeats(
     http_lane: GpuLane, simulated: SimulatedOllama
 ) -> None:

@@ -386,6 +386,7 @@ def test_stopping_puts_the_running_job_back_in_the_queue(tmp_path: Path) -> None
     with GpuLane.start(config, gpu=fake, clock=clock) as lane:
         ticket = lane.submit(chat("interrupted"), detach=True)
         fake.next_call().emit("half")
+        assert next(ticket.chunks(timeout=5)) == "half"  # the slot has it before the stop
         job_id = ticket.job_id
     fake2 = FakeGpu(clock)
     with GpuLane.start(config, gpu=fake2, clock=clock) as lane:

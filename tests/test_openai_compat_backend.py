@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,9 +17,10 @@ import pytest
 from fake_http import Fault
 from fake_openai import FakeOpenAI
 
+from actors import BackendSettings, Config, GpuLane, SystemClock
 from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode
-from protocol import BackendError, BackendRequest, ChatMessage, JobKind
+from protocol import BackendError, BackendRequest, ChatMessage, JobKind, JobSpec, StoreSettings
 
 QUESTION = (ChatMessage("user", "How does the arbiter pick the next job?"),)
 
@@ -328,3 +330,23 @@ def test_loaded_models_lists_the_served_models_and_load_checks_one(
     with pytest.raises(BackendError) as missing:
         backend.load("ghost")
     assert (missing.value.status, missing.value.transient) == (404, False)
+
+
+def test_gpulane_drives_an_openai_server_named_in_its_config(
+    server: FakeOpenAI, tmp_path: Path
+) -> None:
+    config = Config(
+        store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")),
+        backend=BackendSettings(kind="openai", url=server.url + "/v1", resume="regenerate"),
+    )
+    with GpuLane.start(config, clock=SystemClock()) as lane:
+        answer = lane.submit(JobSpec.chat(model="tiny", messages=[QUESTION[0]])).result(5)
+        vectors = lane.embed("embedder", ["a", "b"], caller="test").embeddings
+    assert answer == run_direct(server) and len(vectors) == 2
+
+
+def run_direct(server: FakeOpenAI) -> str:
+    backend = OpenAICompatBackend(server.url)
+    text, _ = run(backend, chat())
+    backend.close()
+    return text

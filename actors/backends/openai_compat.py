@@ -269,16 +269,23 @@ class _Skipper:
 def _read_stream(
     response: httpx.Response, path: str, kind: JobKind, emit: _Skipper, began_ns: int
 ) -> BackendResult:
-    """Read an SSE stream to ``data: [DONE]``; usage comes in a chunk without choices."""
+    """Read an SSE stream to ``data: [DONE]``; usage comes in a chunk without choices.
+
+    A server that streams without usage (llama-cpp-python ignores ``stream_options``)
+    sends one token per chunk, so the chunks with text count the generated tokens.
+    """
     finish: str | None = None
     usage_chunk: dict[str, Any] = {}
+    text_chunks = 0
     for event in iter_sse(response.iter_lines()):
         if event.data == "[DONE]":
             break
         chunk = decode_object(event.data, path)
         if event.event == "error" or "error" in chunk:  # llama.cpp names it; vLLM does not
             raise BackendError(_error_message(chunk) or event.data, transient=True)
-        emit(_choice_text(chunk, kind))
+        text = _choice_text(chunk, kind)
+        text_chunks += bool(text)
+        emit(text)
         finish = _finish_reason(chunk) or finish
         if chunk.get("usage") or chunk.get("timings"):
             usage_chunk = chunk
@@ -288,6 +295,8 @@ def _read_stream(
                 f"the stream from {path} ended without [DONE] after {len(emit.pieces)} chunk(s)",
                 transient=True,
             )
+    if not usage_chunk.get("usage"):
+        usage_chunk = {**usage_chunk, "usage": {"completion_tokens": text_chunks}}
     return emit.result(usage_chunk, finish or "stop", began_ns)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from actors.clock import Clock
+from actors.cloud import CloudPolicy, LocalOutlook, cloud_deadline, send_to_cloud
 from actors.refs import ActorAddress, ask_while_up
 from actors.scheduling import ReadyQueue, SlotView, choose_preemption
 from actors.supervision_actor import SupervisedActor
@@ -66,6 +67,8 @@ class _Slot:
     model_key: str | None = None
     last_chain: str | None = None
     incarnation: str = ""  # the slot actor instance that last reported idle
+    cloud: bool = False  # a cloud slot: takes only jobs that send_to_cloud routes to it
+    healthy: bool = True
 
 
 class PriorityArbiter(SupervisedActor):
@@ -84,10 +87,18 @@ class PriorityArbiter(SupervisedActor):
         clock: Clock,
         timers: Timers,
         paused: bool = False,
+        cloud_slots: frozenset[str] = frozenset(),
+        cloud: CloudPolicy | None = None,
     ) -> None:
         super().__init__()
         self._store = store
-        self._slots = {slot_id: _Slot(ref) for slot_id, ref in slots.items()}
+        self._slots = {
+            slot_id: _Slot(ref, cloud=slot_id in cloud_slots) for slot_id, ref in slots.items()
+        }
+        self._cloud = cloud or CloudPolicy()
+        self._cloud_jobs: dict[str, Job] = {}  # queued jobs with allow_cloud, when cloud slots
+        self._cloud_wakeup: TimerHandle | None = None
+        self._mean_run_s = self._cloud.assumed_run_s
         self._policy = policy
         self._retry = retry
         self._clock = clock
@@ -99,6 +110,7 @@ class PriorityArbiter(SupervisedActor):
         self._wakeup: TimerHandle | None = None
         self._counters = {
             "dispatched": 0,
+            "dispatched_cloud": 0,
             "preemptions": 0,
             "cancelled_queued": 0,
             "swaps": 0,
@@ -125,17 +137,20 @@ class PriorityArbiter(SupervisedActor):
         log.info("arbiter_started", queued=len(jobs))
 
     def on_stop(self) -> None:
-        """Drop the pending wake-up timer."""
-        if self._wakeup is not None:
-            self._wakeup.cancel()
+        """Drop the pending wake-up timers."""
+        for timer in (self._wakeup, self._cloud_wakeup):
+            if timer is not None:
+                timer.cancel()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch on the message type."""
         match message:
             case JobQueued(job=job):
                 self._on_job_queued(job)
-            case SlotIdle(slot_id=slot_id, model_key=model_key, incarnation=incarnation):
-                self._on_slot_idle(slot_id, model_key, incarnation)
+            case SlotIdle(
+                slot_id=slot_id, model_key=model_key, incarnation=incarnation, healthy=healthy
+            ):
+                self._on_slot_idle(slot_id, model_key, incarnation, healthy)
             case CancelQueued(job_id=job_id, reason=reason):
                 return self._on_cancel(job_id, reason)
             case TimersDue():
@@ -166,18 +181,26 @@ class PriorityArbiter(SupervisedActor):
         now = self._clock.now()
         if not self._queue.add(job, now):
             return  # already queued (e.g. recovered from the store and told again)
+        if job.spec.allow_cloud and any(s.cloud for s in self._slots.values()):
+            self._cloud_jobs[job.id] = job
         self._arm_wakeup()
         if not self._dispatch() and job.not_before is None:
             self._maybe_preempt(job, now)
 
-    def _on_slot_idle(self, slot_id: str, model_key: str | None, incarnation: str) -> None:
+    def _on_slot_idle(
+        self, slot_id: str, model_key: str | None, incarnation: str, healthy: bool
+    ) -> None:
         slot = self._slots[slot_id]
         restarted = slot.known and incarnation != slot.incarnation
         given = slot.job
         if given is not None:
             slot.last_chain = given.spec.chain_id
+            if not slot.cloud and given.started_at is not None:
+                ran = max(0.0, self._clock.now() - given.started_at)
+                self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * ran  # a moving average
         slot.job, slot.known, slot.preempting, slot.model_key = None, True, False, model_key
-        if model_key is not None:
+        slot.healthy = healthy
+        if model_key is not None and not slot.cloud:
             self._fresh.add(model_key)
         slot.incarnation = incarnation
         if given is not None:
@@ -244,10 +267,11 @@ class PriorityArbiter(SupervisedActor):
         """Give work to every idle slot; True if anything was dispatched."""
         if self._paused:
             return False
-        dispatched = False
         now = self._clock.now()
+        # The cloud goes first: it takes only jobs that should not wait for a local slot.
+        dispatched = bool(self._cloud_jobs) and self._dispatch_cloud(now)
         for slot_id, slot in self._slots.items():
-            if slot.job is not None or not slot.known:
+            if slot.job is not None or not slot.known or slot.cloud:
                 continue
             resident = self._resident()
             job = self._queue.pop(now, self._policy, chains=self._chains(), resident=resident)
@@ -269,11 +293,54 @@ class PriorityArbiter(SupervisedActor):
         self._arm_wakeup()
         return dispatched
 
+    def _dispatch_cloud(self, now: float) -> bool:
+        """Give idle cloud slots the queued jobs that ``send_to_cloud`` routes there, oldest
+        first, and arm a wake-up for the next job that will qualify as time passes."""
+        idle = [s for s in self._slots.values() if s.cloud and s.known and s.job is None]
+        local = [s for s in self._slots.values() if not s.cloud]
+        busy_local = sum(s.job is not None for s in local)
+        down = bool(local) and not any(s.healthy for s in local)
+        depths = self._queue.depths()
+        dispatched = False
+        next_due: float | None = None
+        for job_id, job in list(self._cloud_jobs.items()):
+            if job_id not in self._queue:
+                del self._cloud_jobs[job_id]  # dispatched locally or cancelled meanwhile
+                continue
+            rank = (job.spec.lane.rank, job.spec.priority.rank)
+            ahead = (
+                busy_local
+                - 1
+                + sum(  # - 1: not the job itself
+                    n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank
+                )
+            )
+            outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
+            if idle and send_to_cloud(job, now, outlook, self._cloud):
+                self._queue.remove(job_id)
+                del self._cloud_jobs[job_id]
+                slot = idle.pop()
+                slot.job = job.replace(state=JobState.LOADING, started_at=now)
+                slot.ref.tell(Dispatch(job, next(self._call_ids)))
+                self._counters["dispatched_cloud"] += 1
+                dispatched = True
+                log.info("dispatched_to_cloud", job_id=job_id, waited=now - job.created_at)
+                continue
+            due = cloud_deadline(job, outlook, self._cloud)
+            if due is not None and due > now and (next_due is None or due < next_due):
+                next_due = due
+        if self._cloud_wakeup is not None:
+            self._cloud_wakeup.cancel()
+            self._cloud_wakeup = None
+        if next_due is not None:
+            self._cloud_wakeup = self._timers.send_at(next_due, self.actor_ref, TimersDue())
+        return dispatched
+
     def _maybe_preempt(self, incoming: Job, now: float) -> None:
         busy = [
             SlotView(slot_id, slot.job)
             for slot_id, slot in self._slots.items()
-            if slot.job is not None and not slot.preempting
+            if slot.job is not None and not slot.preempting and not slot.cloud
         ]
         victim = choose_preemption(incoming, busy, now, self._policy)
         if victim is None:
@@ -294,14 +361,14 @@ class PriorityArbiter(SupervisedActor):
         return frozenset(chains)
 
     def _resident(self) -> frozenset[str]:
-        """Model keys loaded now (the tracker's word, else what the slots last ran), plus
-        the models of the calls running now: a job for one of those needs no swap."""
-        running = {s.job.spec.model_key for s in self._slots.values() if s.job is not None}
+        """Model keys loaded on the local GPU now (the tracker's word, else what the local
+        slots last ran), plus the models of the local calls running now: a job for one of
+        those needs no swap. Cloud slots hold no local model."""
+        local = [s for s in self._slots.values() if not s.cloud]
+        running = {s.job.spec.model_key for s in local if s.job is not None}
         if self._tracked is not None:
             return self._tracked | self._fresh | running
-        return frozenset(
-            {s.model_key for s in self._slots.values() if s.model_key is not None} | running
-        )
+        return frozenset({s.model_key for s in local if s.model_key is not None} | running)
 
     def _arm_wakeup(self) -> None:
         due = self._queue.next_due()

@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from actors.backends.anthropic import ANTHROPIC_URL
+from actors.backends.openai_compat import RESUME_MODES
+from actors.cloud import CloudPolicy
 from protocol import (
     ActiveHours,
     Limits,
@@ -25,9 +28,9 @@ from protocol import (
     ValidationError,
 )
 
-__all__ = ["ApiKey", "BackendSettings", "Config", "GatewaySettings"]
+__all__ = ["ApiKey", "BackendSettings", "CloudSettings", "Config", "GatewaySettings"]
 
-BACKEND_KINDS = ("ollama", "simulated")
+BACKEND_KINDS = ("ollama", "simulated", "openai")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,6 +41,9 @@ class BackendSettings:
     url: str = "http://127.0.0.1:11434"
     slots: int = 1
     request_timeout_s: float = 300.0
+    # openai only: how a preempted chat resumes (actors.backends.openai_compat)
+    resume: str = "prefill"
+    embed_workers: int = 4  # concurrent embedding calls, which bypass the GPU queue
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:
@@ -50,6 +56,41 @@ class BackendSettings:
             )
         if not self.url.startswith(("http://", "https://")):
             raise ValidationError("backend.url", f"not an http(s) URL: {self.url!r}")
+        if self.resume not in RESUME_MODES:
+            raise ValidationError("backend.resume", f"unknown mode {self.resume!r}", RESUME_MODES)
+        if not isinstance(self.embed_workers, int) or self.embed_workers < 1:
+            raise ValidationError("backend.embed_workers", "must be an integer of 1 or more")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CloudSettings:
+    """Cloud fallback (docs/backends.md): cloud slots on the Anthropic Messages API for jobs
+    with ``allow_cloud``, when the local wait would exceed ``max_local_wait_s`` or the local
+    backend is down. The key is read from the environment variable ``api_key_env``."""
+
+    enabled: bool = False
+    url: str = ANTHROPIC_URL
+    model: str = "claude-3-5-haiku-latest"
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    slots: int = 2
+    max_local_wait_s: float = 60.0
+    assumed_run_s: float = 20.0
+    max_tokens: int = 1024
+    request_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slots, int) or self.slots < 1:
+            raise ValidationError(
+                "cloud.slots", f"must be an integer of 1 or more, got {self.slots!r}"
+            )
+        if not self.url.startswith(("http://", "https://")):
+            raise ValidationError("cloud.url", f"not an http(s) URL: {self.url!r}")
+        CloudPolicy(self.max_local_wait_s, self.assumed_run_s)  # raises on a bad bound
+
+    @property
+    def policy(self) -> CloudPolicy:
+        """The routing bounds the arbiter applies."""
+        return CloudPolicy(self.max_local_wait_s, self.assumed_run_s)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,6 +214,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "limits": Limits,
     "residency": ResidencySettings,
     "gateway": GatewaySettings,
+    "cloud": CloudSettings,
 }
 
 
@@ -187,6 +229,7 @@ class Config:
     limits: Limits = Limits()
     residency: ResidencySettings = ResidencySettings()
     gateway: GatewaySettings = GatewaySettings()
+    cloud: CloudSettings = CloudSettings()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

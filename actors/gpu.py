@@ -293,8 +293,8 @@ class GpuSlot(SupervisedActor):
         self._call = None
         return call
 
-    def _idle(self) -> None:
-        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key, self.actor_urn))
+    def _idle(self, *, healthy: bool = True) -> None:
+        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key, self.actor_urn, healthy=healthy))
 
     def _tell_residency(self, message: ModelLoaded | ModelEvicted) -> None:
         if self._residency is not None:
@@ -336,7 +336,7 @@ class GpuSlot(SupervisedActor):
                     stale_ok=True,
                 )
             )
-            self._idle()
+            self._idle(healthy=not transient)
             log.info(
                 "job_failed", job_id=job.id, attempts=attempts, transient=transient, error=error
             )
@@ -366,7 +366,9 @@ class GpuSlot(SupervisedActor):
                 )
             )
         )
-        self._idle()  # after the job is back, so a cancel waiting for it finds it there
+        self._idle(
+            healthy=not transient
+        )  # after the job is back, so a cancel waiting for it finds it there
         log.info(
             "job_retry_scheduled",
             job_id=job.id,

@@ -8,20 +8,22 @@ other, and are addressed by the facade, through the tree's StableRefs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, cast
 
 import pykka
 import structlog
 
 from actors.arbiter import CancelOutcome, PriorityArbiter
-from actors.backends.base import Backend
+from actors.backends.base import Backend, CancelToken
 from actors.clock import Clock, SystemClock
 from actors.config import Config
 from actors.gpu import GpuSlot
@@ -52,13 +54,16 @@ from actors.ticket import Ticket
 from actors.timers import Timers
 from protocol import (
     CancelReason,
+    EmbedResult,
     Job,
     JobSpec,
     JobState,
+    Lane,
     RetryPolicy,
     SchedulingPolicy,
     SystemStoppedError,
     ValidationError,
+    freeze,
 )
 from protocol.messages import (
     Admit,
@@ -131,6 +136,7 @@ class LaneWiring:
     paused: Callable[[], bool]
     listener: Callable[[Job], None]  # the store's commit listener
     backend: Backend | None  # what the ResidencyTracker polls and pins on (None: slots only)
+    cloud_slot_ids: frozenset[str] = frozenset()  # slots on the cloud backend (cloud fallback)
 
 
 ChildFactory = Callable[[LaneWiring], pykka.ActorRef[Any]]
@@ -216,6 +222,8 @@ def _start_arbiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
         clock=wiring.clock,
         timers=wiring.timers,
         paused=wiring.paused(),
+        cloud_slots=wiring.cloud_slot_ids,
+        cloud=config.cloud.policy,
     )
 
 
@@ -267,6 +275,9 @@ class GpuLane:
         self._slot_ids: tuple[str, ...] = ()
         self._owned: list[Callable[[], None]] = []
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
+        self._embed_backend: Backend | None = None
+        self._embed_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._embed_calls: set[CancelToken] = set()
 
     @classmethod
     def start(
@@ -279,6 +290,7 @@ class GpuLane:
         factories: Mapping[str, ChildFactory] | None = None,
         supervision: SupervisionSettings | None = None,
         on_failure: Callable[[ExitReason], None] | None = None,
+        cloud: Backend | None = None,
     ) -> GpuLane:
         """Build and start the supervision tree: store, arbiter, then the GPU slots.
 
@@ -288,6 +300,8 @@ class GpuLane:
         factory gets a :class:`LaneWiring` and returns a SupervisedActor's ref.
         ``on_failure(reason)`` is called once if the tree gives up (restart budget
         spent); the lane is stopped then, and every later call raises SystemStoppedError.
+        ``backend`` also serves :meth:`embed`. ``cloud`` (or ``config.cloud.enabled``)
+        adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback).
         """
         config = config or Config()
         unknown = sorted(set(factories or {}) - set(_CHILD_ORDER))
@@ -306,23 +320,38 @@ class GpuLane:
             on_failure,
         )
         try:
-            lane._build_tree(gpu, backend, {**DEFAULT_FACTORIES, **(factories or {})})
+            lane._build_tree(gpu, backend, cloud, {**DEFAULT_FACTORIES, **(factories or {})})
         except BaseException:
             lane.stop()
             raise
         return lane
 
     def _build_tree(
-        self, gpu: GpuFactory | None, backend: Backend | None, factories: Mapping[str, ChildFactory]
+        self,
+        gpu: GpuFactory | None,
+        backend: Backend | None,
+        cloud: Backend | None,
+        factories: Mapping[str, ChildFactory],
     ) -> None:
         """Start the root supervisor and wait until every child has had its first start."""
         settings = self._supervision
+        config = self._config
         if gpu is None:
             if backend is None:
                 backend = self._default_backend()
             gpu = backend_slot_factory(backend, settings.slot_join_s)
         # With ``gpu`` alone (a fake GPU) the tracker learns from the slots only.
-        self._slot_ids = tuple(f"gpu{i}" for i in range(self._config.backend.slots))
+        self._embed_backend = backend
+        if cloud is None and config.cloud.enabled:
+            cloud = self._cloud_backend()
+        slot_factories: dict[str, GpuFactory] = {
+            f"gpu{i}": gpu for i in range(config.backend.slots)
+        }
+        if cloud is not None:
+            cloud_factory = backend_slot_factory(cloud, settings.slot_join_s)
+            slot_factories.update({f"cloud{i}": cloud_factory for i in range(config.cloud.slots)})
+        self._slot_ids = tuple(slot_factories)
+        self._cloud_slot_ids = frozenset(s for s in self._slot_ids if s.startswith("cloud"))
         wiring = LaneWiring(
             refs=self._refs,
             slot_ids=self._slot_ids,
@@ -333,6 +362,7 @@ class GpuLane:
             paused=lambda: self._paused,
             listener=self._committed,
             backend=backend,
+            cloud_slot_ids=self._cloud_slot_ids,
         )
         specs = [
             ChildSpec(
@@ -349,7 +379,7 @@ class GpuLane:
         slot_specs = [
             ChildSpec(
                 slot_id,
-                _bind_slot(gpu, slot_id, wiring),
+                _bind_slot(slot_factories[slot_id], slot_id, wiring),
                 shutdown_s=settings.shutdown_s,
                 while_restarting=WhileRestarting.HOLD,
                 hold_limit=_SLOT_HOLD_LIMIT,
@@ -385,7 +415,12 @@ class GpuLane:
         )
         self._root = root
         self._wait_until_started()
-        log.info("gpulane_started", slots=len(self._slot_ids), store=self._config.store.path)
+        log.info(
+            "gpulane_started",
+            slots=len(self._slot_ids) - len(self._cloud_slot_ids),
+            cloud_slots=len(self._cloud_slot_ids),
+            store=config.store.path,
+        )
 
     def _wait_until_started(self) -> None:
         """Block until each child has started once (or the tree gave up, which raises)."""
@@ -402,8 +437,16 @@ class GpuLane:
 
     def _default_backend(self) -> Backend:
         from actors.backends.ollama import OllamaBackend
+        from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode
 
         settings = self._config.backend
+        if settings.kind == "openai":
+            resume = cast(ResumeMode, settings.resume)  # BackendSettings checked it
+            openai = OpenAICompatBackend(
+                settings.url, resume=resume, timeout=settings.request_timeout_s
+            )
+            self._owned.append(openai.close)
+            return openai
         if settings.kind == "simulated":
             from actors.backends.simulated import SimulatedOllama
 
@@ -415,6 +458,27 @@ class GpuLane:
         backend = OllamaBackend(url, timeout=settings.request_timeout_s)
         self._owned.append(backend.close)
         return backend
+
+    def _cloud_backend(self) -> Backend:
+        from actors.backends.anthropic import AnthropicBackend
+
+        settings = self._config.cloud
+        key = os.environ.get(settings.api_key_env, "")
+        if not key:
+            raise ValidationError(
+                "cloud.api_key_env",
+                f"cloud fallback is on but ${settings.api_key_env} is empty",
+                allowed="an Anthropic API key in that environment variable",
+            )
+        cloud = AnthropicBackend(
+            key,
+            model=settings.model,
+            base_url=settings.url,
+            max_tokens=settings.max_tokens,
+            timeout=settings.request_timeout_s,
+        )
+        self._owned.append(cloud.close)
+        return cloud
 
     # --- the public surface ---------------------------------------------------------
 
@@ -456,6 +520,55 @@ class GpuLane:
         with self._lock:
             self._counters["submitted"] += 1
         return Ticket(job, sink, self._cancel_quietly, detach=detach)
+
+    def embed(
+        self,
+        model: str,
+        inputs: str | Iterable[str],
+        *,
+        caller: str = "anonymous",
+        lane: Lane = Lane.EXTERNAL,
+        options: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> EmbedResult:
+        """Embed ``inputs`` with ``model`` straight on the backend, bypassing the GPU queue.
+
+        Embedding calls are short and the embedding model stays resident beside the chat
+        model (ARCHITECTURE.md section 3), so they run concurrently on a small thread
+        pool (``backend.embed_workers``), never waiting behind a long chat call. Blocks
+        until the vectors come back; after ``timeout`` seconds the call is cancelled
+        (its connection dropped) and TimeoutError raised.
+        """
+        texts = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValidationError("inputs", "must be a string or a non-empty list of strings")
+        backend = self._embed_backend
+        if backend is None:
+            raise ValidationError(
+                "backend", "no backend to embed with", allowed="GpuLane.start(backend=...)"
+            )
+        frozen = freeze(dict(options or {}))
+        # Embeddings skip the GPU queue but not the RateLimiter's embeddings budget.
+        self._ask("limiter", Admit(caller, lane, embedding=True))
+        token = CancelToken()
+        with self._lock:
+            if self._stopped:
+                raise SystemStoppedError("gpulane is stopped")
+            if self._embed_pool is None:
+                self._embed_pool = concurrent.futures.ThreadPoolExecutor(
+                    self._config.backend.embed_workers, thread_name_prefix="gpulane-embed"
+                )
+            self._embed_calls.add(token)
+            future = self._embed_pool.submit(backend.embed, model, texts, frozen, token)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            token.cancel()
+            raise TimeoutError(f"embedding with {model} took over {timeout}s") from None
+        finally:
+            with self._lock:
+                self._embed_calls.discard(token)
+            log.debug("embedded", caller=caller, model=model, inputs=len(texts))
 
     def cancel(self, job_id: str, reason: CancelReason = CancelReason.USER) -> str:
         """Cancel a queued or running job; says which it was ('queued', 'running', 'not_found')."""
@@ -648,6 +761,12 @@ class GpuLane:
                 root.stop(block=True, timeout=self._supervision.shutdown_s * 4)
             except pykka.Timeout:
                 log.error("gpulane_stop_timeout")
+        with self._lock:
+            pending = list(self._embed_calls)
+        for token in pending:
+            token.cancel()
+        if self._embed_pool is not None:
+            self._embed_pool.shutdown(wait=True, cancel_futures=True)
         self._sinks.fail_all(SystemStoppedError("gpulane was stopped before the job ended"))
         self._release()
         log.info("gpulane_stopped")

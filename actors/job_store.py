@@ -3,9 +3,8 @@
 Group commit: when a write (InsertJob or Transition) reaches the head of the mailbox,
 the store also takes the asked writes queued right behind it, applies them all in one
 transaction (a refused write fails only its asker), commits once, and only then
-answers every one of them. A submit is therefore never acknowledged before its row
-is durable, and one fsync serves the whole batch. With ``synchronous=FULL`` that
-fsync runs on a syncer thread (actors/wal_sync.py) while the next batch is applied.
+answers every one of them. A submit is therefore never
+acknowledged before its row is durable, and one fsync serves the whole batch.
 
 Under a supervisor the store is the source of truth the other actors rebuild from:
 it is a SupervisedActor, asks arrive through a StableRef (and still join batches),
@@ -26,7 +25,6 @@ from actors.clock import Clock
 from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage
 from actors.supervision_actor import SupervisedActor
 from actors.supervision_refs import StableAsk
-from actors.wal_sync import Reply, WalSyncer, answer, running_on_linux
 from protocol.config import StoreSettings
 from protocol.errors import IllegalTransitionError, JobNotFoundError
 from protocol.job import Job
@@ -53,31 +51,7 @@ log = structlog.get_logger("gpulane.job_store")
 
 
 class BatchingInbox(queue.Queue["Envelope[Any]"]):
-    """A mailbox whose one consumer may take the head envelope only if it qualifies.
-
-    It also holds back the reply of every asked write (a pykka ask, or a StableRef's
-    ask, which it unwraps) for the store to give itself once the write is durable,
-    instead of the reply going out when the handler returns.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._held_reply: Any = None
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:
-        """The next envelope; an asked write comes out bare, its reply held for the store."""
-        envelope = super().get(block, timeout)
-        message = envelope.message
-        if isinstance(message, StableAsk) and isinstance(message.message, _WRITES):
-            self._held_reply, envelope.message = message.pending, message.message
-        elif envelope.reply_to is not None and isinstance(message, _WRITES):
-            self._held_reply, envelope.reply_to = envelope.reply_to, None
-        return envelope
-
-    def take_held_reply(self) -> Any:
-        """The reply of the write just handed out (None for a told write)."""
-        held, self._held_reply = self._held_reply, None
-        return held
+    """A mailbox whose one consumer may take the head envelope only if it qualifies."""
 
     def take_if(self, predicate: Callable[[Envelope[Any]], bool]) -> Envelope[Any] | None:
         """Pop and return the head envelope if ``predicate`` holds for it, else None.
@@ -113,10 +87,20 @@ def _write_of(envelope: Envelope[Any]) -> WriteMessage:
     return write
 
 
-def _reply_target(envelope: Envelope[Any]) -> Any:
-    """Where a drained write's answer goes: a StableRef's pending ask or a pykka future."""
+def _reply(envelope: Envelope[Any], outcome: Job | Exception | None) -> None:
+    """Answer a drained envelope with its job or its error."""
     message = envelope.message
-    return message.pending if isinstance(message, StableAsk) else envelope.reply_to
+    if isinstance(message, StableAsk):
+        if isinstance(outcome, Exception):
+            message.pending.fail(outcome)
+        else:
+            message.pending.resolve(outcome)
+        return
+    assert envelope.reply_to is not None
+    if isinstance(outcome, Exception):
+        envelope.reply_to.set_exception(exc_info=(type(outcome), outcome, outcome.__traceback__))
+    else:
+        envelope.reply_to.set(outcome)
 
 
 _STALE = (IllegalTransitionError, JobNotFoundError)
@@ -163,17 +147,13 @@ class JobStore(SupervisedActor):
         self._listener = listener
         self._stale = 0
         self._recovery = Recovery(requeued=0, queued=0)
-        pipelined = settings.synchronous == "FULL" and running_on_linux()
-        self._db = JobDB.open(
-            settings.path, clock, synchronous="NORMAL" if pipelined else settings.synchronous
-        )
+        self._db = JobDB.open(settings.path, clock, synchronous=settings.synchronous)
         if recover_on_open:
             try:
                 self._recover()
             except BaseException:
                 self._db.close()
                 raise
-        self._syncer = WalSyncer(settings.path, listener) if pipelined else None
         inbox = self.actor_inbox
         assert isinstance(inbox, BatchingInbox)
         self._inbox = inbox
@@ -196,12 +176,7 @@ class JobStore(SupervisedActor):
         )
 
     def on_stop(self) -> None:
-        """Answer the writes still being flushed, then close the database (its lock too)."""
-        self._close()
-
-    def _close(self) -> None:
-        if self._syncer is not None:
-            self._syncer.close()
+        """Close the database, releasing its lock."""
         self._db.close()
 
     def on_failure(
@@ -214,7 +189,7 @@ class JobStore(SupervisedActor):
         try:
             self._salvage()
         finally:
-            self._close()
+            self._db.close()
 
     def _salvage(self) -> None:
         """Handle the writes and StableRef asks that reached this instance before it crashed.
@@ -249,8 +224,7 @@ class JobStore(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         """Handle one protocol message; writes take their queued neighbours along."""
         if isinstance(message, (InsertJob, Transition)):
-            self._write(message, self._inbox.take_held_reply())
-            return None
+            return self._write(message)
         db = self._db
         if isinstance(message, GetJob):
             return db.get(message.job_id)
@@ -274,13 +248,12 @@ class JobStore(SupervisedActor):
             return self._snapshot()
         raise TypeError(f"JobStore cannot handle {type(message).__name__}")
 
-    def _write(self, first: WriteMessage, first_reply: Any) -> None:
-        """Commit ``first`` with the asked writes queued behind it; answer them once durable.
+    def _write(self, first: WriteMessage) -> Job | None:
+        """Commit ``first`` with the asked writes queued behind it; answer them after COMMIT.
 
         Draining stops at the first message that is not an asked write, so every
-        sender's messages are still handled in the order sent. With pipelined flushing
-        the answers (and the listener) wait for the WAL fsync on the syncer thread while
-        this thread goes on with the next batch. A told write that fails is a crash.
+        sender's messages are still handled in the order sent. The current message's
+        outcome is returned (or raised) for pykka to deliver, also after the commit.
         """
         drained: list[Envelope[Any]] = []
         started = False
@@ -298,21 +271,18 @@ class JobStore(SupervisedActor):
             drained.append(envelope)
             return _write_of(envelope)
 
-        outcomes = self._db.write_batch(take)
+        batch = self._db.write_batch(take)
         writes = [first, *(_write_of(envelope) for envelope in drained)]
-        final = [self._drop_if_stale(m, o) for m, o in zip(writes, outcomes, strict=True)]
-        replies: list[Reply] = [(first_reply, final[0])]
-        replies += [(_reply_target(e), o) for e, o in zip(drained, final[1:], strict=True)]
-        if self._syncer is not None:
-            self._syncer.submit(replies)
-        else:
-            for target, outcome in replies:
-                if isinstance(outcome, Job) and self._listener is not None:
+        outcomes = [self._drop_if_stale(m, o) for m, o in zip(writes, batch, strict=True)]
+        if self._listener is not None:
+            for outcome in outcomes:
+                if isinstance(outcome, Job):
                     self._listener(outcome)
-                if target is not None:
-                    answer(target, outcome)
-        if first_reply is None and isinstance(final[0], Exception):
-            raise final[0]
+        for envelope, outcome in zip(drained, outcomes[1:], strict=True):
+            _reply(envelope, outcome)
+        if isinstance(outcomes[0], Exception):
+            raise outcomes[0]
+        return outcomes[0]
 
     def _drop_if_stale(self, message: WriteMessage, outcome: BatchOutcome) -> BatchOutcome | None:
         """A ``stale_ok`` Transition the store refused becomes None (logged), not an error."""
@@ -334,9 +304,7 @@ class JobStore(SupervisedActor):
             {
                 "path": db.path,
                 "journal_mode": journal_mode,
-                # Pipelined flushing gives FULL's guarantee with SQLite itself at NORMAL.
-                "synchronous": "FULL" if self._syncer is not None else synchronous,
-                "log_flush": "pipelined" if self._syncer is not None else "sqlite",
+                "synchronous": synchronous,
                 "schema_version": db.schema_version(),
                 "commits": db.commits,
                 "writes": db.writes,

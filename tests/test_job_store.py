@@ -513,18 +513,6 @@ def test_the_inbox_takes_the_head_only_when_it_qualifies() -> None:
     assert inbox.empty()
 
 
-def test_the_inbox_holds_back_the_reply_of_an_asked_write_for_the_store() -> None:
-    inbox = BatchingInbox()
-    future, other = object(), object()
-    write = _Envelope(InsertJob(make_spec()), reply_to=future)
-    read = _Envelope(CountJobs(), reply_to=other)
-    inbox.put(write)  # type: ignore[arg-type]
-    inbox.put(read)  # type: ignore[arg-type]
-    assert inbox.get() is write and write.reply_to is None
-    assert inbox.take_held_reply() is future and inbox.take_held_reply() is None
-    assert inbox.get() is read and read.reply_to is other
-
-
 # --- start-up errors ------------------------------------------------------------------
 
 

@@ -195,7 +195,7 @@ class Traffic:
     async def _bot(self, client: Any, spawn: Callable[[Callable[[], Any]], None]) -> None:
         step = 0
         while True:
-            await asyncio.sleep(self._rng.uniform(2.0, 4.0))
+            await asyncio.sleep(self._rng.uniform(3.0, 6.0))
             step += 1
             priority = "urgent" if step % 4 == 0 else "high"
             bot = client(BOT_KEY, "internal", priority)
@@ -212,7 +212,7 @@ class Traffic:
         self, index: int, client: Any, spawn: Callable[[Callable[[], Any]], None]
     ) -> None:
         while True:
-            await asyncio.sleep(self._rng.uniform(1.0, 3.0))
+            await asyncio.sleep(self._rng.uniform(3.0, 7.0))
             model = self._rng.choices(CHAT_MODELS, weights=(6, 2, 2))[0]
             priority = self._rng.choices(("low", "normal", "high"), weights=(2, 6, 2))[0]
             topic = self._rng.choice(TOPICS)
@@ -372,8 +372,8 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
     console.print(table)
     console.print(
         f"preemptions: {summary['preemptions']}   retries: {summary['retries']}   "
-        f"swaps: {summary['swaps']} (arbiter), {summary['model_loads']} model loads "
-        f"(simulated server)   requests refused or failed: {summary['refused']}"
+        f"swaps the arbiter made: {summary['swaps']}   model loads the simulated GPU did: "
+        f"{summary['model_loads']}   requests refused or failed: {summary['refused']}"
     )
 
 

@@ -238,7 +238,7 @@ def test_queue_clear_cancels_only_the_callers_queued_jobs_and_an_admin_clears_th
 
 def test_the_demo_drives_the_gateway_with_ollama_clients_and_summarises_the_stored_jobs() -> None:
     console = Console(record=True, width=160)
-    summary = run_demo(seconds=3.0, speed=20.0, callers=2, seed=3, console=console)
+    summary = run_demo(seconds=7.0, speed=20.0, callers=2, seed=3, console=console)
     internal, external = summary["internal"], summary["external"]
     assert internal["jobs"] >= 1 and external["jobs"] >= 2
     for row in (internal, external):

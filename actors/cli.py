@@ -1,14 +1,16 @@
-"""The ``gpulane`` command line: ``demo``, ``serve`` and ``queue ...`` against a running gateway.
+"""The ``gpulane`` command line: ``demo``, ``serve``, ``top`` and ``queue ...``.
 
     gpulane serve --config gpulane.toml          # the gateway (Ollama API on 127.0.0.1:11435)
+    gpulane top                                   # a live view of a running gateway
     gpulane queue ls                              # your jobs, newest first
     gpulane queue show 42                         # one job, by sequence number or id
     gpulane queue cancel 42 | retry 42            # steer your jobs
+    gpulane queue clear                           # cancel your queued jobs (admins: everyone's)
     gpulane queue stats                           # depth per lane and priority, the GPU slots
     gpulane queue pause | resume                  # admin keys only
 
-``queue`` commands find the gateway with ``--url`` (or ``GPULANE_URL``) and authenticate
-with ``--key`` (or ``GPULANE_API_KEY``).
+``top`` and ``queue`` find the gateway with ``--url`` (or ``GPULANE_URL``) and
+authenticate with ``--key`` (or ``GPULANE_API_KEY``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 __all__ = ["main"]
 
@@ -84,6 +87,9 @@ def _queue(args: argparse.Namespace) -> int:
             body = _request(args, "POST", f"/jobs/{args.job}/{action}")
     elif action == "stats":
         body = _request(args, "GET", "/queue")
+    elif action == "clear":
+        query = f"?of={quote(args.of)}" if args.of else ""
+        body = _request(args, "POST", "/queue/clear" + query)
     else:
         body = _request(args, "POST", f"/admin/{action}")
     print(json.dumps(body, indent=2))
@@ -111,28 +117,46 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default: gateway.port, 11435)")
     serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
     serve.add_argument("--log-json", action="store_true", help="log JSON lines")
+    top = sub.add_parser(
+        "top",
+        help="a live view of a running gateway: GPU, models, queue, callers, swaps, preemptions",
+        description="Redraw the state of a running gateway every second: each GPU slot and "
+        "the job it runs, the resident models, the queue by lane and priority, the jobs "
+        "each caller has waiting or running, and recent swaps and preemptions. An admin "
+        "key sees every caller; other keys see their own jobs and the totals. Ctrl-C quits.",
+    )
+    _gateway_options(top)
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between redraws")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
     queue = sub.add_parser(
         "queue",
         help="look at and steer the queue of a running gateway",
         description="Talk to a running gateway. ls: your jobs; show/cancel/retry JOB: one "
-        "job by id or sequence number; stats: the queue and the GPU slots; pause/resume: "
-        "stop or restart dispatch (admin keys only).",
+        "job by id or sequence number; clear: cancel all your queued jobs (an admin key "
+        "clears everyone's, or one caller's with --of); stats: the queue and the GPU slots; "
+        "pause/resume: stop or restart dispatch (admin keys only).",
     )
     queue.add_argument(
-        "action", choices=("ls", "show", "cancel", "retry", "stats", "pause", "resume")
+        "action", choices=("ls", "show", "cancel", "retry", "clear", "stats", "pause", "resume")
     )
     queue.add_argument("job", nargs="?", help="a job id or sequence number")
-    queue.add_argument(
+    _gateway_options(queue)
+    queue.add_argument("--state", action="append", help="ls: only jobs in this state (repeatable)")
+    queue.add_argument("--limit", type=int, default=50, help="ls: at most this many (default 50)")
+    queue.add_argument("--of", metavar="CALLER", help="clear, admin keys: only this caller's jobs")
+    return parser
+
+
+def _gateway_options(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--key``, shared by the commands that talk to a running gateway."""
+    parser.add_argument(
         "--url", default=os.environ.get("GPULANE_URL", DEFAULT_URL),
         help=f"the gateway (default: $GPULANE_URL or {DEFAULT_URL})",
     )  # fmt: skip
-    queue.add_argument(
+    parser.add_argument(
         "--key", default=os.environ.get("GPULANE_API_KEY"),
         help="an API key from the gateway config (default: $GPULANE_API_KEY)",
     )  # fmt: skip
-    queue.add_argument("--state", action="append", help="ls: only jobs in this state (repeatable)")
-    queue.add_argument("--limit", type=int, default=50, help="ls: at most this many (default 50)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "top":
+        from actors.top import run_top
+
+        if args.interval <= 0:
+            parser.error("--interval must be more than 0 seconds")
+        return run_top(args.url, args.key, interval=args.interval, once=args.once)
     return _queue(args)
 
 

@@ -53,17 +53,46 @@ def test_queue_commands_list_show_cancel_and_retry_a_callers_jobs(
         assert stats["paused"] is False and set(stats["slots"]) == {"gpu0"}
 
 
+def test_queue_clear_and_top_once_work_against_a_running_gateway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_stack(tmp_path) as stack:
+        stack.lane.pause()
+        with stack.client() as http:
+            for _ in range(2):
+                http.post("/jobs", json={"model": "tiny", "messages": HELLO, "priority": "high"})
+        capsys.readouterr()
+        assert main(["top", "--once", "--url", stack.url, "--key", ADMIN]) == 0
+        frame = printed(capsys)
+        assert "queued 2" in frame and "alice" in frame and "PAUSED" in frame
+        assert main(["queue", "clear", "--url", stack.url, "--key", ALICE]) == 0
+        assert printed_json(capsys) == {"cancelled": 2, "started_meanwhile": 0, "caller": "alice"}
+        assert stack.lane.status()["queued"] == 0
+
+
+def test_top_says_when_it_cannot_reach_the_gateway(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as stack:
+        url = stack.url
+    with pytest.raises(SystemExit, match="cannot reach the gateway"):
+        main(["top", "--once", "--url", url])
+
+
 def test_queue_commands_say_when_the_key_is_wrong(tmp_path: Path) -> None:
     with running_stack(tmp_path) as stack, pytest.raises(SystemExit, match="401"):
         main(["queue", "ls", "--url", stack.url, "--key", "wrong-key-0000"])
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["queue"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["queue"], ["top"]])
 def test_help_explains_each_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main([*command, "--help"])
     assert stopped.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: gpulane")
-    expected = {(): "queue", ("serve",): "--config", ("queue",): "sequence number"}[tuple(command)]
+    expected = {
+        (): "queue",
+        ("serve",): "--config",
+        ("queue",): "sequence number",
+        ("top",): "preemptions",
+    }[tuple(command)]
     assert expected in out

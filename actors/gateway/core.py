@@ -25,11 +25,12 @@ from actors.config import Config, GatewaySettings
 from actors.gateway.auth import Caller, KeyRing
 from actors.gateway.errors import GatewayError
 from actors.gateway.metrics import GatewayMetrics
+from actors.gateway.watch import LaneWatch
 from actors.system import GpuLane
 from actors.ticket import Ticket
 from protocol import Job, JobKind, JobSpec, JobState
 
-__all__ = ["CallerDep", "Gateway", "caller_of", "gateway_of"]
+__all__ = ["CallerDep", "Gateway", "ViewerDep", "caller_of", "gateway_of", "viewer_of"]
 
 log = structlog.get_logger("actors.gateway")
 
@@ -56,6 +57,7 @@ class Gateway:
         self.upstream = upstream
         self.config_path = config_path
         self.metrics = GatewayMetrics(lane.status)
+        self.watch = LaneWatch(lane)
         self.http: httpx.AsyncClient | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._tickets: dict[str, Ticket] = {}
@@ -196,6 +198,19 @@ async def caller_of(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(caller_of)]
+
+
+async def viewer_of(request: Request) -> Caller | None:
+    """FastAPI dependency for the views: the caller, or None for a request without a key
+    on a gateway with keys (a browser: it sees aggregates only). A bad key is still a 401."""
+    gateway = gateway_of(request)
+    header = request.headers.get("authorization")
+    if header is None and not gateway.keys.open:
+        return None
+    return gateway.keys.identify(header)
+
+
+ViewerDep = Annotated[Caller | None, Depends(viewer_of)]
 
 
 async def cancel_on_disconnect(request: Request, ticket: Ticket) -> None:

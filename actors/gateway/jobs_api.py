@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.arbiter import CancelOutcome as Outcome
 from actors.gateway.core import CallerDep, Gateway, gateway_of
 from actors.gateway.ollama_api import OllamaMessage
 from protocol import Job, JobCancelledError, JobFailedError, JobSpec, JobState, Lane, Priority
@@ -231,6 +232,47 @@ async def queue_status(request: Request, caller: CallerDep) -> dict[str, Any]:
         "jobs": dict(status["jobs"]),
         "counters": dict(status["counters"]),
     }
+
+
+class Cleared(BaseModel):
+    """What ``POST /queue/clear`` answers: how many queued jobs it cancelled, and whose."""
+
+    cancelled: int
+    started_meanwhile: int
+    caller: str | None
+
+
+CLEAR_BATCH = 500
+
+
+@router.post("/queue/clear", response_model=Cleared, summary="Cancel every queued job you may see")
+async def clear_queue(
+    request: Request,
+    caller: CallerDep,
+    of: Annotated[str | None, Query(min_length=1, max_length=200, description="admins")] = None,
+) -> Cleared:
+    """Cancel your queued jobs; an admin cancels everyone's (or one caller's, with ``of``).
+
+    Running jobs are left alone. A job that the arbiter starts in the instant between
+    the listing and its cancel is cancelled as running; ``started_meanwhile`` counts those.
+    """
+    gateway = gateway_of(request)
+    who = of if caller.admin else caller.name
+    queued = frozenset({JobState.QUEUED})
+    cancelled = started = 0
+    seen: set[str] = set()
+    while True:
+        batch = await gateway.call(
+            gateway.lane.list, states=queued, caller=who, limit=CLEAR_BATCH, oldest_first=True
+        )
+        fresh = [job for job in batch if job.id not in seen]
+        for job in fresh:
+            seen.add(job.id)
+            outcome = await gateway.call(gateway.lane.cancel, job.id)
+            cancelled += outcome == Outcome.QUEUED
+            started += outcome == Outcome.RUNNING
+        if len(batch) < CLEAR_BATCH or not fresh:
+            return Cleared(cancelled=cancelled, started_meanwhile=started, caller=who)
 
 
 @router.post("/admin/pause", summary="Stop starting jobs (admin)")

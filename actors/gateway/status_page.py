@@ -1,77 +1,216 @@
-"""The live status page at ``/``: the queue and the GPU slots, readable at a glance.
+"""The live views over HTTP: ``GET /status`` (JSON) and the status page at ``/``.
 
-It is rendered on the server and refreshes itself every two seconds (no script). A
-browser cannot send a bearer key, so the page shows aggregates only: queue depth per
-lane and priority, each slot's model and whether it is busy, job counts per state.
-No job ids, callers or prompts appear on it.
+``/status`` answers the picture ``gpulane top`` draws (see :mod:`actors.gateway.watch`):
+the GPU slots and their running jobs, resident models, the queue by lane and priority,
+unfinished jobs per caller, job counts, counters and recent swaps and preemptions.
+
+The page is static HTML with a small script that fetches ``/status`` every second and
+redraws (no framework, no external assets: it works on an air-gapped host). A browser
+cannot send a bearer key by itself, so without one the page shows aggregates only; open
+``/#key=<api key>`` to see what that key may see. The script moves the key from the
+URL fragment (which browsers never send to the server) into the tab's session storage
+and sends it as ``Authorization: Bearer``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from html import escape
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from actors.gateway.core import gateway_of
-from protocol import Lane, Priority
+from actors.gateway.core import ViewerDep, gateway_of
+from actors.gateway.watch import view_for
 
-__all__ = ["render_status", "router"]
+__all__ = ["PAGE", "router"]
 
 router = APIRouter(tags=["ops"])
 
 _STYLE = """
-body{font:15px system-ui,sans-serif;margin:2rem;color:#222;background:#fafafa}
-h1{font-size:1.3rem}h2{font-size:1rem;margin-top:1.5rem}
-table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:.3rem .7rem}
-th{background:#f0f0f0;text-align:left}.busy{color:#b35900;font-weight:bold}.idle{color:#2a7a2a}
-.paused{background:#fde2e2;padding:.4rem .8rem;display:inline-block}
+*{box-sizing:border-box}
+body{font:15px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d232b;
+ background:#eef1f5}
+header{display:flex;align-items:center;gap:1.2rem;flex-wrap:wrap;padding:.8rem 1.5rem;
+ background:#1d232b;color:#fff}
+header h1{font-size:1.2rem;margin:0;letter-spacing:.02em}
+.pill{padding:.15rem .6rem;border-radius:1rem;font-size:.85rem;font-weight:600}
+.good{background:#2e7d32;color:#fff}.bad{background:#c62828;color:#fff}
+#updated{margin-left:auto;font-size:.85rem;color:#b8c2cc}
+#error{display:none;background:#c62828;color:#fff;padding:.5rem 1.5rem}
+.stats{display:flex;gap:1rem;flex-wrap:wrap;padding:1rem 1.5rem 0}
+.stat{background:#fff;border-radius:.5rem;padding:.6rem 1rem;min-width:8.5rem;
+ box-shadow:0 1px 2px #0002}
+.stat b{display:block;font-size:1.9rem;font-variant-numeric:tabular-nums}
+.stat span{font-size:.8rem;color:#5b6773;text-transform:uppercase;letter-spacing:.04em}
+main{display:grid;grid-template-columns:repeat(auto-fit,minmax(24rem,1fr));gap:1rem;
+ padding:1rem 1.5rem}
+section{background:#fff;border-radius:.5rem;padding:.8rem 1rem;box-shadow:0 1px 2px #0002}
+h2{font-size:.85rem;margin:0 0 .5rem;color:#5b6773;text-transform:uppercase;
+ letter-spacing:.05em}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
+td,th{padding:.3rem .5rem;border-bottom:1px solid #e3e7ec;text-align:left}
+th{font-weight:600;color:#5b6773;font-size:.85rem}
+td.n{text-align:right;font-size:1.15rem;font-weight:600}td.zero{color:#b5bec7;font-weight:400}
+.busy{color:#b35900;font-weight:700}.idle{color:#2e7d32;font-weight:700}
+.preempt{color:#c62828;font-weight:700}.swap{color:#1565c0;font-weight:700}
+.muted{color:#7b8793}.t{white-space:nowrap}
+.tag{background:#e3e7ec;border-radius:.3rem;padding:.05rem .4rem;margin-right:.3rem;
+ display:inline-block}
+"""
+
+_SCRIPT = r"""
+"use strict";
+const KEY_ITEM = "gpulane-key";
+function readKey() {
+  const found = /(?:^#|&)key=([^&]*)/.exec(location.hash);
+  if (found) {
+    sessionStorage.setItem(KEY_ITEM, decodeURIComponent(found[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(KEY_ITEM);
+}
+const key = readKey();
+function el(tag, props, ...kids) {
+  const node = document.createElement(tag);
+  Object.assign(node, props || {});
+  for (const kid of kids) node.append(kid instanceof Node ? kid : String(kid));
+  return node;
+}
+function fill(id, ...kids) { document.getElementById(id).replaceChildren(...kids); }
+function secs(s) {
+  if (s === null || s === undefined) return "";
+  return s < 90 ? s.toFixed(1) + " s" : Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+}
+function who(job) { return job ? "#" + job.seq + " " + job.caller : ""; }
+function row(...cells) { return el("tr", {}, ...cells); }
+function num(id, value) {
+  return el("td", {id: id, className: value ? "n" : "n zero"}, value);
+}
+function stat(label, value, id) {
+  return el("div", {className: "stat"}, el("b", {id: id}, value), el("span", {}, label));
+}
+function describe(e) {
+  if (e.kind === "swap") {
+    if (e.slot === null) return [el("span", {className: "swap"}, "swap"),
+                                 " \u00d7" + e.count + " between two looks"];
+    return [el("span", {className: "swap"}, "swap"), " " + e.slot + ": " +
+            (e.from || "nothing") + " \u2192 " + e.to + (e.job ? " for " + who(e.job) : "")];
+  }
+  const victim = e.job ? who(e.job) + " (" + e.job.lane + ")" : "an external " + e.model + " call";
+  const by = e.by ? " for " + who(e.by) + " (" + e.by.lane + "/" + e.by.priority + ")" : "";
+  return [el("span", {className: "preempt"}, "preemption"),
+          " " + e.slot + ": " + victim + " made way" + by];
+}
+function render(p) {
+  const state = document.getElementById("state");
+  state.textContent = p.paused ? "paused" : "dispatching";
+  state.className = "pill " + (p.paused ? "bad" : "good");
+  const busy = p.slots.filter(s => s.busy).length;
+  fill("stats",
+    stat("queued", p.queued, "queued"),
+    stat("GPU slots busy", busy + " / " + p.slots.length, "busy"),
+    stat("running", (p.jobs.loading || 0) + (p.jobs.running || 0), "running"),
+    stat("succeeded", p.jobs.succeeded || 0, "succeeded"),
+    stat("failed", p.jobs.failed || 0, "failed"),
+    stat("swaps", p.counters.swaps, "swaps"),
+    stat("preemptions", p.counters.preemptions, "preemptions"));
+  const prios = Object.keys(Object.values(p.depth)[0] || {});
+  fill("queue",
+    row(el("th"), ...prios.map(x => el("th", {}, x)), el("th", {}, "total")),
+    ...Object.entries(p.depth).map(([lane, counts]) => {
+      const total = Object.values(counts).reduce((a, b) => a + b, 0);
+      return row(el("th", {}, lane), ...prios.map(x => num("q-" + lane + "-" + x, counts[x])),
+                 num("q-" + lane, total));
+    }));
+  fill("slots",
+    row(el("th", {}, "slot"), el("th", {}, "state"), el("th", {}, "model"),
+        el("th", {}, "job"), el("th", {}, "for")),
+    ...p.slots.map(s => row(
+      el("td", {}, s.id),
+      el("td", {className: s.busy ? "busy" : "idle"},
+         s.cancelling ? "stopping (" + s.cancelling + ")" : s.busy ? "busy" : "idle"),
+      el("td", {}, s.model || "\u2013"),
+      el("td", {}, s.job ? who(s.job) + " \u00b7 " + s.job.lane + "/" + s.job.priority
+                         : s.busy ? "(not yours)" : ""),
+      el("td", {className: "t"}, secs(s.running_s)))));
+  fill("models", ...(p.resident_models.length
+    ? p.resident_models.map(m => el("span", {className: "tag"}, m))
+    : [el("span", {className: "muted"}, "none loaded")]));
+  fill("callers",
+    row(el("th", {}, "caller"), el("th", {}, "waiting or running"), el("th", {}, "on the GPU")),
+    ...p.callers.map(c => row(el("td", {}, c.caller), num("c-" + c.caller, c.unfinished),
+                              num("", c.running))));
+  if (!p.callers.length) {
+    document.getElementById("callers").append(row(el("td", {colSpan: 3, className: "muted"},
+      p.viewer.caller === null ? "open /#key=<api key> to see callers" : "no work in flight")));
+  }
+  fill("jobs", ...Object.entries(p.jobs).map(([s, n]) => row(el("td", {}, s), num("j-" + s, n))));
+  fill("events", ...(p.events.length
+    ? p.events.map(e => row(el("td", {className: "muted t"}, secs(p.at - e.at) + " ago"),
+                            el("td", {}, ...describe(e))))
+    : [row(el("td", {className: "muted"}, "no swaps or preemptions seen yet"))]));
+  const c = p.counters;
+  fill("counters", ...["submitted", "dispatched", "retries_requested", "cancel_requests",
+                       "cancelled_queued"].map(k => row(el("td", {}, k.replaceAll("_", " ")),
+                                                      num("k-" + k, c[k]))),
+       row(el("td", {}, "seconds loading models"), num("k-loading", p.loading_s.toFixed(1))));
+  const viewer = p.viewer.caller === null ? "aggregates only" :
+    "as " + p.viewer.caller + (p.viewer.admin ? " (admin)" : "");
+  fill("updated", "updated " + new Date(p.at * 1000).toLocaleTimeString() + " \u00b7 " + viewer);
+}
+async function tick() {
+  const banner = document.getElementById("error");
+  try {
+    const response = await fetch("status", {
+      headers: key ? {Authorization: "Bearer " + key} : {}, cache: "no-store"});
+    const body = await response.json();
+    if (!response.ok) throw new Error(response.status + ": " + (body.error || "error"));
+    render(body);
+    banner.style.display = "none";
+  } catch (err) {
+    banner.textContent = "cannot read /status: " + err.message + " (retrying)";
+    banner.style.display = "block";
+  } finally {
+    setTimeout(tick, 1000);
+  }
+}
+tick();
+"""
+
+PAGE = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>gpulane</title><style>{_STYLE}</style></head>
+<body>
+<header><h1>gpulane</h1><span id="state" class="pill">connecting</span>
+<span id="updated"></span></header>
+<div id="error"></div>
+<noscript><p>This page needs JavaScript; the same data is at <a href="status">/status</a>.</p>
+</noscript>
+<div class="stats" id="stats"></div>
+<main>
+<section><h2>GPU</h2><table id="slots"></table>
+<h2 style="margin-top:.8rem">Resident models</h2><div id="models"></div></section>
+<section><h2>Queue by lane and priority</h2><table id="queue"></table></section>
+<section><h2>Callers</h2><table id="callers"></table></section>
+<section><h2>Recent swaps and preemptions</h2><table id="events"></table></section>
+<section><h2>Jobs by state</h2><table id="jobs"></table></section>
+<section><h2>Counters</h2><table id="counters"></table></section>
+</main>
+<script>{_SCRIPT}</script>
+</body></html>
 """
 
 
-def render_status(status: Mapping[str, Any]) -> str:
-    """The page's HTML for one ``GpuLane.status()`` snapshot."""
-    depth = dict(status["depth"])
-    rows = []
-    for lane in Lane:
-        cells = "".join(
-            f"<td>{int(depth.get(f'{lane.value}.{p.name.lower()}', 0))}</td>"
-            for p in sorted(Priority, reverse=True)
-        )
-        rows.append(f"<tr><th>{lane.value}</th>{cells}</tr>")
-    header = "".join(f"<th>{p.name.lower()}</th>" for p in sorted(Priority, reverse=True))
-    slots = []
-    for slot_id, slot in sorted(status["slots"].items()):
-        busy = slot["job_id"] is not None
-        state = '<span class="busy">busy</span>' if busy else '<span class="idle">idle</span>'
-        slots.append(
-            f"<tr><td>{escape(slot_id)}</td><td>{state}</td>"
-            f"<td>{escape(slot['model_key'] or '-')}</td></tr>"
-        )
-    jobs = "".join(
-        f"<tr><td>{escape(str(state))}</td><td>{int(count)}</td></tr>"
-        for state, count in dict(status["jobs"]).items()
-    )
-    paused = '<p class="paused">dispatch is paused</p>' if status["paused"] else ""
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        "<meta http-equiv='refresh' content='2'><title>gpulane</title>"
-        f"<style>{_STYLE}</style></head><body>"
-        f"<h1>gpulane: {int(status['queued'])} queued</h1>{paused}"
-        f"<h2>Queue by lane and priority</h2><table id='queue'><tr><th></th>{header}</tr>"
-        f"{''.join(rows)}</table>"
-        "<h2>GPU slots</h2><table id='slots'><tr><th>slot</th><th>state</th><th>model</th></tr>"
-        f"{''.join(slots)}</table>"
-        f"<h2>Jobs by state</h2><table id='jobs'><tr><th>state</th><th>jobs</th></tr>{jobs}</table>"
-        "</body></html>"
-    )
-
-
 @router.get("/", response_class=HTMLResponse, summary="Live status page")
-async def status_page(request: Request) -> HTMLResponse:
-    """The queue at a glance, refreshing itself."""
+async def status_page() -> HTMLResponse:
+    """The page; its script fetches ``/status`` every second."""
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/status", summary="The live views' picture (key optional: aggregates without)")
+async def status(request: Request, viewer: ViewerDep) -> dict[str, Any]:
+    """Slots, resident models, queue by lane and priority, callers, counters, recent events."""
     gateway = gateway_of(request)
-    status = await gateway.call(gateway.lane.status)
-    return HTMLResponse(render_status(status))
+    picture = await gateway.watch.picture(gateway.call)
+    return view_for(picture, viewer)

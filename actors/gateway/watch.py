@@ -1,0 +1,235 @@
+"""The picture behind the live views (``gpulane top``, the page at ``/``, ``GET /status``).
+
+One sample of ``GpuLane.status()``, with the jobs running on the slots, is shared by
+every viewer and taken at most every ``max_age`` seconds, so ten open pages cost the
+actors what one does, and nothing is sampled while nobody watches.
+
+Consecutive samples are compared to name recent events: a slot that changed model
+(a swap: the call had to load its model) and a job that was running at the last
+sample and has since been charged one more preemption. Events are therefore seen
+only while someone watches, and two that happen between samples can merge; the
+totals in ``counters`` are the arbiter's own and exact.
+
+Who may see what: an admin sees everything; a caller sees the aggregates plus its
+own jobs and its own count; an anonymous viewer (a browser on a gateway with keys)
+sees aggregates only, no job ids, callers or prompts. Prompts never appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from actors.gateway.auth import Caller
+from actors.residency import model_of_key
+from actors.system import GpuLane
+from protocol import Job, Lane, Priority
+
+__all__ = ["COUNTERS", "LaneWatch", "view_for"]
+
+Runner = Callable[[Callable[[], dict[str, Any]]], Awaitable[dict[str, Any]]]
+
+# The facade's counters the views show, in the order they show them.
+COUNTERS = (
+    "submitted",
+    "dispatched",
+    "swaps",
+    "preemptions",
+    "retries_requested",
+    "cancel_requests",
+    "cancelled_queued",
+)
+PRIORITIES = tuple(p.name.lower() for p in sorted(Priority, reverse=True))
+
+
+def _brief(job: Job | None) -> dict[str, Any] | None:
+    """What the views say about a job: who, where, which model; never its text."""
+    if job is None:
+        return None
+    spec = job.spec
+    return {
+        "id": job.id,
+        "seq": job.seq,
+        "caller": spec.caller,
+        "lane": spec.lane.value,
+        "priority": spec.priority.name.lower(),
+        "model": spec.model,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "preemptions": job.preemptions,
+    }
+
+
+def _model(key: str | None) -> str | None:
+    return None if key is None else model_of_key(key)
+
+
+class LaneWatch:
+    """Samples the lane for the views, at most every ``max_age`` seconds; keeps recent events."""
+
+    def __init__(self, lane: GpuLane, *, max_age: float = 0.5, keep: int = 20) -> None:
+        self._lane = lane
+        self._max_age = max_age
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+        self._running: dict[str, Job] = {}
+        self._models: dict[str, str | None] = {}
+        self._swaps = 0
+        self._sampled = False
+        self._picture: dict[str, Any] | None = None
+        self._taken_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def picture(self, run: Runner) -> dict[str, Any]:
+        """The latest picture (admin's view), sampling first when the last is too old.
+
+        ``run`` runs the blocking sample off the event loop (the gateway's pool).
+        Viewers that ask while a sample is being taken wait for it and share it.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if self._picture is None or loop.time() - self._taken_at >= self._max_age:
+                self._picture = await run(self._sample)
+                self._taken_at = loop.time()
+            return self._picture
+
+    def _sample(self) -> dict[str, Any]:
+        """Ask the facade (blocking), compare with the last sample, build the picture."""
+        lane = self._lane
+        status = lane.status()
+        now = lane.clock.now()
+        running: dict[str, Job] = {}
+        for slot_id, slot in status["slots"].items():
+            if slot["job_id"] is not None:
+                running[slot_id] = lane.get(slot["job_id"])
+        swaps = int(status["counters"].get("swaps", 0))
+        if self._sampled:
+            self._note_preemptions(running, now)
+            self._note_swaps(status["slots"], running, swaps - self._swaps, now)
+        self._sampled = True
+        self._swaps = swaps
+        self._running = running
+        self._models = {slot_id: slot["model_key"] for slot_id, slot in status["slots"].items()}
+        return self._build(status, running, now)
+
+    def _note_preemptions(self, running: Mapping[str, Job], now: float) -> None:
+        on_slots = {job.id: job for job in running.values()}
+        for slot_id, before in self._running.items():
+            after = on_slots.get(before.id) or self._lane.get(before.id)
+            if after.preemptions > before.preemptions:
+                by = running.get(slot_id)  # gone again if it ended between the samples
+                self._events.appendleft(
+                    {
+                        "at": now,
+                        "kind": "preemption",
+                        "slot": slot_id,
+                        "model": before.spec.model,
+                        "job": _brief(after),
+                        "by": _brief(by) if by is not None and by.id != after.id else None,
+                    }
+                )
+
+    def _note_swaps(
+        self,
+        slots: Mapping[str, Mapping[str, Any]],
+        running: Mapping[str, Job],
+        counted: int,
+        now: float,
+    ) -> None:
+        """A swap per slot that changed model; swaps the arbiter ``counted`` beyond those
+        (a model loaded and replaced between two samples) become one event without a slot."""
+        seen = 0
+        for slot_id, slot in slots.items():
+            before, after = self._models.get(slot_id), slot["model_key"]
+            if after is not None and after != before:
+                seen += 1
+                self._events.appendleft(
+                    {
+                        "at": now,
+                        "kind": "swap",
+                        "slot": slot_id,
+                        "from": _model(before),
+                        "to": _model(after),
+                        "job": _brief(running.get(slot_id)),
+                        "count": 1,
+                    }
+                )
+        if counted > seen:
+            self._events.appendleft(
+                {
+                    "at": now,
+                    "kind": "swap",
+                    "slot": None,
+                    "from": None,
+                    "to": None,
+                    "job": None,
+                    "count": counted - seen,
+                }
+            )
+
+    def _build(
+        self, status: Mapping[str, Any], running: Mapping[str, Job], now: float
+    ) -> dict[str, Any]:
+        depth = dict(status["depth"])
+        slots = []
+        for slot_id, slot in sorted(status["slots"].items()):
+            since = slot["since"]
+            slots.append(
+                {
+                    "id": slot_id,
+                    "busy": slot["job_id"] is not None,
+                    "model": _model(slot["model_key"]),
+                    "running_s": None if since is None else max(0.0, now - since),
+                    "cancelling": slot["cancelling"],
+                    "job": _brief(running.get(slot_id)),
+                }
+            )
+        on_gpu = collections.Counter(job.spec.caller for job in running.values())
+        admission = status["admission"]
+        unfinished = dict(admission["queued_by_caller"])
+        callers = [  # a running job counts until its end is committed; take the larger count
+            {"caller": name, "unfinished": n, "running": on_gpu[name]}
+            for name, n in (collections.Counter(unfinished) | on_gpu).items()
+        ]
+        callers.sort(key=lambda c: (-c["unfinished"], c["caller"]))
+        counters = dict(status["counters"])
+        return {
+            "at": now,
+            "paused": bool(status["paused"]),
+            "queued": int(status["queued"]),
+            "depth": {
+                lane.value: {p: int(depth.get(f"{lane.value}.{p}", 0)) for p in PRIORITIES}
+                for lane in sorted(Lane, key=lambda lane: lane.rank)
+            },
+            "slots": slots,
+            "resident_models": sorted({model_of_key(k) for k in status["resident_models"]}),
+            "callers": callers,
+            "jobs": {str(state): int(n) for state, n in dict(status["jobs"]).items()},
+            "counters": {name: int(counters.get(name, 0)) for name in COUNTERS},
+            "loading_s": float(counters.get("loading_s", 0.0)),
+            "rejections": {str(k): int(v) for k, v in dict(admission["rejections"]).items()},
+            "events": list(self._events),
+        }
+
+
+def view_for(picture: Mapping[str, Any], caller: Caller | None) -> dict[str, Any]:
+    """``picture`` as ``caller`` may see it (None: an anonymous browser, aggregates only)."""
+    out = dict(picture)
+    out["viewer"] = {
+        "caller": None if caller is None else caller.name,
+        "admin": caller is not None and caller.admin,
+    }
+    if caller is not None and caller.admin:
+        return out
+
+    def mine(job: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        return job if caller is not None and job and job["caller"] == caller.name else None
+
+    out["slots"] = [dict(slot, job=mine(slot["job"])) for slot in picture["slots"]]
+    out["callers"] = [c for c in picture["callers"] if caller and c["caller"] == caller.name]
+    out["events"] = [
+        dict(event, job=mine(event["job"]), **({"by": mine(event["by"])} if "by" in event else {}))
+        for event in picture["events"]
+    ]
+    return out

@@ -1,7 +1,8 @@
 """The JobStore actor: owns the job database and commits the writes waiting in its mailbox together.
 
 Group commit: when a write (InsertJob or Transition) reaches the head of the mailbox,
-the store also takes the asked writes queued right behind it, applies them all in one
+the store also takes the writes queued right behind it (asked ones, and the slots'
+told ``stale_ok`` reports), applies them all in one
 transaction (a refused write fails only its asker), commits once, and only then
 answers every one of them. A submit is therefore never
 acknowledged before its row is durable, and one fsync serves the whole batch.
@@ -71,12 +72,19 @@ _WRITES = (InsertJob, Transition)
 
 
 def _is_asked_write(envelope: Envelope[Any]) -> bool:
-    """Writes that may join a batch: only asked ones (by pykka or through a StableRef),
-    so a failing told write leads its own."""
+    """Writes that may join a batch: asked ones (by pykka or through a StableRef), and told
+    ``stale_ok`` Transitions (a slot's reports), whose refusal is dropped, not raised."""
     message = envelope.message
     if isinstance(message, StableAsk):
         return isinstance(message.message, _WRITES)
+    if isinstance(message, Transition) and message.stale_ok:
+        return True
     return envelope.reply_to is not None and isinstance(message, _WRITES)
+
+
+def _is_told(envelope: Envelope[Any]) -> bool:
+    """True for a write nobody waits on (a tell, not a pykka or StableRef ask)."""
+    return envelope.reply_to is None and not isinstance(envelope.message, StableAsk)
 
 
 def _write_of(envelope: Envelope[Any]) -> WriteMessage:
@@ -278,10 +286,17 @@ class JobStore(SupervisedActor):
             for outcome in outcomes:
                 if isinstance(outcome, Job):
                     self._listener(outcome)
+        told_failures = []
         for envelope, outcome in zip(drained, outcomes[1:], strict=True):
-            _reply(envelope, outcome)
+            if _is_told(envelope):
+                if isinstance(outcome, Exception):
+                    told_failures.append(outcome)
+            else:
+                _reply(envelope, outcome)
         if isinstance(outcomes[0], Exception):
             raise outcomes[0]
+        if told_failures:
+            raise told_failures[0]  # a told write that failed is a crash (section 8)
         return outcomes[0]
 
     def _drop_if_stale(self, message: WriteMessage, outcome: BatchOutcome) -> BatchOutcome | None:

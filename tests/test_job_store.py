@@ -493,6 +493,33 @@ def test_a_told_write_that_fails_crashes_the_store_after_committing_its_batch(
         reopened.stop()
 
 
+def test_a_slots_told_reports_join_the_batch_and_a_stale_one_is_dropped(
+    settings: StoreSettings, clock: GatedClock
+) -> None:
+    store = JobStore.start(settings, clock)
+    try:
+        queued = store.ask(InsertJob(make_spec(1)))
+        done = job_in(store, JobState.SUCCEEDED)
+        commits_before = store.ask(StoreSnapshot())["commits"]
+        clock.hold()
+        held = store.ask(InsertJob(make_spec(2)), block=False)
+        assert clock.entered.wait(5)
+        active = frozenset({JobState.QUEUED})
+        store.tell(Transition(queued.id, JobState.LOADING, expected=active, stale_ok=True))
+        store.tell(Transition(done.id, JobState.RUNNING, stale_ok=True))  # stale: dropped
+        behind = store.ask(InsertJob(make_spec(3)), block=False)
+        clock.release()
+        held.get(timeout=10)
+        behind.get(timeout=10)
+        snapshot = store.ask(StoreSnapshot())
+        assert snapshot["commits"] - commits_before == 1, "all four writes in one commit"
+        assert snapshot["stale_transitions"] == 1
+        assert store.ask(GetJob(queued.id)).state is JobState.LOADING
+        assert store.ask(GetJob(done.id)) == done
+    finally:
+        store.stop()
+
+
 class _Envelope:
     """The two attributes pykka's envelopes have."""
 

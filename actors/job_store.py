@@ -2,10 +2,10 @@
 
 Group commit: when a write (InsertJob or Transition) reaches the head of the mailbox,
 the store also takes the writes queued right behind it (asked ones, and the slots'
-told ``stale_ok`` reports), applies them all in one
-transaction (a refused write fails only its asker), commits once, and only then
-answers every one of them. A submit is therefore never
-acknowledged before its row is durable, and one fsync serves the whole batch.
+told ``stale_ok`` reports), applies them all in one transaction (a refused write
+fails only its asker), commits once, and only then answers every one of them. A
+submit is therefore never acknowledged before its row is durable, and one fsync
+serves the whole batch.
 
 Under a supervisor the store is the source of truth the other actors rebuild from:
 it is a SupervisedActor, asks arrive through a StableRef (and still join batches),

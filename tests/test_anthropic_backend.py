@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from backend_kit import failure, run
 from fake_anthropic import FakeAnthropic
 from fake_http import Fault
 
@@ -32,18 +33,6 @@ def backend(server: FakeAnthropic) -> Iterator[AnthropicBackend]:
 
 def chat(**fields: Any) -> BackendRequest:
     return BackendRequest(kind=JobKind.CHAT, model="llama3.2", messages=QUESTION, **fields)
-
-
-def run(backend: AnthropicBackend, request: BackendRequest) -> tuple[str, list[str]]:
-    chunks: list[str] = []
-    return backend.complete(request, chunks.append, CancelToken()).text, chunks
-
-
-def failure(backend: AnthropicBackend, request: BackendRequest) -> tuple[BackendError, list[str]]:
-    chunks: list[str] = []
-    with pytest.raises(BackendError) as caught:
-        backend.complete(request, chunks.append, CancelToken())
-    return caught.value, chunks
 
 
 def test_the_anthropic_backend_is_a_backend(backend: AnthropicBackend) -> None:

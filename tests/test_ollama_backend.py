@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from backend_kit import cancel_after, failure, run
 
 from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.backends.ollama import OllamaBackend
@@ -62,33 +63,6 @@ def chat(model: str = "tiny", **fields: Any) -> BackendRequest:
 
 def generate(prompt: str = "The GPU slot said", **fields: Any) -> BackendRequest:
     return BackendRequest(kind=JobKind.GENERATE, model="tiny", prompt=prompt, **fields)
-
-
-def run(
-    backend: OllamaBackend, request: BackendRequest, cancel: CancelToken | None = None
-) -> tuple[str, list[str]]:
-    chunks: list[str] = []
-    result = backend.complete(request, chunks.append, cancel or CancelToken())
-    return result.text, chunks
-
-
-def failure(backend: OllamaBackend, request: BackendRequest) -> tuple[BackendError, list[str]]:
-    chunks: list[str] = []
-    with pytest.raises(BackendError) as caught:
-        backend.complete(request, chunks.append, CancelToken())
-    return caught.value, chunks
-
-
-def cancel_after(chunks: int) -> tuple[CancelToken, list[str], Callable[[str], None]]:
-    """A token tripped by the chunk sink itself once ``chunks`` chunks have arrived."""
-    token, seen = CancelToken(), []
-
-    def sink(piece: str) -> None:
-        seen.append(piece)
-        if len(seen) == chunks:
-            token.cancel()
-
-    return token, seen, sink
 
 
 # ----------------------------------------------------------------------- calls

@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+from backend_kit import cancel_after, failure, run
 from fake_http import Fault
 from fake_openai import FakeOpenAI
 
@@ -44,32 +45,6 @@ def chat(model: str = "tiny", **fields: Any) -> BackendRequest:
 
 def generate(prompt: str = "The GPU slot said", **fields: Any) -> BackendRequest:
     return BackendRequest(kind=JobKind.GENERATE, model="tiny", prompt=prompt, **fields)
-
-
-def run(backend: OpenAICompatBackend, request: BackendRequest) -> tuple[str, list[str]]:
-    chunks: list[str] = []
-    result = backend.complete(request, chunks.append, CancelToken())
-    return result.text, chunks
-
-
-def failure(
-    backend: OpenAICompatBackend, request: BackendRequest
-) -> tuple[BackendError, list[str]]:
-    chunks: list[str] = []
-    with pytest.raises(BackendError) as caught:
-        backend.complete(request, chunks.append, CancelToken())
-    return caught.value, chunks
-
-
-def cancel_after(chunks: int) -> tuple[CancelToken, list[str], Callable[[str], None]]:
-    token, seen = CancelToken(), []
-
-    def sink(piece: str) -> None:
-        seen.append(piece)
-        if len(seen) == chunks:
-            token.cancel()
-
-    return token, seen, sink
 
 
 # ---------------------------------------------------------------- the fake itself

@@ -6,8 +6,14 @@ feeds them the events: jobs queued, slots idle, timers, cancels, policy changes.
 It keeps nothing the store does not also know, so a restart loses nothing: on start
 it recovers and reloads the queued jobs from the store, and learns each slot's state
 from the slots themselves (they restart after it and announce ``SlotIdle``). When a
-slot comes back as a new incarnation, the job given to the old one is checked
+slot comes back as a new incarnation, the jobs given to the old one are checked
 against the store, so a dispatch lost with a crashed slot is queued again.
+
+Prefetch: a busy local slot is handed its next job ahead of time, so its worker starts
+it the moment the running call succeeds. Until the slot says it started that job
+(SlotStarted) it is the slot's ``next``; when a job that should run before it becomes
+ready (:func:`actors.scheduling.displaces`), on pause, or on cancel, the arbiter
+recalls it, and the slot gives it back unless it has started.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import structlog
 from actors.clock import Clock
 from actors.cloud import CloudPolicy, LocalOutlook, cloud_deadline, send_to_cloud
 from actors.refs import ActorAddress, ask_while_up
-from actors.scheduling import ReadyQueue, SlotView, choose_preemption
+from actors.scheduling import ReadyQueue, SlotView, choose_preemption, displaces
 from actors.supervision_actor import SupervisedActor
 from actors.timers import TimerHandle, Timers
 from protocol import CancelReason, Job, JobState, RetryPolicy, SchedulingPolicy
@@ -37,9 +43,12 @@ from protocol.messages import (
     LoadQueuedJobs,
     PauseDispatch,
     QueueSnapshot,
+    Recall,
+    Recalled,
     ResidencyChanged,
     ResumeDispatch,
     SlotIdle,
+    SlotStarted,
     TimersDue,
     Transition,
 )
@@ -61,7 +70,9 @@ class CancelOutcome:
 @dataclasses.dataclass
 class _Slot:
     ref: ActorAddress
-    job: Job | None = None
+    job: Job | None = None  # running, or handed over while the slot was free
+    next: Job | None = None  # handed over while busy, not yet known to have started
+    recalling: bool = False  # a Recall for ``next`` is on its way
     known: bool = False  # has reported idle at least once, so it can take work
     preempting: bool = False
     model_key: str | None = None
@@ -147,17 +158,23 @@ class PriorityArbiter(SupervisedActor):
         match message:
             case JobQueued(job=job):
                 self._on_job_queued(job)
-            case SlotIdle(
-                slot_id=slot_id, model_key=model_key, incarnation=incarnation, healthy=healthy
-            ):
-                self._on_slot_idle(slot_id, model_key, incarnation, healthy)
+            case SlotIdle():
+                self._on_slot_idle(message)
+            case SlotStarted(slot_id=slot_id, job_id=job_id):
+                self._on_slot_started(self._slots[slot_id], job_id)
+            case Recalled(slot_id=slot_id, job_id=job_id):
+                self._on_recalled(self._slots[slot_id], job_id)
             case CancelQueued(job_id=job_id, reason=reason):
                 return self._on_cancel(job_id, reason)
             case TimersDue():
                 self._wakeup = None
+                for job in self._queue.promote_due(self._clock.now()):
+                    self._recall_displaced(job)
                 self._dispatch()
             case PauseDispatch():
                 self._paused = True
+                for slot in self._slots.values():
+                    self._recall(slot)
             case ResumeDispatch():
                 self._paused = False
                 self._dispatch()
@@ -184,42 +201,86 @@ class PriorityArbiter(SupervisedActor):
         if job.spec.allow_cloud and any(s.cloud for s in self._slots.values()):
             self._cloud_jobs[job.id] = job
         self._arm_wakeup()
+        if job.not_before is None or job.not_before <= now:
+            self._recall_displaced(job)
         if not self._dispatch() and job.not_before is None:
             self._maybe_preempt(job, now)
 
-    def _on_slot_idle(
-        self, slot_id: str, model_key: str | None, incarnation: str, healthy: bool
-    ) -> None:
-        slot = self._slots[slot_id]
-        restarted = slot.known and incarnation != slot.incarnation
-        given = slot.job
-        if given is not None:
-            slot.last_chain = given.spec.chain_id
-            if not slot.cloud and given.started_at is not None:
-                ran = max(0.0, self._clock.now() - given.started_at)
-                self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * ran  # a moving average
-        slot.job, slot.known, slot.preempting, slot.model_key = None, True, False, model_key
-        slot.healthy = healthy
-        if model_key is not None and not slot.cloud:
-            self._fresh.add(model_key)
-        slot.incarnation = incarnation
-        if given is not None:
-            if restarted:
-                self._recover_dispatch(slot_id, given)
-            else:
-                self._cancels.pop(given.id, None)
+    def _on_slot_idle(self, idle: SlotIdle) -> None:
+        """A slot's call ended (``idle.ended``), or a slot instance announced itself."""
+        slot = self._slots[idle.slot_id]
+        restarted = bool(slot.incarnation) and idle.incarnation != slot.incarnation
+        slot.known, slot.model_key, slot.healthy = True, idle.model_key, idle.healthy
+        slot.incarnation = idle.incarnation
+        if idle.model_key is not None and not slot.cloud:
+            self._fresh.add(idle.model_key)
+        if restarted:
+            given = [job for job in (slot.job, slot.next) if job is not None]
+            slot.job = slot.next = None
+            slot.preempting = slot.recalling = False
+            for job in given:
+                self._recover_dispatch(idle.slot_id, job)
+        elif slot.job is not None and slot.job.id == idle.ended:
+            self._call_ended(slot)
         self._dispatch()
+
+    def _call_ended(self, slot: _Slot) -> None:
+        """The slot's running job ended: learn from it and forget it."""
+        ended, slot.job, slot.preempting = slot.job, None, False
+        assert ended is not None
+        slot.last_chain = ended.spec.chain_id
+        if not slot.cloud and ended.started_at is not None:
+            ran = max(0.0, self._clock.now() - ended.started_at)
+            self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * ran  # a moving average
+        self._cancels.pop(ended.id, None)
+
+    def _on_slot_started(self, slot: _Slot, job_id: str) -> None:
+        """The slot started its next job: it is now the running one."""
+        if slot.next is None or slot.next.id != job_id:
+            return  # handed over while the slot was free: already counted as running
+        if slot.job is not None:
+            self._call_ended(slot)  # its SlotIdle is still on the way
+        slot.job = slot.next.replace(state=JobState.LOADING, started_at=self._clock.now())
+        slot.next, slot.recalling = None, False
+        reason = self._cancels.get(job_id)
+        if reason is not None:  # cancelled while handed over, and the recall came too late
+            self._tell_slot(slot, CancelCall(job_id, reason))
+        self._dispatch()
+
+    def _on_recalled(self, slot: _Slot, job_id: str) -> None:
+        """The slot gave its next job back unstarted: it is queued again (or cancelled)."""
+        if slot.next is None or slot.next.id != job_id:
+            return  # the slot restarted meanwhile; the job was recovered then
+        job, slot.next, slot.recalling = slot.next, None, False
+        self._on_job_queued(job)
+
+    def _recall(self, slot: _Slot) -> None:
+        """Ask ``slot`` to give its next job back, unless it is already being asked."""
+        if (
+            slot.next is not None
+            and not slot.recalling
+            and self._tell_slot(slot, Recall(slot.next.id))
+        ):
+            slot.recalling = True
+
+    def _recall_displaced(self, job: Job) -> None:
+        """Recall next jobs that ``job``, ready now, should run before."""
+        for slot in self._slots.values():
+            if slot.next is not None and displaces(
+                job, slot.next, None if slot.job is None else slot.job.spec.chain_id
+            ):
+                self._recall(slot)
 
     def _recover_dispatch(self, slot_id: str, given: Job) -> None:
         """A slot restarted while it had ``given``: make sure that job is not lost.
 
-        The old instance reports its running job back (JobQueued) before it exits, so
-        that report is already here. What can be missing is a Dispatch that died unread
+        The old instance reports its jobs back (JobQueued) before it exits, so those
+        reports are already here. What can be missing is a Dispatch that died unread
         in the old instance's mailbox: the store then still has the job queued, and
         nobody else holds it, so it goes back in the queue. The store is the judge.
         """
         if given.id in self._queue or any(
-            s.job and s.job.id == given.id for s in self._slots.values()
+            given.id in (s.job and s.job.id, s.next and s.next.id) for s in self._slots.values()
         ):
             return
         job: Job = ask_while_up(self._store, GetJob(given.id))
@@ -240,6 +301,12 @@ class PriorityArbiter(SupervisedActor):
                 self._cancels[job_id] = reason
                 self._tell_slot(slot, CancelCall(job_id, reason))
                 return CancelOutcome.RUNNING
+            if slot.next is not None and slot.next.id == job_id:
+                # Handed to a busy slot but not started: cancelled when the slot gives it
+                # back, or at once if it started meanwhile.
+                self._cancels[job_id] = reason
+                self._recall(slot)
+                return CancelOutcome.QUEUED
         return CancelOutcome.NOT_FOUND
 
     def _cancel_in_store(self, job_id: str, reason: CancelReason) -> None:
@@ -264,34 +331,53 @@ class PriorityArbiter(SupervisedActor):
         return True
 
     def _dispatch(self) -> bool:
-        """Give work to every idle slot; True if anything was dispatched."""
+        """Give work to every free slot, then a next job to every busy local one (prefetch);
+        True if a free slot got work."""
         if self._paused:
             return False
         now = self._clock.now()
         # The cloud goes first: it takes only jobs that should not wait for a local slot.
         dispatched = bool(self._cloud_jobs) and self._dispatch_cloud(now)
-        for slot_id, slot in self._slots.items():
-            if slot.job is not None or not slot.known or slot.cloud:
-                continue
-            resident = self._resident()
-            job = self._queue.pop(now, self._policy, chains=self._chains(), resident=resident)
-            if job is None:
-                break
-            dispatch = Dispatch(job, next(self._call_ids), slot.incarnation)
-            if not self._tell_slot(slot, dispatch):
-                # The slot cannot take messages: keep the job; a new instance reports idle.
-                self._queue.add(job, now)
-                slot.known = False
-                self._counters["dispatches_refused"] += 1
-                continue
-            if job.spec.model_key not in resident:
-                self._counters["swaps"] += 1  # this call has to load its model first
-            slot.job = job.replace(state=JobState.LOADING, started_at=now)
-            self._counters["dispatched"] += 1
-            dispatched = True
-            log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
+        local = [(i, s) for i, s in self._slots.items() if s.known and not s.cloud]
+        for slot_id, slot in local:
+            if slot.job is None and slot.next is None and self._hand_over(slot_id, slot, now):
+                dispatched = True
+        if self._policy.prefetch:
+            for slot_id, slot in local:
+                if slot.job is not None and slot.next is None and not slot.recalling:
+                    self._hand_over(slot_id, slot, now)
         self._arm_wakeup()
         return dispatched
+
+    def _hand_over(self, slot_id: str, slot: _Slot, now: float) -> bool:
+        """Give ``slot`` the best ready job: to run now if it is free, else as its next.
+
+        A next job that should preempt the running call (internal work over external)
+        cancels that call at once, so it starts as soon as the slot is free.
+        """
+        resident = self._resident()
+        job = self._queue.pop(now, self._policy, chains=self._chains(), resident=resident)
+        if job is None:
+            return False
+        if not self._tell_slot(slot, Dispatch(job, next(self._call_ids), slot.incarnation)):
+            # The slot cannot take messages: keep the job; a new instance reports idle.
+            self._queue.add(job, now)
+            slot.known = False
+            self._counters["dispatches_refused"] += 1
+            return False
+        if job.spec.model_key not in resident:
+            self._counters["swaps"] += 1  # this call has to load its model first
+        self._counters["dispatched"] += 1
+        log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
+        if slot.job is None:
+            slot.job = job.replace(state=JobState.LOADING, started_at=now)
+            return True
+        slot.next = job
+        if not slot.preempting and choose_preemption(
+            job, [SlotView(slot_id, slot.job)], now, self._policy
+        ):
+            self._preempt(slot_id, slot, job)
+        return True
 
     def _dispatch_cloud(self, now: float) -> bool:
         """Give idle cloud slots the queued jobs that ``send_to_cloud`` routes there, oldest
@@ -304,19 +390,29 @@ class PriorityArbiter(SupervisedActor):
         dispatched = False
         next_due: float | None = None
         for job_id, job in list(self._cloud_jobs.items()):
-            if job_id not in self._queue:
-                del self._cloud_jobs[job_id]  # dispatched locally or cancelled meanwhile
-                continue
-            rank = (job.spec.lane.rank, job.spec.priority.rank)
-            ahead = (
-                busy_local
-                - 1
-                + sum(  # - 1: not the job itself
-                    n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank
+            holder = None  # the local slot holding it as its next job, if one does
+            if job_id in self._queue:
+                rank = (job.spec.lane.rank, job.spec.priority.rank)
+                ahead = (
+                    busy_local
+                    - 1
+                    + sum(  # - 1: not the job itself
+                        n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank
+                    )
                 )
-            )
+            else:
+                holder = next(
+                    (s for s in local if s.next is not None and s.next.id == job_id), None
+                )
+                if holder is None:
+                    del self._cloud_jobs[job_id]  # running locally, or cancelled meanwhile
+                    continue
+                ahead = busy_local  # only the calls running now are ahead of it
             outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
             if idle and send_to_cloud(job, now, outlook, self._cloud):
+                if holder is not None:
+                    self._recall(holder)  # back to the queue first, then to the cloud
+                    continue
                 self._queue.remove(job_id)
                 del self._cloud_jobs[job_id]
                 slot = idle.pop()
@@ -343,14 +439,17 @@ class PriorityArbiter(SupervisedActor):
             if slot.job is not None and not slot.preempting and not slot.cloud
         ]
         victim = choose_preemption(incoming, busy, now, self._policy)
-        if victim is None:
-            return
-        slot = self._slots[victim.slot_id]
-        if not self._tell_slot(slot, CancelCall(victim.job.id, CancelReason.PREEMPTED)):
+        if victim is not None:
+            self._preempt(victim.slot_id, self._slots[victim.slot_id], incoming)
+
+    def _preempt(self, slot_id: str, slot: _Slot, incoming: Job) -> None:
+        """Cancel the slot's running call so ``incoming`` can have the GPU."""
+        assert slot.job is not None
+        if not self._tell_slot(slot, CancelCall(slot.job.id, CancelReason.PREEMPTED)):
             return
         slot.preempting = True
         self._counters["preemptions"] += 1
-        log.info("preempting", victim=victim.job.id, slot=victim.slot_id, for_job=incoming.id)
+        log.info("preempting", victim=slot.job.id, slot=slot_id, for_job=incoming.id)
 
     def _chains(self) -> frozenset[str]:
         chains = set()
@@ -381,11 +480,16 @@ class PriorityArbiter(SupervisedActor):
         self._wakeup = self._timers.send_at(due, self.actor_ref, TimersDue())
 
     def _snapshot(self) -> Mapping[str, Any]:
+        # A job handed to a busy slot as its next one is still waiting (queued in the store).
+        handed = [slot.next for slot in self._slots.values() if slot.next is not None]
         depths = self._queue.depths()
+        for job in handed:
+            depths[(job.spec.lane, job.spec.priority)] += 1
         return MappingProxyType(
             {
                 "paused": self._paused,
-                "queued": len(self._queue),
+                "queued": len(self._queue) + len(handed),
+                "recalling": sum(slot.recalling for slot in self._slots.values()),
                 "resident": tuple(sorted(self._resident())),
                 "depth": MappingProxyType(
                     {f"{lane.value}.{prio.name.lower()}": n for (lane, prio), n in depths.items()}
@@ -395,6 +499,7 @@ class PriorityArbiter(SupervisedActor):
                         slot_id: MappingProxyType(
                             {
                                 "job_id": None if slot.job is None else slot.job.id,
+                                "next_job_id": None if slot.next is None else slot.next.id,
                                 "lane": None if slot.job is None else slot.job.spec.lane.value,
                                 "model_key": slot.model_key,
                                 "preempting": slot.preempting,

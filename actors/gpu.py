@@ -5,6 +5,12 @@ returns to the mailbox at once. The call's end comes back as a message, so a fin
 and a cancel for the same job never interleave; news about an older call (a stale
 ``call_id``) is recognised and ignored (ARCHITECTURE.md section 3).
 
+Prefetch: a Dispatch that arrives while a call runs becomes the slot's *next* call.
+It is handed to the worker as the running call's successor, so the worker starts it
+the moment the running call succeeds, with no hop through any mailbox (the GPU does
+not idle between jobs). Until the worker claims it, a Recall takes it back unstarted;
+after any other ending (failure, cancel, preemption) the actor starts it itself.
+
 When the slot ends (stopped, or crashed and about to be restarted) it cancels the
 running call, joins its worker thread, and reports the job: an answer the backend
 had already produced is kept (succeeded), anything else goes back to queued with no
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -51,8 +58,11 @@ from protocol.messages import (
     JobQueued,
     ModelEvicted,
     ModelLoaded,
+    Recall,
+    Recalled,
     SlotIdle,
     SlotSnapshot,
+    SlotStarted,
     Transition,
 )
 from protocol.supervision import ChildUnavailableError
@@ -66,16 +76,22 @@ _ACTIVE = frozenset({JobState.LOADING, JobState.RUNNING})
 
 @dataclasses.dataclass
 class _Call:
-    """The one call a slot runs: touched by the worker thread only through ``chunks``."""
+    """A call a slot runs (or will run next). The worker thread touches ``chunks`` and
+    ``answer``; ``successor``, ``closed`` and ``claimed`` only under the slot's handoff lock.
+    """
 
     job: Job
     call_id: int
-    token: CancelToken
-    started_at: float
+    request: BackendRequest  # built on the actor's thread, so the worker starts at once
+    token: CancelToken = dataclasses.field(default_factory=CancelToken)
+    started_at: float = 0.0
     chunks: list[str] = dataclasses.field(default_factory=list)
     cancel_reason: CancelReason | None = None
     timeout: TimerHandle | None = None
     answer: CallFinished | None = None  # set by the worker once the backend has answered
+    successor: _Call | None = None  # the next call, for the worker to start on success
+    closed: bool = False  # the worker is done with this call: too late to offer a successor
+    claimed: bool = False  # (a next call) the worker has started it
 
     @property
     def text_so_far(self) -> str:
@@ -119,6 +135,8 @@ class GpuSlot(SupervisedActor):
         self._shutdown_timeout_s = shutdown_timeout_s
         self._residency = residency  # the ResidencyTracker hears loads and switches, if wired
         self._call: _Call | None = None
+        self._next: _Call | None = None  # prefetched: runs once ``_call`` ends
+        self._handoff = threading.Lock()  # guards the worker's claim of ``_next``
         self._model_key: str | None = None
         self._worker: WorkerThread | None = None
 
@@ -147,8 +165,9 @@ class GpuSlot(SupervisedActor):
         (succeeded); otherwise the job goes back to queued, with its text so far and
         no attempt charged. Only after the worker is joined can no late answer slip by.
         """
-        call, self._call = self._call, None
-        if call is not None:
+        calls = [c for c in (self._call, self._next) if c is not None]
+        self._call = self._next = None
+        for call in calls:
             if call.timeout is not None:
                 call.timeout.cancel()
             if call.cancel_reason is None:
@@ -156,21 +175,27 @@ class GpuSlot(SupervisedActor):
             call.token.cancel()
         if self._worker is not None and not self._worker.stop(self._shutdown_timeout_s):
             log.error("slot_worker_stuck", slot=self.slot_id, timeout_s=self._shutdown_timeout_s)
-        if call is None:
-            return
-        try:
-            if call.answer is not None:
-                self._record_success(call, call.answer.text, call.answer.metrics)
-            else:
-                self._requeue(call, count_preemption=False)
-        except ChildUnavailableError as error:  # the tree is stopping for good
-            log.warning(
-                "slot_report_undeliverable",
-                slot=self.slot_id,
-                job_id=call.job.id,
-                child=error.child_id,
-            )
-            return
+        for call in calls:
+            try:
+                self._report_wound_up(call)
+            except ChildUnavailableError as error:  # the tree is stopping for good
+                log.warning(
+                    "slot_report_undeliverable",
+                    slot=self.slot_id,
+                    job_id=call.job.id,
+                    child=error.child_id,
+                )
+
+    def _report_wound_up(self, call: _Call) -> None:
+        """Keep an answer the backend produced; give anything else back to the arbiter."""
+        if call.claimed and not call.started_at:
+            self._tell_loading(call.job)  # the worker started it before the actor heard
+        if call.answer is not None:
+            self._record_success(call, call.answer.text, call.answer.metrics)
+        elif call.started_at or call.claimed:
+            self._requeue(call, count_preemption=False)
+        else:  # a next call that never started: the store still has it queued
+            self._arbiter.tell(JobQueued(call.job))
         log.info(
             "slot_wound_up", slot=self.slot_id, job_id=call.job.id, kept=call.answer is not None
         )
@@ -182,8 +207,12 @@ class GpuSlot(SupervisedActor):
                 if incarnation and incarnation != self.actor_urn:
                     # Meant for the instance before this one; the arbiter recovers the job.
                     log.info("stale_dispatch_dropped", slot=self.slot_id, job_id=job.id)
+                elif self._call is None:
+                    self._start_call(_Call(job, call_id, BackendRequest.for_job(job)))
                 else:
-                    self._start_call(job, call_id)
+                    self._set_next(_Call(job, call_id, BackendRequest.for_job(job)))
+            case Recall(job_id=job_id):
+                self._recall(job_id)
             case CallStreaming(call_id=call_id) if self._is_current(call_id):
                 assert self._call is not None
                 self._store.tell(
@@ -198,13 +227,19 @@ class GpuSlot(SupervisedActor):
             case CallFinished(call_id=call_id, text=text, metrics=metrics) if self._is_current(
                 call_id
             ):
+                ended = self._running_job()
                 self._finish(text, metrics)
+                self._advance(ended)
             case CallFailed(call_id=call_id, error=error, transient=transient) if self._is_current(
                 call_id
             ):
+                ended = self._running_job()
                 self._fail(error, transient)
+                self._advance(ended)
             case CallCancelled(call_id=call_id) if self._is_current(call_id):
+                ended = self._running_job()
                 self._cancelled()
+                self._advance(ended)
             case CancelCall(job_id=job_id, reason=reason):
                 self._cancel(job_id, reason)
             case ExecTimedOut(call_id=call_id) if self._is_current(call_id):
@@ -220,34 +255,90 @@ class GpuSlot(SupervisedActor):
                 raise TypeError(f"GpuSlot cannot handle {type(message).__name__}")
         return None
 
+    def _running_job(self) -> Job:
+        assert self._call is not None
+        return self._call.job
+
     def _is_current(self, call_id: int) -> bool:
         return self._call is not None and self._call.call_id == call_id
 
-    def _start_call(self, job: Job, call_id: int) -> None:
-        if self._call is not None:
-            raise RuntimeError(
-                f"slot {self.slot_id} got {job.id} while running {self._call.job.id}"
-            )
-        now = self._clock.now()
-        call = _Call(job=job, call_id=call_id, token=CancelToken(), started_at=now)
+    def _start_call(self, call: _Call) -> None:
+        """Start ``call`` on the worker now (the slot has no call running)."""
+        self._arbiter.tell(SlotStarted(self.slot_id, call.job.id))
+        self._begin(call)
+        assert self._worker is not None
+        self._worker.submit(lambda: self._run_calls(call))
+
+    def _begin(self, call: _Call) -> None:
+        """Make ``call`` the running one: the store, its time-out, the residency news."""
+        job = call.job
+        call.started_at = self._clock.now()
         self._call = call
+        self._tell_loading(job)
+        call.timeout = self._timers.send_after(
+            self._policy.exec_timeout_s, self.actor_ref, ExecTimedOut(call.call_id)
+        )
+        if self._model_key is not None and self._model_key != job.spec.model_key:
+            self._tell_residency(ModelEvicted(self.slot_id, self._model_key))
+        self._model_key = job.spec.model_key
+
+    def _tell_loading(self, job: Job) -> None:
         self._store.tell(
             Transition(
                 job.id, JobState.LOADING, expected=frozenset({JobState.QUEUED}), stale_ok=True
             )
         )
-        self._sinks.started(job.id)
-        call.timeout = self._timers.send_after(
-            self._policy.exec_timeout_s, self.actor_ref, ExecTimedOut(call_id)
-        )
-        if self._model_key is not None and self._model_key != job.spec.model_key:
-            self._tell_residency(ModelEvicted(self.slot_id, self._model_key))
-        self._model_key = job.spec.model_key
-        assert self._worker is not None
-        self._worker.submit(lambda: self._run_call(call))
 
-    def _run_call(self, call: _Call) -> None:
-        """Runs on the worker thread; reports the end to the actor as a message."""
+    def _set_next(self, call: _Call) -> None:
+        """Hold ``call`` as the next one and offer it to the worker as the running call's
+        successor; if the worker is already done with the running call, the actor starts
+        it itself when that call's end arrives (:meth:`_advance`)."""
+        running = self._call
+        assert running is not None
+        if self._next is not None:
+            raise RuntimeError(
+                f"slot {self.slot_id} got {call.job.id} with {self._next.job.id} already next"
+            )
+        self._next = call
+        with self._handoff:
+            if not running.closed:
+                running.successor = call
+
+    def _recall(self, job_id: str) -> None:
+        """Give the next call back to the arbiter, unless the worker has started it."""
+        call = self._next
+        if call is None or call.job.id != job_id:
+            return  # it started already: the arbiter hears SlotStarted instead
+        with self._handoff:
+            if call.claimed:
+                return
+            if self._call is not None and self._call.successor is call:
+                self._call.successor = None
+        self._next = None
+        self._arbiter.tell(Recalled(self.slot_id, job_id))
+
+    def _advance(self, ended: Job) -> None:
+        """The call for ``ended`` is over: the next call, if any, becomes the running one."""
+        call, self._next = self._next, None
+        if call is None:
+            return
+        with self._handoff:
+            claimed = call.claimed
+        if claimed:  # the worker started it at once and left the news to this actor
+            self._idle(ended)
+            self._arbiter.tell(SlotStarted(self.slot_id, call.job.id))
+            self._begin(call)
+        else:
+            self._start_call(call)
+
+    def _run_calls(self, call: _Call) -> None:
+        """Runs on the worker thread: the call, then each successor it hands on to."""
+        current: _Call | None = call
+        while current is not None:
+            current = self._run_call(current)
+
+    def _run_call(self, call: _Call) -> _Call | None:
+        """Run one call and report its end; returns the successor to start at once, if any."""
         me = self.actor_ref
         first = True
 
@@ -262,7 +353,7 @@ class GpuSlot(SupervisedActor):
                 me.tell(CallStreaming(call.call_id))
 
         try:
-            result = self._backend.complete(BackendRequest.for_job(call.job), on_chunk, call.token)
+            result = self._backend.complete(call.request, on_chunk, call.token)
         except CallCancelledError:
             outcome: Any = CallCancelled(call.call_id)
         except BackendError as exc:
@@ -274,16 +365,25 @@ class GpuSlot(SupervisedActor):
             answer = CallFinished(call.call_id, result.text, result.metrics, result.done_reason)
             call.answer = answer  # read by _wind_up after joining this thread
             outcome = CallCancelled(call.call_id) if call.token.cancelled else answer
+        succeeded = isinstance(outcome, CallFinished)
+        with self._handoff:
+            call.closed = True
+            successor = call.successor if succeeded else None
+            if successor is not None:
+                successor.claimed = True
         try:
             me.tell(outcome)
         except pykka.ActorDeadError:
             log.debug("slot_gone_before_call_end", slot=self.slot_id, job_id=call.job.id)
-            return
-        if isinstance(outcome, CallFinished):
-            # The GPU is free now: offer it straight away instead of after the slot's turn.
-            # The slot's mailbox already holds CallFinished, so it ends this call before it
-            # sees the next Dispatch.
-            self._arbiter.tell(SlotIdle(self.slot_id, call.job.spec.model_key, self.actor_urn))
+            return successor  # the dying slot cancelled it: it ends at once, then wind-up
+        if succeeded and successor is None:
+            # The GPU is free now: tell the arbiter straight away instead of after the
+            # slot's turn. The slot's mailbox already holds CallFinished, so it ends this
+            # call before it sees the next Dispatch.
+            model_key = call.job.spec.model_key
+            self._arbiter.tell(SlotIdle(self.slot_id, model_key, self.actor_urn, ended=call.job.id))
+        # With a successor, the actor tells the arbiter (:meth:`_advance`) while it runs.
+        return successor
 
     def _end_call(self) -> _Call:
         call = self._call
@@ -293,8 +393,16 @@ class GpuSlot(SupervisedActor):
         self._call = None
         return call
 
-    def _idle(self, *, healthy: bool = True) -> None:
-        self._arbiter.tell(SlotIdle(self.slot_id, self._model_key, self.actor_urn, healthy=healthy))
+    def _idle(self, ended: Job | None = None, *, healthy: bool = True) -> None:
+        self._arbiter.tell(
+            SlotIdle(
+                self.slot_id,
+                self._model_key,
+                self.actor_urn,
+                healthy=healthy,
+                ended=None if ended is None else ended.id,
+            )
+        )
 
     def _tell_residency(self, message: ModelLoaded | ModelEvicted) -> None:
         if self._residency is not None:
@@ -336,7 +444,7 @@ class GpuSlot(SupervisedActor):
                     stale_ok=True,
                 )
             )
-            self._idle(healthy=not transient)
+            self._idle(job, healthy=not transient)
             log.info(
                 "job_failed", job_id=job.id, attempts=attempts, transient=transient, error=error
             )
@@ -366,9 +474,8 @@ class GpuSlot(SupervisedActor):
                 )
             )
         )
-        self._idle(
-            healthy=not transient
-        )  # after the job is back, so a cancel waiting for it finds it there
+        # After the job is back, so a cancel waiting for it finds it there.
+        self._idle(job, healthy=not transient)
         log.info(
             "job_retry_scheduled",
             job_id=job.id,
@@ -384,12 +491,12 @@ class GpuSlot(SupervisedActor):
         if reason is CancelReason.PREEMPTED:
             self._end_call()
             self._requeue(call, count_preemption=True)
-            self._idle()
+            self._idle(call.job)
         elif reason is CancelReason.TIMEOUT:
             self._fail(f"execution time-out after {self._policy.exec_timeout_s:g}s", True)
         else:
             self._end_call()
-            self._idle()
+            self._idle(call.job)
             self._store.tell(
                 Transition(
                     call.job.id,
@@ -437,6 +544,7 @@ class GpuSlot(SupervisedActor):
             {
                 "slot_id": self.slot_id,
                 "job_id": None if call is None else call.job.id,
+                "next_job_id": None if self._next is None else self._next.job.id,
                 "model_key": self._model_key,
                 "since": None if call is None else call.started_at,
                 "cancelling": None

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 from protocol import Job, Lane, Priority, SchedulingPolicy
 
-__all__ = ["ReadyQueue", "SlotView", "choose_preemption"]
+__all__ = ["ReadyQueue", "SlotView", "choose_preemption", "displaces"]
 
 ClassKey = tuple[int, int]  # (lane rank, priority rank): lower is served first
 CLASS_ORDER: tuple[ClassKey, ...] = tuple(
@@ -224,16 +224,16 @@ class ReadyQueue:
             self._class_of(entry.job).forget(entry)
         return entry.job
 
-    def promote_due(self, now: float) -> int:
-        """Make delayed jobs whose ``not_before`` has passed ready; returns how many."""
-        moved = 0
+    def promote_due(self, now: float) -> list[Job]:
+        """Make delayed jobs whose ``not_before`` has passed ready; returns them."""
+        moved = []
         while self._delayed and self._delayed[0][0] <= now:
             _, _, entry = heapq.heappop(self._delayed)
             if entry.alive:
                 entry.delayed = False
                 entry.job = entry.job.replace(not_before=None)
                 self._class_of(entry.job).add(entry)
-                moved += 1
+                moved.append(entry.job)
         return moved
 
     def next_due(self) -> float | None:
@@ -317,3 +317,26 @@ def choose_preemption(
         return None
     # The least important external call, and among equals the one that started last.
     return min(victims, key=lambda v: (-v.job.spec.priority.rank, -(v.job.started_at or 0.0)))
+
+
+def _class_key(job: Job) -> ClassKey:
+    return (job.spec.lane.rank, job.spec.priority.rank)
+
+
+def displaces(incoming: Job, prefetched: Job, running_chain: str | None) -> bool:
+    """True if ``incoming``, just ready, should run before ``prefetched``, the job a busy
+    slot holds as its next call (so the arbiter recalls that one).
+
+    The same keys as the queue's, first ones first: a better lane or priority; in the
+    same class, a preempted job returning to the head, or the continuation of the chain
+    running on that slot. Residency and fair share stay as decided when it was handed over.
+    """
+    if _class_key(incoming) != _class_key(prefetched):
+        return _class_key(incoming) < _class_key(prefetched)
+    if incoming.preemptions > 0 and prefetched.preemptions == 0:
+        return True
+    return (
+        running_chain is not None
+        and incoming.spec.chain_id == running_chain
+        and prefetched.spec.chain_id != running_chain
+    )

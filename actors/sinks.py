@@ -143,9 +143,6 @@ class SinkRegistry:
         with self._lock:
             self._sinks.pop(job_id, None)
 
-    def started(self, job_id: str) -> None:
-        """A slot began running ``job_id`` (nothing to deliver yet; a hook for status views)."""
-
     def chunk(self, job_id: str, text: str) -> None:
         """Deliver a piece of output, if anyone waits for it."""
         sink = self.get(job_id)

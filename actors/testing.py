@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from protocol import (
     LoadedModel,
     StoreSettings,
 )
+from protocol.messages import QueueSnapshot
 
 __all__ = [
     "FakeBackend",
@@ -51,6 +53,7 @@ __all__ = [
     "fake_gpu",
     "lane",
     "manual_clock",
+    "settle",
 ]
 
 
@@ -258,6 +261,22 @@ class FakeGpu:
     def no_call_within(self, timeout: float = 0.2) -> bool:
         """True if no call starts within ``timeout`` seconds."""
         return self.backend.no_call_within(timeout)
+
+
+def settle(lane: GpuLane, timeout: float = 5.0) -> None:
+    """Wait until no recall is in flight, so every busy slot's next job is the one the
+    queue's order picks from what was submitted so far.
+
+    A busy slot is handed its next job ahead of time (prefetch); a job submitted later
+    that should run first makes the arbiter recall it, one round trip to the slot. A
+    test that submits jobs and then ends the running call at once should settle first.
+    """
+    arbiter = lane.ref_for("arbiter")
+    deadline = time.monotonic() + timeout
+    while arbiter.ask(QueueSnapshot())["recalling"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"a recall was still in flight after {timeout:g}s")
+        time.sleep(0.001)
 
 
 @pytest.fixture

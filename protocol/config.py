@@ -63,6 +63,9 @@ class SchedulingPolicy:
     max_preemptions: int = 3
     max_swap_defer_s: float = 30.0
     exec_timeout_s: float = 600.0
+    # Hand a busy slot its next job ahead of time, so the GPU starts it the moment the
+    # running call succeeds (the arbiter recalls it if more urgent work arrives first).
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_preemptions >= 0, "scheduling.max_preemptions", "must be 0 or more")

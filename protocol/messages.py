@@ -42,6 +42,8 @@ __all__ = [
     "PollResidency",
     "PruneJobs",
     "QueueSnapshot",
+    "Recall",
+    "Recalled",
     "ReleaseAdmission",
     "ResidencyChanged",
     "ResidencyPollFailed",
@@ -50,6 +52,7 @@ __all__ = [
     "ResumeDispatch",
     "SlotIdle",
     "SlotSnapshot",
+    "SlotStarted",
     "StoreSnapshot",
     "TimersDue",
     "Transition",
@@ -185,13 +188,31 @@ class SlotIdle:
     ``incarnation`` names the slot actor instance: a new one means the slot restarted,
     and the arbiter checks the job it had given the old one against the store.
     ``healthy`` is False when its last call ended in a transient failure (the backend
-    may be down), which sends cloud-eligible jobs to the cloud.
+    may be down), which sends cloud-eligible jobs to the cloud. ``ended`` is the job
+    whose call just ended (None when a fresh slot instance announces itself).
     """
 
     slot_id: str
     model_key: str | None
     incarnation: str = ""
     healthy: bool = True
+    ended: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotStarted:
+    """A GPU slot started the call for ``job_id`` (one the arbiter handed it, maybe as next)."""
+
+    slot_id: str
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recalled:
+    """A slot gave back ``job_id`` unstarted (after a Recall); the store still has it queued."""
+
+    slot_id: str
+    job_id: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -227,7 +248,9 @@ class QueueSnapshot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Run this job now. ``call_id`` names this one call so stale news can be told apart.
+    """Run this job: now if the slot is free, else as its next call (prefetch), which the
+    slot's worker starts the moment the running call succeeds. ``call_id`` names this one
+    call so stale news can be told apart.
 
     ``incarnation`` is the slot instance it is meant for (from its SlotIdle); a new
     instance drops a Dispatch meant for the one before it, which the arbiter recovers.
@@ -236,6 +259,13 @@ class Dispatch:
     job: Job
     call_id: int
     incarnation: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recall:
+    """Give back ``job_id``, the slot's next call, if it has not started (answer: Recalled)."""
+
+    job_id: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

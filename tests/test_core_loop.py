@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from actors import Config, GpuLane
-from actors.testing import FakeGpu, ManualClock
+from actors.testing import FakeGpu, InjectedFault, ManualClock, settle
 from protocol import (
     ActiveHours,
     JobCancelledError,
@@ -100,6 +100,7 @@ def test_internal_work_goes_before_external_work(lane: GpuLane, fake_gpu: FakeGp
         lane.submit(chat("external", lane=Lane.EXTERNAL)),
         lane.submit(chat("internal", lane=Lane.INTERNAL)),
     ]
+    settle(lane)  # the recalls of jobs handed over too early are done
     call.finish("done")
     assert served_order(fake_gpu, 2) == ["internal", "external"]
     assert [t.result(timeout=5) for t in waiting] == ["ok", "ok"]
@@ -110,6 +111,7 @@ def test_priorities_are_served_urgent_high_normal_low(lane: GpuLane, fake_gpu: F
     waiting = [
         lane.submit(chat(prio, priority=prio)) for prio in ("low", "normal", "urgent", "high")
     ]
+    settle(lane)  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 4) == ["urgent", "high", "normal", "low"]
     assert all(t.result(timeout=5) == "ok" for t in waiting)
@@ -118,6 +120,7 @@ def test_priorities_are_served_urgent_high_normal_low(lane: GpuLane, fake_gpu: F
 def test_jobs_of_the_same_class_run_first_in_first_out(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu)
     waiting = [lane.submit(chat(f"job{i}")) for i in range(5)]
+    settle(lane)  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 5) == [f"job{i}" for i in range(5)]
     assert [t.result(timeout=5) for t in waiting] == ["ok"] * 5
@@ -128,6 +131,7 @@ def test_the_next_step_of_a_running_chain_goes_before_older_jobs(
 ) -> None:
     _, call = occupy(lane, fake_gpu, chain_id="task-7")
     waiting = [lane.submit(chat("older")), lane.submit(chat("step2", chain_id="task-7"))]
+    settle(lane)  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 2) == ["step2", "older"]
     assert [t.result(timeout=5) for t in waiting] == ["ok", "ok"]
@@ -356,6 +360,7 @@ def test_reloading_the_config_keeps_the_queue_and_the_counters(
     after = lane.status()
     assert after["queued"] == before["queued"] == 3
     assert after["counters"]["submitted"] == before["counters"]["submitted"] == 4
+    settle(lane)  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 3) == ["q0", "q1", "q2"]
     assert [t.result(timeout=5) for t in waiting] == ["ok"] * 3
@@ -377,6 +382,93 @@ def test_status_shows_depths_the_running_job_and_the_resident_model(
     assert status["resident_models"] == ("llama3.2",)
     assert status["jobs"]["queued"] == 1
     assert not waiting.done()
+
+
+def next_job_id(lane: GpuLane) -> str | None:
+    """The job the slot holds as its next call (prefetch), by the slot's own account."""
+    return lane.status()["slots"]["gpu0"]["next_job_id"]  # type: ignore[no-any-return]
+
+
+def test_a_busy_slot_is_handed_the_next_job_and_starts_it_when_the_call_ends(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    _, call = occupy(lane, fake_gpu)
+    waiting = lane.submit(chat("next"))
+    wait_until(lambda: next_job_id(lane) == waiting.job_id)
+    status = lane.status()
+    assert status["queued"] == 1 and status["depth"]["external.normal"] == 1, "still waiting"
+    assert lane.get(waiting.job_id).state is JobState.QUEUED
+    call.finish()
+    assert served_order(fake_gpu, 1) == ["next"]
+    assert waiting.result(timeout=5) == "ok"
+
+
+def test_a_job_that_should_run_first_takes_the_place_of_the_one_handed_over(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    _, call = occupy(lane, fake_gpu)
+    normal = lane.submit(chat("normal"))
+    wait_until(lambda: next_job_id(lane) == normal.job_id)
+    high = lane.submit(chat("high", priority=Priority.HIGH))
+    settle(lane)
+    assert next_job_id(lane) == high.job_id
+    assert lane.status()["queued"] == 2
+    call.finish()
+    assert served_order(fake_gpu, 2) == ["high", "normal"]
+
+
+def test_pausing_takes_back_the_job_handed_to_a_busy_slot(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    _, call = occupy(lane, fake_gpu)
+    waiting = lane.submit(chat("after the pause"))
+    wait_until(lambda: next_job_id(lane) == waiting.job_id)
+    lane.pause()
+    settle(lane)
+    assert next_job_id(lane) is None
+    call.finish()
+    assert fake_gpu.no_call_within(0.3)
+    lane.resume()
+    assert served_order(fake_gpu, 1) == ["after the pause"]
+
+
+def test_cancelling_the_job_handed_to_a_busy_slot_ends_it_without_running_it(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    _, call = occupy(lane, fake_gpu)
+    waiting = lane.submit(chat("never"))
+    wait_until(lambda: next_job_id(lane) == waiting.job_id)
+    assert lane.cancel(waiting.job_id) == "queued"
+    with pytest.raises(JobCancelledError):
+        waiting.result(timeout=5)
+    call.finish()
+    assert fake_gpu.no_call_within(0.3)
+
+
+def test_with_prefetch_off_a_busy_slot_is_handed_nothing(
+    start_lane: StartLane, fake_gpu: FakeGpu
+) -> None:
+    lane = start_lane(scheduling=SchedulingPolicy(prefetch=False))
+    _, call = occupy(lane, fake_gpu)
+    waiting = lane.submit(chat("later"))
+    settle(lane)
+    assert next_job_id(lane) is None
+    call.finish()
+    assert served_order(fake_gpu, 1) == ["later"]
+    assert waiting.result(timeout=5) == "ok"
+
+
+def test_a_slot_that_crashes_holding_a_next_job_loses_neither_job(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    running, call = occupy(lane, fake_gpu)
+    waiting = lane.submit(chat("next"))
+    wait_until(lambda: next_job_id(lane) == waiting.job_id)
+    lane.ref_for("gpu0").tell(InjectedFault())
+    assert call.wait_cancelled()
+    assert sorted(served_order(fake_gpu, 2)) == ["blocker", "next"]
+    assert running.result(timeout=5) == "ok" and waiting.result(timeout=5) == "ok"
+    assert fake_gpu.no_call_within(0.3), "each job ran to the end once"
 
 
 def test_stopping_puts_the_running_job_back_in_the_queue(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from actors.scheduling import ReadyQueue, SlotView, choose_preemption
+from actors.scheduling import ReadyQueue, SlotView, choose_preemption, displaces
 from protocol import ActiveHours, Job, JobSpec, JobState, Lane, Priority, SchedulingPolicy
 
 NOON = 1_767_610_800.0  # an arbitrary fixed epoch second
@@ -266,3 +266,28 @@ def test_active_hours_may_wrap_past_midnight() -> None:
 
     assert window.contains(dt.time(23, 0)) and window.contains(dt.time(5, 59))
     assert not window.contains(dt.time(6, 0)) and not window.contains(dt.time(12, 0))
+
+
+def test_a_better_lane_or_priority_displaces_the_job_handed_to_a_busy_slot() -> None:
+    handed = make_job(Lane.EXTERNAL, Priority.HIGH)
+    assert displaces(make_job(Lane.INTERNAL, Priority.LOW), handed, None)
+    assert displaces(make_job(Lane.EXTERNAL, Priority.URGENT), handed, None)
+    assert not displaces(make_job(Lane.EXTERNAL, Priority.NORMAL), handed, None)
+
+
+def test_in_the_same_class_an_older_handed_job_keeps_its_place() -> None:
+    handed = make_job()
+    assert not displaces(make_job(), handed, None)
+    assert not displaces(make_job(model="other", caller="someone else"), handed, None)
+
+
+def test_a_returning_preempted_job_displaces_a_fresh_one_of_its_class() -> None:
+    assert displaces(make_job(preemptions=1), make_job(), None)
+    assert not displaces(make_job(preemptions=1), make_job(preemptions=2), None)
+
+
+def test_the_next_step_of_the_chain_running_on_the_slot_displaces_other_work() -> None:
+    handed = make_job()
+    assert displaces(make_job(chain="task-7"), handed, "task-7")
+    assert not displaces(make_job(chain="task-7"), handed, "task-8")
+    assert not displaces(make_job(chain="task-7"), make_job(chain="task-7"), "task-7")

@@ -7,7 +7,8 @@ idle fraction with 20 ms jobs, and from an internal submit to the running extern
 call's cancel and to the internal job's start (p50, p99). gpulane runs with its
 durable store (synchronous=FULL) on a fake GPU whose calls take real time; the
 baseline is the common design: one asyncio worker over an asyncio.PriorityQueue,
-in memory, without preemption.
+in memory, without preemption. The backlog also runs with gpulane's prefetch off
+(``scheduling.prefetch = false``), to show what handing the next job over early buys.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Timeline:
         return [s - e for s, e in zip(self.starts[1:], self.ends[:-1], strict=False)]
 
 
-def gpulane_backlog(jobs: int, tmp: Path) -> tuple[list[float], float]:
+def gpulane_backlog(jobs: int, tmp: Path, *, prefetch: bool) -> tuple[list[float], float]:
     timeline = Timeline()
 
     def script(call: FakeCall) -> None:
@@ -54,7 +55,11 @@ def gpulane_backlog(jobs: int, tmp: Path) -> tuple[list[float], float]:
         timeline.ends.append(time.perf_counter())
         call.finish("ok")
 
-    config = Config(store=StoreSettings(path=str(tmp / "backlog.sqlite3")), limits=Limits.off())
+    config = Config(
+        store=StoreSettings(path=str(tmp / f"backlog-{prefetch}.sqlite3")),
+        limits=Limits.off(),
+        scheduling=SchedulingPolicy(prefetch=prefetch),
+    )
     lane = GpuLane.start(config, gpu=FakeGpu(SystemClock(), script=script), clock=SystemClock())
     try:
         lane.pause()
@@ -153,7 +158,8 @@ def main() -> None:
     configure_logging("warning")
     jobs, rounds, base_rounds = (300, 50, 10) if args.quick else (2000, 200, 30)
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-", dir=Path.cwd()) as tmp:
-        gaps, idle = gpulane_backlog(jobs, Path(tmp))
+        gaps, idle = gpulane_backlog(jobs, Path(tmp), prefetch=True)
+        np_gaps, np_idle = gpulane_backlog(jobs, Path(tmp), prefetch=False)
         cancel_lat, start_lat = gpulane_preemption(rounds, Path(tmp))
     b_gaps, b_idle, b_start = asyncio.run(_baseline(jobs, base_rounds))
     ms = 1000.0
@@ -165,13 +171,16 @@ def main() -> None:
         "gpulane.preempt_cancel_ms.p99": percentile(cancel_lat, 99) * ms,
         "gpulane.internal_start_ms.p50": percentile(start_lat, 50) * ms,
         "gpulane.internal_start_ms.p99": percentile(start_lat, 99) * ms,
+        "gpulane_no_prefetch.idle_gap_ms.p50": percentile(np_gaps, 50) * ms,
+        "gpulane_no_prefetch.idle_gap_ms.p99": percentile(np_gaps, 99) * ms,
+        "gpulane_no_prefetch.idle_fraction": np_idle,
         "asyncio_pq.idle_gap_ms.p50": percentile(b_gaps, 50) * ms,
         "asyncio_pq.idle_gap_ms.p99": percentile(b_gaps, 99) * ms,
         "asyncio_pq.idle_fraction": b_idle,
         "asyncio_pq.internal_start_ms.p50": percentile(b_start, 50) * ms,
         "asyncio_pq.internal_start_ms.p99": percentile(b_start, 99) * ms,
     }
-    print(f"{'figure':38} {'gpulane':>12} {'asyncio PQ':>12}")
+    print(f"{'figure':30} {'gpulane':>12} {'no prefetch':>12} {'asyncio PQ':>12}")
     for name in (
         "idle_gap_ms.p50",
         "idle_gap_ms.p99",
@@ -179,9 +188,13 @@ def main() -> None:
         "internal_start_ms.p50",
         "internal_start_ms.p99",
     ):
-        print(f"{name:38} {results['gpulane.' + name]:12.4f} {results['asyncio_pq.' + name]:12.4f}")
+        off = results.get("gpulane_no_prefetch." + name)
+        print(
+            f"{name:30} {results['gpulane.' + name]:12.4f} "
+            f"{'-' if off is None else f'{off:.4f}':>12} {results['asyncio_pq.' + name]:12.4f}"
+        )
     print(
-        f"{'preempt_cancel_ms.p50 / p99':38} {results['gpulane.preempt_cancel_ms.p50']:12.4f} "
+        f"{'preempt_cancel_ms.p50 / p99':30} {results['gpulane.preempt_cancel_ms.p50']:12.4f} "
         f"{results['gpulane.preempt_cancel_ms.p99']:12.4f}"
         "  (gpulane only: the baseline cannot preempt)"
     )

@@ -72,6 +72,7 @@ class _Slot:
     ref: ActorAddress
     job: Job | None = None  # running, or handed over while the slot was free
     next: Job | None = None  # handed over while busy, not yet known to have started
+    next_swaps: bool = False  # ``next`` needs a model the GPU did not hold when handed over
     recalling: bool = False  # a Recall for ``next`` is on its way
     known: bool = False  # has reported idle at least once, so it can take work
     preempting: bool = False
@@ -242,10 +243,15 @@ class PriorityArbiter(SupervisedActor):
             self._call_ended(slot)  # its SlotIdle is still on the way
         slot.job = slot.next.replace(state=JobState.LOADING, started_at=self._clock.now())
         slot.next, slot.recalling = None, False
+        self._count_start(slot.next_swaps)
         reason = self._cancels.get(job_id)
         if reason is not None:  # cancelled while handed over, and the recall came too late
             self._tell_slot(slot, CancelCall(job_id, reason))
         self._dispatch()
+
+    def _count_start(self, swaps: bool) -> None:
+        self._counters["dispatched"] += 1
+        self._counters["swaps"] += swaps
 
     def _on_recalled(self, slot: _Slot, job_id: str) -> None:
         """The slot gave its next job back unstarted: it is queued again (or cancelled)."""
@@ -365,14 +371,13 @@ class PriorityArbiter(SupervisedActor):
             slot.known = False
             self._counters["dispatches_refused"] += 1
             return False
-        if job.spec.model_key not in resident:
-            self._counters["swaps"] += 1  # this call has to load its model first
-        self._counters["dispatched"] += 1
+        swaps = job.spec.model_key not in resident  # the call has to load its model first
         log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
         if slot.job is None:
             slot.job = job.replace(state=JobState.LOADING, started_at=now)
+            self._count_start(swaps)
             return True
-        slot.next = job
+        slot.next, slot.next_swaps = job, swaps  # counted once it starts (it may come back)
         if not slot.preempting and choose_preemption(
             job, [SlotView(slot_id, slot.job)], now, self._policy
         ):

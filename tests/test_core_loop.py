@@ -417,9 +417,7 @@ def test_a_job_that_should_run_first_takes_the_place_of_the_one_handed_over(
     assert served_order(fake_gpu, 2) == ["high", "normal"]
 
 
-def test_pausing_takes_back_the_job_handed_to_a_busy_slot(
-    lane: GpuLane, fake_gpu: FakeGpu
-) -> None:
+def test_pausing_takes_back_the_job_handed_to_a_busy_slot(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu)
     waiting = lane.submit(chat("after the pause"))
     wait_until(lambda: next_job_id(lane) == waiting.job_id)

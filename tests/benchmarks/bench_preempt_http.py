@@ -29,6 +29,7 @@ from protocol import (
     BackendResult,
     JobSpec,
     Lane,
+    Limits,
     Priority,
     SchedulingPolicy,
     StoreSettings,
@@ -55,6 +56,7 @@ def lane_on(tmp: Path, name: str, backend: OllamaBackend) -> GpuLane:
     config = Config(
         store=StoreSettings(path=str(tmp / f"{name}.sqlite3")),
         scheduling=SchedulingPolicy(max_preemptions=10**6),
+        limits=Limits.off(),  # the bench measures preemption, not admission
     )
     return GpuLane.start(config, backend=backend, clock=SystemClock())
 
@@ -131,7 +133,10 @@ def workload_tokens(jobs: int, seed: int, restart: bool, tmp: Path) -> tuple[int
         ollama = OllamaBackend(sim.url)
         backend = RestartFromScratch(ollama) if restart else ollama
         lane = GpuLane.start(
-            Config(store=StoreSettings(path=str(tmp / f"work-{restart}.sqlite3"))),
+            Config(
+                store=StoreSettings(path=str(tmp / f"work-{restart}.sqlite3")),
+                limits=Limits.off(),
+            ),
             backend=backend,  # type: ignore[arg-type]
             clock=SystemClock(),
         )

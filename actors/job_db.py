@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
-from ulid import ULID
-
 from actors.clock import Clock
 from protocol.enums import TERMINAL_STATES, JobState, Lane
 from protocol.errors import (
@@ -38,7 +36,9 @@ __all__ = [
     "JobDB",
     "Migration",
     "Recovery",
+    "UlidMaker",
     "WriteMessage",
+    "is_volatile",
     "migrate",
 ]
 
@@ -51,6 +51,12 @@ BUSY_TIMEOUT_S = 1.0
 
 # One compact encoder, made once: json.dumps with options builds a new encoder per call.
 _to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+# ULID text: Crockford's base32, ten bits (two characters) per table lookup.
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
+_PAIR_SHIFTS = tuple(range(120, -1, -10))  # 13 pairs: 130 bits, the top two always 0
+_RANDOM_BITS = 80
 
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL_STATES))
 _ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
@@ -149,6 +155,35 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
 _SELECT_BY_SEQ = f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?"
 
 
+class UlidMaker:
+    """ULIDs as text, each greater than the last made in the same millisecond.
+
+    The same ids python-ulid's ``ULID.from_timestamp`` makes (48-bit millisecond time,
+    80 random bits, the random part incremented within a millisecond), made in about
+    a third of its time: python-ulid builds two ULID objects and encodes five bits at
+    a time, and this runs once per submit on the store's thread, where every
+    microsecond is taken from all submitters (the GIL). Should the random part
+    overflow within a millisecond (one chance in 2**80), it starts afresh.
+    """
+
+    __slots__ = ("_ms", "_random")
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self._random = 0
+
+    def new(self, now: float) -> str:
+        """A fresh ULID for the time ``now`` (seconds since the epoch)."""
+        ms = int(now * 1000)
+        if ms == self._ms and self._random < (1 << _RANDOM_BITS) - 1:
+            self._random += 1
+        else:
+            self._ms = ms
+            self._random = int.from_bytes(os.urandom(_RANDOM_BITS // 8), "big")
+        value = ms << _RANDOM_BITS | self._random
+        return "".join([_PAIRS[value >> shift & 1023] for shift in _PAIR_SHIFTS])
+
+
 class JobDB:
     """One open job database: schema checked, WAL on, the file locked to this connection.
 
@@ -156,13 +191,19 @@ class JobDB:
     second store on the same file fails at start instead of sharing it.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: str, clock: Clock) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, clock: Clock, *, synchronous: str = "FULL"
+    ) -> None:
         self._conn = conn
         self.path = path
         self._clock = clock
+        # Only a FULL store has an fsync to save on a batch of volatile writes.
+        self._relax_volatile = _sync_mode(synchronous) == "FULL"
         self.commits = 0
+        self.volatile_commits = 0
         self.writes = 0
         self.largest_batch = 0
+        self._ids = UlidMaker()
         self._next_seq = self._load_next_seq()
 
     @classmethod
@@ -200,7 +241,7 @@ class JobDB:
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot use job database {path}: {_explain(exc)}") from exc
-        return cls(conn, path, clock)
+        return cls(conn, path, clock, synchronous=synchronous)
 
     def close(self) -> None:
         """Close the connection (and release the file lock)."""
@@ -208,8 +249,23 @@ class JobDB:
 
     # --- writes ---------------------------------------------------------------------
 
-    def write_batch(self, take: Callable[[], WriteMessage | None]) -> list[BatchOutcome]:
+    def write_batch(
+        self, take: Callable[[], WriteMessage | None], *, volatile: bool = False
+    ) -> list[BatchOutcome]:
         """Apply the writes ``take`` hands out, in one transaction, and commit once.
+
+        With ``volatile``, ``take`` hands out only volatile writes (:func:`is_volatile`;
+        any other fails alone with a StoreError) and a FULL store commits the batch at
+        ``synchronous=NORMAL``: no fsync, and the level is FULL again right after. This
+        is sound in WAL mode: the commit appends its frames to the WAL unsynced, and
+        the next FULL commit syncs the whole file, these frames included, before it
+        answers anyone; recovery replays frames in order and stops at the first torn
+        one, so a power cut can lose only a tail of volatile commits, never an
+        acknowledged durable write. NORMAL, not OFF: at NORMAL SQLite still syncs the
+        database file after a checkpoint and the WAL header when the log restarts; at
+        OFF a checkpoint this commit ran could leave the database file unsynced while
+        the WAL frames it copied get overwritten, losing durable rows. SQLite refuses
+        to change the level inside a transaction, hence a batch of its own.
 
         ``take`` returns the next write or None when none is waiting; it is asked
         again after each bulk INSERT, since more writes arrive while SQLite works.
@@ -227,6 +283,25 @@ class JobDB:
         If a multi-row INSERT fails, its rows are retried one by one so only the bad
         one fails.
         """
+        if not (volatile and self._relax_volatile):
+            return self._write_batch(take, volatile=volatile, relaxed=False)
+        self._set_synchronous("NORMAL")
+        try:
+            return self._write_batch(take, volatile=True, relaxed=True)
+        finally:
+            self._set_synchronous("FULL")
+
+    def _set_synchronous(self, level: str) -> None:
+        """Set the connection's synchronous level (outside a transaction)."""
+        try:
+            self._conn.execute(f"PRAGMA synchronous = {level}")
+        except sqlite3.Error as exc:
+            raise self._store_error(f"cannot set synchronous={level}", exc) from exc
+
+    def _write_batch(
+        self, take: Callable[[], WriteMessage | None], *, volatile: bool, relaxed: bool
+    ) -> list[BatchOutcome]:
+        """The batch itself, at whatever synchronous level the caller set (``relaxed``: NORMAL)."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -246,6 +321,8 @@ class JobDB:
                     return self._abandon(outcomes, lost)
                 continue
             try:
+                if volatile and not is_volatile(message):
+                    raise StoreError("a durable write cannot join a volatile batch (a bug)")
                 if isinstance(message, InsertJob):
                     job, row = self._prepare_insert(message.spec, message.retry_of)
                     rows.append((len(outcomes), row))
@@ -267,6 +344,7 @@ class JobDB:
                 self._conn.execute("ROLLBACK")
             return self._abandon(outcomes, error)
         self.commits += 1
+        self.volatile_commits += relaxed
         self.writes += len(outcomes)
         self.largest_batch = max(self.largest_batch, len(outcomes))
         return outcomes
@@ -281,7 +359,7 @@ class JobDB:
         if retry_of is not None and self._find_seq(retry_of) is None:
             raise ValidationError("retry_of", f"no job {retry_of!r} to retry")
         now = self._clock.now()
-        job_id = str(ULID.from_timestamp(float(now)))
+        job_id = self._ids.new(now)
         seq = self._next_seq
         self._next_seq += 1
         row = (
@@ -527,6 +605,29 @@ class JobDB:
         error = StoreError(f"job database {self.path}: {what}: {_explain(exc)}")
         error.__cause__ = exc
         return error
+
+
+_VOLATILE_TARGETS = frozenset({JobState.LOADING, JobState.RUNNING})
+
+
+def is_volatile(message: WriteMessage) -> bool:
+    """True for a write that need not survive a crash: a bare move into loading or running.
+
+    Recovery on start puts loading and running jobs back to queued without charging an
+    attempt (ARCHITECTURE.md section 6), so losing such a move changes nothing that
+    recovery would not: the job is queued either way. A move that also records
+    something (an attempt, a preemption, output, an error, metrics) is durable, as are
+    inserts, terminal moves and moves back to queued.
+    """
+    return (
+        isinstance(message, Transition)
+        and message.target in _VOLATILE_TARGETS
+        and not message.charge_attempt
+        and not message.count_preemption
+        and message.partial_output is None
+        and message.error is None
+        and message.metrics is None
+    )
 
 
 def _given(value: Any, current: Any) -> Any:

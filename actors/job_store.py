@@ -5,7 +5,9 @@ the store also takes the writes queued right behind it (asked ones, and the slot
 told ``stale_ok`` reports), applies them all in one transaction (a refused write
 fails only its asker), commits once, and only then answers every one of them. A
 submit is therefore never acknowledged before its row is durable, and one fsync
-serves the whole batch.
+serves the whole batch. Bare moves into loading or running are the exception: recovery
+puts such jobs back to queued anyway, so a batch of only those commits without an fsync
+(``job_db.JobDB.write_batch`` says why that is sound).
 
 Under a supervisor the store is the source of truth the other actors rebuild from:
 it is a SupervisedActor, asks arrive through a StableRef (and still join batches),
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from actors.clock import Clock
-from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage
+from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
 from actors.supervision_actor import SupervisedActor
 from actors.supervision_refs import StableAsk
 from protocol.config import StoreSettings
@@ -52,20 +54,42 @@ log = structlog.get_logger("gpulane.job_store")
 
 
 class BatchingInbox(queue.Queue["Envelope[Any]"]):
-    """A mailbox whose one consumer may take the head envelope only if it qualifies."""
+    """A mailbox whose one consumer may take the envelopes at its head that qualify."""
 
-    def take_if(self, predicate: Callable[[Envelope[Any]], bool]) -> Envelope[Any] | None:
-        """Pop and return the head envelope if ``predicate`` holds for it, else None.
+    def take_while(
+        self, predicate: Callable[[Envelope[Any]], bool], limit: int
+    ) -> list[Envelope[Any]]:
+        """Pop and return the head envelopes, at most ``limit``, up to the first that fails.
 
         Only the actor's own thread consumes, so the head cannot change between the
-        test and the pop; the mutex keeps producers out while we look.
+        test and the pop; the mutex keeps producers out while we look. Taking every
+        waiting write under one hold of the mutex, not one by one, matters: the store
+        drains a batch per commit and under load each acquisition is a GIL hand-off.
+        """
+        taken: list[Envelope[Any]] = []
+        with self.mutex:
+            waiting = self.queue
+            while waiting and len(taken) < limit and predicate(waiting[0]):
+                taken.append(waiting.popleft())
+            if taken:
+                self.not_full.notify(len(taken))
+        return taken
+
+    def run_all(
+        self, joins: Callable[[Envelope[Any]], bool], test: Callable[[Envelope[Any]], bool]
+    ) -> bool:
+        """Whether ``test`` holds for every envelope of the run at the head that ``joins`` takes.
+
+        A look, not a take: the store decides from it how to commit the batch it is
+        about to drain.
         """
         with self.mutex:
-            if not self.queue or not predicate(self.queue[0]):
-                return None
-            envelope: Envelope[Any] = self._get()
-            self.not_full.notify()
-            return envelope
+            for envelope in self.queue:
+                if not joins(envelope):
+                    return True
+                if not test(envelope):
+                    return False
+            return True
 
 
 _WRITES = (InsertJob, Transition)
@@ -80,6 +104,16 @@ def _is_asked_write(envelope: Envelope[Any]) -> bool:
     if isinstance(message, Transition) and message.stale_ok:
         return True
     return envelope.reply_to is not None and isinstance(message, _WRITES)
+
+
+def _carries_volatile(envelope: Envelope[Any]) -> bool:
+    """True when a write-carrying envelope holds a volatile write (``job_db.is_volatile``)."""
+    return is_volatile(_write_of(envelope))
+
+
+def _is_asked_volatile_write(envelope: Envelope[Any]) -> bool:
+    """An asked write (see above) that is volatile: it may join a batch of volatile writes."""
+    return _is_asked_write(envelope) and _carries_volatile(envelope)
 
 
 def _is_told(envelope: Envelope[Any]) -> bool:
@@ -140,6 +174,8 @@ class JobStore(SupervisedActor):
     - CountJobs → read-only {state: count}; JobStats → tuple[LaneStats, ...]
     - PruneJobs → number of terminal jobs deleted
     - StoreSnapshot → read-only mapping of the file, schema version and commit counters
+      (``volatile_commits``: the commits that held only moves into loading or running
+      and so ran at ``synchronous=NORMAL``, without an fsync; see ``job_db.is_volatile``)
     """
 
     def __init__(
@@ -260,43 +296,56 @@ class JobStore(SupervisedActor):
         """Commit ``first`` with the asked writes queued behind it; answer them after COMMIT.
 
         Draining stops at the first message that is not an asked write, so every
-        sender's messages are still handled in the order sent. The current message's
-        outcome is returned (or raised) for pykka to deliver, also after the commit.
+        sender's messages are still handled in the order sent. Writes are drained in
+        runs (all that wait, up to ``max_batch``); if the database gives up a batch
+        part-way, the drained writes it did not reach go in a fresh one. If ``first``
+        and every write waiting right behind it are volatile (bare moves into loading
+        or running, ``job_db.is_volatile``), the batch commits without an fsync and
+        takes only volatile writes that arrive meanwhile: a durable one stops it and
+        starts the next batch. Otherwise the batch takes any write and commits at the
+        configured level. The current message's outcome is returned (or raised) for
+        pykka to deliver, also after the commit.
         """
+        volatile = is_volatile(first) and self._inbox.run_all(_is_asked_write, _carries_volatile)
+        joins = _is_asked_volatile_write if volatile else _is_asked_write
         drained: list[Envelope[Any]] = []
-        started = False
+        writes: list[WriteMessage] = [first]
+        handed = 0  # how many of ``writes`` the database has taken
 
         def take() -> WriteMessage | None:
-            nonlocal started
-            if not started:
-                started = True
-                return first
-            if len(drained) + 1 >= self._settings.max_batch:
-                return None
-            envelope = self._inbox.take_if(_is_asked_write)
-            if envelope is None:
-                return None
-            drained.append(envelope)
-            return _write_of(envelope)
+            """The next write: one already drained, else what waits at the mailbox's head."""
+            nonlocal handed
+            if handed == len(writes):
+                room = self._settings.max_batch - len(writes)
+                taken = self._inbox.take_while(joins, room) if room > 0 else []
+                drained.extend(taken)
+                writes.extend(_write_of(envelope) for envelope in taken)
+                if handed == len(writes):
+                    return None
+            handed += 1
+            return writes[handed - 1]
 
-        batch = self._db.write_batch(take)
-        writes = [first, *(_write_of(envelope) for envelope in drained)]
-        outcomes = [self._drop_if_stale(m, o) for m, o in zip(writes, batch, strict=True)]
-        if self._listener is not None:
+        outcomes: list[BatchOutcome | None] = list(self._db.write_batch(take, volatile=volatile))
+        while len(outcomes) < len(writes):  # a batch given up part-way: the rest in a new one
+            outcomes.extend(self._db.write_batch(take, volatile=volatile))
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, Exception):
+                outcomes[index] = self._drop_if_stale(writes[index], outcome)
+        listener = self._listener
+        if listener is not None:
             for outcome in outcomes:
                 if isinstance(outcome, Job):
-                    self._listener(outcome)
-        told_failures = []
+                    listener(outcome)
+        told_failure: Exception | None = None
         for envelope, outcome in zip(drained, outcomes[1:], strict=True):
-            if _is_told(envelope):
-                if isinstance(outcome, Exception):
-                    told_failures.append(outcome)
-            else:
+            if not _is_told(envelope):
                 _reply(envelope, outcome)
+            elif told_failure is None and isinstance(outcome, Exception):
+                told_failure = outcome
         if isinstance(outcomes[0], Exception):
             raise outcomes[0]
-        if told_failures:
-            raise told_failures[0]  # a told write that failed is a crash (section 8)
+        if told_failure is not None:
+            raise told_failure  # a told write that failed is a crash (section 8)
         return outcomes[0]
 
     def _drop_if_stale(self, message: WriteMessage, outcome: BatchOutcome) -> BatchOutcome | None:
@@ -322,6 +371,7 @@ class JobStore(SupervisedActor):
                 "synchronous": synchronous,
                 "schema_version": db.schema_version(),
                 "commits": db.commits,
+                "volatile_commits": db.volatile_commits,
                 "writes": db.writes,
                 "largest_batch": db.largest_batch,
                 "max_batch": self._settings.max_batch,

@@ -9,11 +9,19 @@ from typing import Any
 
 import pytest
 from job_store_helpers import make_spec
+from ulid import ULID
 
-from actors import job_db
 from actors.clock import ManualClock
-from actors.job_db import SCHEMA_VERSION, BatchOutcome, JobDB, WriteMessage, migrate
-from protocol import IllegalTransitionError, Job, JobState, StoreError
+from actors.job_db import (
+    SCHEMA_VERSION,
+    BatchOutcome,
+    JobDB,
+    UlidMaker,
+    WriteMessage,
+    is_volatile,
+    migrate,
+)
+from protocol import IllegalTransitionError, Job, JobMetrics, JobState, StoreError
 from protocol.messages import InsertJob, Transition
 
 
@@ -24,10 +32,12 @@ def db(tmp_path: Path) -> Iterator[JobDB]:
     opened.close()
 
 
-def batch(db: JobDB, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
+def batch(
+    db: JobDB, writes: Iterable[WriteMessage], *, volatile: bool = False
+) -> list[BatchOutcome]:
     """Run ``writes`` as one batch; the iterator is consumed only as far as the batch takes."""
     it = iter(writes)
-    return db.write_batch(lambda: next(it, None))
+    return db.write_batch(lambda: next(it, None), volatile=volatile)
 
 
 class FaultyConnection:
@@ -128,10 +138,10 @@ def test_a_write_that_fails_in_sqlite_fails_alone(
 ) -> None:
     class SameId:
         @staticmethod
-        def from_timestamp(_: float) -> str:
+        def new(_: float) -> str:
             return "01HZZZZZZZZZZZZZZZZZZZZZZZ"
 
-    monkeypatch.setattr(job_db, "ULID", SameId)
+    monkeypatch.setattr(db, "_ids", SameId())
     first, clash = batch(db, [InsertJob(make_spec(1)), InsertJob(make_spec(2))])
     assert isinstance(first, Job)
     assert isinstance(clash, StoreError) and "UNIQUE" in str(clash)
@@ -187,3 +197,99 @@ def test_a_version_one_file_opens_unchanged_with_its_jobs(tmp_path: Path) -> Non
         assert again.schema_version() == 1
     finally:
         again.close()
+
+
+class SyncRecorder:
+    """Wraps a connection; records the synchronous level in force at each COMMIT."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.levels: list[int] = []
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            self.levels.append(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+        return self._conn.execute(sql, *args)
+
+
+FULL, NORMAL = 2, 1
+
+
+def test_only_a_batch_of_bare_loading_and_running_moves_commits_without_fsync(
+    db: JobDB,
+) -> None:
+    recorder = SyncRecorder(db._conn)
+    db._conn = recorder  # type: ignore[assignment]
+    (job,) = batch(db, [InsertJob(make_spec(1))])
+    assert isinstance(job, Job)
+    moves = [Transition(job.id, JobState.LOADING), Transition(job.id, JobState.RUNNING)]
+    assert all(is_volatile(m) for m in moves)
+    assert all(isinstance(o, Job) for o in batch(db, moves, volatile=True))
+    requeue = Transition(job.id, JobState.QUEUED, count_preemption=True)
+    assert isinstance(batch(db, [requeue])[0], Job)
+    batch(db, [Transition(job.id, JobState.LOADING)], volatile=True)
+    batch(db, [Transition(job.id, JobState.FAILED, error="boom", charge_attempt=True)])
+    db._conn = recorder._conn
+    assert recorder.levels == [FULL, NORMAL, FULL, NORMAL, FULL]
+    assert (db.commits, db.volatile_commits) == (5, 2)
+    assert db.durability() == ("wal", "FULL"), "FULL again after each volatile commit"
+
+
+def test_every_write_that_records_more_than_a_move_into_loading_or_running_is_durable() -> None:
+    job_id = "01HZZZZZZZZZZZZZZZZZZZZZZZ"
+    durable = [
+        InsertJob(make_spec(1)),
+        Transition(job_id, JobState.QUEUED),
+        Transition(job_id, JobState.SUCCEEDED, result="ok"),
+        Transition(job_id, JobState.FAILED),
+        Transition(job_id, JobState.CANCELLED),
+        Transition(job_id, JobState.LOADING, charge_attempt=True),
+        Transition(job_id, JobState.RUNNING, count_preemption=True),
+        Transition(job_id, JobState.RUNNING, partial_output="so far"),
+        Transition(job_id, JobState.RUNNING, error="retrying"),
+        Transition(job_id, JobState.RUNNING, metrics=JobMetrics(eval_count=1)),
+    ]
+    assert not any(is_volatile(m) for m in durable)
+    assert is_volatile(Transition(job_id, JobState.LOADING, stale_ok=True))
+
+
+def test_a_durable_write_handed_to_a_volatile_batch_fails_alone_and_is_not_kept(
+    db: JobDB,
+) -> None:
+    (job,) = batch(db, [InsertJob(make_spec(1))])
+    assert isinstance(job, Job)
+    moved, refused = batch(
+        db, [Transition(job.id, JobState.LOADING), InsertJob(make_spec(2))], volatile=True
+    )
+    assert isinstance(moved, Job) and moved.state is JobState.LOADING
+    assert isinstance(refused, StoreError) and "volatile batch" in str(refused)
+    assert db.count_by_state()["queued"] == 0
+
+
+def test_a_normal_store_commits_every_batch_at_normal_and_counts_none_volatile(
+    tmp_path: Path,
+) -> None:
+    db = JobDB.open(str(tmp_path / "n.sqlite3"), ManualClock(), synchronous="NORMAL")
+    try:
+        (job,) = batch(db, [InsertJob(make_spec(1))])
+        assert isinstance(job, Job)
+        batch(db, [Transition(job.id, JobState.LOADING)], volatile=True)
+        assert db.volatile_commits == 0
+        assert db.durability() == ("wal", "NORMAL")
+    finally:
+        db.close()
+
+
+def test_ids_are_ulids_of_the_creation_time_that_grow_within_a_millisecond() -> None:
+    maker = UlidMaker()
+    now = 1_700_000_000.5  # exact in binary, like the later time below
+    ids = [maker.new(now) for _ in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert {ULID.from_str(i).milliseconds for i in ids} == {1_700_000_000_500}
+    later = maker.new(now + 0.25)
+    assert ULID.from_str(later).milliseconds == 1_700_000_000_750
+    assert all(str(ULID.from_str(i)) == i for i in [*ids, later])

@@ -528,16 +528,95 @@ class _Envelope:
         self.reply_to = reply_to
 
 
-def test_the_inbox_takes_the_head_only_when_it_qualifies() -> None:
+def test_the_inbox_takes_the_qualifying_run_at_its_head_up_to_a_limit() -> None:
     inbox = BatchingInbox()
-    assert inbox.take_if(lambda _: True) is None
-    a, b = _Envelope("a"), _Envelope("b")
-    inbox.put(a)  # type: ignore[arg-type]
-    inbox.put(b)  # type: ignore[arg-type]
-    assert inbox.take_if(lambda e: e.message == "b") is None
-    assert inbox.take_if(lambda e: e.message == "a") is a
-    assert inbox.get() is b
+    assert inbox.take_while(lambda _: True, 10) == []
+    a, b, c, d = (_Envelope(name) for name in "abcd")
+    for envelope in (a, b, c, d):
+        inbox.put(envelope)  # type: ignore[arg-type]
+    assert inbox.take_while(lambda e: e.message == "b", 10) == []
+    assert inbox.take_while(lambda e: e.message != "c", 10) == [a, b]
+    assert inbox.take_while(lambda _: True, 1) == [c]
+    assert inbox.get() is d
     assert inbox.empty()
+
+
+def test_the_inbox_tells_whether_the_run_at_its_head_passes_a_test_without_taking_it() -> None:
+    inbox = BatchingInbox()
+    a, b, c = _Envelope("a"), _Envelope("b"), _Envelope("c")
+    for envelope in (a, b, c):
+        inbox.put(envelope)  # type: ignore[arg-type]
+    in_run = lambda e: e.message != "c"  # noqa: E731
+    assert inbox.run_all(in_run, lambda e: e.message in "ab")
+    assert not inbox.run_all(in_run, lambda e: e.message == "a")
+    assert inbox.qsize() == 3
+
+
+# --- volatile moves (loading, running) --------------------------------------------
+
+
+def volatile_commits(store: pykka.ActorRef[JobStore]) -> tuple[int, int]:
+    """(commits, volatile commits) so far."""
+    snapshot = store.ask(StoreSnapshot())
+    return snapshot["commits"], snapshot["volatile_commits"]
+
+
+def test_bare_moves_into_loading_and_running_commit_without_an_fsync_and_others_with_one(
+    store: pykka.ActorRef[JobStore],
+) -> None:
+    before = volatile_commits(store)
+    job = insert(store)
+    assert volatile_commits(store) == (before[0] + 1, before[1]), "an insert is durable"
+    job = move(store, job, JobState.LOADING)
+    job = move(store, job, JobState.RUNNING)
+    assert volatile_commits(store) == (before[0] + 3, before[1] + 2)
+    job = move(store, job, JobState.QUEUED, count_preemption=True)
+    assert volatile_commits(store) == (before[0] + 4, before[1] + 2), "a requeue is durable"
+    job = move(store, job, JobState.LOADING)
+    move(store, job, JobState.SUCCEEDED, result="ok")
+    assert volatile_commits(store) == (before[0] + 6, before[1] + 3), "a terminal move is durable"
+    assert store.ask(StoreSnapshot())["synchronous"] == "FULL"
+
+
+def test_a_move_into_running_that_records_something_is_durable(
+    store: pykka.ActorRef[JobStore],
+) -> None:
+    job = move(store, insert(store), JobState.LOADING)
+    before = volatile_commits(store)
+    move(store, job, JobState.RUNNING, partial_output="Once upon")
+    assert volatile_commits(store) == (before[0] + 1, before[1])
+
+
+def test_volatile_moves_waiting_with_a_durable_write_share_its_full_commit(
+    store: pykka.ActorRef[JobStore], clock: GatedClock
+) -> None:
+    queued = [insert(store, n) for n in range(3)]
+    before = volatile_commits(store)
+    clock.hold()
+    held = store.ask(Transition(queued[0].id, JobState.LOADING), block=False)
+    assert clock.entered.wait(5)
+    behind = [
+        store.ask(Transition(queued[1].id, JobState.LOADING), block=False),
+        store.ask(InsertJob(make_spec(9)), block=False),
+        store.ask(Transition(queued[2].id, JobState.LOADING), block=False),
+    ]
+    clock.release()
+    held.get(timeout=10)
+    for future in behind:
+        future.get(timeout=10)
+    commits, volatile = volatile_commits(store)
+    assert volatile == before[1] + 1, "the moves ahead of the insert skipped the fsync"
+    assert commits == before[0] + 2, "the insert and the move behind it: one FULL commit"
+
+
+def test_a_normal_store_counts_no_volatile_commits(tmp_path: Path) -> None:
+    settings = StoreSettings(path=str(tmp_path / "n.sqlite3"), synchronous="NORMAL")
+    store = JobStore.start(settings, ManualClock())
+    try:
+        move(store, insert(store), JobState.LOADING)
+        assert volatile_commits(store)[1] == 0
+    finally:
+        store.stop()
 
 
 # --- start-up errors ------------------------------------------------------------------

@@ -62,9 +62,8 @@ class BatchingInbox(queue.Queue["Envelope[Any]"]):
         """Pop and return the head envelopes, at most ``limit``, up to the first that fails.
 
         Only the actor's own thread consumes, so the head cannot change between the
-        test and the pop; the mutex keeps producers out while we look. Taking every
-        waiting write under one hold of the mutex, not one by one, matters: the store
-        drains a batch per commit and under load each acquisition is a GIL hand-off.
+        test and the pop; the mutex keeps producers out while we look. One hold of the
+        mutex serves the whole run, instead of one per write.
         """
         taken: list[Envelope[Any]] = []
         with self.mutex:

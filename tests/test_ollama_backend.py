@@ -18,6 +18,7 @@ import httpx
 import pytest
 from backend_kit import cancel_after, failure, run
 
+from actors.backends import http
 from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import FaultKind, ModelProfile, SimulatedOllama
@@ -357,6 +358,25 @@ def test_cancelling_while_the_model_loads_drops_a_reused_connection_at_once(
     assert len(opened) == 1
     backend.loaded_models()  # the next call answers, on a new connection
     assert len(opened) == 2
+
+
+def test_a_client_whose_pools_cannot_be_wrapped_opens_one_connection_per_call_and_still_cancels(
+    server: SimulatedOllama, opened: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "_bind_sockets", lambda client: False)
+    backend = OllamaBackend(server.url, timeout=5.0)
+    run(backend, chat())
+    run(backend, chat())
+    assert len(opened) == 2
+    token = CancelToken()
+    timer = threading.Timer(0.05, token.cancel)
+    began = time.monotonic()
+    timer.start()
+    with pytest.raises(CallCancelledError):
+        backend.complete(chat("slow-load"), lambda _: None, token)
+    timer.join()
+    backend.close()
+    assert time.monotonic() - began < 0.5
 
 
 def test_a_cancel_after_the_call_ended_changes_nothing(backend: OllamaBackend) -> None:

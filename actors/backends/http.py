@@ -284,9 +284,11 @@ def transport_error(exc: httpx.HTTPError, base_url: str, server: str) -> Backend
 def drain(lines: Iterator[str]) -> None:
     """Read a response to its end after its last event, so that its connection goes back
     to the pool (httpcore closes a connection whose response is closed before its end).
-    Model servers end the response right after the last event."""
-    for _ in lines:
-        pass
+    Model servers end the response right after the last event. A failure here costs only
+    the connection, not the answer, which is complete."""
+    with contextlib.suppress(httpx.HTTPError):
+        for _ in lines:
+            pass
 
 
 def decode_object(data: str | bytes, where: str) -> dict[str, Any]:

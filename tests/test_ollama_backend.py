@@ -8,6 +8,7 @@ httpx.MockTransport, the seam the backend takes for that.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from backend_kit import cancel_after, failure, run
 
+from actors.backends import http
 from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import FaultKind, ModelProfile, SimulatedOllama
@@ -55,6 +57,20 @@ def backend(server: SimulatedOllama) -> Iterator[OllamaBackend]:
     ollama = OllamaBackend(server.url, timeout=5.0)
     yield ollama
     ollama.close()
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The addresses of the TCP connections opened from now on (one entry per connection)."""
+    addresses: list[object] = []
+    connect = socket.create_connection
+
+    def counting(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        addresses.append(address)
+        return connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counting)
+    return addresses
 
 
 def chat(model: str = "tiny", **fields: Any) -> BackendRequest:
@@ -300,6 +316,67 @@ def test_a_call_cancelled_before_it_starts_never_reaches_the_server(
     with pytest.raises(CallCancelledError):
         backend.embed("embedder", ("x",), {}, token)
     assert server.stats().requests == 0
+
+
+def test_calls_one_after_another_reuse_one_keep_alive_connection(
+    backend: OllamaBackend, opened: list[object]
+) -> None:
+    for _ in range(3):
+        run(backend, chat())
+    run(backend, generate())
+    backend.loaded_models()
+    assert len(opened) == 1
+
+
+def test_a_connection_cancelled_mid_stream_is_dropped_and_the_next_call_gets_a_new_one(
+    backend: OllamaBackend, server: SimulatedOllama, opened: list[object]
+) -> None:
+    text, _ = run(backend, chat())
+    token, seen, sink = cancel_after(5)
+    with pytest.raises(CallCancelledError):
+        backend.complete(chat("endless"), sink, token)
+    assert len(seen) == 5
+    assert len(opened) == 1  # the cancelled call ran on the pooled connection
+    server.wait_for(lambda s: s.calls_disconnected == 1, timeout=2.0)
+    assert run(backend, chat())[0] == text
+    assert len(opened) == 2  # the dropped connection was not reused
+
+
+def test_cancelling_while_the_model_loads_drops_a_reused_connection_at_once(
+    backend: OllamaBackend, server: SimulatedOllama, opened: list[object]
+) -> None:
+    run(backend, chat())
+    token = CancelToken()
+    timer = threading.Timer(0.05, token.cancel)
+    began = time.monotonic()
+    timer.start()
+    with pytest.raises(CallCancelledError):
+        backend.complete(chat("slow-load"), lambda _: None, token)
+    elapsed = time.monotonic() - began
+    timer.join()
+    assert 0.05 <= elapsed < 0.5  # no response headers came yet on the reused connection
+    assert len(opened) == 1
+    backend.loaded_models()  # the next call answers, on a new connection
+    assert len(opened) == 2
+
+
+def test_a_client_whose_pools_cannot_be_wrapped_opens_one_connection_per_call_and_still_cancels(
+    server: SimulatedOllama, opened: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "_bind_sockets", lambda client: False)
+    backend = OllamaBackend(server.url, timeout=5.0)
+    run(backend, chat())
+    run(backend, chat())
+    assert len(opened) == 2
+    token = CancelToken()
+    timer = threading.Timer(0.05, token.cancel)
+    began = time.monotonic()
+    timer.start()
+    with pytest.raises(CallCancelledError):
+        backend.complete(chat("slow-load"), lambda _: None, token)
+    timer.join()
+    backend.close()
+    assert time.monotonic() - began < 0.5
 
 
 def test_a_cancel_after_the_call_ended_changes_nothing(backend: OllamaBackend) -> None:

@@ -24,6 +24,7 @@ import httpx
 from actors.backends.base import CancelToken, ChunkSink
 from actors.backends.http import (
     decode_object,
+    drain,
     guarded,
     int_field,
     is_transient_status,
@@ -205,7 +206,8 @@ def _read_stream(response: httpx.Response, emit: _Emitter, began: int) -> Backen
     message_delta."""
     usage: dict[str, Any] = {}
     stop_reason: object = None
-    for event in iter_sse(response.iter_lines()):
+    lines = response.iter_lines()
+    for event in iter_sse(lines):
         data = decode_object(event.data, "/v1/messages")
         kind = data.get("type", event.event)
         if kind == "error":
@@ -224,6 +226,7 @@ def _read_stream(response: httpx.Response, emit: _Emitter, began: int) -> Backen
             stop_reason = (data.get("delta") or {}).get("stop_reason")
             usage.update(data.get("usage") or {})
         elif kind == "message_stop":
+            drain(lines)
             return emit.result(stop_reason, usage, began)
     raise BackendError(
         f"the stream from {_SERVER} ended without message_stop after {len(emit.pieces)} chunk(s)",

@@ -3,9 +3,16 @@
 Cancellation: every call can be cancelled from another thread. Cancelling shuts the
 call's socket, which makes the model server stop generating (they all stop when their
 client goes away) and makes the blocked read on the worker thread return at once, even
-before response headers. For that, each client is built without a keep-alive pool (one
-connection per call), and the socket is taken from httpx's ``trace`` extension when the
-connection opens. :func:`guarded` wires a CancelToken to that and turns every failure
+before response headers. Clients keep a pool of keep-alive connections (a new TCP
+connection per call costs about half a millisecond on loopback, and a thread in a
+threaded server), so the socket must be known for a reused connection too: every pooled
+connection's stream hands its socket to the call running on its thread whenever it
+writes a request (:class:`_BindingStream`); a new connection's socket also comes from
+httpx's ``trace`` extension when it opens. A connection a cancel has shut is never
+reused: its read fails and httpcore closes it, or, if its response had already ended,
+the pool finds the idle socket readable (at EOF) and discards it; and a call stops
+touching its socket once its response is closed, before the pool hands the connection
+to another call. :func:`guarded` wires a CancelToken to that and turns every failure
 into ``protocol.BackendError`` with ``transient`` set as ARCHITECTURE.md section 3 says.
 
 Server-sent events (OpenAI and Anthropic streams) are parsed by :func:`iter_sse`.
@@ -17,10 +24,12 @@ import contextlib
 import dataclasses
 import json
 import socket
+import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import httpcore
 import httpx
 
 from actors.backends.base import CallCancelledError, CancelToken
@@ -31,6 +40,7 @@ __all__ = [
     "SocketAbort",
     "SseEvent",
     "decode_object",
+    "drain",
     "guarded",
     "int_field",
     "is_transient_status",
@@ -43,16 +53,109 @@ __all__ = [
 TRANSIENT_4XX = frozenset({408, 429})
 
 
+# The SocketAbort of the call running on each thread (set by ``guarded``): a pooled
+# connection's stream binds its socket to it when the call writes its request.
+_calls = threading.local()
+
+
 def new_client(
     base_url: str, timeout: float | httpx.Timeout, transport: httpx.BaseTransport | None
 ) -> httpx.Client:
-    """An httpx client with one connection per call, so a cancel can drop just that call."""
-    return httpx.Client(
-        base_url=base_url,
-        timeout=timeout,
-        transport=transport,
-        limits=httpx.Limits(max_keepalive_connections=0),
-    )
+    """An httpx client with keep-alive connections that a cancel can still drop one by one.
+
+    The streams of httpx's own connection pools are wrapped (:func:`_bind_sockets`); if
+    that is not possible (an httpx whose internals differ), the client falls back to one
+    connection per call, whose socket the ``trace`` extension reports when it opens.
+    """
+    client = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+    if transport is None and not _bind_sockets(client):
+        client.close()
+        client = httpx.Client(
+            base_url=base_url,
+            timeout=timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+    return client
+
+
+def _bind_sockets(client: httpx.Client) -> bool:
+    """Wrap the network backend of each of the client's connection pools (the default
+    one and any proxy's) in a :class:`_BindingBackend`; False if one cannot be."""
+    transports = [client._transport, *client._mounts.values()]
+    pools = []
+    for transport in transports:
+        if transport is None:
+            continue
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(pool, httpcore.ConnectionPool) or backend is None:
+            return False
+        pools.append((pool, backend))
+    for pool, backend in pools:
+        pool._network_backend = _BindingBackend(backend)
+    return True
+
+
+class _BindingBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with every stream it opens wrapped in a _BindingStream."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _BindingStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        return _BindingStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _BindingStream(httpcore.NetworkStream):
+    """A connection's stream that hands its socket to the call writing a request on it.
+
+    httpx sends a request on the calling thread before it blocks reading the answer, so
+    the call's SocketAbort (``_calls.abort``) knows the socket before anything can block,
+    whether the connection is new or reused from the pool.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        abort: SocketAbort | None = getattr(_calls, "abort", None)
+        sock = self._stream.get_extra_info("socket")
+        if abort is not None and isinstance(sock, socket.socket):
+            abort.bind(sock)
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _BindingStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
 
 
 def is_transient_status(status: int) -> bool:
@@ -81,16 +184,26 @@ class SocketAbort:
         return {"trace": self.trace}
 
     def trace(self, event: str, info: Mapping[str, Any]) -> None:
-        """httpx trace hook: remember the socket as soon as the connection opens."""
+        """httpx trace hook: remember the socket as soon as a new connection opens; stop
+        touching it once the response is closed (the pool may hand it to another call)."""
+        if event == "http11.response_closed.started":
+            self.finish()
+            return
         if event != "connection.connect_tcp.complete":
             return
         stream = info.get("return_value")
         sock = None if stream is None else stream.get_extra_info("socket")
         if isinstance(sock, socket.socket):
-            with self._lock:
-                self._socket = sock
-                if self._tripped and not self._finished:
-                    _shutdown(sock)
+            self.bind(sock)
+
+    def bind(self, sock: socket.socket) -> None:
+        """The call's connection is ``sock``; drop it at once if the call was cancelled."""
+        with self._lock:
+            if self._finished:
+                return
+            self._socket = sock
+            if self._tripped:
+                _shutdown(sock)
 
     def watch(self, response: httpx.Response) -> None:
         """Remember the response, to close it on a cancel when there is no socket."""
@@ -137,6 +250,8 @@ def guarded(cancel: CancelToken | None, base_url: str, server: str) -> Iterator[
     abort = SocketAbort()
     if cancel is not None:
         cancel.on_cancel(abort.trip)
+    outer = getattr(_calls, "abort", None)
+    _calls.abort = abort
     try:
         yield abort
     except (httpx.HTTPError, BackendError) as exc:
@@ -147,6 +262,7 @@ def guarded(cancel: CancelToken | None, base_url: str, server: str) -> Iterator[
         raise transport_error(exc, base_url, server) from exc
     finally:
         abort.finish()
+        _calls.abort = outer
     if cancel is not None and cancel.cancelled:
         raise CallCancelledError
 
@@ -163,6 +279,16 @@ def transport_error(exc: httpx.HTTPError, base_url: str, server: str) -> Backend
     if isinstance(exc, httpx.RemoteProtocolError):
         return BackendError(f"{server} at {base_url} cut the response: {detail}", transient=True)
     return BackendError(f"connection to {server} at {base_url} failed: {detail}", transient=True)
+
+
+def drain(lines: Iterator[str]) -> None:
+    """Read a response to its end after its last event, so that its connection goes back
+    to the pool (httpcore closes a connection whose response is closed before its end).
+    Model servers end the response right after the last event. A failure here costs only
+    the connection, not the answer, which is complete."""
+    with contextlib.suppress(httpx.HTTPError):
+        for _ in lines:
+            pass
 
 
 def decode_object(data: str | bytes, where: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import httpx
 from actors.backends.base import CancelToken, ChunkSink
 from actors.backends.http import (
     decode_object,
+    drain,
     guarded,
     int_field,
     is_transient_status,
@@ -79,7 +80,8 @@ class OllamaBackend:
             ) as response:
                 abort.watch(response)
                 _raise_for_status(response)
-                for line in response.iter_lines():
+                lines = response.iter_lines()
+                for line in lines:
                     if not line.strip():
                         continue
                     part = decode_object(line, path)
@@ -90,6 +92,7 @@ class OllamaBackend:
                         pieces.append(piece)
                         on_chunk(piece)
                     if part.get("done"):
+                        drain(lines)
                         return BackendResult(
                             text="".join(pieces),
                             metrics=_metrics(part),

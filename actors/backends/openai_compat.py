@@ -34,6 +34,7 @@ import httpx
 from actors.backends.base import CancelToken, ChunkSink
 from actors.backends.http import (
     decode_object,
+    drain,
     guarded,
     int_field,
     is_transient_status,
@@ -277,8 +278,10 @@ def _read_stream(
     finish: str | None = None
     usage_chunk: dict[str, Any] = {}
     text_chunks = 0
-    for event in iter_sse(response.iter_lines()):
+    lines = response.iter_lines()
+    for event in iter_sse(lines):
         if event.data == "[DONE]":
+            drain(lines)
             break
         chunk = decode_object(event.data, path)
         if event.event == "error" or "error" in chunk:  # llama.cpp names it; vLLM does not

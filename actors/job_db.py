@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
+from ulid import ULID
+
 from actors.clock import Clock
 from protocol.enums import TERMINAL_STATES, JobState, Lane
 from protocol.errors import (
@@ -36,7 +38,6 @@ __all__ = [
     "JobDB",
     "Migration",
     "Recovery",
-    "UlidMaker",
     "WriteMessage",
     "is_volatile",
     "migrate",
@@ -52,11 +53,6 @@ BUSY_TIMEOUT_S = 1.0
 # One compact encoder, made once: json.dumps with options builds a new encoder per call.
 _to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-# ULID text: Crockford's base32, ten bits (two characters) per table lookup.
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
-_PAIR_SHIFTS = tuple(range(120, -1, -10))  # 13 pairs: 130 bits, the top two always 0
-_RANDOM_BITS = 80
 
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL_STATES))
 _ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
@@ -155,35 +151,6 @@ _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
 _SELECT_BY_SEQ = f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?"
 
 
-class UlidMaker:
-    """ULIDs as text, each greater than the last made in the same millisecond.
-
-    The same ids python-ulid's ``ULID.from_timestamp`` makes (48-bit millisecond time,
-    80 random bits, the random part incremented within a millisecond), made in about
-    a third of its time: python-ulid builds two ULID objects and encodes five bits at
-    a time, and this runs once per submit on the store's thread, where every
-    microsecond is taken from all submitters (the GIL). Should the random part
-    overflow within a millisecond (one chance in 2**80), it starts afresh.
-    """
-
-    __slots__ = ("_ms", "_random")
-
-    def __init__(self) -> None:
-        self._ms = -1
-        self._random = 0
-
-    def new(self, now: float) -> str:
-        """A fresh ULID for the time ``now`` (seconds since the epoch)."""
-        ms = int(now * 1000)
-        if ms == self._ms and self._random < (1 << _RANDOM_BITS) - 1:
-            self._random += 1
-        else:
-            self._ms = ms
-            self._random = int.from_bytes(os.urandom(_RANDOM_BITS // 8), "big")
-        value = ms << _RANDOM_BITS | self._random
-        return "".join([_PAIRS[value >> shift & 1023] for shift in _PAIR_SHIFTS])
-
-
 class JobDB:
     """One open job database: schema checked, WAL on, the file locked to this connection.
 
@@ -203,7 +170,6 @@ class JobDB:
         self.volatile_commits = 0
         self.writes = 0
         self.largest_batch = 0
-        self._ids = UlidMaker()
         self._next_seq = self._load_next_seq()
 
     @classmethod
@@ -359,7 +325,7 @@ class JobDB:
         if retry_of is not None and self._find_seq(retry_of) is None:
             raise ValidationError("retry_of", f"no job {retry_of!r} to retry")
         now = self._clock.now()
-        job_id = self._ids.new(now)
+        job_id = str(ULID.from_timestamp(now))
         seq = self._next_seq
         self._next_seq += 1
         row = (

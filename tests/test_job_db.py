@@ -11,12 +11,12 @@ import pytest
 from job_store_helpers import make_spec
 from ulid import ULID
 
+from actors import job_db
 from actors.clock import ManualClock
 from actors.job_db import (
     SCHEMA_VERSION,
     BatchOutcome,
     JobDB,
-    UlidMaker,
     WriteMessage,
     is_volatile,
     migrate,
@@ -138,10 +138,10 @@ def test_a_write_that_fails_in_sqlite_fails_alone(
 ) -> None:
     class SameId:
         @staticmethod
-        def new(_: float) -> str:
+        def from_timestamp(_: float) -> str:
             return "01HZZZZZZZZZZZZZZZZZZZZZZZ"
 
-    monkeypatch.setattr(db, "_ids", SameId())
+    monkeypatch.setattr(job_db, "ULID", SameId)
     first, clash = batch(db, [InsertJob(make_spec(1)), InsertJob(make_spec(2))])
     assert isinstance(first, Job)
     assert isinstance(clash, StoreError) and "UNIQUE" in str(clash)
@@ -284,12 +284,19 @@ def test_a_normal_store_commits_every_batch_at_normal_and_counts_none_volatile(
         db.close()
 
 
-def test_ids_are_ulids_of_the_creation_time_that_grow_within_a_millisecond() -> None:
-    maker = UlidMaker()
-    now = 1_700_000_000.5  # exact in binary, like the later time below
-    ids = [maker.new(now) for _ in range(1000)]
-    assert ids == sorted(ids) and len(set(ids)) == 1000
-    assert {ULID.from_str(i).milliseconds for i in ids} == {1_700_000_000_500}
-    later = maker.new(now + 0.25)
-    assert ULID.from_str(later).milliseconds == 1_700_000_000_750
-    assert all(str(ULID.from_str(i)) == i for i in [*ids, later])
+def test_ids_are_ulids_of_the_creation_time_that_grow_within_a_millisecond(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(1_700_000_000.5)  # exact in binary, like the later time below
+    db = JobDB.open(str(tmp_path / "jobs.sqlite3"), clock)
+    try:
+        jobs = batch(db, [InsertJob(make_spec(n)) for n in range(1000)])
+        ids = [job.id for job in jobs if isinstance(job, Job)]
+        assert len(ids) == 1000 and ids == sorted(ids) and len(set(ids)) == 1000
+        assert {ULID.from_str(i).milliseconds for i in ids} == {1_700_000_000_500}
+        clock.advance(0.25)
+        (later,) = batch(db, [InsertJob(make_spec())])
+        assert isinstance(later, Job)
+        assert ULID.from_str(later.id).milliseconds == 1_700_000_000_750
+    finally:
+        db.close()

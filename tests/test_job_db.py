@@ -300,3 +300,51 @@ def test_ids_are_ulids_of_the_creation_time_that_grow_within_a_millisecond(
         assert ULID.from_str(later.id).milliseconds == 1_700_000_000_750
     finally:
         db.close()
+
+
+def test_a_transition_moves_the_job_from_memory_without_reading_its_row(db: JobDB) -> None:
+    job = batch(db, [InsertJob(make_spec())])[0]
+    assert isinstance(job, Job)
+    statements: list[str] = []
+    db._conn.set_trace_callback(statements.append)
+    loading = batch(db, [Transition(job.id, JobState.LOADING)])[0]
+    db._conn.set_trace_callback(None)
+    assert isinstance(loading, Job) and loading.state is JobState.LOADING
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert db.get(job.id) == loading
+
+
+def test_two_moves_of_one_job_in_one_batch_each_start_from_the_one_before(db: JobDB) -> None:
+    job = batch(db, [InsertJob(make_spec())])[0]
+    assert isinstance(job, Job)
+    loading, running = batch(
+        db, [Transition(job.id, JobState.LOADING), Transition(job.id, JobState.RUNNING)]
+    )
+    assert isinstance(loading, Job) and isinstance(running, Job)
+    assert running.state is JobState.RUNNING and running.started_at == loading.started_at
+    assert db.get(job.id) == running
+
+
+def test_a_batch_that_fails_to_commit_leaves_the_jobs_as_they_were_committed(db: JobDB) -> None:
+    job = batch(db, [InsertJob(make_spec())])[0]
+    assert isinstance(job, Job)
+    real = db._conn
+    db._conn = FaultyConnection(real, "COMMIT")  # type: ignore[assignment]
+    lost = batch(db, [Transition(job.id, JobState.LOADING)])[0]
+    db._conn = real
+    assert isinstance(lost, StoreError)
+    assert db.get(job.id) == job
+    loading = batch(db, [Transition(job.id, JobState.LOADING)])[0]
+    assert isinstance(loading, Job) and loading.state is JobState.LOADING, "moved from queued"
+
+
+def test_a_finished_job_is_read_back_from_the_file_as_it_was_kept_in_memory(db: JobDB) -> None:
+    job = batch(db, [InsertJob(make_spec())])[0]
+    assert isinstance(job, Job)
+    moves = [JobState.LOADING, JobState.RUNNING]
+    *_, running = batch(db, [Transition(job.id, state) for state in moves])
+    assert db.get(job.id) == running
+    done = batch(db, [Transition(job.id, JobState.SUCCEEDED, result="ok")])[0]
+    assert isinstance(done, Job)
+    assert db.get(job.id) == done == db.get_by_seq(job.seq)
+    assert db._live == {}, "terminal jobs are not kept in memory"

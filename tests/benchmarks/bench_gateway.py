@@ -3,8 +3,9 @@
     .venv/bin/python tests/benchmarks/bench_gateway.py [--quick] [--json]
 
 The gateway runs in a child process (gateway_child.py): uvicorn, a GpuLane with its
-durable store (synchronous=FULL) and one GPU slot, an OllamaBackend and a simulated
-Ollama server whose model answers at once. Figures:
+durable store (synchronous=FULL) and one GPU slot, and an OllamaBackend on a simulated
+Ollama server whose model answers at once; the server runs in a process of its own, as a
+real Ollama does, so it does not share the gateway's GIL. Figures:
 
 - 1,000 clients (one httpx.AsyncClient and connection each) all waiting on ``/api/chat`` at
   once; how many complete, the wall time, and the child's peak resident memory (VmHWM);
@@ -18,21 +19,22 @@ Ollama server whose model answers at once. Figures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 from _common import goal, parse_args, percentile, report
-from gateway_child import FAST, KEY
+from gateway_child import KEY
 
 from actors import Config, GpuLane
 from actors.backends.ollama import OllamaBackend
-from actors.backends.simulated import SimulatedOllama
 from actors.logs import configure_logging
 from protocol import JobSpec, Limits, StoreSettings
 
@@ -113,26 +115,41 @@ def sequential(url: str, path: str, rounds: int, headers: dict[str, str]) -> lis
     return latencies
 
 
-def in_process(rounds: int, tmp: Path) -> list[float]:
+def in_process(rounds: int, tmp: Path, upstream: str) -> list[float]:
     """The same chat through a GpuLane in this process (no gateway), one at a time."""
     spec = JobSpec.chat(model="fast", messages=CHAT["messages"], caller="bench")  # type: ignore[arg-type]
     latencies = []
-    with SimulatedOllama({"fast": FAST}) as sim:
-        backend = OllamaBackend(sim.url)
-        lane = GpuLane.start(
-            Config(store=StoreSettings(path=str(tmp / "inproc.sqlite3")), limits=Limits.off()),
-            backend=backend,
-        )
-        try:
-            for i in range(rounds + rounds // 10):
-                began = time.perf_counter()
-                lane.submit(spec).result(timeout=30)
-                if i >= rounds // 10:
-                    latencies.append(time.perf_counter() - began)
-        finally:
-            lane.stop()
-            backend.close()
+    backend = OllamaBackend(upstream)
+    lane = GpuLane.start(
+        Config(store=StoreSettings(path=str(tmp / "inproc.sqlite3")), limits=Limits.off()),
+        backend=backend,
+    )
+    try:
+        for i in range(rounds + rounds // 10):
+            began = time.perf_counter()
+            lane.submit(spec).result(timeout=30)
+            if i >= rounds // 10:
+                latencies.append(time.perf_counter() - began)
+    finally:
+        lane.stop()
+        backend.close()
     return latencies
+
+
+@contextlib.contextmanager
+def child_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """gateway_child.py with ``args``, and the URL it serves on; stopped on exit."""
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("gateway_child.py")), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        (url,) = json.loads(child.stdout.readline()).values()
+        yield child, url
+    finally:
+        child.stdin.close()
+        child.wait(60)
 
 
 def main() -> None:
@@ -140,28 +157,19 @@ def main() -> None:
     configure_logging("warning")
     clients = 1000
     submit_count, rounds = (1000, 200) if args.quick else (5000, 1000)
-    child_py = Path(__file__).with_name("gateway_child.py")
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=Path.cwd()) as tmp:
-        child = subprocess.Popen(
-            [sys.executable, str(child_py), str(Path(tmp) / "gateway.sqlite3")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert child.stdout is not None and child.stdin is not None
-            urls = json.loads(child.stdout.readline())
-            gateway, sim = urls["gateway"], urls["sim"]
-            direct = sequential(sim, "/api/chat", rounds, {})
-            via_gateway = sequential(gateway, "/api/chat", rounds, HEADERS)
-            idle_mb = peak_rss_mb(child.pid)
-            completed, wall = asyncio.run(waiting_clients(gateway, clients))
-            peak_mb = peak_rss_mb(child.pid)
-            rate, submit_latency = asyncio.run(submits(gateway, submit_count, 64))
-            peak_mb = max(peak_mb, peak_rss_mb(child.pid))
-        finally:
-            if child.stdin is not None:
-                child.stdin.close()
-            child.wait(60)
-        local = in_process(rounds, Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=Path.cwd()) as tmp,
+        child_process("sim") as (_, sim),
+        child_process("gateway", str(Path(tmp) / "gateway.sqlite3"), sim) as (child, gateway),
+    ):
+        direct = sequential(sim, "/api/chat", rounds, {})
+        via_gateway = sequential(gateway, "/api/chat", rounds, HEADERS)
+        idle_mb = peak_rss_mb(child.pid)
+        completed, wall = asyncio.run(waiting_clients(gateway, clients))
+        peak_mb = peak_rss_mb(child.pid)
+        rate, submit_latency = asyncio.run(submits(gateway, submit_count, 64))
+        peak_mb = max(peak_mb, peak_rss_mb(child.pid))
+        local = in_process(rounds, Path(tmp), sim)
     ms = 1000.0
     results = {
         "gateway.waiting_clients": float(clients),

@@ -1,8 +1,10 @@
-"""The gateway under benchmark, in its own process so its peak memory can be read.
+"""The processes bench_gateway.py starts: the model server, and the gateway in front of it.
 
-Starts a simulated Ollama server with one fast model, a GpuLane on it (durable store,
-synchronous=FULL) and the gateway on a loopback port; prints one JSON line with both
-URLs; serves until its stdin closes. Run by bench_gateway.py, not by hand.
+``gateway_child.py sim`` runs a simulated Ollama server with one fast model, in a process
+of its own as a real Ollama is. ``gateway_child.py gateway STORE UPSTREAM`` runs the
+gateway (uvicorn, a GpuLane with its durable store at synchronous=FULL) on that server,
+in its own process so its peak memory can be read. Each prints one JSON line with its
+URL and serves until its stdin closes. Run by bench_gateway.py, not by hand.
 """
 
 from __future__ import annotations
@@ -28,22 +30,35 @@ FAST = ModelProfile(
 )  # fmt: skip
 
 
-def main() -> None:
-    configure_logging("warning")
-    store = sys.argv[1]
+def serve_sim() -> None:
+    """The simulated model server alone."""
+    with SimulatedOllama({"fast": FAST}) as sim:
+        print(json.dumps({"sim": sim.url}), flush=True)
+        sys.stdin.read()
+
+
+def serve_gateway(store: str, upstream: str) -> None:
+    """The gateway, with its GpuLane and an OllamaBackend on ``upstream``."""
     settings = GatewaySettings(api_keys=(ApiKey(KEY, "bench", admin=True),))
     config = Config(store=StoreSettings(path=store), gateway=settings, limits=Limits.off())
-    with SimulatedOllama({"fast": FAST}) as sim:
-        backend = OllamaBackend(sim.url, timeout=120.0)
-        lane = GpuLane.start(config, backend=backend)
-        try:
-            app = create_app(lane, settings, upstream=sim.url)
-            with GatewayServer(app, log_level="error", backlog=4096) as server:
-                print(json.dumps({"gateway": server.url, "sim": sim.url}), flush=True)
-                sys.stdin.read()
-        finally:
-            lane.stop()
-            backend.close()
+    backend = OllamaBackend(upstream, timeout=120.0)
+    lane = GpuLane.start(config, backend=backend)
+    try:
+        app = create_app(lane, settings, upstream=upstream)
+        with GatewayServer(app, log_level="error", backlog=4096) as server:
+            print(json.dumps({"gateway": server.url}), flush=True)
+            sys.stdin.read()
+    finally:
+        lane.stop()
+        backend.close()
+
+
+def main() -> None:
+    configure_logging("warning")
+    if sys.argv[1:2] == ["sim"]:
+        serve_sim()
+    else:
+        serve_gateway(*sys.argv[2:4])
 
 
 if __name__ == "__main__":

@@ -211,10 +211,13 @@ class PriorityArbiter(SupervisedActor):
         """A slot's call ended (``idle.ended``), or a slot instance announced itself."""
         slot = self._slots[idle.slot_id]
         restarted = bool(slot.incarnation) and idle.incarnation != slot.incarnation
-        slot.known, slot.model_key, slot.healthy = True, idle.model_key, idle.healthy
+        slot.known, slot.healthy = True, idle.healthy
         slot.incarnation = idle.incarnation
-        if idle.model_key is not None and not slot.cloud:
-            self._fresh.add(idle.model_key)
+        overtaken = slot.job is not None and idle.ended not in (None, slot.job.id)
+        if not overtaken:  # else its next call, begun since, holds another model now
+            slot.model_key = idle.model_key
+            if idle.model_key is not None and not slot.cloud:
+                self._fresh.add(idle.model_key)
         if restarted:
             given = [job for job in (slot.job, slot.next) if job is not None]
             slot.job = slot.next = None
@@ -239,6 +242,7 @@ class PriorityArbiter(SupervisedActor):
         """The slot started its next job: it is now the running one."""
         if slot.next is None or slot.next.id != job_id:
             return  # handed over while the slot was free: already counted as running
+        self._forget_displaced(slot, slot.next)
         if slot.job is not None:
             self._call_ended(slot)  # its SlotIdle is still on the way
         slot.job = slot.next.replace(state=JobState.LOADING, started_at=self._clock.now())
@@ -248,6 +252,21 @@ class PriorityArbiter(SupervisedActor):
         if reason is not None:  # cancelled while handed over, and the recall came too late
             self._tell_slot(slot, CancelCall(job_id, reason))
         self._dispatch()
+
+    def _forget_displaced(self, slot: _Slot, job: Job) -> None:
+        """``job`` starts on ``slot``: if it swaps the slot's model out, count that model
+        gone from the GPU until the ResidencyTracker says otherwise. Loading another model
+        may evict it, and the tracker knows only after a poll taken after that load; till
+        then, jobs for the model just loaded are the ones that need no swap."""
+        if slot.cloud:
+            return
+        previous = slot.job.spec.model_key if slot.job is not None else slot.model_key
+        if previous is None or previous == job.spec.model_key:
+            return
+        slot.model_key = job.spec.model_key
+        self._fresh.discard(previous)
+        if self._tracked is not None:
+            self._tracked = self._tracked - {previous}
 
     def _count_start(self, swaps: bool) -> None:
         self._counters["dispatched"] += 1
@@ -374,6 +393,7 @@ class PriorityArbiter(SupervisedActor):
         swaps = job.spec.model_key not in resident  # the call has to load its model first
         log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
         if slot.job is None:
+            self._forget_displaced(slot, job)
             slot.job = job.replace(state=JobState.LOADING, started_at=now)
             self._count_start(swaps)
             return True

@@ -4,7 +4,10 @@ It learns from two sources. GPU slots tell it at once (``ModelLoaded`` when a ca
 produced output or finished, ``ModelEvicted`` when a slot switched away from a
 model); a timer makes it ask the backend's ``loaded_models()`` (Ollama's
 ``/api/ps``), which is the truth and also catches what slots cannot see: a
-keep_alive running out, another client loading a model, a server restart. The
+keep_alive running out, another client loading a model, a server restart. A model a
+slot switched away from counts as gone at once (loading the next one may evict it),
+and a model newly loaded makes it poll at once, so the picture is true again as soon
+as the load is done instead of a poll interval later. The
 poll and the pins are slow I/O, so they run on the tracker's worker thread and
 come back as messages (ARCHITECTURE.md section 8).
 
@@ -83,6 +86,8 @@ class ResidencyTracker(SupervisedActor):
         self._worker: WorkerThread | None = None
         self._next_poll: TimerHandle | None = None
         self._polling = False
+        self._poll_again = False  # a model was loaded while a poll was out: ask again after it
+        self._evicted_meanwhile: set[str] = set()  # keys slots left while a poll was out
         self._pinning: set[str] = set()
         self._by_slot: dict[str, tuple[str, float]] = {}  # slot -> (key, when it said so)
         self._polled: dict[str, LoadedModel] = {}  # key -> what /api/ps said
@@ -117,13 +122,15 @@ class ResidencyTracker(SupervisedActor):
         """Dispatch on the message type."""
         match message:
             case ModelLoaded(slot_id=slot_id, model_key=key, load_s=load_s):
+                newly_loaded = key not in self.resident()
                 self._by_slot[slot_id] = (key, self._clock.now())
                 self._last_key[model_of_key(key)] = key
                 self._counters["loads_reported"] += 1
                 self._counters["loading_s"] += load_s
+                if newly_loaded:
+                    self._poll_after_load()
             case ModelEvicted(slot_id=slot_id, model_key=key):
-                if self._by_slot.get(slot_id, ("", 0.0))[0] == key:
-                    del self._by_slot[slot_id]
+                self._on_evicted(slot_id, key)
             case PollResidency():
                 self._next_poll = None
                 self._poll()
@@ -132,8 +139,10 @@ class ResidencyTracker(SupervisedActor):
             case ResidencyPollFailed(error=error):
                 self._polling = False
                 self._counters["poll_failures"] += 1
+                self._evicted_meanwhile.clear()
                 log.warning("residency_poll_failed", error=error)
                 self._schedule_poll()
+                self._poll_again_if_asked()
             case PinFinished(model=model, error=error):
                 self._on_pinned(model, error)
             case ApplyResidency(settings=settings):
@@ -165,10 +174,31 @@ class ResidencyTracker(SupervisedActor):
         model = normalise_model_name(name)
         return self._last_key.get(model, model)
 
+    def _on_evicted(self, slot_id: str, key: str) -> None:
+        """A slot switched from ``key`` to another model. Loading that one may push ``key``
+        out of the GPU's memory, so it counts as gone, even if the last poll listed it,
+        until a poll taken after the load lists it again (see :meth:`_poll_after_load`)."""
+        if self._by_slot.get(slot_id, ("", 0.0))[0] == key:
+            del self._by_slot[slot_id]
+        self._polled.pop(key, None)
+        if self._polling:  # that poll's answer may predate the switch
+            self._evicted_meanwhile.add(key)
+
+    def _poll_after_load(self) -> None:
+        """A model not resident before has been loaded: ask the backend now what it evicted
+        for it (or what it kept), or right after the poll already out."""
+        if self._polling:
+            self._poll_again = True
+        else:
+            self._poll()
+
     def _on_polled(self, models: tuple[LoadedModel, ...], asked_at: float) -> None:
         self._polling = False
         self._counters["polls"] += 1
         self._polled = {self._key_for(m.name): m for m in models}
+        for key in self._evicted_meanwhile:
+            self._polled.pop(key, None)
+        self._evicted_meanwhile.clear()
         self._polled_at = asked_at
         # The poll is the truth about what a slot reported before it was asked.
         for slot_id, (key, since) in list(self._by_slot.items()):
@@ -176,6 +206,12 @@ class ResidencyTracker(SupervisedActor):
                 del self._by_slot[slot_id]
         self._pin_missing()
         self._schedule_poll()
+        self._poll_again_if_asked()
+
+    def _poll_again_if_asked(self) -> None:
+        if self._poll_again:
+            self._poll_again = False
+            self._poll()
 
     def _on_pinned(self, model: str, error: str | None) -> None:
         self._pinning.discard(model)

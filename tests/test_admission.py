@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,6 +190,11 @@ def _resident(tracker: pykka.ActorRef[Any]) -> tuple[str, ...]:
     return tuple(snapshot["resident"])
 
 
+def _polls(tracker: pykka.ActorRef[Any]) -> int:
+    snapshot: Any = tracker.ask(ResidencySnapshot())
+    return int(snapshot["counters"]["polls"])
+
+
 def test_the_tracker_pins_the_chat_and_embedding_models_with_keep_alive(
     tracker_kit: Any,
 ) -> None:
@@ -232,12 +238,79 @@ def test_a_polled_model_maps_to_the_key_a_slot_last_loaded_with_reload_options(
     wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["polls"] == 1)
     tracker.tell(ModelLoaded("gpu0", "llama3.2|num_ctx=8192", load_s=2.5))
     wait_until(lambda: _resident(tracker) == ("llama3.2|num_ctx=8192",))
+    wait_until(lambda: _polls(tracker) == 2)  # the poll a newly loaded model prompts
     backend.loaded["llama3.2"] = LoadedModel(name="llama3.2:latest")
     tracker.tell(ModelEvicted("gpu0", "llama3.2|num_ctx=8192"))
     manual_clock.advance(5.0)
-    wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["polls"] >= 2)
+    wait_until(lambda: _polls(tracker) == 3)
     assert _resident(tracker) == ("llama3.2|num_ctx=8192",)
     assert tracker.ask(ResidencySnapshot())["counters"]["loading_s"] == 2.5
+
+
+def test_a_model_a_slot_switched_away_from_is_gone_until_a_poll_after_the_load_lists_it(
+    tracker_kit: Any,
+) -> None:
+    backend, recorder, start = tracker_kit
+    backend.loaded["a"] = LoadedModel(name="a")
+    tracker = start(poll_interval_s=600.0)
+    wait_until(lambda: _resident(tracker) == ("a",))
+    tracker.tell(ModelLoaded("gpu0", "a"))
+    tracker.tell(ModelEvicted("gpu0", "a"))  # the slot begins a call for model b
+    wait_until(lambda: _resident(tracker) == ())
+    del backend.loaded["a"]  # the GPU had room for one model: loading b evicted a
+    backend.loaded["b"] = LoadedModel(name="b")
+    tracker.tell(ModelLoaded("gpu0", "b"))
+    wait_until(lambda: _polls(tracker) == 2)  # at once, not 600 s later
+    assert _resident(tracker) == ("b",)
+    assert recorder.ask("seen")[-1] == frozenset({"b"})
+
+
+def test_a_model_the_gpu_kept_beside_the_new_one_is_resident_again_after_the_load(
+    tracker_kit: Any,
+) -> None:
+    backend, recorder, start = tracker_kit
+    backend.loaded["a"] = LoadedModel(name="a")
+    tracker = start(poll_interval_s=600.0)
+    wait_until(lambda: _resident(tracker) == ("a",))
+    tracker.tell(ModelLoaded("gpu0", "a"))
+    tracker.tell(ModelEvicted("gpu0", "a"))
+    backend.loaded["b"] = LoadedModel(name="b")  # room for both
+    tracker.tell(ModelLoaded("gpu0", "b"))
+    wait_until(lambda: _polls(tracker) == 2)
+    assert _resident(tracker) == ("a", "b")
+    assert recorder.ask("seen")[-1] == frozenset({"a", "b"})
+
+
+def test_a_poll_out_while_a_slot_switches_models_does_not_revive_the_old_one(
+    tracker_kit: Any, manual_clock: ManualClock
+) -> None:
+    backend, _, start = tracker_kit
+    backend.loaded["a"] = LoadedModel(name="a")
+    gate, asked = threading.Event(), threading.Event()
+    plain, calls = backend.loaded_models, []
+
+    def slow() -> tuple[LoadedModel, ...]:
+        answer = plain()  # what the server says when asked, before the switch
+        calls.append(answer)
+        if len(calls) == 2:  # the timer's poll: held until the switch is done
+            asked.set()
+            gate.wait(5)
+        return answer
+
+    backend.loaded_models = slow
+    tracker = start(poll_interval_s=10.0)
+    wait_until(lambda: _resident(tracker) == ("a",))
+    manual_clock.advance(10.0)
+    assert asked.wait(5)
+    tracker.tell(ModelEvicted("gpu0", "a"))
+    backend.loaded.clear()
+    backend.loaded["b"] = LoadedModel(name="b")
+    tracker.tell(ModelLoaded("gpu0", "b"))
+    wait_until(lambda: _resident(tracker) == ("b",))
+    gate.set()  # the old answer, still listing a, arrives now
+    wait_until(lambda: _polls(tracker) == 3)  # and the tracker asked again after it
+    assert _resident(tracker) == ("b",)
+    assert [[m.name for m in answer] for answer in calls] == [["a"], ["a"], ["b"]]
 
 
 def test_a_failed_poll_is_counted_and_polling_goes_on(

@@ -456,6 +456,20 @@ def test_with_prefetch_off_a_busy_slot_is_handed_nothing(
     assert waiting.result(timeout=5) == "ok"
 
 
+def test_the_job_after_a_swap_is_chosen_for_the_model_just_loaded_not_the_one_it_replaced(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    _, call = occupy(lane, fake_gpu, model="a")
+    swap = lane.submit(chat("b1", model="b"))
+    wait_until(lambda: next_job_id(lane) == swap.job_id)
+    waiting = [lane.submit(chat("a2", model="a")), lane.submit(chat("b2", model="b"))]
+    settle(lane)
+    call.finish()  # b1 starts at once, pushing model a out of the GPU's memory
+    assert served_order(fake_gpu, 3) == ["b1", "b2", "a2"]
+    assert [ticket.result(timeout=5) for ticket in waiting] == ["ok", "ok"]
+    assert lane.status()["counters"]["swaps"] == 3  # nothing -> a -> b -> a
+
+
 def test_a_slot_that_crashes_holding_a_next_job_loses_neither_job(
     lane: GpuLane, fake_gpu: FakeGpu
 ) -> None:

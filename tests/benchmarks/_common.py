@@ -16,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from actors.logs import configure_logging  # noqa: E402  (importable once ROOT is on the path)
+
 
 def parse_args(description: str) -> argparse.Namespace:
-    """``--quick`` (under a minute, every figure) and ``--json`` (last line is the report)."""
+    """``--quick`` (under a minute, every figure) and ``--json`` (last line is the report);
+    gpulane's own logs from warnings up only, so the figures are not buried."""
+    configure_logging("warning")
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smaller counts, same figures")
     parser.add_argument(

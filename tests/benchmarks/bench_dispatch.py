@@ -22,7 +22,6 @@ from pathlib import Path
 from _common import goal, parse_args, percentile, report
 
 from actors import Config, GpuLane, SystemClock
-from actors.logs import configure_logging
 from actors.testing import FakeCall, FakeGpu
 from protocol import ActiveHours, JobSpec, Lane, Limits, SchedulingPolicy, StoreSettings
 
@@ -155,7 +154,6 @@ async def _baseline(jobs: int, preempt_rounds: int) -> tuple[list[float], float,
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    configure_logging("warning")
     jobs, rounds, base_rounds = (300, 50, 10) if args.quick else (2000, 200, 30)
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-", dir=Path.cwd()) as tmp:
         gaps, idle = gpulane_backlog(jobs, Path(tmp), prefetch=True)

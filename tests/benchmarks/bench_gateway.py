@@ -35,7 +35,6 @@ from gateway_child import KEY
 
 from actors import Config, GpuLane
 from actors.backends.ollama import OllamaBackend
-from actors.logs import configure_logging
 from protocol import JobSpec, Limits, StoreSettings
 
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -154,7 +153,6 @@ def child_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    configure_logging("warning")
     clients = 1000
     submit_count, rounds = (1000, 200) if args.quick else (5000, 1000)
     with (

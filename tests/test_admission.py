@@ -247,15 +247,23 @@ def test_a_polled_model_maps_to_the_key_a_slot_last_loaded_with_reload_options(
     assert tracker.ask(ResidencySnapshot())["counters"]["loading_s"] == 2.5
 
 
-def test_a_model_a_slot_switched_away_from_is_gone_until_a_poll_after_the_load_lists_it(
-    tracker_kit: Any,
-) -> None:
-    backend, recorder, start = tracker_kit
+def _switched_from_a(tracker_kit: Any) -> pykka.ActorRef[Any]:
+    """A tracker whose last poll listed model a, told that slot gpu0 ran a and has just
+    begun a call for another model; polls are 600 s apart, so any other poll is prompted."""
+    backend, _, start = tracker_kit
     backend.loaded["a"] = LoadedModel(name="a")
     tracker = start(poll_interval_s=600.0)
     wait_until(lambda: _resident(tracker) == ("a",))
     tracker.tell(ModelLoaded("gpu0", "a"))
-    tracker.tell(ModelEvicted("gpu0", "a"))  # the slot begins a call for model b
+    tracker.tell(ModelEvicted("gpu0", "a"))
+    return tracker
+
+
+def test_a_model_a_slot_switched_away_from_is_gone_until_a_poll_after_the_load_lists_it(
+    tracker_kit: Any,
+) -> None:
+    backend, recorder, _ = tracker_kit
+    tracker = _switched_from_a(tracker_kit)
     wait_until(lambda: _resident(tracker) == ())
     del backend.loaded["a"]  # the GPU had room for one model: loading b evicted a
     backend.loaded["b"] = LoadedModel(name="b")
@@ -268,12 +276,8 @@ def test_a_model_a_slot_switched_away_from_is_gone_until_a_poll_after_the_load_l
 def test_a_model_the_gpu_kept_beside_the_new_one_is_resident_again_after_the_load(
     tracker_kit: Any,
 ) -> None:
-    backend, recorder, start = tracker_kit
-    backend.loaded["a"] = LoadedModel(name="a")
-    tracker = start(poll_interval_s=600.0)
-    wait_until(lambda: _resident(tracker) == ("a",))
-    tracker.tell(ModelLoaded("gpu0", "a"))
-    tracker.tell(ModelEvicted("gpu0", "a"))
+    backend, recorder, _ = tracker_kit
+    tracker = _switched_from_a(tracker_kit)
     backend.loaded["b"] = LoadedModel(name="b")  # room for both
     tracker.tell(ModelLoaded("gpu0", "b"))
     wait_until(lambda: _polls(tracker) == 2)

@@ -335,7 +335,7 @@ class JobDB:
         for outcome in outcomes:
             if not isinstance(outcome, Job):
                 continue
-            if outcome.state.is_terminal:
+            if outcome.state in TERMINAL_STATES:
                 self._live.pop(outcome.id, None)
             else:
                 self._live[outcome.id] = outcome

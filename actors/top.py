@@ -91,7 +91,7 @@ def _header(picture: Mapping[str, Any], source: str) -> Text:
 
 def _gpu(picture: Mapping[str, Any]) -> Table:
     table = Table(title="GPU", expand=True, title_justify="left")
-    for column in ("slot", "state", "model", "job", "lane/prio", "for"):
+    for column in ("slot", "state", "model", "job", "lane/prio", "for", "next"):
         table.add_column(column)
     for slot in picture["slots"]:
         job = slot["job"]
@@ -106,6 +106,7 @@ def _gpu(picture: Mapping[str, Any]) -> Table:
             _who(job) if job else ("(not yours)" if slot["busy"] else ""),
             f"{job['lane']}/{job['priority']}" if job else "",
             _seconds(slot["running_s"]),
+            _who(slot["next"]) or ("(not yours)" if slot["has_next"] else ""),
         )
     resident = ", ".join(picture["resident_models"]) or "none"
     table.caption = f"resident models: {resident} · {picture['loading_s']:.1f}s spent loading"

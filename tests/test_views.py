@@ -125,6 +125,31 @@ def test_status_names_the_preempted_job_the_urgent_job_that_took_the_gpu_and_the
     )
 
 
+def test_status_and_top_show_the_job_handed_to_the_busy_slot_to_those_who_may_see_it(
+    stack: Stack,
+) -> None:
+    running = submit(stack, ALICE, model="endless")
+    waiting = submit(stack, BOB)
+    with stack.client(ADMIN) as admin, stack.client(ALICE) as alice:
+        everything = status_until(
+            admin, lambda p: (p["slots"][0]["next"] or {}).get("seq") == waiting["seq"]
+        )
+        console = Console(record=True, width=160)
+        console.print(render(everything, source=stack.url))
+        seen_by_alice = alice.get("/status").json()
+        stack.lane.cancel(running["id"])
+        stack.lane.cancel(waiting["id"])
+    slot = everything["slots"][0]
+    assert slot["job"]["seq"] == running["seq"] and slot["next"]["caller"] == "bob"
+    assert re.search(rf"#{running['seq']} alice.*#{waiting['seq']} bob", console.export_text())
+    theirs = seen_by_alice["slots"][0]
+    assert theirs["job"]["seq"] == running["seq"]
+    assert theirs["next"] is None and theirs["has_next"] is True
+    console = Console(record=True, width=160)
+    console.print(render(seen_by_alice, source=stack.url))
+    assert "(not yours)" in console.export_text()
+
+
 # --- gpulane top ----------------------------------------------------------------------------
 
 

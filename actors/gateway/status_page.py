@@ -124,7 +124,7 @@ function render(p) {
     }));
   fill("slots",
     row(el("th", {}, "slot"), el("th", {}, "state"), el("th", {}, "model"),
-        el("th", {}, "job"), el("th", {}, "for")),
+        el("th", {}, "job"), el("th", {}, "for"), el("th", {}, "next")),
     ...p.slots.map(s => row(
       el("td", {}, s.id),
       el("td", {className: s.busy ? "busy" : "idle"},
@@ -132,7 +132,8 @@ function render(p) {
       el("td", {}, s.model || "\u2013"),
       el("td", {}, s.job ? who(s.job) + " \u00b7 " + s.job.lane + "/" + s.job.priority
                          : s.busy ? "(not yours)" : ""),
-      el("td", {className: "t"}, secs(s.running_s)))));
+      el("td", {className: "t"}, secs(s.running_s)),
+      el("td", {}, s.next ? who(s.next) : s.has_next ? "(not yours)" : ""))));
   fill("models", ...(p.resident_models.length
     ? p.resident_models.map(m => el("span", {className: "tag"}, m))
     : [el("span", {className: "muted"}, "none loaded")]));

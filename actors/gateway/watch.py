@@ -100,9 +100,12 @@ class LaneWatch:
         status = lane.status()
         now = lane.clock.now()
         running: dict[str, Job] = {}
+        handed_over: dict[str, Job] = {}  # each busy slot's next job (prefetch)
         for slot_id, slot in status["slots"].items():
             if slot["job_id"] is not None:
                 running[slot_id] = lane.get(slot["job_id"])
+            if slot["next_job_id"] is not None:
+                handed_over[slot_id] = lane.get(slot["next_job_id"])
         swaps = int(status["counters"].get("swaps", 0))
         if self._sampled:
             self._note_preemptions(running, now)
@@ -111,7 +114,7 @@ class LaneWatch:
         self._swaps = swaps
         self._running = running
         self._models = {slot_id: slot["model_key"] for slot_id, slot in status["slots"].items()}
-        return self._build(status, running, now)
+        return self._build(status, running, handed_over, now)
 
     def _note_preemptions(self, running: Mapping[str, Job], now: float) -> None:
         on_slots = {job.id: job for job in running.values()}
@@ -169,7 +172,11 @@ class LaneWatch:
             )
 
     def _build(
-        self, status: Mapping[str, Any], running: Mapping[str, Job], now: float
+        self,
+        status: Mapping[str, Any],
+        running: Mapping[str, Job],
+        handed_over: Mapping[str, Job],
+        now: float,
     ) -> dict[str, Any]:
         depth = dict(status["depth"])
         slots = []
@@ -183,6 +190,8 @@ class LaneWatch:
                     "running_s": None if since is None else max(0.0, now - since),
                     "cancelling": slot["cancelling"],
                     "job": _brief(running.get(slot_id)),
+                    "has_next": slot_id in handed_over,
+                    "next": _brief(handed_over.get(slot_id)),
                 }
             )
         on_gpu = collections.Counter(job.spec.caller for job in running.values())
@@ -226,7 +235,9 @@ def view_for(picture: Mapping[str, Any], caller: Caller | None) -> dict[str, Any
     def mine(job: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         return job if caller is not None and job and job["caller"] == caller.name else None
 
-    out["slots"] = [dict(slot, job=mine(slot["job"])) for slot in picture["slots"]]
+    out["slots"] = [
+        dict(slot, job=mine(slot["job"]), next=mine(slot["next"])) for slot in picture["slots"]
+    ]
     out["callers"] = [c for c in picture["callers"] if caller and c["caller"] == caller.name]
     out["events"] = [
         dict(event, job=mine(event["job"]), **({"by": mine(event["by"])} if "by" in event else {}))

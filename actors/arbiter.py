@@ -128,6 +128,7 @@ class PriorityArbiter(SupervisedActor):
             "swaps": 0,
             "dispatches_refused": 0,
             "dispatches_recovered": 0,
+            "recalls": 0,
         }
         # The ResidencyTracker's resident set (None until it speaks: then the slots' models
         # are used), plus models slots reported idle on since its last word.
@@ -277,6 +278,7 @@ class PriorityArbiter(SupervisedActor):
         if slot.next is None or slot.next.id != job_id:
             return  # the slot restarted meanwhile; the job was recovered then
         job, slot.next, slot.recalling = slot.next, None, False
+        self._counters["recalls"] += 1
         self._on_job_queued(job)
 
     def _recall(self, slot: _Slot) -> None:

@@ -413,6 +413,7 @@ def test_a_job_that_should_run_first_takes_the_place_of_the_one_handed_over(
     settle(lane)
     assert next_job_id(lane) == high.job_id
     assert lane.status()["queued"] == 2
+    assert lane.status()["counters"]["recalls"] == 1
     call.finish()
     assert served_order(fake_gpu, 2) == ["high", "normal"]
 

@@ -520,6 +520,7 @@ def test_metrics_show_queue_depth_and_wait_and_run_histograms(stack: Stack) -> N
     assert 'gpulane_job_run_seconds_count{lane="external",model="tiny"} 1.0' in text
     assert 'gpulane_jobs_finished_total{lane="external",state="succeeded"} 1.0' in text
     assert "gpulane_paused 1.0" in text and "gpulane_submitted_total 2.0" in text
+    assert "gpulane_swaps_total 1.0" in text and "gpulane_recalls_total 0.0" in text
 
 
 @pytest.mark.parametrize("ref", ["99999999999999999999999", "²", "no-such-job"])

@@ -25,6 +25,8 @@ _TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 _COUNTERS: Mapping[str, str] = {
     "submitted": "Jobs submitted through the facade since start",
     "dispatched": "Jobs the arbiter sent to a GPU slot",
+    "swaps": "Jobs that started on a GPU slot holding another model (the model had to load)",
+    "recalls": "Jobs handed to a busy slot ahead of time (prefetch) and taken back unstarted",
     "preemptions": "External calls taken off the GPU for internal work",
     "cancel_requests": "Cancels asked for (users and callers who went away)",
     "cancelled_queued": "Queued jobs cancelled before they ran",

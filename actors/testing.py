@@ -54,6 +54,7 @@ __all__ = [
     "lane",
     "manual_clock",
     "settle",
+    "wait_until",
 ]
 
 
@@ -263,6 +264,16 @@ class FakeGpu:
         return self.backend.no_call_within(timeout)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``condition`` every few milliseconds until it holds; AssertionError after
+    ``timeout`` seconds. For state that other threads change (actors' mailboxes), which no
+    manual clock can hurry: a message round trip takes real time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what or f"condition not reached in {timeout:g}s"
+        time.sleep(0.002)
+
+
 def settle(lane: GpuLane, timeout: float = 5.0) -> None:
     """Wait until no recall is in flight, so every busy slot's next job is the one the
     queue's order picks from what was submitted so far.
@@ -272,11 +283,11 @@ def settle(lane: GpuLane, timeout: float = 5.0) -> None:
     test that submits jobs and then ends the running call at once should settle first.
     """
     arbiter = lane.ref_for("arbiter")
-    deadline = time.monotonic() + timeout
-    while arbiter.ask(QueueSnapshot())["recalling"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"a recall was still in flight after {timeout:g}s")
-        time.sleep(0.001)
+    wait_until(
+        lambda: not arbiter.ask(QueueSnapshot())["recalling"],
+        timeout,
+        f"a recall was still in flight after {timeout:g}s",
+    )
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from actors import Config, GpuLane
 from actors.residency import ResidencyTracker
-from actors.testing import FakeBackend, FakeGpu, ManualClock
+from actors.testing import FakeBackend, FakeGpu, ManualClock, wait_until
 from actors.timers import Timers
 from protocol import (
     JobSpec,
@@ -31,14 +30,6 @@ from protocol.messages import (
     ResidencyChanged,
     ResidencySnapshot,
 )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds (state changes arrive through mailboxes)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def chat(text: str = "hi", **fields: Any) -> JobSpec:

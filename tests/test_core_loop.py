@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from actors import Config, GpuLane
-from actors.testing import FakeGpu, InjectedFault, ManualClock, settle
+from actors.testing import FakeGpu, InjectedFault, ManualClock, settle, wait_until
 from protocol import (
     ActiveHours,
     JobCancelledError,
@@ -63,14 +62,6 @@ def occupy(lane: GpuLane, fake_gpu: FakeGpu, **fields: object):  # type: ignore[
     """Submit a job and return its ticket and backend call, so the slot is busy."""
     ticket = lane.submit(chat("blocker", **fields))
     return ticket, fake_gpu.next_call()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds (state changes arrive through actor mailboxes)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def served_order(fake_gpu: FakeGpu, count: int) -> list[str]:

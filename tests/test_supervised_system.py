@@ -13,7 +13,7 @@ import pytest
 
 from actors import Config, GpuLane
 from actors.system import DEFAULT_FACTORIES, LaneWiring, SupervisionSettings
-from actors.testing import FakeGpu, InjectedFault
+from actors.testing import FakeGpu, InjectedFault, wait_until
 from protocol import JobSpec, JobState, StoreSettings, SystemStoppedError, ValidationError
 from protocol.supervision import ExitKind, ExitReason
 
@@ -38,14 +38,6 @@ def start_lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[StartLane]:
 
 def chat(text: str) -> JobSpec:
     return JobSpec.chat(model="llama3.2", messages=[{"role": "user", "content": text}])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds (restarts happen on the supervisor's thread)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def child(lane: GpuLane, child_id: str) -> tuple[str, int]:

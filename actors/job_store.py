@@ -26,6 +26,7 @@ import structlog
 
 from actors.clock import Clock
 from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
+from actors.mailbox import Mailbox
 from actors.supervision_actor import SupervisedActor
 from actors.supervision_refs import StableAsk
 from protocol.config import StoreSettings
@@ -53,25 +54,21 @@ __all__ = ["BatchingInbox", "JobStore"]
 log = structlog.get_logger("gpulane.job_store")
 
 
-class BatchingInbox(queue.Queue["Envelope[Any]"]):
-    """A mailbox whose one consumer may take the envelopes at its head that qualify."""
+class BatchingInbox(Mailbox):
+    """A mailbox whose one reader may take the envelopes at its head that qualify."""
 
     def take_while(
         self, predicate: Callable[[Envelope[Any]], bool], limit: int
     ) -> list[Envelope[Any]]:
         """Pop and return the head envelopes, at most ``limit``, up to the first that fails.
 
-        Only the actor's own thread consumes, so the head cannot change between the
-        test and the pop; the mutex keeps producers out while we look. One hold of the
-        mutex serves the whole run, instead of one per write.
+        Only the actor's own thread pops, so the head cannot change between the test
+        and the pop; senders only append behind it.
         """
         taken: list[Envelope[Any]] = []
-        with self.mutex:
-            waiting = self.queue
-            while waiting and len(taken) < limit and predicate(waiting[0]):
-                taken.append(waiting.popleft())
-            if taken:
-                self.not_full.notify(len(taken))
+        waiting = self.waiting
+        while waiting and len(taken) < limit and predicate(waiting[0]):
+            taken.append(waiting.popleft())
         return taken
 
     def run_all(
@@ -80,15 +77,14 @@ class BatchingInbox(queue.Queue["Envelope[Any]"]):
         """Whether ``test`` holds for every envelope of the run at the head that ``joins`` takes.
 
         A look, not a take: the store decides from it how to commit the batch it is
-        about to drain.
+        about to drain. It looks at a copy, as senders may append meanwhile.
         """
-        with self.mutex:
-            for envelope in self.queue:
-                if not joins(envelope):
-                    return True
-                if not test(envelope):
-                    return False
-            return True
+        for envelope in list(self.waiting):
+            if not joins(envelope):
+                return True
+            if not test(envelope):
+                return False
+        return True
 
 
 _WRITES = (InsertJob, Transition)

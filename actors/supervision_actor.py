@@ -18,11 +18,13 @@ import contextvars
 import functools
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pykka
 import structlog
 
+from actors.latch_future import LatchFuture
+from actors.mailbox import Mailbox
 from actors.supervision_refs import StableAsk
 from protocol.supervision import (
     ActorKilledError,
@@ -32,6 +34,9 @@ from protocol.supervision import (
     ExitKind,
     ExitReason,
 )
+
+if TYPE_CHECKING:
+    from pykka._actor import ActorInbox
 
 __all__ = ["Link", "SupervisedActor", "linked_to"]
 
@@ -100,6 +105,16 @@ class SupervisedActor(pykka.ThreadingActor):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _wrap_hooks(cls)
+
+    @staticmethod
+    def _create_actor_inbox() -> ActorInbox:
+        """A deque with a lock to wake the reader: lighter than pykka's queue.Queue."""
+        return Mailbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        """Asks to this actor wait on a latch, lighter than pykka's Condition."""
+        return LatchFuture()
 
     # The defaults, wrapped like any subclass's own hooks (see the end of this module).
     def on_start(self) -> None:

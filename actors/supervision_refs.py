@@ -19,6 +19,7 @@ from typing import Any, Literal, overload
 import pykka
 import structlog
 
+from actors.latch_future import LatchFuture
 from protocol.supervision import (
     ChildExitedError,
     ChildRestartingError,
@@ -42,7 +43,7 @@ class PendingAsk:
     __slots__ = ("_on_settled", "future")
 
     def __init__(self, on_settled: Callable[[PendingAsk], None]) -> None:
-        self.future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        self.future: pykka.Future[Any] = LatchFuture()
         self._on_settled = on_settled
 
     def resolve(self, value: Any) -> None:

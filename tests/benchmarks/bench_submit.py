@@ -69,14 +69,13 @@ PAYLOAD = SPEC.to_dict()
 def gpulane(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
     """The JobStore actor; the note reports its average batch size."""
     store = JobStore.start(StoreSettings(path=str(directory / "gpulane.sqlite3")), SystemClock())
-    message = InsertJob(SPEC)
 
     def note() -> str:
         snap = store.ask(StoreSnapshot())
         return f"{snap['writes'] / max(1, snap['commits']):.1f} writes/commit"
 
     try:
-        yield (lambda: store.ask(message)), note
+        yield (lambda: store.ask(InsertJob(SPEC))), note
     finally:
         store.stop()
 

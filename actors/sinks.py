@@ -29,7 +29,8 @@ class Sink:
         self._end: Job | None = None
         self._error: GpulaneError | None = None
         self._done = threading.Event()
-        self._listeners: list[Callable[[SinkEvent], None]] = []
+        self._listeners: list[Callable[[SinkEvent], None]] = []  # every event
+        self._outcome_listeners: list[Callable[[SinkEvent], None]] = []  # the end only
 
     @property
     def final(self) -> Job | None:
@@ -57,7 +58,7 @@ class Sink:
             if self._end is not None or self._error is not None:
                 return
             self._error = error
-            listeners, self._listeners = self._listeners, []
+            listeners = self._take_all_listeners()
         self._done.set()
         for listener in listeners:
             listener(("error", error))
@@ -78,32 +79,42 @@ class Sink:
             if self._end is not None:
                 return
             self._end = job
-            listeners, self._listeners = self._listeners, []
+            listeners = self._take_all_listeners()
         self._done.set()
         for listener in listeners:
             listener(("end", job))
 
-    def subscribe(self, listener: Callable[[SinkEvent], None]) -> None:
-        """Replay what happened so far to ``listener``, then forward every new event."""
+    def _take_all_listeners(self) -> list[Callable[[SinkEvent], None]]:
+        listeners = self._listeners + self._outcome_listeners
+        self._listeners, self._outcome_listeners = [], []
+        return listeners
+
+    def subscribe(self, listener: Callable[[SinkEvent], None], *, chunks: bool = True) -> None:
+        """Replay what happened so far to ``listener``, then forward every new event.
+
+        With ``chunks=False`` it hears only the end (or the error): a caller waiting
+        for the outcome is not woken for every token.
+        """
         with self._lock:
-            backlog: list[SinkEvent] = [("chunk", c) for c in self._chunks]
+            backlog: list[SinkEvent] = [("chunk", c) for c in self._chunks] if chunks else []
             if self._end is not None:
                 backlog.append(("end", self._end))
             elif self._error is not None:
                 backlog.append(("error", self._error))
             else:
-                self._listeners.append(listener)
+                (self._listeners if chunks else self._outcome_listeners).append(listener)
         for event in backlog:
             listener(event)
 
     def unsubscribe(self, listener: Callable[[SinkEvent], None]) -> None:
         """Stop forwarding events to ``listener``."""
         with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            for listeners in (self._listeners, self._outcome_listeners):
+                if listener in listeners:
+                    listeners.remove(listener)
 
     def subscribe_async(
-        self, loop: asyncio.AbstractEventLoop
+        self, loop: asyncio.AbstractEventLoop, *, chunks: bool = True
     ) -> tuple[asyncio.Queue[SinkEvent], Callable[[SinkEvent], None]]:
         """An asyncio queue fed from any thread via ``loop.call_soon_threadsafe``."""
         events: asyncio.Queue[SinkEvent] = asyncio.Queue()
@@ -114,7 +125,7 @@ class Sink:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 pass
 
-        self.subscribe(forward)
+        self.subscribe(forward, chunks=chunks)
         return events, forward
 
 

@@ -100,16 +100,14 @@ class Ticket:
 
     async def _wait_async(self) -> str:
         loop = asyncio.get_running_loop()
-        events, listener = self._sink.subscribe_async(loop)
+        events, listener = self._sink.subscribe_async(loop, chunks=False)
         try:
-            while True:
-                kind, value = await events.get()
-                if kind == "end":
-                    assert isinstance(value, Job)
-                    return outcome_text(value)
-                if kind == "error":
-                    assert isinstance(value, GpulaneError)
-                    raise value
+            kind, value = await events.get()
+            if kind == "end":
+                assert isinstance(value, Job)
+                return outcome_text(value)
+            assert isinstance(value, GpulaneError)
+            raise value
         except asyncio.CancelledError:
             self._went_away()
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,6 +19,8 @@ ROLES = ("system", "user", "assistant", "tool")
 RELOAD_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "use_mmap", "num_thread")
 
 MAX_MODEL_NAME = 200
+JSON_DATA = "strings, finite numbers, integers within 64 bits, booleans, null, arrays, objects"
+INT_MIN, UINT_MAX = -(2**63), 2**64 - 1
 _DEFAULT_TAG = ":latest"
 MAX_CALLER = 200
 MAX_ID_FIELD = 200
@@ -117,7 +120,8 @@ class JobSpec:
         try:
             set_(self, "options", freeze(self.options))
         except TypeError as exc:
-            raise ValidationError("options", str(exc)) from None
+            raise ValidationError("options", str(exc), allowed=JSON_DATA) from None
+        _check_json_data("options", self.options)
         set_(self, "format", _parse_format(self.format))
         if self.max_tokens is not None and (
             not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= 1_000_000
@@ -217,6 +221,35 @@ def _parse_kind(value: JobKind | str) -> JobKind:
         ) from None
 
 
+def _check_json_data(field: str, value: object) -> None:
+    """Raise ValidationError naming the first part of ``value`` that is not plain JSON data.
+
+    The job store writes options and format as JSON, and the model server reads them
+    as JSON: bytes, non-finite floats and integers beyond 64 bits have no JSON form.
+    """
+    if value is None or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, int):
+        if not INT_MIN <= value <= UINT_MAX:
+            raise ValidationError(field, "is an integer beyond 64 bits", allowed=JSON_DATA)
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(field, f"is {value!r}, not a finite number", allowed=JSON_DATA)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_json_data(f"{field}.{key}", item)
+        return
+    if isinstance(value, tuple):
+        for index, item in enumerate(value):
+            _check_json_data(f"{field}[{index}]", item)
+        return
+    raise ValidationError(
+        field, f"is a {type(value).__name__} value, not JSON data", allowed=JSON_DATA
+    )
+
+
 def _check_name(field: str, value: object, limit: int) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, "must be a non-empty string")
@@ -230,7 +263,11 @@ def _parse_format(value: object) -> str | Mapping[str, Any] | None:
     if value == "json":
         return "json"
     if isinstance(value, Mapping):
-        schema: Mapping[str, Any] = freeze(value)  # a JSON schema (Ollama structured outputs)
+        try:
+            schema: Mapping[str, Any] = freeze(value)  # a JSON schema (structured outputs)
+        except TypeError as exc:
+            raise ValidationError("format", str(exc), allowed=JSON_DATA) from None
+        _check_json_data("format", schema)
         return schema
     raise ValidationError(
         "format", f"unsupported format {value!r}", allowed="'json' or a JSON schema object"

@@ -61,6 +61,22 @@ class FaultyConnection:
         return self._conn.execute(sql, *args)
 
 
+def test_a_write_that_cannot_be_encoded_fails_alone_and_leaves_the_store_usable(
+    db: JobDB,
+) -> None:
+    unencodable = make_spec(2)
+    object.__setattr__(unencodable, "options", {"seed": b"bytes slipped past validation"})
+    first, bad, last = batch(
+        db, [InsertJob(make_spec(1)), InsertJob(unencodable), InsertJob(make_spec(3))]
+    )
+    assert isinstance(first, Job) and isinstance(last, Job)
+    assert isinstance(bad, StoreError) and "cannot encode InsertJob" in str(bad)
+    assert last.seq == first.seq + 1, "the refused write used no sequence number"
+    (after,) = batch(db, [InsertJob(make_spec(4))])
+    assert isinstance(after, Job)
+    assert [db.get(j.id).seq for j in (first, last, after)] == [first.seq, last.seq, after.seq]
+
+
 def test_a_batch_commits_once_and_returns_one_outcome_per_write(db: JobDB) -> None:
     outcomes = batch(db, [InsertJob(make_spec(n)) for n in range(5)])
     assert all(isinstance(o, Job) for o in outcomes) and len(outcomes) == 5

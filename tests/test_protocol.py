@@ -176,6 +176,34 @@ def test_a_bad_field_is_named_with_the_problem(
     assert problem in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("fields", "field", "problem"),
+    [
+        ({"options": {"seed": b"42"}}, "options.seed", "bytes value, not JSON data"),
+        ({"options": {"seed": 2**64}}, "options.seed", "beyond 64 bits"),
+        ({"options": {"temperature": float("nan")}}, "options.temperature", "not a finite"),
+        ({"options": {"stop": ["a", float("inf")]}}, "options.stop[1]", "not a finite"),
+        ({"format": {"type": "object", "x": {1, 2}}}, "format", "cannot freeze"),
+        ({"format": {"properties": {"n": {"maximum": -(2**70)}}}}, "format.properties.n.maximum",
+         "beyond 64 bits"),
+    ],
+)  # fmt: skip
+def test_options_and_format_must_be_plain_json_data(
+    fields: dict[str, object], field: str, problem: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.chat(model="m", messages=[{"role": "user", "content": "hi"}], **fields)  # type: ignore[arg-type]
+    assert caught.value.field == field
+    assert problem in str(caught.value)
+    assert caught.value.allowed is not None and "finite numbers" in caught.value.allowed
+
+
+def test_json_data_at_the_edges_of_its_ranges_is_accepted() -> None:
+    options = {"big": 2**64 - 1, "small": -(2**63), "ratio": 1e300, "nested": [{"a": None}]}
+    spec = JobSpec.chat(model="m", messages=[{"role": "user", "content": "hi"}], options=options)
+    assert spec.to_dict()["options"] == options
+
+
 def test_a_validation_error_lists_what_is_allowed() -> None:
     with pytest.raises(ValidationError) as caught:
         JobSpec.generate(model="m", prompt="p", priority="asap")

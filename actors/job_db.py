@@ -259,14 +259,23 @@ class JobDB:
         each Transition is one UPDATE, and SQLite undoes a failed statement by itself.
         If a multi-row INSERT fails, its rows are retried one by one so only the bad
         one fails.
+
+        Should anything else go wrong mid-batch (a bug), the batch is rolled back before
+        the error propagates, so the connection is never left inside a transaction.
         """
-        if not (volatile and self._relax_volatile):
-            return self._write_batch(take, volatile=volatile, relaxed=False)
-        self._set_synchronous("NORMAL")
+        relaxed = volatile and self._relax_volatile
+        if relaxed:
+            self._set_synchronous("NORMAL")
         try:
-            return self._write_batch(take, volatile=True, relaxed=True)
+            return self._write_batch(take, volatile=volatile, relaxed=relaxed)
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+                self._forget_batch()
+            raise
         finally:
-            self._set_synchronous("FULL")
+            if relaxed:
+                self._set_synchronous("FULL")
 
     def _set_synchronous(self, level: str) -> None:
         """Set the connection's synchronous level (outside a transaction)."""
@@ -330,10 +339,14 @@ class JobDB:
         return outcomes
 
     def _abandon(self, outcomes: list[BatchOutcome], error: StoreError) -> list[BatchOutcome]:
-        """The batch is rolled back: its successes become ``error``; sequence numbers reload."""
+        """The batch is rolled back: its successes become ``error``."""
+        self._forget_batch()
+        return [error if isinstance(o, Job) else o for o in outcomes]
+
+    def _forget_batch(self) -> None:
+        """Drop the rolled-back batch's staged jobs; sequence numbers reload from the file."""
         self._staged.clear()
         self._next_seq = self._load_next_seq()
-        return [error if isinstance(o, Job) else o for o in outcomes]
 
     def _keep_live(self, outcomes: list[BatchOutcome]) -> None:
         """After a commit: the batch's jobs, in order, become the live copies (or leave)."""

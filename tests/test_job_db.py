@@ -22,7 +22,7 @@ from actors.job_db import (
     migrate,
 )
 from protocol import IllegalTransitionError, Job, JobMetrics, JobState, StoreError
-from protocol.messages import InsertJob, Transition
+from protocol.messages import InsertJob, ListJobs, Transition
 
 
 @pytest.fixture
@@ -364,3 +364,20 @@ def test_a_finished_job_is_read_back_from_the_file_as_it_was_kept_in_memory(db: 
     assert isinstance(done, Job)
     assert db.get(job.id) == done == db.get_by_seq(job.seq)
     assert db._live == {}, "terminal jobs are not kept in memory"
+
+
+def test_a_bug_mid_batch_rolls_the_batch_back_instead_of_leaving_it_open(db: JobDB) -> None:
+    kept = batch(db, [InsertJob(make_spec(1))])[0]
+    assert isinstance(kept, Job)
+
+    def writes_then_a_bug() -> Iterator[InsertJob]:
+        yield InsertJob(make_spec(2))
+        raise RuntimeError("a bug in the caller's take()")
+
+    it = writes_then_a_bug()
+    with pytest.raises(RuntimeError, match="a bug"):
+        db.write_batch(lambda: next(it))
+    (after,) = batch(db, [InsertJob(make_spec(3))])
+    assert isinstance(after, Job), "the store still writes"
+    assert after.seq == kept.seq + 1, "the rolled-back insert left no trace"
+    assert [job.seq for job in db.list_jobs(ListJobs())] == [after.seq, kept.seq]

@@ -49,8 +49,11 @@ class ChatMessage:
         content = value.get("content", "")
         if not isinstance(content, str):
             raise ValidationError(f"{field}.content", "must be a string")
+        _check_text(f"{field}.content", content)
         images = value.get("images") or ()
-        if not isinstance(images, (list, tuple)) or not all(isinstance(i, str) for i in images):
+        if not isinstance(images, (list, tuple)) or not all(
+            isinstance(i, str) and i.isascii() for i in images
+        ):
             raise ValidationError(f"{field}.images", "must be a list of base64 strings")
         return cls(role=role, content=content, images=tuple(images))
 
@@ -111,8 +114,11 @@ class JobSpec:
             raise ValidationError("messages", "a chat job needs at least one message")
         if not isinstance(self.prompt, str):
             raise ValidationError("prompt", "must be a string")
-        if self.system is not None and not isinstance(self.system, str):
-            raise ValidationError("system", "must be a string or null")
+        _check_text("prompt", self.prompt)
+        if self.system is not None:
+            if not isinstance(self.system, str):
+                raise ValidationError("system", "must be a string or null")
+            _check_text("system", self.system)
         if self.kind is JobKind.GENERATE and self.messages:
             raise ValidationError("messages", "a generate job takes a prompt, not messages")
         if not isinstance(self.options, Mapping):
@@ -139,6 +145,8 @@ class JobSpec:
                 raise ValidationError(name, "must be true or false")
         if self.keep_alive is not None and not isinstance(self.keep_alive, (str, int, float)):
             raise ValidationError("keep_alive", "must be a duration such as '5m' or seconds")
+        if isinstance(self.keep_alive, str):
+            _check_text("keep_alive", self.keep_alive)
 
     @classmethod
     def chat(
@@ -227,7 +235,10 @@ def _check_json_data(field: str, value: object) -> None:
     The job store writes options and format as JSON, and the model server reads them
     as JSON: bytes, non-finite floats and integers beyond 64 bits have no JSON form.
     """
-    if value is None or isinstance(value, (str, bool)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_text(field, value)
         return
     if isinstance(value, int):
         if not INT_MIN <= value <= UINT_MAX:
@@ -239,6 +250,7 @@ def _check_json_data(field: str, value: object) -> None:
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
+            _check_text(f"{field} (a key)", key)
             _check_json_data(f"{field}.{key}", item)
         return
     if isinstance(value, tuple):
@@ -250,9 +262,25 @@ def _check_json_data(field: str, value: object) -> None:
     )
 
 
+def _check_text(field: str, text: str) -> None:
+    """Refuse text that is not valid Unicode: a lone surrogate (what a JSON ``"\\ud800"``
+    escape decodes to) has no UTF-8 form for the job store or the model server."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            field,
+            f"has a lone surrogate at character {exc.start}",
+            allowed="valid Unicode text",
+        ) from None
+
+
 def _check_name(field: str, value: object, limit: int) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, "must be a non-empty string")
+    _check_text(field, value)
     if len(value) > limit:
         raise ValidationError(field, f"is {len(value)} characters long; the limit is {limit}")
 

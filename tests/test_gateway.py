@@ -367,6 +367,32 @@ def test_a_bad_field_is_a_400_naming_the_field(
     assert named == field
 
 
+HI = rb'"messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (rb'"messages": [{"role": "user", "content": "hi \ud800"}]', "messages[0].content"),
+        (HI + rb', "options": {"temperature": NaN}', "options.temperature"),
+        (HI + rb', "options": {"seed": 1e999}', "options.seed"),
+        (HI + rb', "options": {"seed": 99999999999999999999}', "options.seed"),
+    ],
+)  # fmt: skip
+def test_json_that_python_parses_but_has_no_strict_json_form_is_a_400_naming_the_field(
+    stack: Stack, raw: bytes, field: str
+) -> None:
+    body = b'{"model": "tiny", "stream": false, ' + raw + b"}"
+    with stack.client() as http:
+        response = http.post(
+            "/api/chat", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == field
+        after = http.post("/api/chat", json={"model": "tiny", "messages": HELLO, "stream": False})
+    assert after.status_code == 200, "the gateway and its store still take work"
+
+
 def test_a_body_that_is_not_json_is_a_400_naming_the_body(stack: Stack) -> None:
     with stack.client() as http:
         response = http.post(

@@ -198,6 +198,34 @@ def test_options_and_format_must_be_plain_json_data(
     assert caught.value.allowed is not None and "finite numbers" in caught.value.allowed
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content"),
+        ({"options": {"stop": ["\udfff"]}}, "options.stop[0]"),
+        ({"options": {"\ud800": 1}}, "options (a key)"),
+        ({"caller": "bot\udc80"}, "caller"),
+        ({"keep_alive": "5m\ud800"}, "keep_alive"),
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_refused_naming_the_field(
+    fields: dict[str, object], field: str
+) -> None:
+    base: dict[str, object] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    base.update(fields)
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.chat(**base)  # type: ignore[arg-type]
+    assert caught.value.field == field
+    assert "lone surrogate" in str(caught.value)
+
+
+def test_a_generate_prompt_that_is_not_valid_unicode_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.generate(model="m", prompt="ok", system="\ud83d")
+    assert caught.value.field == "system"
+    assert JobSpec.generate(model="m", prompt="emoji \U0001f600 are fine").prompt.endswith("fine")
+
+
 def test_json_data_at_the_edges_of_its_ranges_is_accepted() -> None:
     options = {"big": 2**64 - 1, "small": -(2**63), "ratio": 1e300, "nested": [{"a": None}]}
     spec = JobSpec.chat(model="m", messages=[{"role": "user", "content": "hi"}], options=options)

@@ -30,6 +30,7 @@ import pykka
 import structlog
 
 from actors.backends.base import Backend, CallCancelledError, CancelToken
+from actors.backends.text import TextMender, mend_text
 from actors.clock import Clock
 from actors.refs import ActorAddress
 from actors.sinks import SinkRegistry
@@ -341,8 +342,9 @@ class GpuSlot(SupervisedActor):
         """Run one call and report its end; returns the successor to start at once, if any."""
         me = self.actor_ref
         first = True
+        mender = TextMender()
 
-        def on_chunk(text: str) -> None:
+        def deliver(text: str) -> None:
             nonlocal first
             if not text:
                 return
@@ -352,17 +354,22 @@ class GpuSlot(SupervisedActor):
                 first = False
                 me.tell(CallStreaming(call.call_id))
 
+        def on_chunk(text: str) -> None:
+            deliver(mender.feed(text))
+
         try:
             result = self._backend.complete(call.request, on_chunk, call.token)
         except CallCancelledError:
             outcome: Any = CallCancelled(call.call_id)
         except BackendError as exc:
-            outcome = CallFailed(call.call_id, str(exc), exc.transient)
+            outcome = CallFailed(call.call_id, mend_text(str(exc)), exc.transient)
         except Exception as exc:  # a backend bug: report it as a permanent failure of this call
             log.exception("backend_crashed", slot=self.slot_id, job_id=call.job.id)
-            outcome = CallFailed(call.call_id, f"backend error: {exc!r}", False)
+            outcome = CallFailed(call.call_id, mend_text(f"backend error: {exc!r}"), False)
         else:
-            answer = CallFinished(call.call_id, result.text, result.metrics, result.done_reason)
+            deliver(mender.flush())
+            text = mend_text(result.text)
+            answer = CallFinished(call.call_id, text, result.metrics, result.done_reason)
             call.answer = answer  # read by _wind_up after joining this thread
             outcome = CallCancelled(call.call_id) if call.token.cancelled else answer
         succeeded = isinstance(outcome, CallFinished)

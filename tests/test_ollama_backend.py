@@ -254,6 +254,24 @@ def test_a_stream_that_ends_without_its_final_line_is_transient() -> None:
     assert error.transient and chunks == [" half"] and "without its final line" in error.message
 
 
+def test_metrics_a_server_cannot_mean_are_read_as_zero() -> None:
+    def ollama(request: httpx.Request) -> httpx.Response:
+        final = {
+            "model": "m", "response": "ok", "done": True, "eval_count": 2**70,
+            "eval_duration": -5, "prompt_eval_count": 3.5, "load_duration": True,
+            "total_duration": 2**63 - 1,
+        }  # fmt: skip
+        return httpx.Response(200, content=json.dumps(final) + "\n")
+
+    backend = OllamaBackend("http://ollama.test", transport=httpx.MockTransport(ollama))
+    result = backend.complete(generate(), lambda _: None, CancelToken())
+    backend.close()
+    metrics = result.metrics
+    assert (metrics.eval_count, metrics.eval_duration_ns) == (0, 0)
+    assert (metrics.prompt_eval_count, metrics.load_duration_ns) == (0, 0)
+    assert metrics.total_duration_ns == 2**63 - 1
+
+
 def test_a_slow_read_times_out_as_a_transient_error(server: SimulatedOllama) -> None:
     server.inject(FaultKind.STALL_STREAM, after_chunks=2, delay=10.0)
     impatient = OllamaBackend(server.url, timeout=httpx.Timeout(5.0, read=0.1))

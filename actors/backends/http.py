@@ -305,8 +305,12 @@ def decode_object(data: str | bytes, where: str) -> dict[str, Any]:
 
 
 def int_field(value: object) -> int:
-    """An integer field of a JSON answer, 0 when absent or not an integer."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A count, size or duration field of a JSON answer: 0 when absent, not an integer,
+    negative or beyond 63 bits (a broken server's number must not become one the job
+    store cannot write)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

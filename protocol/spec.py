@@ -37,9 +37,12 @@ class ChatMessage:
 
     @classmethod
     def parse(cls, value: ChatMessage | Mapping[str, Any], index: int) -> ChatMessage:
-        """Build from a mapping like ``{"role": "user", "content": "hi"}``; names the bad field."""
+        """Build from a mapping like ``{"role": "user", "content": "hi"}``; names the bad field.
+
+        A ChatMessage built directly is checked the same way, as its fields were not.
+        """
         if isinstance(value, ChatMessage):
-            return value
+            value = {"role": value.role, "content": value.content, "images": value.images}
         field = f"messages[{index}]"
         if not isinstance(value, Mapping):
             raise ValidationError(field, f"must be an object, got {type(value).__name__}")

@@ -219,6 +219,18 @@ def test_text_that_is_not_valid_unicode_is_refused_naming_the_field(
     assert "lone surrogate" in str(caught.value)
 
 
+def test_a_chat_message_built_directly_is_validated_like_a_mapping() -> None:
+    good = ChatMessage(role="user", content="hi")
+    assert JobSpec.chat(model="m", messages=[good]).messages == (good,)
+    for bad, field in (
+        (ChatMessage(role="robot", content="hi"), "messages[0].role"),
+        (ChatMessage(role="user", content="a\ud800"), "messages[0].content"),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            JobSpec.chat(model="m", messages=[bad])
+        assert caught.value.field == field
+
+
 def test_a_generate_prompt_that_is_not_valid_unicode_is_refused() -> None:
     with pytest.raises(ValidationError) as caught:
         JobSpec.generate(model="m", prompt="ok", system="\ud83d")

@@ -87,6 +87,7 @@ from protocol.messages import (
     ResumeDispatch,
     SlotSnapshot,
 )
+from protocol.spec import check_json_data, check_text
 
 __all__ = [
     "DEFAULT_FACTORIES",
@@ -542,12 +543,20 @@ class GpuLane:
         texts = (inputs,) if isinstance(inputs, str) else tuple(inputs)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValidationError("inputs", "must be a string or a non-empty list of strings")
+        for index, text in enumerate(texts):
+            check_text(f"inputs[{index}]", text)
+        if not isinstance(model, str) or not model.strip():
+            raise ValidationError("model", "must be a non-empty string")
+        try:
+            frozen = freeze(dict(options or {}))
+        except TypeError as exc:
+            raise ValidationError("options", str(exc)) from None
+        check_json_data("options", frozen)
         backend = self._embed_backend
         if backend is None:
             raise ValidationError(
                 "backend", "no backend to embed with", allowed="GpuLane.start(backend=...)"
             )
-        frozen = freeze(dict(options or {}))
         # Embeddings skip the GPU queue but not the RateLimiter's embeddings budget.
         self._ask("limiter", Admit(caller, lane, embedding=True))
         token = CancelToken()

@@ -11,7 +11,15 @@ from protocol.enums import JobKind, Lane, Priority
 from protocol.errors import ValidationError
 from protocol.frozen import EMPTY_MAPPING, freeze, thaw
 
-__all__ = ["RELOAD_OPTIONS", "ROLES", "ChatMessage", "JobSpec", "normalise_model_name"]
+__all__ = [
+    "RELOAD_OPTIONS",
+    "ROLES",
+    "ChatMessage",
+    "JobSpec",
+    "check_json_data",
+    "check_text",
+    "normalise_model_name",
+]
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -52,7 +60,7 @@ class ChatMessage:
         content = value.get("content", "")
         if not isinstance(content, str):
             raise ValidationError(f"{field}.content", "must be a string")
-        _check_text(f"{field}.content", content)
+        check_text(f"{field}.content", content)
         images = value.get("images") or ()
         if not isinstance(images, (list, tuple)) or not all(
             isinstance(i, str) and i.isascii() for i in images
@@ -117,11 +125,11 @@ class JobSpec:
             raise ValidationError("messages", "a chat job needs at least one message")
         if not isinstance(self.prompt, str):
             raise ValidationError("prompt", "must be a string")
-        _check_text("prompt", self.prompt)
+        check_text("prompt", self.prompt)
         if self.system is not None:
             if not isinstance(self.system, str):
                 raise ValidationError("system", "must be a string or null")
-            _check_text("system", self.system)
+            check_text("system", self.system)
         if self.kind is JobKind.GENERATE and self.messages:
             raise ValidationError("messages", "a generate job takes a prompt, not messages")
         if not isinstance(self.options, Mapping):
@@ -130,7 +138,7 @@ class JobSpec:
             set_(self, "options", freeze(self.options))
         except TypeError as exc:
             raise ValidationError("options", str(exc), allowed=JSON_DATA) from None
-        _check_json_data("options", self.options)
+        check_json_data("options", self.options)
         set_(self, "format", _parse_format(self.format))
         if self.max_tokens is not None and (
             not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= 1_000_000
@@ -149,7 +157,7 @@ class JobSpec:
         if self.keep_alive is not None and not isinstance(self.keep_alive, (str, int, float)):
             raise ValidationError("keep_alive", "must be a duration such as '5m' or seconds")
         if isinstance(self.keep_alive, str):
-            _check_text("keep_alive", self.keep_alive)
+            check_text("keep_alive", self.keep_alive)
 
     @classmethod
     def chat(
@@ -232,7 +240,7 @@ def _parse_kind(value: JobKind | str) -> JobKind:
         ) from None
 
 
-def _check_json_data(field: str, value: object) -> None:
+def check_json_data(field: str, value: object) -> None:
     """Raise ValidationError naming the first part of ``value`` that is not plain JSON data.
 
     The job store writes options and format as JSON, and the model server reads them
@@ -241,7 +249,7 @@ def _check_json_data(field: str, value: object) -> None:
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, str):
-        _check_text(field, value)
+        check_text(field, value)
         return
     if isinstance(value, int):
         if not INT_MIN <= value <= UINT_MAX:
@@ -253,19 +261,19 @@ def _check_json_data(field: str, value: object) -> None:
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _check_text(f"{field} (a key)", key)
-            _check_json_data(f"{field}.{key}", item)
+            check_text(f"{field} (a key)", key)
+            check_json_data(f"{field}.{key}", item)
         return
     if isinstance(value, tuple):
         for index, item in enumerate(value):
-            _check_json_data(f"{field}[{index}]", item)
+            check_json_data(f"{field}[{index}]", item)
         return
     raise ValidationError(
         field, f"is a {type(value).__name__} value, not JSON data", allowed=JSON_DATA
     )
 
 
-def _check_text(field: str, text: str) -> None:
+def check_text(field: str, text: str) -> None:
     """Refuse text that is not valid Unicode: a lone surrogate (what a JSON ``"\\ud800"``
     escape decodes to) has no UTF-8 form for the job store or the model server."""
     if text.isascii():
@@ -283,7 +291,7 @@ def _check_text(field: str, text: str) -> None:
 def _check_name(field: str, value: object, limit: int) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, "must be a non-empty string")
-    _check_text(field, value)
+    check_text(field, value)
     if len(value) > limit:
         raise ValidationError(field, f"is {len(value)} characters long; the limit is {limit}")
 
@@ -298,7 +306,7 @@ def _parse_format(value: object) -> str | Mapping[str, Any] | None:
             schema: Mapping[str, Any] = freeze(value)  # a JSON schema (structured outputs)
         except TypeError as exc:
             raise ValidationError("format", str(exc), allowed=JSON_DATA) from None
-        _check_json_data("format", schema)
+        check_json_data("format", schema)
         return schema
     raise ValidationError(
         "format", f"unsupported format {value!r}", allowed="'json' or a JSON schema object"

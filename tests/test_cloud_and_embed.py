@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_anthropic import FakeAnthropic
@@ -239,6 +240,16 @@ def test_embed_needs_a_backend_and_strings(tmp_path: Path) -> None:
             lane.embed("embedder", "text")
         with pytest.raises(ValidationError, match="inputs"):
             lane.embed("embedder", [])
+        for bad, field in (
+            ({"inputs": ["ok", "a\ud800"]}, "inputs[1]"),
+            ({"options": {"seed": float("inf")}}, "options.seed"),
+            ({"options": {"raw": b"bytes"}}, "options.raw"),
+            ({"model": " "}, "model"),
+        ):
+            call: dict[str, Any] = {"model": "embedder", "inputs": "text"} | bad
+            with pytest.raises(ValidationError) as caught:
+                lane.embed(call.pop("model"), call.pop("inputs"), **call)
+            assert caught.value.field == field
 
 
 def test_preemption_over_http_closes_the_stream_and_the_job_resumes_without_repeats(

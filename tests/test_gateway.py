@@ -21,6 +21,7 @@ from gateway_kit import (
     BOT,
     HELLO,
     KEYS,
+    TINY,
     Stack,
     bearer,
     running_stack,
@@ -127,11 +128,54 @@ def test_tags_ps_and_version_come_from_the_model_server(stack: Stack) -> None:
         assert http.get("/api/version").json()["version"] == "0.9.0"
 
 
-def test_embed_answers_501_naming_the_missing_facade_method(stack: Stack) -> None:
+def test_ollama_client_embeds_one_text_and_a_batch_past_the_gpu_queue(stack: Stack) -> None:
+    client = ollama_client(stack)
+    one = client.embed(model="tiny", input="hello there")
+    batch = client.embed(model="tiny", input=["hello there", "general kenobi"])
+    assert len(one.embeddings) == 1 and len(batch.embeddings) == 2
+    assert batch.embeddings[0] == one.embeddings[0], "the same text embeds the same"
+    assert batch.embeddings[0] != batch.embeddings[1]
+    assert len(one.embeddings[0]) == TINY.embedding_dimensions
+    assert stack.sim.stats().embed_requests == 2
+    assert stack.lane.list() == (), "embeddings are not jobs"
+
+
+def test_embedding_an_unknown_model_is_ollamas_404(stack: Stack) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client(stack).embed(model="no-such-model", input="hi")
+    assert caught.value.status_code == 404
+
+
+def test_a_busy_model_server_is_a_503_with_retry_after_for_embeddings(stack: Stack) -> None:
+    stack.sim.inject(FaultKind.BUSY, path="/api/embed")
     with stack.client() as http:
-        response = http.post("/api/embed", json={"model": "tiny", "input": "hi"})
-    assert response.status_code == 501
-    assert "GpuLane.embed" in response.json()["error"]
+        busy = http.post("/api/embed", json={"model": "tiny", "input": "hi"})
+        again = http.post("/api/embed", json={"model": "tiny", "input": "hi"})
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert "server busy" in busy.json()["error"]
+    assert again.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b'{"model": "tiny", "input": []}', 400, "input"),
+        (b'{"model": "tiny", "input": ""}', 400, "input"),
+        (b'{"model": "tiny", "input": ["ok", "bad \\ud800"]}', 400, "input[1]"),
+        (json.dumps({"model": "tiny", "input": ["x"] * 201}).encode(), 413, "input"),
+        (b'{"model": "tiny", "input": "hi", "options": {"seed": NaN}}', 400, "options.seed"),
+    ],
+)
+def test_a_bad_embed_request_is_refused_naming_the_field(
+    stack: Stack, body: bytes, status: int, field: str
+) -> None:
+    with stack.client() as http:
+        response = http.post(
+            "/api/embed", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert stack.sim.stats().embed_requests == 0
 
 
 # --- the OpenAI-compatible API ------------------------------------------------------------
@@ -176,6 +220,28 @@ def test_openai_errors_use_openais_shape_and_exceptions(stack: Stack) -> None:
     assert caught.value.body["param"] == "n"  # type: ignore[index]
     with pytest.raises(openai.AuthenticationError):
         openai_client(stack, key="wrong-key-000").models.list()
+
+
+def test_openai_client_gets_embeddings_equal_to_ollamas_in_either_encoding(stack: Stack) -> None:
+    client = openai_client(stack)
+    texts = ["hello there", "general kenobi"]
+    as_base64 = client.embeddings.create(model="tiny", input=texts)  # the client's default
+    as_floats = client.embeddings.create(model="tiny", input=texts, encoding_format="float")
+    ollama_vectors = ollama_client(stack).embed(model="tiny", input=texts).embeddings
+    assert [d.index for d in as_floats.data] == [0, 1]
+    assert [d.embedding for d in as_floats.data] == [list(v) for v in ollama_vectors]
+    for decoded, exact in zip(as_base64.data, as_floats.data, strict=True):
+        assert decoded.embedding == pytest.approx(exact.embedding, rel=1e-6, abs=1e-7)  # float32
+    assert as_floats.usage.prompt_tokens > 0
+
+
+def test_openai_embeddings_refuse_dimensions_and_unknown_models(stack: Stack) -> None:
+    client = openai_client(stack)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="tiny", input="hi", dimensions=64)
+    assert caught.value.body["param"] == "dimensions"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-model", input="hi")
 
 
 def test_openai_models_lists_the_model_servers_catalog(stack: Stack) -> None:

@@ -28,7 +28,8 @@ from actors.gateway.metrics import GatewayMetrics
 from actors.gateway.watch import LaneWatch
 from actors.system import GpuLane
 from actors.ticket import Ticket
-from protocol import Job, JobKind, JobSpec, JobState
+from protocol import BackendError, EmbedResult, Job, JobKind, JobSpec, JobState, Lane
+from protocol.spec import check_text
 
 __all__ = ["CallerDep", "Gateway", "ViewerDep", "caller_of", "gateway_of", "viewer_of"]
 
@@ -37,6 +38,7 @@ log = structlog.get_logger("actors.gateway")
 T = TypeVar("T")
 
 FACADE_THREADS = 64
+EMBED_TIMEOUT_S = 120.0  # an embedding call that takes longer is cancelled (504)
 MAX_SEQ_DIGITS = 18  # sequence numbers are SQLite integers (below 2**63)
 
 
@@ -100,6 +102,43 @@ class Gateway:
         if detach:
             self.track(ticket)
         return ticket
+
+    async def embed(
+        self, caller: Caller, model: str, inputs: list[str], lane: Lane, options: dict[str, Any]
+    ) -> EmbedResult:
+        """Check the size limits and embed ``inputs`` past the GPU queue (``GpuLane.embed``).
+
+        The model server's refusals keep their meaning: an unknown model is a 404 and a
+        bad request a 400; a busy or unreachable server is a 503 with Retry-After, any
+        other failure of it a 502, and a call over ``EMBED_TIMEOUT_S`` a 504.
+        """
+        if not inputs:
+            raise GatewayError(400, "needs at least one text", field="input")
+        settings = self.settings
+        if len(inputs) > settings.max_messages:
+            raise GatewayError(
+                413, f"has {len(inputs)} texts; the limit is {settings.max_messages}",
+                field="input", reason="too_large",
+            )  # fmt: skip
+        size = sum(len(text) for text in inputs)
+        if size > settings.max_prompt_chars:
+            raise GatewayError(
+                413,
+                f"holds {size} characters of text; the limit is {settings.max_prompt_chars}",
+                field="input", reason="too_large",
+            )  # fmt: skip
+        for index, text in enumerate(inputs):
+            check_text(f"input[{index}]", text)
+        log.info("gateway_embed", caller=caller.name, model=model, inputs=len(inputs))
+        try:
+            return await self.call(
+                self.lane.embed, model, inputs, caller=caller.name, lane=lane,
+                options=options, timeout=EMBED_TIMEOUT_S,
+            )  # fmt: skip
+        except BackendError as exc:
+            raise _embed_failure(exc) from exc
+        except TimeoutError as exc:
+            raise GatewayError(504, str(exc), field="model", reason="upstream") from exc
 
     async def job_for(self, caller: Caller, ref: str) -> Job:
         """A job by id or sequence number, if ``caller`` may see it (404 otherwise)."""
@@ -220,6 +259,18 @@ async def cancel_on_disconnect(request: Request, ticket: Ticket) -> None:
         if message["type"] == "http.disconnect":
             ticket.cancel()
             return
+
+
+def _embed_failure(exc: BackendError) -> GatewayError:
+    """The HTTP error for a model server that did not embed (see :meth:`Gateway.embed`)."""
+    if exc.transient:
+        return GatewayError(
+            503, exc.message, field="model", reason="upstream", headers={"Retry-After": "1"}
+        )
+    status = exc.status
+    if status is not None and status in (400, 404):
+        return GatewayError(status, exc.message, field="model", reason="upstream")
+    return GatewayError(502, exc.message, field="model", reason="upstream")
 
 
 def final_job(ticket: Ticket) -> Job:

@@ -5,7 +5,8 @@ preemptible. Streaming answers are NDJSON exactly as Ollama writes them (one obj
 per line, no blank keep-alive lines, a final line with ``done``, ``done_reason`` and the
 duration and count metrics, an error after output as a final ``{"error": ...}`` line).
 The catalog routes (``/api/tags``, ``/api/ps``, ``/api/version``) come from the model
-server. ``/api/embed`` answers 501: it needs ``GpuLane.embed``, which this build lacks.
+server. ``/api/embed`` goes past the GPU queue (``GpuLane.embed``): embedding calls are
+short and the embedding model stays resident beside the chat model.
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ class GenerateRequest(_Common):
 
 
 class EmbedRequest(BaseModel):
-    """``POST /api/embed`` (answered 501 on this build)."""
+    """``POST /api/embed``: one text or a list of them."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)
-    input: str | list[str] = ""
+    input: str | list[str] = Field(min_length=1)
+    options: dict[str, Any] | None = None
 
 
 def scheduling(request: Request, caller: Caller) -> tuple[Lane, Priority]:
@@ -202,14 +204,22 @@ async def generate(body: GenerateRequest, request: Request, caller: CallerDep) -
     return await _respond(request, gateway_of(request), spec, "generate")
 
 
-@router.post("/api/embed", status_code=501, summary="Embed (Ollama): not available on this build")
-async def embed(body: EmbedRequest, caller: CallerDep) -> Response:
-    """501: embeddings bypass the queue through ``GpuLane.embed``, which this build lacks."""
-    raise GatewayError(
-        501,
-        "embeddings need GpuLane.embed, which this gpulane build does not have yet",
-        field="model", allowed="the model server's own /api/embed", reason="not_implemented",
-    )  # fmt: skip
+@router.post("/api/embed", summary="Embed (Ollama): straight to the model server, not queued")
+async def embed(body: EmbedRequest, request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/embed``: admitted by the RateLimiter, then past the GPU queue."""
+    started = time.monotonic_ns()
+    lane, _ = scheduling(request, caller)
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    result = await gateway_of(request).embed(caller, body.model, inputs, lane, body.options or {})
+    return JSONResponse(
+        {
+            "model": body.model,
+            "embeddings": [list(vector) for vector in result.embeddings],
+            "total_duration": time.monotonic_ns() - started,
+            "load_duration": result.metrics.load_duration_ns,
+            "prompt_eval_count": result.metrics.prompt_eval_count,
+        }
+    )
 
 
 async def upstream_json(gateway: Gateway, path: str) -> dict[str, Any] | None:

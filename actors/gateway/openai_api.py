@@ -1,4 +1,5 @@
-"""An OpenAI-compatible ``/v1/chat/completions`` (JSON and server-sent events) and ``/v1/models``.
+"""OpenAI-compatible ``/v1/chat/completions`` (JSON and server-sent events), ``/v1/embeddings``
+and ``/v1/models``.
 
 Chat completions are gpulane jobs like Ollama's ``/api/chat``; sampling parameters map
 onto Ollama runner options. Errors use OpenAI's ``{"error": {"message", "type", "param",
@@ -8,7 +9,9 @@ the official client raises as ``APIError``.
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -205,6 +208,52 @@ async def chat_completions(
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+class EmbeddingsRequest(BaseModel):
+    """``POST /v1/embeddings``: text input only (token arrays are not supported)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+def _encoded(vector: tuple[float, ...], encoding: str) -> list[float] | str:
+    """A vector as floats, or as base64 of little-endian float32 (what OpenAI's client asks)."""
+    if encoding == "float":
+        return list(vector)
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+@router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible): not queued")
+async def embeddings(body: EmbeddingsRequest, request: Request, caller: CallerDep) -> Response:
+    """OpenAI's embeddings, past the GPU queue like Ollama's ``/api/embed``."""
+    if body.dimensions is not None:
+        raise GatewayError(
+            400, "cannot be chosen: the model answers with its own size", field="dimensions"
+        )
+    lane, _ = scheduling(request, caller)
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    result = await gateway_of(request).embed(caller, body.model, inputs, lane, {})
+    tokens = result.metrics.prompt_eval_count
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": _encoded(vector, body.encoding_format),
+                }
+                for index, vector in enumerate(result.embeddings)
+            ],
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 @router.get("/v1/models", summary="Models (OpenAI-compatible)")

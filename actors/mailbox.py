@@ -3,8 +3,8 @@
 pykka's default inbox is a ``queue.Queue``, whose put and get each take a mutex and a
 Condition written in Python. An actor's mailbox has many senders but one reader, so a
 deque (atomic appends and pops) and a lock that the reader sleeps on when the deque is
-empty are enough: about 5 microseconds of CPU less per message on a 2-core machine
-(tests/benchmarks/bench_ask.py). The one reader may also look
+empty are enough, and a few microseconds of CPU cheaper per message
+(tests/benchmarks/bench_ask.py measures an ask round trip). The one reader may also look
 at the head without taking it, which the job store uses to batch writes.
 """
 

@@ -4,9 +4,11 @@ Every ask waits on a future. pykka's ThreadingFuture guards its result with a
 ``threading.Condition``: each wait allocates a waiter lock and takes the condition's
 lock on both sides. With this future and actors.mailbox, an ask round trip costs about
 66 microseconds of CPU on a 2-core machine against pykka's 80
-(tests/benchmarks/bench_ask.py), the future being most of the difference. An ask's future is set once, by one actor, so a
-latch does: a lock created held, released by the setter. A second, non-blocking lock
-makes "the first answer wins" atomic, as pykka's ``queue.Full`` contract requires.
+(tests/benchmarks/bench_ask.py), the future being most of the difference.
+
+An ask's future is set once, by one actor, so a latch does: a lock created held,
+released by the setter. A second, non-blocking lock makes "the first answer wins"
+atomic, as pykka's ``queue.Full`` contract requires.
 """
 
 from __future__ import annotations

@@ -140,6 +140,12 @@ def test_ollama_client_embeds_one_text_and_a_batch_past_the_gpu_queue(stack: Sta
     assert stack.lane.list() == (), "embeddings are not jobs"
 
 
+def test_the_older_ollama_embeddings_route_gives_the_same_vector(stack: Stack) -> None:
+    client = ollama_client(stack)
+    legacy = client.embeddings(model="tiny", prompt="hello there")
+    assert list(legacy.embedding) == client.embed(model="tiny", input="hello there").embeddings[0]
+
+
 def test_embedding_an_unknown_model_is_ollamas_404(stack: Stack) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         ollama_client(stack).embed(model="no-such-model", input="hi")

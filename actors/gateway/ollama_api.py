@@ -222,6 +222,31 @@ async def embed(body: EmbedRequest, request: Request, caller: CallerDep) -> Resp
     )
 
 
+class LegacyEmbeddingsRequest(BaseModel):
+    """``POST /api/embeddings``, Ollama's older form: one ``prompt``, one vector back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200)
+    prompt: str = Field(min_length=1)
+    options: dict[str, Any] | None = None
+
+
+@router.post("/api/embeddings", summary="Embed one text (Ollama's older route): not queued")
+async def embeddings(
+    body: LegacyEmbeddingsRequest, request: Request, caller: CallerDep
+) -> Response:
+    """Ollama's deprecated ``/api/embeddings``, answered through ``/api/embed``.
+
+    So the vector is normalised, as ``/api/embed`` returns it (Ollama's own older route
+    is not); cosine similarity, what embeddings are used for, is the same.
+    """
+    lane, _ = scheduling(request, caller)
+    gateway = gateway_of(request)
+    result = await gateway.embed(caller, body.model, [body.prompt], lane, body.options or {})
+    return JSONResponse({"embedding": list(result.embeddings[0])})
+
+
 async def upstream_json(gateway: Gateway, path: str) -> dict[str, Any] | None:
     """GET a catalog route from the model server; None when no model server URL is known."""
     if gateway.http is None:

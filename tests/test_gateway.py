@@ -217,6 +217,40 @@ def test_openai_client_streams_server_sent_events_to_the_same_text(stack: Stack)
     assert job.result == text
 
 
+def test_openai_client_gets_a_text_completion_as_a_generate_job(stack: Stack) -> None:
+    completion = openai_client(stack).completions.create(
+        model="tiny", prompt="Why is the sky blue?", max_tokens=5
+    )
+    choice = completion.choices[0]
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
+    job = stack.lane.get(completion.id.removeprefix("cmpl-"))
+    assert job.spec.kind.value == "generate" and job.spec.prompt == "Why is the sky blue?"
+    assert job.result == choice.text and choice.finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 5
+
+
+def test_openai_client_streams_a_text_completion_to_the_same_text(stack: Stack) -> None:
+    stream = openai_client(stack).completions.create(
+        model="tiny",
+        prompt="Why is the sky blue?",
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text, "the simulated model answers this prompt with some tokens"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert stack.lane.get(chunks[0].id.removeprefix("cmpl-")).result == text
+
+
+def test_a_text_completion_takes_one_prompt(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(stack).completions.create(model="tiny", prompt=["one", "two"])
+    assert caught.value.body["param"] == "prompt"  # type: ignore[index]
+
+
 def test_openai_errors_use_openais_shape_and_exceptions(stack: Stack) -> None:
     client = openai_client(stack)
     with pytest.raises(openai.NotFoundError):

@@ -1,20 +1,21 @@
-"""OpenAI-compatible ``/v1/chat/completions`` (JSON and server-sent events), ``/v1/embeddings``
-and ``/v1/models``.
+"""OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions`` (JSON and server-sent
+events), ``/v1/embeddings`` and ``/v1/models``.
 
-Chat completions are gpulane jobs like Ollama's ``/api/chat``; sampling parameters map
-onto Ollama runner options. Errors use OpenAI's ``{"error": {"message", "type", "param",
-"code"}}`` shape; an error after the stream began is an in-band ``error`` event, which
-the official client raises as ``APIError``.
+Completions are gpulane jobs like Ollama's ``/api/chat`` and ``/api/generate``;
+sampling parameters map onto Ollama runner options. Errors use OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` shape; an error after the stream
+began is an in-band ``error`` event, which the official client raises as ``APIError``.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import struct
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -69,23 +70,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions``."""
+class _Sampling(BaseModel):
+    """The sampling parameters both completion APIs take, as Ollama runner options."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)
-    messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
-    response_format: ResponseFormat | None = None
 
     def options(self) -> dict[str, Any]:
         """The Ollama runner options these parameters stand for."""
@@ -99,6 +97,23 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is not None:
             out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         return out
+
+
+class ChatCompletionRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    response_format: ResponseFormat | None = None
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions``: one text prompt (a list of one is accepted too)."""
+
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[str], Field(min_length=1, max_length=1)]
+    )
 
 
 def _usage(job: Job) -> dict[str, int]:
@@ -130,12 +145,103 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Wire:
+    """How one OpenAI completion API spells its answer: ids, object names and choices."""
+
+    id_prefix: str
+    whole_object: str
+    piece_object: str
+    whole_choice: Callable[[str, str], dict[str, Any]]  # (text, finish_reason)
+    piece_choice: Callable[[str | None, str | None], dict[str, Any]]  # (text or None, finish)
+    opening: Callable[[], dict[str, Any]] | None = None  # a first choice (chat's role delta)
+
+
+_CHAT = _Wire(
+    id_prefix="chatcmpl-",
+    whole_object="chat.completion",
+    piece_object="chat.completion.chunk",
+    whole_choice=lambda text, finish: {
+        "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+    },
+    piece_choice=lambda text, finish: {
+        "index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish,
+    },
+    opening=lambda: {
+        "index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+    },
+)  # fmt: skip
+
+_TEXT = _Wire(
+    id_prefix="cmpl-",
+    whole_object="text_completion",
+    piece_object="text_completion",
+    whole_choice=lambda text, finish: {
+        "index": 0, "text": text, "finish_reason": finish, "logprobs": None,
+    },
+    piece_choice=lambda text, finish: {
+        "index": 0, "text": text or "", "finish_reason": finish, "logprobs": None,
+    },
+)  # fmt: skip
+
+
+async def _answer(request: Request, spec: JobSpec, wire: _Wire, include_usage: bool) -> Response:
+    """Run ``spec`` as a job and answer it in ``wire``'s shape, whole or as events."""
+    gateway = gateway_of(request)
+    ticket = await gateway.submit(spec, detach=False)
+    completion_id = f"{wire.id_prefix}{ticket.job_id}"
+    created = int(time.time())
+    if not spec.stream:
+        job = await wait_for_job(request, gateway, ticket)
+        if job.result is None:
+            return _ended_badly(job)
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": wire.whole_object,
+                "created": created,
+                "model": spec.model,
+                "choices": [wire.whole_choice(job.result, done_reason(job))],
+                "usage": _usage(job),
+            }
+        )
+    stream = JobStream(request, gateway, ticket)
+    ended = await stream.start()
+    if ended is not None and ended.result is None:
+        return _ended_badly(ended)
+
+    def event(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": completion_id,
+            "object": wire.piece_object,
+            "created": created,
+            "model": spec.model,
+            "choices": choices,
+        }
+
+    async def events() -> AsyncIterator[bytes]:
+        if wire.opening is not None:
+            yield _sse(event([wire.opening()]))
+        try:
+            async for piece in stream.pieces():
+                yield _sse(event([wire.piece_choice(piece, None)]))
+        except (JobFailedError, JobCancelledError) as exc:
+            yield _sse(_error_body(str(exc), "server_error", "job_ended"))
+            return
+        job = stream.final
+        yield _sse(event([wire.piece_choice(None, done_reason(job))]))
+        if include_usage:
+            yield _sse(event([]) | {"usage": _usage(job)})
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible)")
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, caller: CallerDep
 ) -> Response:
     """OpenAI's chat completions, as a gpulane job."""
-    gateway = gateway_of(request)
     lane, priority = scheduling(request, caller)
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -153,61 +259,27 @@ async def chat_completions(
         priority=priority,
         caller=caller.name,
     )
-    ticket = await gateway.submit(spec, detach=False)
-    completion_id = f"chatcmpl-{ticket.job_id}"
-    created = int(time.time())
-    if not body.stream:
-        job = await wait_for_job(request, gateway, ticket)
-        if job.result is None:
-            return _ended_badly(job)
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": spec.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": job.result},
-                        "finish_reason": done_reason(job),
-                    }
-                ],
-                "usage": _usage(job),
-            }
-        )
-    stream = JobStream(request, gateway, ticket)
-    ended = await stream.start()
-    if ended is not None and ended.result is None:
-        return _ended_badly(ended)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return await _answer(request, spec, _CHAT, include_usage)
 
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": spec.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
 
-    async def events() -> AsyncIterator[bytes]:
-        yield _sse(chunk({"role": "assistant", "content": ""}, None))
-        try:
-            async for piece in stream.pieces():
-                yield _sse(chunk({"content": piece}, None))
-        except (JobFailedError, JobCancelledError) as exc:
-            yield _sse(_error_body(str(exc), "server_error", "job_ended"))
-            return
-        job = stream.final
-        yield _sse(chunk({}, done_reason(job)))
-        if include_usage:
-            usage = chunk({}, None)
-            usage.update(choices=[], usage=_usage(job))
-            yield _sse(usage)
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+@router.post("/v1/completions", summary="Text completion (OpenAI-compatible, legacy)")
+async def completions(body: CompletionRequest, request: Request, caller: CallerDep) -> Response:
+    """OpenAI's older text completions, as a gpulane generate job."""
+    lane, priority = scheduling(request, caller)
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    spec = JobSpec.generate(
+        model=body.model,
+        prompt=prompt,
+        options=body.options(),
+        max_tokens=body.max_tokens,
+        stream=body.stream,
+        lane=lane,
+        priority=priority,
+        caller=caller.name,
+    )
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return await _answer(request, spec, _TEXT, include_usage)
 
 
 class EmbeddingsRequest(BaseModel):

@@ -114,19 +114,8 @@ class Gateway:
         """
         if not inputs:
             raise GatewayError(400, "needs at least one text", field="input")
-        settings = self.settings
-        if len(inputs) > settings.max_messages:
-            raise GatewayError(
-                413, f"has {len(inputs)} texts; the limit is {settings.max_messages}",
-                field="input", reason="too_large",
-            )  # fmt: skip
         size = sum(len(text) for text in inputs)
-        if size > settings.max_prompt_chars:
-            raise GatewayError(
-                413,
-                f"holds {size} characters of text; the limit is {settings.max_prompt_chars}",
-                field="input", reason="too_large",
-            )  # fmt: skip
+        self._check_size(len(inputs), "texts", "input", size, "input")
         for index, text in enumerate(inputs):
             check_text(f"input[{index}]", text)
         log.info("gateway_embed", caller=caller.name, model=model, inputs=len(inputs))
@@ -173,21 +162,26 @@ class Gateway:
 
     def check_limits(self, spec: JobSpec) -> None:
         """413 naming the field and the limit when a request is larger than allowed."""
-        settings = self.settings
-        if len(spec.messages) > settings.max_messages:
-            raise GatewayError(
-                413,
-                f"has {len(spec.messages)} messages; the limit is {settings.max_messages}",
-                field="messages", reason="too_large",
-            )  # fmt: skip
         size = len(spec.prompt) + len(spec.system or "")
         size += sum(len(m.content) for m in spec.messages)
-        if size > settings.max_prompt_chars:
-            field = "messages" if spec.kind is JobKind.CHAT else "prompt"
+        text_field = "messages" if spec.kind is JobKind.CHAT else "prompt"
+        self._check_size(len(spec.messages), "messages", "messages", size, text_field)
+
+    def _check_size(
+        self, count: int, noun: str, count_field: str, chars: int, chars_field: str
+    ) -> None:
+        """413 when a request has more items (messages, texts) or characters than allowed."""
+        settings = self.settings
+        if count > settings.max_messages:
+            raise GatewayError(
+                413, f"has {count} {noun}; the limit is {settings.max_messages}",
+                field=count_field, reason="too_large",
+            )  # fmt: skip
+        if chars > settings.max_prompt_chars:
             raise GatewayError(
                 413,
-                f"holds {size} characters of text; the limit is {settings.max_prompt_chars}",
-                field=field, reason="too_large",
+                f"holds {chars} characters of text; the limit is {settings.max_prompt_chars}",
+                field=chars_field, reason="too_large",
             )  # fmt: skip
 
     def log_submit(self, spec: JobSpec) -> None:

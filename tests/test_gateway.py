@@ -170,6 +170,7 @@ def test_a_busy_model_server_is_a_503_with_retry_after_for_embeddings(stack: Sta
         (b'{"model": "tiny", "input": ["ok", "bad \\ud800"]}', 400, "input[1]"),
         (json.dumps({"model": "tiny", "input": ["x"] * 201}).encode(), 413, "input"),
         (b'{"model": "tiny", "input": "hi", "options": {"seed": NaN}}', 400, "options.seed"),
+        (b'{"model": "tiny", "input": "hi", "dimensions": 64}', 400, "dimensions"),
     ],
 )
 def test_a_bad_embed_request_is_refused_naming_the_field(

@@ -78,6 +78,7 @@ class EmbedRequest(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     input: str | list[str] = Field(min_length=1)
     options: dict[str, Any] | None = None
+    dimensions: int | None = None
 
 
 def scheduling(request: Request, caller: Caller) -> tuple[Lane, Priority]:
@@ -207,6 +208,10 @@ async def generate(body: GenerateRequest, request: Request, caller: CallerDep) -
 @router.post("/api/embed", summary="Embed (Ollama): straight to the model server, not queued")
 async def embed(body: EmbedRequest, request: Request, caller: CallerDep) -> Response:
     """Ollama's ``/api/embed``: admitted by the RateLimiter, then past the GPU queue."""
+    if body.dimensions is not None:
+        raise GatewayError(
+            400, "cannot be chosen: the model answers with its own size", field="dimensions"
+        )
     started = time.monotonic_ns()
     lane, _ = scheduling(request, caller)
     inputs = [body.input] if isinstance(body.input, str) else body.input

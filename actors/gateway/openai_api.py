@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
 from actors.gateway.ollama_api import done_reason, scheduling, upstream_json
@@ -84,6 +85,23 @@ class _Sampling(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage event."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def job_fields(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """The JobSpec fields both completion APIs fill alike."""
+        lane, priority = scheduling(request, caller)
+        return {
+            "model": self.model,
+            "options": self.options(),
+            "stream": self.stream,
+            "lane": lane,
+            "priority": priority,
+            "caller": caller.name,
+        }
 
     def options(self) -> dict[str, Any]:
         """The Ollama runner options these parameters stand for."""
@@ -242,44 +260,28 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, caller: CallerDep
 ) -> Response:
     """OpenAI's chat completions, as a gpulane job."""
-    lane, priority = scheduling(request, caller)
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         for m in body.messages
     ]
     json_mode = body.response_format is not None and body.response_format.type == "json_object"
     spec = JobSpec.chat(
-        model=body.model,
         messages=messages,
-        options=body.options(),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         format="json" if json_mode else None,
-        stream=body.stream,
-        lane=lane,
-        priority=priority,
-        caller=caller.name,
+        **body.job_fields(request, caller),
     )
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await _answer(request, spec, _CHAT, include_usage)
+    return await _answer(request, spec, _CHAT, body.include_usage)
 
 
 @router.post("/v1/completions", summary="Text completion (OpenAI-compatible, legacy)")
 async def completions(body: CompletionRequest, request: Request, caller: CallerDep) -> Response:
     """OpenAI's older text completions, as a gpulane generate job."""
-    lane, priority = scheduling(request, caller)
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     spec = JobSpec.generate(
-        model=body.model,
-        prompt=prompt,
-        options=body.options(),
-        max_tokens=body.max_tokens,
-        stream=body.stream,
-        lane=lane,
-        priority=priority,
-        caller=caller.name,
+        prompt=prompt, max_tokens=body.max_tokens, **body.job_fields(request, caller)
     )
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await _answer(request, spec, _TEXT, include_usage)
+    return await _answer(request, spec, _TEXT, body.include_usage)
 
 
 class EmbeddingsRequest(BaseModel):

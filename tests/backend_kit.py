@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
 
-from actors.backends.base import Backend, CancelToken
+from actors.backends.base import Backend, CallCancelledError, CancelToken
 from protocol import BackendError, BackendRequest
 
 
@@ -37,3 +39,20 @@ def cancel_after(chunks: int) -> tuple[CancelToken, list[str], Callable[[str], N
             token.cancel()
 
     return token, seen, sink
+
+
+def seconds_until_cancelled(
+    backend: Backend, request: BackendRequest, after: float = 0.05
+) -> float:
+    """Start ``request``, cancel it from another thread ``after`` seconds in, and return how
+    long the call took to give up (it must raise CallCancelledError)."""
+    token = CancelToken()
+    timer = threading.Timer(after, token.cancel)
+    began = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(CallCancelledError):
+            backend.complete(request, lambda _: None, token)
+    finally:
+        timer.join()
+    return time.monotonic() - began

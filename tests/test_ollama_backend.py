@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from backend_kit import cancel_after, failure, run
+from backend_kit import cancel_after, failure, run, seconds_until_cancelled
 
 from actors.backends import http
 from actors.backends.base import Backend, CallCancelledError, CancelToken
@@ -312,14 +311,7 @@ def test_cancelling_mid_stream_closes_the_connection_and_the_server_stops_genera
 def test_cancelling_from_another_thread_while_the_model_loads_returns_at_once(
     backend: OllamaBackend, server: SimulatedOllama
 ) -> None:
-    token = CancelToken()
-    timer = threading.Timer(0.05, token.cancel)
-    began = time.monotonic()
-    timer.start()
-    with pytest.raises(CallCancelledError):
-        backend.complete(chat("slow-load"), lambda _: None, token)
-    elapsed = time.monotonic() - began
-    timer.join()
+    elapsed = seconds_until_cancelled(backend, chat("slow-load"))
     assert 0.05 <= elapsed < 0.5  # the load takes 3 s; no response headers came yet
     assert server.stats().calls_finished == 0
 
@@ -364,14 +356,7 @@ def test_cancelling_while_the_model_loads_drops_a_reused_connection_at_once(
     backend: OllamaBackend, server: SimulatedOllama, opened: list[object]
 ) -> None:
     run(backend, chat())
-    token = CancelToken()
-    timer = threading.Timer(0.05, token.cancel)
-    began = time.monotonic()
-    timer.start()
-    with pytest.raises(CallCancelledError):
-        backend.complete(chat("slow-load"), lambda _: None, token)
-    elapsed = time.monotonic() - began
-    timer.join()
+    elapsed = seconds_until_cancelled(backend, chat("slow-load"))
     assert 0.05 <= elapsed < 0.5  # no response headers came yet on the reused connection
     assert len(opened) == 1
     backend.loaded_models()  # the next call answers, on a new connection
@@ -386,15 +371,9 @@ def test_a_client_whose_pools_cannot_be_wrapped_opens_one_connection_per_call_an
     run(backend, chat())
     run(backend, chat())
     assert len(opened) == 2
-    token = CancelToken()
-    timer = threading.Timer(0.05, token.cancel)
-    began = time.monotonic()
-    timer.start()
-    with pytest.raises(CallCancelledError):
-        backend.complete(chat("slow-load"), lambda _: None, token)
-    timer.join()
+    elapsed = seconds_until_cancelled(backend, chat("slow-load"))
     backend.close()
-    assert time.monotonic() - began < 0.5
+    assert elapsed < 0.5
 
 
 def test_a_cancel_after_the_call_ended_changes_nothing(backend: OllamaBackend) -> None:

@@ -6,7 +6,6 @@ the server; each resume mode. The official ``openai`` client checks the fake its
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import openai
 import pytest
-from backend_kit import cancel_after, failure, run
+from backend_kit import cancel_after, failure, run, seconds_until_cancelled
 from fake_http import Fault
 from fake_openai import FakeOpenAI
 
@@ -229,14 +228,7 @@ def test_cancelling_from_another_thread_before_any_output_returns_at_once(
     backend: OpenAICompatBackend, server: FakeOpenAI
 ) -> None:
     server.inject(Fault("stall", delay=5.0))
-    token = CancelToken()
-    timer = threading.Timer(0.05, token.cancel)
-    began = time.monotonic()
-    timer.start()
-    with pytest.raises(CallCancelledError):
-        backend.complete(chat(), lambda _: None, token)
-    timer.join()
-    assert time.monotonic() - began < 1.0
+    assert seconds_until_cancelled(backend, chat()) < 1.0
     server.wait_for(lambda s: s["calls_disconnected"] == 1)
 
 

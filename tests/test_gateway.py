@@ -138,6 +138,9 @@ def test_ollama_client_embeds_one_text_and_a_batch_past_the_gpu_queue(stack: Sta
     assert len(one.embeddings[0]) == TINY.embedding_dimensions
     assert stack.sim.stats().embed_requests == 2
     assert stack.lane.list() == (), "embeddings are not jobs"
+    with stack.client(ADMIN) as http:
+        metrics = http.get("/metrics").text
+    assert 'gpulane_embed_seconds_count{model="tiny"} 2.0' in metrics
 
 
 def test_the_older_ollama_embeddings_route_gives_the_same_vector(stack: Stack) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,8 +120,9 @@ class Gateway:
         for index, text in enumerate(inputs):
             check_text(f"input[{index}]", text)
         log.info("gateway_embed", caller=caller.name, model=model, inputs=len(inputs))
+        began = time.monotonic()
         try:
-            return await self.call(
+            result = await self.call(
                 self.lane.embed, model, inputs, caller=caller.name, lane=lane,
                 options=options, timeout=EMBED_TIMEOUT_S,
             )  # fmt: skip
@@ -128,6 +130,8 @@ class Gateway:
             raise _embed_failure(exc) from exc
         except TimeoutError as exc:
             raise GatewayError(504, str(exc), field="model", reason="upstream") from exc
+        self.metrics.embedded(model, time.monotonic() - began)
+        return result
 
     async def job_for(self, caller: Caller, ref: str) -> Job:
         """A job by id or sequence number, if ``caller`` may see it (404 otherwise)."""

@@ -102,6 +102,10 @@ class GatewayMetrics:
             "gpulane_rejections", "Requests the gateway refused, per reason",
             ["reason"], registry=self.registry,
         )  # fmt: skip
+        self.embeds = Histogram(
+            "gpulane_embed_seconds", "Embedding requests answered (they bypass the queue)",
+            ["model"], buckets=_TIME_BUCKETS, registry=self.registry,
+        )  # fmt: skip
 
     def job_ended(self, job: Job) -> None:
         """Record a job the gateway saw reach a terminal state."""
@@ -115,6 +119,10 @@ class GatewayMetrics:
             self.run.labels(lane, model).observe(max(0.0, job.run_seconds))
         if job.metrics is not None and job.metrics.load_duration_ns > 0:
             self.load.labels(model).observe(job.metrics.load_duration_ns / 1e9)
+
+    def embedded(self, model: str, seconds: float) -> None:
+        """Record an embedding request the model server answered."""
+        self.embeds.labels(model).observe(seconds)
 
     def rejected(self, reason: str) -> None:
         """Count a refused request."""

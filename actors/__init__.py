@@ -3,8 +3,8 @@
 >>> from actors import GpuLane, Config
 """
 
-from actors.clock import Clock, ManualClock, SystemClock
 from actors.config import BackendSettings, Config
+from actors.runtime import Clock, ManualClock, SystemClock
 from actors.system import GpuFactory, GpuLane, SlotWiring
 from actors.ticket import Ticket
 

@@ -26,12 +26,17 @@ from typing import Any
 
 import structlog
 
-from actors.clock import Clock
 from actors.cloud import CloudPolicy, LocalOutlook, cloud_deadline, send_to_cloud
-from actors.refs import ActorAddress, ask_while_up
+from actors.runtime import (
+    ActorAddress,
+    ChildUnavailableError,
+    Clock,
+    SupervisedActor,
+    TimerHandle,
+    Timers,
+    ask_while_up,
+)
 from actors.scheduling import ReadyQueue, SlotView, choose_preemption, displaces
-from actors.supervision_actor import SupervisedActor
-from actors.timers import TimerHandle, Timers
 from protocol import CancelReason, Job, JobState, RetryPolicy, SchedulingPolicy
 from protocol.messages import (
     ApplyPolicy,
@@ -52,7 +57,6 @@ from protocol.messages import (
     TimersDue,
     Transition,
 )
-from protocol.supervision import ChildUnavailableError
 
 __all__ = ["CancelOutcome", "PriorityArbiter"]
 

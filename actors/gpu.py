@@ -31,12 +31,16 @@ import structlog
 
 from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.backends.text import TextMender, mend_text
-from actors.clock import Clock
-from actors.refs import ActorAddress
+from actors.runtime import (
+    ActorAddress,
+    ChildUnavailableError,
+    Clock,
+    SupervisedActor,
+    TimerHandle,
+    Timers,
+    WorkerThread,
+)
 from actors.sinks import SinkRegistry
-from actors.supervision_actor import SupervisedActor
-from actors.timers import TimerHandle, Timers
-from actors.worker import WorkerThread
 from protocol import (
     BackendError,
     BackendRequest,
@@ -66,7 +70,6 @@ from protocol.messages import (
     SlotStarted,
     Transition,
 )
-from protocol.supervision import ChildUnavailableError
 
 __all__ = ["GpuSlot"]
 

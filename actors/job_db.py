@@ -17,7 +17,7 @@ from typing import Any, TypeAlias
 import orjson
 from ulid import ULID
 
-from actors.clock import Clock
+from actors.runtime import Clock
 from protocol.enums import TERMINAL_STATES, JobState, Lane
 from protocol.errors import (
     GpulaneError,

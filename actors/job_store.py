@@ -17,18 +17,14 @@ so what GPU slots told it is not lost with the instance.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import structlog
 
-from actors.clock import Clock
 from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
-from actors.mailbox import Mailbox
-from actors.supervision_actor import SupervisedActor
-from actors.supervision_refs import StableAsk
+from actors.runtime import BatchingInbox, Clock, Delivery, Mailbox, SupervisedActor
 from protocol.config import StoreSettings
 from protocol.errors import IllegalTransitionError, JobNotFoundError
 from protocol.job import Job
@@ -45,106 +41,41 @@ from protocol.messages import (
     Transition,
 )
 
-if TYPE_CHECKING:
-    from pykka._actor import ActorInbox
-    from pykka._envelope import Envelope
-
-__all__ = ["BatchingInbox", "JobStore"]
+__all__ = ["JobStore"]
 
 log = structlog.get_logger("gpulane.job_store")
-
-
-class BatchingInbox(Mailbox):
-    """A mailbox whose one reader may take the envelopes at its head that qualify."""
-
-    def take_while(
-        self, predicate: Callable[[Envelope[Any]], bool], limit: int
-    ) -> list[Envelope[Any]]:
-        """Pop and return the head envelopes, at most ``limit``, up to the first that fails.
-
-        Only the actor's own thread pops, so the head cannot change between the test
-        and the pop; senders only append behind it.
-        """
-        taken: list[Envelope[Any]] = []
-        waiting = self.waiting
-        while waiting and len(taken) < limit and predicate(waiting[0]):
-            taken.append(waiting.popleft())
-        return taken
-
-    def run_all(
-        self, joins: Callable[[Envelope[Any]], bool], test: Callable[[Envelope[Any]], bool]
-    ) -> bool:
-        """Whether ``test`` holds for every envelope of the run at the head that ``joins`` takes.
-
-        A look, not a take: the store decides from it how to commit the batch it is
-        about to drain. It looks at a copy, as senders may append meanwhile.
-        """
-        for envelope in list(self.waiting):
-            if not joins(envelope):
-                return True
-            if not test(envelope):
-                return False
-        return True
-
 
 _WRITES = (InsertJob, Transition)
 
 
-def _is_asked_write(envelope: Envelope[Any]) -> bool:
-    """Writes that may join a batch: asked ones (by pykka or through a StableRef), and told
-    ``stale_ok`` Transitions (a slot's reports), whose refusal is dropped, not raised."""
-    message = envelope.message
-    if isinstance(message, StableAsk):
-        return isinstance(message.message, _WRITES)
-    if isinstance(message, Transition) and message.stale_ok:
-        return True
-    return envelope.reply_to is not None and isinstance(message, _WRITES)
+def _is_asked_write(message: Any, asked: bool) -> bool:
+    """Writes that may join a batch: asked ones, and told ``stale_ok`` Transitions (a slot's
+    reports), whose refusal is dropped, not raised."""
+    if not isinstance(message, _WRITES):
+        return False
+    return asked or (isinstance(message, Transition) and message.stale_ok)
 
 
-def _carries_volatile(envelope: Envelope[Any]) -> bool:
-    """True when a write-carrying envelope holds a volatile write (``job_db.is_volatile``)."""
-    return is_volatile(_write_of(envelope))
+def _carries_volatile(message: Any, asked: bool) -> bool:
+    """True when a write is volatile (``job_db.is_volatile``)."""
+    return is_volatile(message)
 
 
-def _is_asked_volatile_write(envelope: Envelope[Any]) -> bool:
+def _is_asked_volatile_write(message: Any, asked: bool) -> bool:
     """An asked write (see above) that is volatile: it may join a batch of volatile writes."""
-    return _is_asked_write(envelope) and _carries_volatile(envelope)
+    return _is_asked_write(message, asked) and is_volatile(message)
 
 
-def _is_told(envelope: Envelope[Any]) -> bool:
-    """True for a write nobody waits on (a tell, not a pykka or StableRef ask)."""
-    return envelope.reply_to is None and not isinstance(envelope.message, StableAsk)
-
-
-def _write_of(envelope: Envelope[Any]) -> WriteMessage:
-    """The write an asked envelope carries (unwrapping a StableRef's ask)."""
-    message = envelope.message
-    write = message.message if isinstance(message, StableAsk) else message
-    assert isinstance(write, _WRITES)
-    return write
-
-
-def _reply(envelope: Envelope[Any], outcome: Job | Exception | None) -> None:
-    """Answer a drained envelope with its job or its error."""
-    message = envelope.message
-    if isinstance(message, StableAsk):
-        if isinstance(outcome, Exception):
-            message.pending.fail(outcome)
-        else:
-            message.pending.resolve(outcome)
-        return
-    assert envelope.reply_to is not None
-    if isinstance(outcome, Exception):
-        envelope.reply_to.set_exception(exc_info=(type(outcome), outcome, outcome.__traceback__))
-    else:
-        envelope.reply_to.set(outcome)
+def _salvageable(message: Any, asked: bool) -> bool:
+    """After a crash: every ask a stable reference holds for an answer, and every told write."""
+    return asked or isinstance(message, _WRITES)
 
 
 _STALE = (IllegalTransitionError, JobNotFoundError)
 
 
 class JobStore(SupervisedActor):
-    """The one owner of the job database (ARCHITECTURE.md sections 5 and 6).
+    """The one owner of the job database (docs/architecture.md sections 5 and 6).
 
     Start it with ``JobStore.start(settings, clock, listener)``; ``listener`` (optional)
     hears every job the store has just committed, before any writer is answered, so
@@ -173,6 +104,8 @@ class JobStore(SupervisedActor):
       and so ran at ``synchronous=NORMAL``, without an fsync; see ``job_db.is_volatile``)
     """
 
+    mailbox_type: ClassVar[type[Mailbox]] = BatchingInbox  # group commit drains its head
+
     def __init__(
         self,
         settings: StoreSettings,
@@ -193,13 +126,9 @@ class JobStore(SupervisedActor):
             except BaseException:
                 self._db.close()
                 raise
-        inbox = self.actor_inbox
+        inbox = self.mailbox
         assert isinstance(inbox, BatchingInbox)
         self._inbox = inbox
-
-    @staticmethod
-    def _create_actor_inbox() -> ActorInbox:
-        return BatchingInbox()
 
     def _recover(self) -> None:
         """Put loading/running jobs back to queued (no attempt charged) and log what it did."""
@@ -231,33 +160,10 @@ class JobStore(SupervisedActor):
             self._db.close()
 
     def _salvage(self) -> None:
-        """Handle the writes and StableRef asks that reached this instance before it crashed.
-
-        pykka has marked the actor stopped, so nothing new arrives (senders hold their
-        messages for the next instance); handling these here, in order, keeps the
-        reports slots told, and answers the asks, instead of dropping them with the
-        instance. Anything else (pykka's own asks, its stop message) is left for pykka.
-        """
-        leftover: list[Envelope[Any]] = []
-        salvaged = 0
-        while True:
-            try:
-                envelope = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            message = envelope.message
-            if isinstance(message, StableAsk) or (
-                envelope.reply_to is None and isinstance(message, _WRITES)
-            ):
-                salvaged += 1
-                try:
-                    self.on_receive(message)
-                except Exception:
-                    log.exception("job_store.salvage_failed", message=type(message).__name__)
-            else:
-                leftover.append(envelope)
-        for envelope in leftover:
-            self._inbox.put(envelope)
+        """Handle the writes and stable-reference asks that reached this instance before it
+        crashed, in order, so what GPU slots told it is kept and the asks answered instead
+        of dropped with the instance."""
+        salvaged = self.salvage_mailbox(_salvageable)
         log.warning("job_store.salvaged", messages=salvaged)
 
     def on_receive(self, message: Any) -> Any:
@@ -303,7 +209,7 @@ class JobStore(SupervisedActor):
         """
         volatile = is_volatile(first) and self._inbox.run_all(_is_asked_write, _carries_volatile)
         joins = _is_asked_volatile_write if volatile else _is_asked_write
-        drained: list[Envelope[Any]] = []
+        drained: list[Delivery] = []
         writes: list[WriteMessage] = [first]
         handed = 0  # how many of ``writes`` the database has taken
 
@@ -314,7 +220,7 @@ class JobStore(SupervisedActor):
                 room = self._settings.max_batch - len(writes)
                 taken = self._inbox.take_while(joins, room) if room > 0 else []
                 drained.extend(taken)
-                writes.extend(_write_of(envelope) for envelope in taken)
+                writes.extend(delivery.message for delivery in taken)
                 if handed == len(writes):
                     return None
             handed += 1
@@ -332,9 +238,9 @@ class JobStore(SupervisedActor):
                 if isinstance(outcome, Job):
                     listener(outcome)
         told_failure: Exception | None = None
-        for envelope, outcome in zip(drained, outcomes[1:], strict=True):
-            if not _is_told(envelope):
-                _reply(envelope, outcome)
+        for delivery, outcome in zip(drained, outcomes[1:], strict=True):
+            if delivery.asked:
+                delivery.answer(outcome)
             elif told_failure is None and isinstance(outcome, Exception):
                 told_failure = outcome
         if isinstance(outcomes[0], Exception):

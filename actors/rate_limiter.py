@@ -13,9 +13,7 @@ from typing import Any
 
 import structlog
 
-from actors.clock import Clock
-from actors.refs import ActorAddress
-from actors.supervision_actor import SupervisedActor
+from actors.runtime import ActorAddress, Clock, SupervisedActor
 from actors.token_bucket import Admissions
 from protocol import Job, Limits
 from protocol.messages import (

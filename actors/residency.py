@@ -31,11 +31,14 @@ import pykka
 import structlog
 
 from actors.backends.base import Backend
-from actors.clock import Clock
-from actors.refs import ActorAddress
-from actors.supervision_actor import SupervisedActor
-from actors.timers import TimerHandle, Timers
-from actors.worker import WorkerThread
+from actors.runtime import (
+    ActorAddress,
+    Clock,
+    SupervisedActor,
+    TimerHandle,
+    Timers,
+    WorkerThread,
+)
 from protocol import LoadedModel, ResidencySettings, normalise_model_name
 from protocol.messages import (
     ApplyResidency,

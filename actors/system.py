@@ -24,15 +24,13 @@ import structlog
 
 from actors.arbiter import CancelOutcome, PriorityArbiter
 from actors.backends.base import Backend, CancelToken
-from actors.clock import Clock, SystemClock
 from actors.config import Config
 from actors.gpu import GpuSlot
 from actors.job_store import JobStore
 from actors.rate_limiter import RateLimiter
-from actors.refs import ActorAddress
 from actors.residency import ResidencyTracker
-from actors.sinks import SinkRegistry
-from actors.supervision import (
+from actors.runtime import (
+    ActorAddress,
     Backoff,
     ChildExitedError,
     ChildRestartingError,
@@ -40,6 +38,7 @@ from actors.supervision import (
     ChildSpec,
     ChildState,
     ChildUnavailableError,
+    Clock,
     ExitReason,
     GetSnapshot,
     HoldBufferFullError,
@@ -48,10 +47,12 @@ from actors.supervision import (
     Strategy,
     Supervisor,
     SupervisorSnapshot,
+    SystemClock,
+    Timers,
     WhileRestarting,
 )
+from actors.sinks import SinkRegistry
 from actors.ticket import Ticket
-from actors.timers import Timers
 from protocol import (
     CancelReason,
     EmbedResult,

@@ -30,8 +30,8 @@ import pykka
 import pytest
 
 from actors.backends.base import CallCancelledError, CancelToken, ChunkSink
-from actors.clock import Clock, ManualClock
 from actors.config import Config
+from actors.runtime import Clock, ManualClock
 from actors.system import GpuLane, SlotWiring, backend_slot_factory
 from protocol import (
     BackendError,

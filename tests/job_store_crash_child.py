@@ -15,8 +15,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from job_store_helpers import make_spec  # noqa: E402 (after the sys.path line)
 
-from actors.clock import SystemClock  # noqa: E402
 from actors.job_store import JobStore  # noqa: E402
+from actors.runtime import SystemClock  # noqa: E402
 from protocol import Job, JobState, StoreSettings  # noqa: E402
 from protocol.messages import InsertJob, Transition  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from actors.clock import ManualClock
+from actors.runtime import ManualClock
 from protocol import LEGAL_TRANSITIONS, JobSpec, JobState, Lane
 
 

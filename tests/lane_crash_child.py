@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
 from actors import Config, GpuLane  # noqa: E402 (after the sys.path line)
-from actors.clock import SystemClock  # noqa: E402
 from actors.logs import configure_logging  # noqa: E402
+from actors.runtime import SystemClock  # noqa: E402
 from actors.testing import FakeCall, FakeGpu  # noqa: E402
 from protocol import JobSpec, Limits, StoreSettings  # noqa: E402
 

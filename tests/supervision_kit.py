@@ -15,7 +15,7 @@ from typing import Any
 
 import pykka
 
-from actors.supervision import (
+from actors.runtime import (
     ChildSpec,
     GetSnapshot,
     StableRef,
@@ -23,8 +23,8 @@ from actors.supervision import (
     SupervisedActor,
     Supervisor,
     SupervisorSnapshot,
+    Timers,
 )
-from actors.timers import Timers
 
 WAIT_S = 5.0
 

@@ -12,8 +12,8 @@ import pytest
 
 from actors import Config, GpuLane
 from actors.residency import ResidencyTracker
+from actors.runtime import Timers
 from actors.testing import FakeBackend, FakeGpu, ManualClock, wait_until
-from actors.timers import Timers
 from protocol import (
     JobSpec,
     Lane,

@@ -23,10 +23,10 @@ import pykka
 from actors import Config, GpuLane
 from actors.config import BackendSettings
 from actors.job_store import JobStore
+from actors.runtime import ChildUnavailableError
 from actors.system import DEFAULT_FACTORIES, LaneWiring, SupervisionSettings
 from actors.testing import FakeCall, FakeGpu, InjectedFault, ManualClock
 from protocol import Job, JobSpec, JobState, Limits, StoreSettings
-from protocol.supervision import ChildUnavailableError
 
 JOBS = 2000
 CRASHES = 60

@@ -12,7 +12,6 @@ from job_store_helpers import make_spec
 from ulid import ULID
 
 from actors import job_db
-from actors.clock import ManualClock
 from actors.job_db import (
     SCHEMA_VERSION,
     BatchOutcome,
@@ -21,6 +20,7 @@ from actors.job_db import (
     is_volatile,
     migrate,
 )
+from actors.runtime import ManualClock
 from protocol import IllegalTransitionError, Job, JobMetrics, JobState, StoreError
 from protocol.messages import InsertJob, ListJobs, Transition
 

@@ -11,8 +11,8 @@ import pykka
 import pytest
 from job_store_helpers import GatedClock, make_spec, path_to
 
-from actors.clock import ManualClock
-from actors.job_store import BatchingInbox, JobStore
+from actors.job_store import JobStore
+from actors.runtime import ManualClock
 from protocol import (
     LEGAL_TRANSITIONS,
     IllegalTransitionError,
@@ -518,38 +518,6 @@ def test_a_slots_told_reports_join_the_batch_and_a_stale_one_is_dropped(
         assert store.ask(GetJob(done.id)) == done
     finally:
         store.stop()
-
-
-class _Envelope:
-    """The two attributes pykka's envelopes have."""
-
-    def __init__(self, message: object, reply_to: object = None) -> None:
-        self.message = message
-        self.reply_to = reply_to
-
-
-def test_the_inbox_takes_the_qualifying_run_at_its_head_up_to_a_limit() -> None:
-    inbox = BatchingInbox()
-    assert inbox.take_while(lambda _: True, 10) == []
-    a, b, c, d = (_Envelope(name) for name in "abcd")
-    for envelope in (a, b, c, d):
-        inbox.put(envelope)  # type: ignore[arg-type]
-    assert inbox.take_while(lambda e: e.message == "b", 10) == []
-    assert inbox.take_while(lambda e: e.message != "c", 10) == [a, b]
-    assert inbox.take_while(lambda _: True, 1) == [c]
-    assert inbox.get() is d
-    assert inbox.empty()
-
-
-def test_the_inbox_tells_whether_the_run_at_its_head_passes_a_test_without_taking_it() -> None:
-    inbox = BatchingInbox()
-    a, b, c = _Envelope("a"), _Envelope("b"), _Envelope("c")
-    for envelope in (a, b, c):
-        inbox.put(envelope)  # type: ignore[arg-type]
-    in_run = lambda e: e.message != "c"  # noqa: E731
-    assert inbox.run_all(in_run, lambda e: e.message in "ab")
-    assert not inbox.run_all(in_run, lambda e: e.message == "a")
-    assert inbox.qsize() == 3
 
 
 # --- volatile moves (loading, running) --------------------------------------------

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.clock import ManualClock
 from actors.job_store import JobStore
+from actors.runtime import ManualClock
 from protocol import LEGAL_TRANSITIONS, JobSpec, JobState, StoreSettings
 from protocol.messages import LoadQueuedJobs, StoreSnapshot
 

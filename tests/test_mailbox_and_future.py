@@ -11,9 +11,9 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.latch_future import LatchFuture
-from actors.mailbox import Mailbox
-from actors.supervision import SupervisedActor
+from actors.runtime import BatchingInbox, LatchFuture, Mailbox, SupervisedActor, Wanted
+from actors.runtime._pykka import Envelope
+from actors.runtime._stable_refs import PendingAsk, StableAsk
 
 WAIT_S = 10.0
 
@@ -214,3 +214,54 @@ def test_a_supervised_actor_answers_asks_through_its_mailbox_and_latch_future() 
         assert ref.is_alive()
     finally:
         ref.stop()
+
+
+# --- the batching inbox -------------------------------------------------------------
+
+
+def _envelope(message: object, reply_to: pykka.Future[Any] | None = None) -> Envelope[Any]:
+    return Envelope(message, reply_to=reply_to)
+
+
+def test_the_batching_inbox_takes_the_qualifying_run_at_its_head_up_to_a_limit() -> None:
+    inbox = BatchingInbox()
+    assert inbox.take_while(lambda message, asked: True, 10) == []
+    for name in "abcd":
+        inbox.put(_envelope(name))
+    assert inbox.take_while(lambda message, asked: message == "b", 10) == []
+    taken = inbox.take_while(lambda message, asked: message != "c", 10)
+    assert [d.message for d in taken] == ["a", "b"]
+    assert [d.message for d in inbox.take_while(lambda message, asked: True, 1)] == ["c"]
+    assert inbox.get().message == "d"
+    assert inbox.empty()
+
+
+def test_the_batching_inbox_tells_whether_the_run_at_its_head_passes_a_test_without_taking_it() -> (
+    None
+):
+    inbox = BatchingInbox()
+    for name in "abc":
+        inbox.put(_envelope(name))
+    in_run: Wanted = lambda message, asked: message != "c"  # noqa: E731
+    assert inbox.run_all(in_run, lambda message, asked: message in "ab")
+    assert not inbox.run_all(in_run, lambda message, asked: message == "a")
+    assert inbox.qsize() == 3
+
+
+def test_a_delivery_answers_a_pykka_ask_and_a_stable_ask_and_ignores_a_tell() -> None:
+    inbox = BatchingInbox()
+    asked: pykka.Future[Any] = LatchFuture()
+    pending = PendingAsk(lambda _: None)
+    inbox.put(_envelope("told"))
+    inbox.put(_envelope("asked", reply_to=asked))
+    inbox.put(_envelope(StableAsk("through a stable ref", pending)))
+    told, plain, stable = inbox.take_while(lambda message, asked: True, 10)
+    assert (told.message, told.asked) == ("told", False)
+    assert (plain.message, plain.asked) == ("asked", True)
+    assert (stable.message, stable.asked) == ("through a stable ref", True)
+    told.answer("nobody hears this")
+    plain.answer(ValueError("refused"))
+    stable.answer(42)
+    with pytest.raises(ValueError, match="refused"):
+        asked.get(timeout=1)
+    assert pending.future.get(timeout=1) == 42

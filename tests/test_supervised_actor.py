@@ -9,11 +9,22 @@ from typing import Any
 
 import pykka
 import pytest
-from supervision_kit import WAIT_S, Behaviour, Crash, Die, Doom, Echo, Fail, Halt, Probe, Recorder
+from supervision_kit import (
+    WAIT_S,
+    Behaviour,
+    Crash,
+    Die,
+    Doom,
+    Echo,
+    Fail,
+    Halt,
+    Probe,
+    Recorder,
+)
 
-from actors.supervision import ActorKilledError, ExitKind, SupervisedActor
-from actors.supervision_actor import Link, linked_to
-from protocol.supervision import ChildExited, ChildReady
+from actors.runtime import ActorKilledError, ExitKind, SupervisedActor
+from actors.runtime._supervised_actor import Link, linked_to
+from actors.runtime._vocabulary import ChildExited, ChildReady
 
 
 class Reports:

@@ -12,10 +12,10 @@ import pykka
 import pytest
 
 from actors import Config, GpuLane
+from actors.runtime import ExitKind, ExitReason
 from actors.system import DEFAULT_FACTORIES, LaneWiring, SupervisionSettings
 from actors.testing import FakeGpu, InjectedFault, wait_until
 from protocol import JobSpec, JobState, StoreSettings, SystemStoppedError, ValidationError
-from protocol.supervision import ExitKind, ExitReason
 
 StartLane = Callable[..., GpuLane]
 

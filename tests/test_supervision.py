@@ -24,8 +24,7 @@ from supervision_kit import (
     wait_until,
 )
 
-from actors.clock import ManualClock
-from actors.supervision import (
+from actors.runtime import (
     Backoff,
     ChildExitedError,
     ChildRestartingError,
@@ -35,13 +34,14 @@ from actors.supervision import (
     ExitKind,
     ExitReason,
     HoldBufferFullError,
+    ManualClock,
     RestartType,
     StableRefs,
     Strategy,
     Supervisor,
+    Timers,
     WhileRestarting,
 )
-from actors.timers import Timers
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from typing import Any
 import pykka
 from _common import parse_args, percentile, report
 
-from actors.supervision import SupervisedActor
+from actors.runtime import SupervisedActor
 
 Ask = Callable[[], object]
 

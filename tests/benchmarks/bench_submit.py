@@ -39,8 +39,8 @@ from huey import SqliteHuey
 from persistqueue import SQLiteAckQueue
 from ulid import ULID
 
-from actors.clock import SystemClock
 from actors.job_store import JobStore
+from actors.runtime import SystemClock
 from protocol import JobSpec, Lane, StoreSettings
 from protocol.messages import InsertJob, StoreSnapshot
 

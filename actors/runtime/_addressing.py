@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import pykka
 
-from actors.supervision_refs import StableRef
-from protocol.supervision import ChildRestartingError, ChildState
+from actors.runtime._stable_refs import StableRef
+from actors.runtime._vocabulary import ChildRestartingError, ChildState
 
 __all__ = ["ActorAddress", "ask_while_up"]
 

@@ -1,15 +1,13 @@
 """The vocabulary of supervision: restart types, strategies, exit reasons, snapshots, errors.
 
-Plain immutable values (ARCHITECTURE.md sections 7 and 8); the behaviour lives in
-``actors.supervision``.
+Plain immutable values (docs/architecture.md sections 7 and 8); the behaviour lives in
+the supervisor, supervised actor and stable reference modules beside this one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-
-from protocol.errors import GpulaneError
 
 __all__ = [
     "ActorKilledError",
@@ -29,6 +27,7 @@ __all__ = [
     "RestartDue",
     "RestartType",
     "Strategy",
+    "SupervisionError",
     "SupervisorSnapshot",
     "WhileRestarting",
 ]
@@ -203,7 +202,11 @@ class SupervisorSnapshot:
 # --- errors a sender sees -------------------------------------------------------------
 
 
-class ChildUnavailableError(GpulaneError):
+class SupervisionError(Exception):
+    """Base of the errors the runtime raises: a message that could not reach its actor."""
+
+
+class ChildUnavailableError(SupervisionError):
     """A message could not reach a supervised child; ``child_id`` says which."""
 
     def __init__(self, child_id: str, text: str) -> None:
@@ -241,5 +244,5 @@ class ChildStoppedError(ChildUnavailableError):
         super().__init__(child_id, f"child {child_id!r} is stopped and will not restart")
 
 
-class ActorKilledError(GpulaneError):
+class ActorKilledError(SupervisionError):
     """A BaseException escaped a supervised actor, which was stopped alone (not the process)."""

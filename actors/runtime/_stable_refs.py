@@ -19,8 +19,8 @@ from typing import Any, Literal, overload
 import pykka
 import structlog
 
-from actors.latch_future import LatchFuture
-from protocol.supervision import (
+from actors.runtime._future import LatchFuture
+from actors.runtime._vocabulary import (
     ChildExitedError,
     ChildRestartingError,
     ChildState,

@@ -5,7 +5,11 @@ Condition written in Python. An actor's mailbox has many senders but one reader,
 deque (atomic appends and pops) and a lock that the reader sleeps on when the deque is
 empty are enough, and a few microseconds of CPU cheaper per message
 (tests/benchmarks/bench_ask.py measures an ask round trip). The one reader may also look
-at the head without taking it, which the job store uses to batch writes.
+at the head without taking it, which the batching inbox builds on.
+
+The mailbox also tells quiescence (``_quiescence``) what it needs: whether anything waits
+in it, whether its reader sleeps for want of a message, and (through the activity count)
+that a message was sent at all.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import _thread
 import collections
 import queue
 from typing import Any
+
+from actors.runtime import _quiescence
 
 __all__ = ["Mailbox"]
 
@@ -28,9 +34,11 @@ class Mailbox:
         # after every one, so none is lost and extra ones only cost a loop.
         self._wake = _thread.allocate_lock()
         self._wake.acquire()
+        self._reader_asleep = False  # the reader waits in get() with nothing to take
 
     def put(self, item: Any) -> None:
         """Append ``item`` and wake the reader if it sleeps."""
+        _quiescence.ACTIVITY.sent += 1
         self._items.append(item)
         if self._wake.locked():
             try:
@@ -42,7 +50,9 @@ class Mailbox:
         """The oldest item, waiting for one if there is none (reader only)."""
         items = self._items
         while not items:
+            self._reader_asleep = True
             self._wake.acquire()
+            self._reader_asleep = False
         return items.popleft()
 
     def get_nowait(self) -> Any:
@@ -59,6 +69,11 @@ class Mailbox:
     def qsize(self) -> int:
         """How many items wait."""
         return len(self._items)
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing waits and the reader sleeps for want of a message."""
+        return self._reader_asleep and not self._items
 
     @property
     def waiting(self) -> collections.deque[Any]:

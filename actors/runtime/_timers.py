@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import pykka
 import structlog
 
-from actors.clock import Clock
+from actors.runtime import _quiescence
+from actors.runtime._clock import Clock
 
 __all__ = ["Tellable", "TimerHandle", "Timers"]
 
@@ -59,11 +60,13 @@ class Timers:
         self._counter = itertools.count()
         self._condition = threading.Condition()
         self._stopped = False
+        self._firing = 0  # batches of due callbacks taken and not yet run; under _condition
         self._thread = threading.Thread(target=self._run, name="gpulane-timers", daemon=True)
         clock.subscribe(self._on_clock_jump)
 
     def start(self) -> Timers:
         """Start the timer thread; returns self."""
+        _quiescence.watch(self)
         self._thread.start()
         return self
 
@@ -76,6 +79,7 @@ class Timers:
             self._condition.notify_all()
         if self._thread.is_alive():
             self._thread.join()
+        _quiescence.forget(self)
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` (quick, non-blocking) once ``delay_s`` seconds have passed."""
@@ -105,6 +109,14 @@ class Timers:
         with self._condition:
             return len(self._heap)
 
+    @property
+    def idle(self) -> bool:
+        """No callback running and none due on the clock (quiescence)."""
+        with self._condition:
+            if self._firing:
+                return False
+            return not self._heap or self._heap[0][0] > self.clock.now()
+
     def _take_due(self) -> list[Callable[[], None]]:
         now = self.clock.now()
         due: list[Callable[[], None]] = []
@@ -125,13 +137,24 @@ class Timers:
                     deadline = self._heap[0][0] if self._heap else None
                     self.clock.wait(self._condition, deadline)
                     continue
-            _run_all(due)
+                self._firing += 1
+            self._fire(due)
 
     def _on_clock_jump(self) -> None:
         with self._condition:
             due = [] if self._stopped else self._take_due()
+            self._firing += 1
             self._condition.notify_all()
-        _run_all(due)
+        self._fire(due)
+
+    def _fire(self, due: list[Callable[[], None]]) -> None:
+        """Run the callbacks taken as due; quiescence counts them busy until they return."""
+        _quiescence.ACTIVITY.sent += 1
+        try:
+            _run_all(due)
+        finally:
+            with self._condition:
+                self._firing -= 1
 
 
 def _run_all(callbacks: list[Callable[[], None]]) -> None:

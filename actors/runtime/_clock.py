@@ -1,7 +1,7 @@
 """Time as gpulane sees it: a Clock protocol, the system clock and a manual clock for tests.
 
 Every actor takes its time from an injected Clock, so tests advance time by hand
-instead of sleeping (ARCHITECTURE.md section 7).
+instead of sleeping (docs/architecture.md section 7).
 """
 
 from __future__ import annotations

@@ -16,17 +16,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import queue
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pykka
 import structlog
 
-from actors.latch_future import LatchFuture
-from actors.mailbox import Mailbox
-from actors.supervision_refs import StableAsk
-from protocol.supervision import (
+from actors.runtime._pykka import Envelope, HookedActor
+from actors.runtime._stable_refs import StableAsk
+from actors.runtime._vocabulary import (
     ActorKilledError,
     ChildExited,
     ChildExitedError,
@@ -34,9 +34,6 @@ from protocol.supervision import (
     ExitKind,
     ExitReason,
 )
-
-if TYPE_CHECKING:
-    from pykka._actor import ActorInbox
 
 __all__ = ["Link", "SupervisedActor", "linked_to"]
 
@@ -87,7 +84,7 @@ def linked_to(link: Link) -> Iterator[None]:
         _current_link.reset(token)
 
 
-class SupervisedActor(pykka.ThreadingActor):
+class SupervisedActor(HookedActor):
     """Base class for actors a Supervisor runs; subclass it like pykka.ThreadingActor.
 
     Behaviour kept from pykka: an ask whose handler raises returns the error to the
@@ -105,16 +102,6 @@ class SupervisedActor(pykka.ThreadingActor):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _wrap_hooks(cls)
-
-    @staticmethod
-    def _create_actor_inbox() -> ActorInbox:
-        """A deque with a lock to wake the reader: lighter than pykka's queue.Queue."""
-        return Mailbox()
-
-    @staticmethod
-    def _create_future() -> pykka.Future[Any]:
-        """Asks to this actor wait on a latch, lighter than pykka's Condition."""
-        return LatchFuture()
 
     # The defaults, wrapped like any subclass's own hooks (see the end of this module).
     def on_start(self) -> None:
@@ -135,18 +122,43 @@ class SupervisedActor(pykka.ThreadingActor):
         """pykka's default: log an unexpected message."""
         return super().on_receive(message)
 
-    # pykka private API, overridden because it is unavoidable: proxy calls, on_receive and
-    # the stop message are all dispatched through _handle_receive, and pykka's loop answers
-    # a BaseException escaping it with ActorRegistry.stop_all(). Catching it here, and only
-    # here, is the one place that keeps a BaseException from stopping unrelated actors.
-    def _handle_receive(self, message: Any) -> Any:
-        try:
-            return super()._handle_receive(message)
-        except Exception:
-            raise
-        except BaseException as error:
-            self._terminate(ExitReason.from_exception(ExitKind.KILLED, error))
-            raise ActorKilledError(f"{self} was stopped by {error!r}") from error
+    def killed_by(self, error: BaseException) -> Exception:
+        """A BaseException escaped a handler: end this actor alone, reported as KILLED."""
+        self._terminate(ExitReason.from_exception(ExitKind.KILLED, error))
+        return ActorKilledError(f"{self} was stopped by {error!r}")
+
+    def salvage_mailbox(self, wanted: Callable[[Any, bool], bool]) -> int:
+        """Handle, in order, what already waits in the mailbox of this crashed instance.
+
+        Call it from ``on_failure``: pykka has marked the actor stopped, so nothing new
+        arrives (senders hold their messages for the next instance). The messages pykka
+        would drop with the instance (tells, and asks sent through a stable reference)
+        that ``wanted(message, asked)`` picks are handled by ``on_receive`` and their
+        askers answered; the rest are left for pykka, which fails its own asks with
+        ActorDeadError. Returns how many were handled.
+        """
+        mailbox = self.mailbox
+        leftover: list[Envelope[Any]] = []
+        handled = 0
+        while True:
+            try:
+                envelope = mailbox.get_nowait()
+            except queue.Empty:
+                break
+            message = envelope.message
+            stable = isinstance(message, StableAsk)
+            inner = message.message if stable else message
+            if (stable or envelope.reply_to is None) and wanted(inner, stable):
+                handled += 1
+                try:
+                    self.on_receive(message)
+                except Exception:
+                    log.exception("salvage_failed", actor=str(self), message=type(inner).__name__)
+            else:
+                leftover.append(envelope)
+        for envelope in leftover:
+            mailbox.put(envelope)
+        return handled
 
     def _announce_ready(self) -> None:
         """Tell the supervisor (if any) that this instance is ready for messages."""

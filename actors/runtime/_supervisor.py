@@ -1,4 +1,4 @@
-"""OTP-style supervisors for pykka actors (ARCHITECTURE.md section 7).
+"""OTP-style supervisors for pykka actors (docs/architecture.md section 7).
 
 A :class:`Supervisor` is itself a supervised pykka actor, so supervisors nest. It
 starts its children in order (each ready before the next), restarts them by
@@ -21,25 +21,19 @@ from typing import Any
 import pykka
 import structlog
 
-from actors.clock import Clock, SystemClock
-from actors.supervision_actor import Link, SupervisedActor, linked_to
-from actors.supervision_refs import DEFAULT_HOLD_LIMIT, StableRef, StableRefs
-from actors.timers import TimerHandle, Timers
-from protocol.supervision import (
-    ActorKilledError,
+from actors.runtime._clock import Clock, SystemClock
+from actors.runtime._stable_refs import DEFAULT_HOLD_LIMIT, StableRef, StableRefs
+from actors.runtime._supervised_actor import Link, SupervisedActor, linked_to
+from actors.runtime._timers import TimerHandle, Timers
+from actors.runtime._vocabulary import (
     Backoff,
     ChildExited,
-    ChildExitedError,
     ChildReady,
-    ChildRestartingError,
     ChildSnapshot,
     ChildState,
-    ChildStoppedError,
-    ChildUnavailableError,
     ExitKind,
     ExitReason,
     GetSnapshot,
-    HoldBufferFullError,
     RestartDue,
     RestartType,
     Strategy,
@@ -47,29 +41,7 @@ from protocol.supervision import (
     WhileRestarting,
 )
 
-__all__ = [
-    "ActorKilledError",
-    "Backoff",
-    "ChildExitedError",
-    "ChildRestartingError",
-    "ChildSnapshot",
-    "ChildSpec",
-    "ChildState",
-    "ChildStoppedError",
-    "ChildUnavailableError",
-    "ExitKind",
-    "ExitReason",
-    "GetSnapshot",
-    "HoldBufferFullError",
-    "RestartType",
-    "StableRef",
-    "StableRefs",
-    "Strategy",
-    "SupervisedActor",
-    "Supervisor",
-    "SupervisorSnapshot",
-    "WhileRestarting",
-]
+__all__ = ["ChildSpec", "Supervisor"]
 
 log = structlog.get_logger(__name__)
 

@@ -5,8 +5,9 @@
 
 from actors.config import BackendSettings, Config
 from actors.runtime import Clock, ManualClock, SystemClock
-from actors.system import GpuFactory, GpuLane, SlotWiring
+from actors.system import GpuLane
 from actors.ticket import Ticket
+from actors.tree import GpuFactory, SlotWiring
 
 __all__ = [
     "BackendSettings",

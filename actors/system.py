@@ -1,42 +1,33 @@
-"""The GpuLane facade: builds the supervision tree, turns calls into messages, holds sinks.
+"""The GpuLane facade: turns a host's calls into messages and holds the waiting callers' sinks.
 
-It is not an actor (ARCHITECTURE.md section 2): a host calls it from any thread or
-from asyncio; it never awaits a pykka future on an event loop. The actors run under
-a root Supervisor (section 7; docs/supervision.md, "gpulane's tree") and address each
-other, and are addressed by the facade, through the tree's StableRefs.
+It is not an actor (docs/architecture.md section 2): a host calls it from any thread or
+from asyncio; it never awaits a pykka future on an event loop. It starts the tree
+``actors.tree.lane_tree`` declares (docs/supervision.md, "gpulane's tree") and
+addresses the actors through the tree's StableRefs. The backends come from
+``actors.backend_factory``, embeddings run on ``actors.embedding``'s executor, and
+``status()`` is assembled by ``actors.status_view``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import dataclasses
-import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, cast
+from typing import Any
 
 import pykka
 import structlog
 
-from actors.arbiter import CancelOutcome, PriorityArbiter
-from actors.backends.base import Backend, CancelToken
+from actors.arbiter import CancelOutcome
+from actors.backend_factory import BuiltBackend, cloud_backend, local_backend
+from actors.backends.base import Backend
 from actors.config import Config
-from actors.gpu import GpuSlot
-from actors.job_store import JobStore
-from actors.rate_limiter import RateLimiter
-from actors.residency import ResidencyTracker
+from actors.embedding import EmbeddingExecutor, embed_request
 from actors.runtime import (
-    ActorAddress,
-    Backoff,
     ChildExitedError,
     ChildRestartingError,
-    ChildSnapshot,
-    ChildSpec,
-    ChildState,
     ChildUnavailableError,
     Clock,
     ExitReason,
@@ -44,15 +35,24 @@ from actors.runtime import (
     HoldBufferFullError,
     StableRef,
     StableRefs,
-    Strategy,
     Supervisor,
     SupervisorSnapshot,
     SystemClock,
     Timers,
-    WhileRestarting,
 )
 from actors.sinks import SinkRegistry
+from actors.status_view import all_started, lane_status, slot_placeholder
 from actors.ticket import Ticket
+from actors.tree import (
+    CHILD_ORDER,
+    DEFAULT_FACTORIES,
+    ChildFactory,
+    GpuFactory,
+    LaneWiring,
+    SupervisionSettings,
+    backend_slots,
+    lane_tree,
+)
 from protocol import (
     CancelReason,
     EmbedResult,
@@ -60,11 +60,8 @@ from protocol import (
     JobSpec,
     JobState,
     Lane,
-    RetryPolicy,
-    SchedulingPolicy,
     SystemStoppedError,
     ValidationError,
-    freeze,
 )
 from protocol.messages import (
     Admit,
@@ -88,164 +85,11 @@ from protocol.messages import (
     ResumeDispatch,
     SlotSnapshot,
 )
-from protocol.spec import check_json_data, check_text
 
-__all__ = [
-    "DEFAULT_FACTORIES",
-    "ChildFactory",
-    "GpuFactory",
-    "GpuLane",
-    "LaneWiring",
-    "SlotWiring",
-    "SupervisionSettings",
-]
+__all__ = ["GpuLane"]
 
 log = structlog.get_logger(__name__)
 
-
-@dataclasses.dataclass(frozen=True)
-class SlotWiring:
-    """Everything a GPU slot actor is wired to; a GpuFactory turns it into a running actor."""
-
-    slot_id: str
-    store: ActorAddress
-    arbiter: ActorAddress
-    sinks: SinkRegistry
-    clock: Clock
-    timers: Timers
-    policy: SchedulingPolicy
-    retry: RetryPolicy
-    residency: ActorAddress | None = None  # the ResidencyTracker, told of loads and switches
-
-
-GpuFactory = Callable[[SlotWiring], pykka.ActorRef[Any]]
-
-
-@dataclasses.dataclass(frozen=True)
-class LaneWiring:
-    """What a child factory may use to (re)start its actor; read it at start time.
-
-    ``config()`` and ``paused()`` give the settings in force now, so an actor that
-    restarts picks up the host's latest ``reload_config`` and ``pause``.
-    """
-
-    refs: StableRefs
-    slot_ids: tuple[str, ...]
-    sinks: SinkRegistry
-    clock: Clock
-    timers: Timers
-    config: Callable[[], Config]
-    paused: Callable[[], bool]
-    listener: Callable[[Job], None]  # the store's commit listener
-    backend: Backend | None  # what the ResidencyTracker polls and pins on (None: slots only)
-    cloud_slot_ids: frozenset[str] = frozenset()  # slots on the cloud backend (cloud fallback)
-
-
-ChildFactory = Callable[[LaneWiring], pykka.ActorRef[Any]]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SupervisionSettings:
-    """The root's restart budget and back-off (docs/supervision.md).
-
-    More than ``intensity`` restarts within ``period_s`` seconds (on the lane's clock)
-    stops the tree and reports the failure to the host. ``shutdown_s`` bounds each
-    actor's stop; a GPU slot joins its worker within ``slot_join_s`` (less, so its
-    report still reaches the store before the supervisor moves on).
-    """
-
-    intensity: int = 5
-    period_s: float = 10.0
-    backoff: Backoff = Backoff(initial_s=0.0)
-    shutdown_s: float = 10.0
-    slot_join_s: float = 5.0
-    call_timeout_s: float = 30.0  # how long a facade call waits through restarts
-
-    def __post_init__(self) -> None:
-        if self.slot_join_s >= self.shutdown_s:
-            raise ValidationError("slot_join_s", "must be less than shutdown_s")
-
-
-def backend_slot_factory(backend: Backend, join_s: float = 5.0) -> GpuFactory:
-    """A GpuFactory that runs real GpuSlots on ``backend``."""
-
-    def start(wiring: SlotWiring) -> pykka.ActorRef[Any]:
-        return GpuSlot.start(
-            slot_id=wiring.slot_id,
-            backend=backend,
-            store=wiring.store,
-            arbiter=wiring.arbiter,
-            sinks=wiring.sinks,
-            clock=wiring.clock,
-            timers=wiring.timers,
-            policy=wiring.policy,
-            retry=wiring.retry,
-            rng=random.Random(),
-            shutdown_timeout_s=join_s,
-            residency=wiring.residency,
-        )
-
-    return start
-
-
-def _start_store(wiring: LaneWiring) -> pykka.ActorRef[Any]:
-    """The JobStore; recovery of loading/running jobs waits for the arbiter's ask."""
-    return JobStore.start(
-        wiring.config().store, wiring.clock, listener=wiring.listener, recover_on_open=False
-    )
-
-
-def _start_limiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
-    """The RateLimiter, with the limits in force now; it recounts queued jobs from the store."""
-    return RateLimiter.start(
-        limits=wiring.config().limits, clock=wiring.clock, store=wiring.refs.ref_for("store")
-    )
-
-
-def _start_residency(wiring: LaneWiring) -> pykka.ActorRef[Any]:
-    """The ResidencyTracker; it tells the arbiter (held until the arbiter is up)."""
-    return ResidencyTracker.start(
-        settings=wiring.config().residency,
-        clock=wiring.clock,
-        timers=wiring.timers,
-        backend=wiring.backend,
-        arbiter=wiring.refs.ref_for("arbiter"),
-    )
-
-
-def _start_arbiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
-    """The PriorityArbiter, with the policy and pause state in force now."""
-    config = wiring.config()
-    return PriorityArbiter.start(
-        store=wiring.refs.ref_for("store"),
-        slots={slot_id: wiring.refs.ref_for(slot_id) for slot_id in wiring.slot_ids},
-        policy=config.scheduling,
-        retry=config.retry,
-        clock=wiring.clock,
-        timers=wiring.timers,
-        paused=wiring.paused(),
-        cloud_slots=wiring.cloud_slot_ids,
-        cloud=config.cloud.policy,
-    )
-
-
-#: The root's children before the GPU slots, in start order (rest_for_one).
-_CHILD_ORDER: tuple[str, ...] = ("store", "limiter", "residency", "arbiter")
-#: The factory each child starts with; ``GpuLane.start(factories=...)`` replaces some.
-DEFAULT_FACTORIES: Mapping[str, ChildFactory] = MappingProxyType(
-    {
-        "store": _start_store,
-        "limiter": _start_limiter,
-        "residency": _start_residency,
-        "arbiter": _start_arbiter,
-    }
-)
-#: What a message to a child meets while it restarts (docs/supervision.md explains why).
-_WHILE_RESTARTING: Mapping[str, WhileRestarting] = MappingProxyType(
-    {child_id: WhileRestarting.HOLD for child_id in _CHILD_ORDER}
-)
-_HOLD_LIMIT = 100_000  # reports from every slot plus submits during a store restart
-_SLOT_HOLD_LIMIT = 1_000  # a slot gets a dispatch, cancels, a policy: few messages
 _RETRYABLE = (ChildRestartingError, HoldBufferFullError, ChildExitedError)
 
 
@@ -275,11 +119,9 @@ class GpuLane:
         self._refs = StableRefs()
         self._root: pykka.ActorRef[Any] | None = None
         self._slot_ids: tuple[str, ...] = ()
-        self._owned: list[Callable[[], None]] = []
+        self._built: list[BuiltBackend] = []  # backends the lane made, closed at its end
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
-        self._embed_backend: Backend | None = None
-        self._embed_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._embed_calls: set[CancelToken] = set()
+        self._embedder: EmbeddingExecutor | None = None
 
     @classmethod
     def start(
@@ -306,11 +148,9 @@ class GpuLane:
         adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback).
         """
         config = config or Config()
-        unknown = sorted(set(factories or {}) - set(_CHILD_ORDER))
+        unknown = sorted(set(factories or {}) - set(CHILD_ORDER))
         if unknown:
-            raise ValidationError(
-                "factories", f"unknown child {unknown[0]!r}", allowed=_CHILD_ORDER
-            )
+            raise ValidationError("factories", f"unknown child {unknown[0]!r}", allowed=CHILD_ORDER)
         clock = clock or SystemClock()
         timers = Timers(clock).start()
         lane = cls(
@@ -340,20 +180,19 @@ class GpuLane:
         config = self._config
         if gpu is None:
             if backend is None:
-                backend = self._default_backend()
-            gpu = backend_slot_factory(backend, settings.slot_join_s)
+                backend = self._own(local_backend(config.backend))
+            gpu = backend_slots(backend, settings.slot_join_s)
         # With ``gpu`` alone (a fake GPU) the tracker learns from the slots only.
-        self._embed_backend = backend
+        if backend is not None:
+            self._embedder = EmbeddingExecutor(backend, config.backend.embed_workers)
         if cloud is None and config.cloud.enabled:
-            cloud = self._cloud_backend()
-        slot_factories: dict[str, GpuFactory] = {
-            f"gpu{i}": gpu for i in range(config.backend.slots)
-        }
+            cloud = self._own(cloud_backend(config.cloud))
+        slots: dict[str, GpuFactory] = {f"gpu{i}": gpu for i in range(config.backend.slots)}
         if cloud is not None:
-            cloud_factory = backend_slot_factory(cloud, settings.slot_join_s)
-            slot_factories.update({f"cloud{i}": cloud_factory for i in range(config.cloud.slots)})
-        self._slot_ids = tuple(slot_factories)
-        self._cloud_slot_ids = frozenset(s for s in self._slot_ids if s.startswith("cloud"))
+            cloud_slots = backend_slots(cloud, settings.slot_join_s)
+            slots.update({f"cloud{i}": cloud_slots for i in range(config.cloud.slots)})
+        self._slot_ids = tuple(slots)
+        cloud_slot_ids = frozenset(s for s in self._slot_ids if s.startswith("cloud"))
         wiring = LaneWiring(
             refs=self._refs,
             slot_ids=self._slot_ids,
@@ -364,65 +203,24 @@ class GpuLane:
             paused=lambda: self._paused,
             listener=self._committed,
             backend=backend,
-            cloud_slot_ids=self._cloud_slot_ids,
+            cloud_slot_ids=cloud_slot_ids,
         )
-        specs = [
-            ChildSpec(
-                child_id,
-                _bind(factories[child_id], wiring),
-                shutdown_s=settings.shutdown_s,
-                while_restarting=_WHILE_RESTARTING[child_id],
-                hold_limit=_HOLD_LIMIT,
-            )
-            for child_id in _CHILD_ORDER
-        ]
-        for slot_id in self._slot_ids:  # the arbiter starts before the slots' supervisor
-            self._refs.declare(slot_id, WhileRestarting.HOLD, _SLOT_HOLD_LIMIT)
-        slot_specs = [
-            ChildSpec(
-                slot_id,
-                _bind_slot(slot_factories[slot_id], slot_id, wiring),
-                shutdown_s=settings.shutdown_s,
-                while_restarting=WhileRestarting.HOLD,
-                hold_limit=_SLOT_HOLD_LIMIT,
-            )
-            for slot_id in self._slot_ids
-        ]
-        specs.append(
-            ChildSpec(
-                "gpus",
-                lambda: Supervisor.start(
-                    slot_specs,
-                    refs=self._refs,
-                    strategy=Strategy.ONE_FOR_ONE,
-                    intensity=settings.intensity,
-                    period_s=settings.period_s,
-                    backoff=settings.backoff,
-                    timers=self._timers,
-                    name="gpus",
-                ),
-                shutdown_s=settings.shutdown_s * (len(slot_specs) + 1),
-            )
+        tree = lane_tree(wiring, settings, factories, slots)
+        self._root = Supervisor.start_spec(
+            tree, refs=self._refs, timers=self._timers, on_escalate=self._escalated
         )
-        root = Supervisor.start(
-            specs,
-            refs=self._refs,
-            strategy=Strategy.REST_FOR_ONE,
-            intensity=settings.intensity,
-            period_s=settings.period_s,
-            backoff=settings.backoff,
-            timers=self._timers,
-            name="gpulane",
-            on_escalate=self._escalated,
-        )
-        self._root = root
         self._wait_until_started()
         log.info(
             "gpulane_started",
-            slots=len(self._slot_ids) - len(self._cloud_slot_ids),
-            cloud_slots=len(self._cloud_slot_ids),
+            slots=len(self._slot_ids) - len(cloud_slot_ids),
+            cloud_slots=len(cloud_slot_ids),
             store=config.store.path,
         )
+
+    def _own(self, built: BuiltBackend) -> Backend:
+        """Keep a backend the lane made, to close when the lane ends; returns its client."""
+        self._built.append(built)
+        return built.backend
 
     def _wait_until_started(self) -> None:
         """Block until each child has started once (or the tree gave up, which raises)."""
@@ -431,56 +229,11 @@ class GpuLane:
             if self._failure is not None:
                 raise SystemStoppedError(f"gpulane failed to start: {self._failure}")
             snapshot = self.supervision()
-            if snapshot is not None and _all_started(snapshot):
+            if snapshot is not None and all_started(snapshot):
                 return
             if time.monotonic() > deadline:
                 raise SystemStoppedError("gpulane did not start in time")
             time.sleep(0.005)
-
-    def _default_backend(self) -> Backend:
-        from actors.backends.ollama import OllamaBackend
-        from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode
-
-        settings = self._config.backend
-        if settings.kind == "openai":
-            resume = cast(ResumeMode, settings.resume)  # BackendSettings checked it
-            openai = OpenAICompatBackend(
-                settings.url, resume=resume, timeout=settings.request_timeout_s
-            )
-            self._owned.append(openai.close)
-            return openai
-        if settings.kind == "simulated":
-            from actors.backends.simulated import SimulatedOllama
-
-            server = SimulatedOllama()
-            url = server.start()
-            self._owned.append(server.stop)
-        else:
-            url = settings.url
-        backend = OllamaBackend(url, timeout=settings.request_timeout_s)
-        self._owned.append(backend.close)
-        return backend
-
-    def _cloud_backend(self) -> Backend:
-        from actors.backends.anthropic import AnthropicBackend
-
-        settings = self._config.cloud
-        key = os.environ.get(settings.api_key_env, "")
-        if not key:
-            raise ValidationError(
-                "cloud.api_key_env",
-                f"cloud fallback is on but ${settings.api_key_env} is empty",
-                allowed="an Anthropic API key in that environment variable",
-            )
-        cloud = AnthropicBackend(
-            key,
-            model=settings.model,
-            base_url=settings.url,
-            max_tokens=settings.max_tokens,
-            timeout=settings.request_timeout_s,
-        )
-        self._owned.append(cloud.close)
-        return cloud
 
     # --- the public surface ---------------------------------------------------------
 
@@ -535,49 +288,22 @@ class GpuLane:
     ) -> EmbedResult:
         """Embed ``inputs`` with ``model`` straight on the backend, bypassing the GPU queue.
 
-        Embedding calls are short and the embedding model stays resident beside the chat
-        model (ARCHITECTURE.md section 3), so they run concurrently on a small thread
-        pool (``backend.embed_workers``), never waiting behind a long chat call. Blocks
-        until the vectors come back; after ``timeout`` seconds the call is cancelled
-        (its connection dropped) and TimeoutError raised.
+        Embedding calls run concurrently beside the GPU queue (``actors.embedding``),
+        never waiting behind a long chat call. Blocks until the vectors come back;
+        after ``timeout`` seconds the call is cancelled (its connection dropped) and
+        TimeoutError raised.
         """
-        texts = (inputs,) if isinstance(inputs, str) else tuple(inputs)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise ValidationError("inputs", "must be a string or a non-empty list of strings")
-        for index, text in enumerate(texts):
-            check_text(f"inputs[{index}]", text)
-        if not isinstance(model, str) or not model.strip():
-            raise ValidationError("model", "must be a non-empty string")
-        try:
-            frozen = freeze(dict(options or {}))
-        except TypeError as exc:
-            raise ValidationError("options", str(exc)) from None
-        check_json_data("options", frozen)
-        backend = self._embed_backend
-        if backend is None:
+        texts, frozen = embed_request(model, inputs, options)
+        embedder = self._embedder
+        if embedder is None:
             raise ValidationError(
                 "backend", "no backend to embed with", allowed="GpuLane.start(backend=...)"
             )
         # Embeddings skip the GPU queue but not the RateLimiter's embeddings budget.
         self._ask("limiter", Admit(caller, lane, embedding=True))
-        token = CancelToken()
-        with self._lock:
-            if self._stopped:
-                raise SystemStoppedError("gpulane is stopped")
-            if self._embed_pool is None:
-                self._embed_pool = concurrent.futures.ThreadPoolExecutor(
-                    self._config.backend.embed_workers, thread_name_prefix="gpulane-embed"
-                )
-            self._embed_calls.add(token)
-            future = self._embed_pool.submit(backend.embed, model, texts, frozen, token)
         try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            token.cancel()
-            raise TimeoutError(f"embedding with {model} took over {timeout}s") from None
+            return embedder.embed(model, texts, frozen, timeout)
         finally:
-            with self._lock:
-                self._embed_calls.discard(token)
             log.debug("embedded", caller=caller, model=model, inputs=len(texts))
 
     def cancel(self, job_id: str, reason: CancelReason = CancelReason.USER) -> str:
@@ -640,27 +366,15 @@ class GpuLane:
         residency: Mapping[str, Any] = self._ask("residency", ResidencySnapshot())
         admission: Mapping[str, Any] = self._ask("limiter", LimiterSnapshot())
         with self._lock:
-            counters: dict[str, Any] = dict(self._counters)
-        counters.update(queue["counters"])
-        counters["loading_s"] = residency["counters"]["loading_s"]
-        return MappingProxyType(
-            {
-                "paused": queue["paused"],
-                "queued": queue["queued"],
-                "depth": queue["depth"],
-                "slots": MappingProxyType(slots),
-                "resident_models": tuple(  # loaded, or being loaded by a running call
-                    sorted(
-                        set(residency["resident"])
-                        | {s["model_key"] for s in slots.values() if s["job_id"]}
-                    )
-                ),
-                "residency": residency,
-                "admission": admission,
-                "jobs": self._ask("store", CountJobs()),
-                "counters": MappingProxyType(counters),
-                "supervision": _supervision_view(self.supervision()),
-            }
+            counters = dict(self._counters)
+        return lane_status(
+            queue=queue,
+            slots=slots,
+            residency=residency,
+            admission=admission,
+            jobs=self._ask("store", CountJobs()),
+            facade_counters=counters,
+            supervision=self.supervision(),
         )
 
     def _slot_status(self, slot_id: str) -> Mapping[str, Any]:
@@ -672,16 +386,7 @@ class GpuLane:
         except ChildUnavailableError as error:
             state = "stopped" if self._failure or self._stopped else "restarting"
             log.debug("slot_status_unavailable", slot=slot_id, error=str(error))
-            return MappingProxyType(
-                {
-                    "slot_id": slot_id,
-                    "job_id": None,
-                    "model_key": None,
-                    "since": None,
-                    "cancelling": None,
-                    "state": state,
-                }
-            )
+            return slot_placeholder(slot_id, state)
         return MappingProxyType({**snapshot, "state": "running"})
 
     def supervision(self) -> SupervisorSnapshot | None:
@@ -771,12 +476,8 @@ class GpuLane:
                 root.stop(block=True, timeout=self._supervision.shutdown_s * 4)
             except pykka.Timeout:
                 log.error("gpulane_stop_timeout")
-        with self._lock:
-            pending = list(self._embed_calls)
-        for token in pending:
-            token.cancel()
-        if self._embed_pool is not None:
-            self._embed_pool.shutdown(wait=True, cancel_futures=True)
+        if self._embedder is not None:
+            self._embedder.stop()
         self._sinks.fail_all(SystemStoppedError("gpulane was stopped before the job ended"))
         self._release()
         log.info("gpulane_stopped")
@@ -819,8 +520,8 @@ class GpuLane:
                 return
             self._released = True
         self._timers.stop()
-        for release in reversed(self._owned):
-            release()
+        for built in reversed(self._built):
+            built.close()
 
     def _check_running(self) -> None:
         if self._failure is not None:
@@ -864,66 +565,3 @@ class GpuLane:
                     raise
                 log.info("call_retried", child=child_id, error=type(error).__name__)
                 time.sleep(0.01)
-
-
-def _bind(factory: ChildFactory, wiring: LaneWiring) -> Callable[[], pykka.ActorRef[Any]]:
-    """A ChildSpec factory: ``factory`` applied to the wiring at each (re)start."""
-    return lambda: factory(wiring)
-
-
-def _bind_slot(gpu: GpuFactory, slot_id: str, wiring: LaneWiring) -> Callable[[], Any]:
-    """A ChildSpec factory for one GPU slot, wired with the settings in force at its start."""
-
-    def start() -> pykka.ActorRef[Any]:
-        config = wiring.config()
-        return gpu(
-            SlotWiring(
-                slot_id=slot_id,
-                store=wiring.refs.ref_for("store"),
-                arbiter=wiring.refs.ref_for("arbiter"),
-                sinks=wiring.sinks,
-                clock=wiring.clock,
-                timers=wiring.timers,
-                policy=config.scheduling,
-                retry=config.retry,
-                residency=wiring.refs.ref_for("residency"),
-            )
-        )
-
-    return start
-
-
-def _all_started(snapshot: SupervisorSnapshot) -> bool:
-    """True when every child (and every nested supervisor's child) has started."""
-    for child in snapshot.children:
-        if child.state is not ChildState.RUNNING:
-            return False
-        if child.supervisor is not None and not _all_started(child.supervisor):
-            return False
-    return True
-
-
-def _supervision_view(snapshot: SupervisorSnapshot | None) -> Mapping[str, Any]:
-    """The tree as plain data for ``status()``: per child its state, restarts and last exit."""
-    if snapshot is None:
-        return MappingProxyType({"state": "stopped", "restarts": 0, "children": {}})
-    children: dict[str, Mapping[str, Any]] = {}
-
-    def add(child: ChildSnapshot) -> None:
-        children[child.child_id] = MappingProxyType(
-            {
-                "state": child.state.value,
-                "restarts": child.restarts,
-                "exits": child.exits,
-                "last_exit": None if child.last_exit is None else str(child.last_exit),
-            }
-        )
-        if child.supervisor is not None:
-            for grandchild in child.supervisor.children:
-                add(grandchild)
-
-    for child in snapshot.children:
-        add(child)
-    return MappingProxyType(
-        {"state": "running", "restarts": snapshot.restarts, "children": MappingProxyType(children)}
-    )

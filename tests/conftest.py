@@ -1,31 +1,34 @@
-"""Suite-wide guards: every test must stop the actors and threads it starts."""
+"""Suite-wide guards: every test must stop the actors and threads it starts.
+
+The fixtures ``lane``, ``fake_gpu`` and ``manual_clock`` come from gpulane's pytest plugin
+(``actors.testing.pytest_plugin``), which installing gpulane registers.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pykka
 import pytest
 
+from actors.testing import wait_until
+
 
 @pytest.fixture(autouse=True)
 def no_leaked_threads_or_actors() -> Iterator[None]:
-    """Fail a test that leaves an actor running or a thread behind (ARCHITECTURE.md section 8)."""
+    """Fail a test that leaves an actor running or a thread behind (docs/architecture.md
+    section 8). Threads end on their own after a stop, so the guard waits for them."""
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 5.0
-    while True:
-        actors = pykka.ActorRegistry.get_all()
-        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not actors and not extra:
-            return
-        if time.monotonic() > deadline:
-            pykka.ActorRegistry.stop_all()
-            names = [t.name for t in extra]
-            pytest.fail(f"test leaked {len(actors)} actor(s) and threads {names}")
-        time.sleep(0.01)
 
+    def leaked() -> tuple[list[pykka.ActorRef[pykka.Actor]], list[str]]:
+        extra = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+        return pykka.ActorRegistry.get_all(), extra
 
-pytest_plugins = ["actors.testing"]
+    try:
+        wait_until(lambda: leaked() == ([], []), 5.0)
+    except AssertionError:
+        actors, names = leaked()
+        pykka.ActorRegistry.stop_all()
+        pytest.fail(f"test leaked {len(actors)} actor(s) and threads {names}")

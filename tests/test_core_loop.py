@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from actors import Config, GpuLane
-from actors.testing import FakeGpu, InjectedFault, ManualClock, settle, wait_until
+from actors.testing import FakeGpu, InjectedFault, ManualClock, quiesce, wait_until
 from protocol import (
     ActiveHours,
     JobCancelledError,
@@ -91,7 +91,7 @@ def test_internal_work_goes_before_external_work(lane: GpuLane, fake_gpu: FakeGp
         lane.submit(chat("external", lane=Lane.EXTERNAL)),
         lane.submit(chat("internal", lane=Lane.INTERNAL)),
     ]
-    settle(lane)  # the recalls of jobs handed over too early are done
+    quiesce()  # the recalls of jobs handed over too early are done
     call.finish("done")
     assert served_order(fake_gpu, 2) == ["internal", "external"]
     assert [t.result(timeout=5) for t in waiting] == ["ok", "ok"]
@@ -102,7 +102,7 @@ def test_priorities_are_served_urgent_high_normal_low(lane: GpuLane, fake_gpu: F
     waiting = [
         lane.submit(chat(prio, priority=prio)) for prio in ("low", "normal", "urgent", "high")
     ]
-    settle(lane)  # the recalls of jobs handed over too early are done
+    quiesce()  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 4) == ["urgent", "high", "normal", "low"]
     assert all(t.result(timeout=5) == "ok" for t in waiting)
@@ -111,7 +111,7 @@ def test_priorities_are_served_urgent_high_normal_low(lane: GpuLane, fake_gpu: F
 def test_jobs_of_the_same_class_run_first_in_first_out(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     _, call = occupy(lane, fake_gpu)
     waiting = [lane.submit(chat(f"job{i}")) for i in range(5)]
-    settle(lane)  # the recalls of jobs handed over too early are done
+    quiesce()  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 5) == [f"job{i}" for i in range(5)]
     assert [t.result(timeout=5) for t in waiting] == ["ok"] * 5
@@ -122,7 +122,7 @@ def test_the_next_step_of_a_running_chain_goes_before_older_jobs(
 ) -> None:
     _, call = occupy(lane, fake_gpu, chain_id="task-7")
     waiting = [lane.submit(chat("older")), lane.submit(chat("step2", chain_id="task-7"))]
-    settle(lane)  # the recalls of jobs handed over too early are done
+    quiesce()  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 2) == ["step2", "older"]
     assert [t.result(timeout=5) for t in waiting] == ["ok", "ok"]
@@ -213,7 +213,7 @@ def test_a_queued_job_can_be_cancelled(lane: GpuLane, fake_gpu: FakeGpu) -> None
     with pytest.raises(JobCancelledError):
         queued.result(timeout=5)
     call.finish()
-    assert fake_gpu.no_call_within(0.3)
+    assert fake_gpu.no_new_call()
 
 
 def test_a_running_job_can_be_cancelled_and_its_call_stops(
@@ -267,7 +267,7 @@ def test_a_transient_failure_is_retried_after_back_off_then_succeeds(
 ) -> None:
     ticket = lane.submit(chat("flaky"))
     fake_gpu.next_call().fail("connection reset", transient=True)
-    assert fake_gpu.no_call_within(0.3), "retried before the back-off passed"
+    assert fake_gpu.no_new_call(), "retried before the back-off passed"
     job = lane.get(ticket.job_id)
     assert job.state is JobState.QUEUED and job.attempts == 1 and job.not_before is not None
     manual_clock.advance(RetryPolicy().max_delay_s)
@@ -334,7 +334,7 @@ def test_retrying_a_job_that_has_not_failed_is_refused(lane: GpuLane, fake_gpu: 
 def test_pause_stops_dispatch_and_resume_starts_it_again(lane: GpuLane, fake_gpu: FakeGpu) -> None:
     lane.pause()
     ticket = lane.submit(chat("wait"))
-    assert fake_gpu.no_call_within(0.3)
+    assert fake_gpu.no_new_call()
     assert lane.status()["paused"] is True
     lane.resume()
     fake_gpu.next_call().finish("go")
@@ -351,7 +351,7 @@ def test_reloading_the_config_keeps_the_queue_and_the_counters(
     after = lane.status()
     assert after["queued"] == before["queued"] == 3
     assert after["counters"]["submitted"] == before["counters"]["submitted"] == 4
-    settle(lane)  # the recalls of jobs handed over too early are done
+    quiesce()  # the recalls of jobs handed over too early are done
     call.finish()
     assert served_order(fake_gpu, 3) == ["q0", "q1", "q2"]
     assert [t.result(timeout=5) for t in waiting] == ["ok"] * 3
@@ -401,7 +401,7 @@ def test_a_job_that_should_run_first_takes_the_place_of_the_one_handed_over(
     normal = lane.submit(chat("normal"))
     wait_until(lambda: next_job_id(lane) == normal.job_id)
     high = lane.submit(chat("high", priority=Priority.HIGH))
-    settle(lane)
+    quiesce()
     assert next_job_id(lane) == high.job_id
     assert lane.status()["queued"] == 2
     assert lane.status()["counters"]["recalls"] == 1
@@ -414,10 +414,10 @@ def test_pausing_takes_back_the_job_handed_to_a_busy_slot(lane: GpuLane, fake_gp
     waiting = lane.submit(chat("after the pause"))
     wait_until(lambda: next_job_id(lane) == waiting.job_id)
     lane.pause()
-    settle(lane)
+    quiesce()
     assert next_job_id(lane) is None
     call.finish()
-    assert fake_gpu.no_call_within(0.3)
+    assert fake_gpu.no_new_call()
     lane.resume()
     assert served_order(fake_gpu, 1) == ["after the pause"]
 
@@ -432,7 +432,7 @@ def test_cancelling_the_job_handed_to_a_busy_slot_ends_it_without_running_it(
     with pytest.raises(JobCancelledError):
         waiting.result(timeout=5)
     call.finish()
-    assert fake_gpu.no_call_within(0.3)
+    assert fake_gpu.no_new_call()
 
 
 def test_with_prefetch_off_a_busy_slot_is_handed_nothing(
@@ -441,7 +441,7 @@ def test_with_prefetch_off_a_busy_slot_is_handed_nothing(
     lane = start_lane(scheduling=SchedulingPolicy(prefetch=False))
     _, call = occupy(lane, fake_gpu)
     waiting = lane.submit(chat("later"))
-    settle(lane)
+    quiesce()
     assert next_job_id(lane) is None
     call.finish()
     assert served_order(fake_gpu, 1) == ["later"]
@@ -455,7 +455,7 @@ def test_the_job_after_a_swap_is_chosen_for_the_model_just_loaded_not_the_one_it
     swap = lane.submit(chat("b1", model="b"))
     wait_until(lambda: next_job_id(lane) == swap.job_id)
     waiting = [lane.submit(chat("a2", model="a")), lane.submit(chat("b2", model="b"))]
-    settle(lane)
+    quiesce()
     call.finish()  # b1 starts at once, pushing model a out of the GPU's memory
     assert served_order(fake_gpu, 3) == ["b1", "b2", "a2"]
     assert [ticket.result(timeout=5) for ticket in waiting] == ["ok", "ok"]
@@ -472,7 +472,7 @@ def test_a_slot_that_crashes_holding_a_next_job_loses_neither_job(
     assert call.wait_cancelled()
     assert sorted(served_order(fake_gpu, 2)) == ["blocker", "next"]
     assert running.result(timeout=5) == "ok" and waiting.result(timeout=5) == "ok"
-    assert fake_gpu.no_call_within(0.3), "each job ran to the end once"
+    assert fake_gpu.no_new_call(), "each job ran to the end once"
 
 
 def test_stopping_puts_the_running_job_back_in_the_queue(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from actors import Config, GpuLane
 from actors.config import BackendSettings
 from actors.job_store import JobStore
 from actors.runtime import ChildUnavailableError
-from actors.system import DEFAULT_FACTORIES, LaneWiring, SupervisionSettings
 from actors.testing import FakeCall, FakeGpu, InjectedFault, ManualClock
+from actors.tree import DEFAULT_FACTORIES, LaneWiring, SupervisionSettings
 from protocol import Job, JobSpec, JobState, Limits, StoreSettings
 
 JOBS = 2000

@@ -15,6 +15,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
+from actors.backend_factory import local_backend
 from actors.config import Config
 from actors.gateway.app import create_app
 from actors.system import GpuLane
@@ -89,8 +90,9 @@ def serve(
 ) -> None:
     """Start a GpuLane on the configured backend and serve it until interrupted.
 
-    With ``backend.kind = "simulated"`` a simulated Ollama server is started on
-    loopback first, so the gateway can be tried without a GPU.
+    The backend is the one ``[backend]`` names (``actors.backend_factory``); with
+    ``kind = "simulated"`` a simulated Ollama server is started on loopback first, so
+    the gateway can be tried without a GPU.
     """
     settings = dataclasses.replace(
         config.gateway,
@@ -100,17 +102,9 @@ def serve(
     config = config.replace(gateway=settings)
     releases: list[Callable[[], None]] = []
     try:
-        url = config.backend.url
-        if config.backend.kind == "simulated":
-            from actors.backends.simulated import SimulatedOllama
-
-            simulated = SimulatedOllama()
-            url = simulated.start()
-            releases.append(simulated.stop)
-        from actors.backends.ollama import OllamaBackend
-
-        backend = OllamaBackend(url, timeout=config.backend.request_timeout_s)
-        releases.append(backend.close)
+        built = local_backend(config.backend)
+        releases.append(built.close)
+        backend, url = built.backend, built.url
         lane = GpuLane.start(config, backend=backend)
         releases.append(lane.stop)
         app = create_app(lane, settings, upstream=url, config_path=config_path)

@@ -18,7 +18,7 @@ from actors.runtime._mailbox import Mailbox
 from actors.runtime._quiescence import is_quiet, outside_wait, quiesce
 from actors.runtime._stable_refs import StableRef, StableRefs
 from actors.runtime._supervised_actor import SupervisedActor
-from actors.runtime._supervisor import ChildSpec, Supervisor
+from actors.runtime._supervisor import ChildSpec, Supervisor, SupervisorSpec
 from actors.runtime._timers import Tellable, TimerHandle, Timers
 from actors.runtime._vocabulary import (
     ActorKilledError,
@@ -70,6 +70,7 @@ __all__ = [
     "SupervisionError",
     "Supervisor",
     "SupervisorSnapshot",
+    "SupervisorSpec",
     "SystemClock",
     "Tellable",
     "TimerHandle",

@@ -41,7 +41,7 @@ from actors.runtime._vocabulary import (
     WhileRestarting,
 )
 
-__all__ = ["ChildSpec", "Supervisor"]
+__all__ = ["ChildSpec", "Supervisor", "SupervisorSpec"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +64,7 @@ class ChildSpec:
     shutdown_s: float = 5.0
     while_restarting: WhileRestarting = WhileRestarting.HOLD
     hold_limit: int = DEFAULT_HOLD_LIMIT
+    tree: SupervisorSpec | None = None  # the nested supervisor this child runs, if it is one
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -72,6 +73,31 @@ class ChildSpec:
             raise ValueError(f"child {self.id!r}: shutdown_s must be more than 0")
         if self.hold_limit < 0:
             raise ValueError(f"child {self.id!r}: hold_limit must be 0 or more")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SupervisorSpec:
+    """A supervisor's flags and children, as an OTP ``init/1`` returns them: data, no threads.
+
+    :meth:`Supervisor.start_spec` runs it; :meth:`child` makes it the child of another
+    supervisor, so a whole tree is one value a test can inspect without starting it.
+    """
+
+    name: str
+    strategy: Strategy
+    children: tuple[ChildSpec, ...]
+    intensity: int = 3
+    period_s: float = 5.0
+    backoff: Backoff = Backoff()
+
+    def child(self, *, refs: StableRefs, timers: Timers, shutdown_s: float) -> ChildSpec:
+        """A ChildSpec that runs this supervisor (sharing ``refs`` and ``timers``) as a child."""
+        return ChildSpec(
+            self.name,
+            lambda: Supervisor.start_spec(self, refs=refs, timers=timers),
+            shutdown_s=shutdown_s,
+            tree=self,
+        )
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -146,6 +172,9 @@ class Supervisor(SupervisedActor):
             _Child(spec, index, refs.declare(spec.id, spec.while_restarting, spec.hold_limit))
             for index, spec in enumerate(children)
         ]
+        for spec in children:
+            if spec.tree is not None:
+                _declare_descendants(refs, spec.tree)
         self._by_id = {child.id: child for child in self._children}
         self._start_queue: list[_Child] = []
         self._starting: _Child | None = None
@@ -157,6 +186,28 @@ class Supervisor(SupervisedActor):
         self._first_pass_done = False
         self._shut_down = False
         self._log = log.bind(supervisor=name)
+
+    @classmethod
+    def start_spec(
+        cls,
+        spec: SupervisorSpec,
+        *,
+        refs: StableRefs,
+        timers: Timers,
+        on_escalate: Callable[[ExitReason], None] | None = None,
+    ) -> pykka.ActorRef[Supervisor]:
+        """Start a supervisor as ``spec`` declares it; returns its ref."""
+        return cls.start(
+            list(spec.children),
+            refs=refs,
+            strategy=spec.strategy,
+            intensity=spec.intensity,
+            period_s=spec.period_s,
+            backoff=spec.backoff,
+            timers=timers,
+            name=spec.name,
+            on_escalate=on_escalate,
+        )
 
     # --- pykka hooks --------------------------------------------------------------------
 
@@ -462,3 +513,12 @@ class Supervisor(SupervisedActor):
             self._log.error(
                 "child_shutdown_timeout", child=child.id, timeout_s=child.spec.shutdown_s
             )
+
+
+def _declare_descendants(refs: StableRefs, tree: SupervisorSpec) -> None:
+    """Declare the refs of a nested tree's children up front, so an earlier sibling can
+    address them before the nested supervisor starts (its messages are held till then)."""
+    for spec in tree.children:
+        refs.declare(spec.id, spec.while_restarting, spec.hold_limit)
+        if spec.tree is not None:
+            _declare_descendants(refs, spec.tree)

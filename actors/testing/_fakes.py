@@ -1,19 +1,9 @@
-"""Public test helpers: a fake GPU whose calls the test controls, a manual clock, fixtures.
+"""The fakes at the GPU-actor seam: a backend whose calls the test drives, and the slot factory.
 
-Use them in your own tests the way gpulane's tests do::
-
-    # conftest.py
-    pytest_plugins = ["actors.testing"]
-
-    def test_my_bot_gets_an_answer(lane, fake_gpu):
-        ticket = lane.submit(JobSpec.chat(model="m", messages=[{"role": "user", "content": "hi"}]))
-        call = fake_gpu.next_call()
-        call.emit("Hello")
-        call.finish(" there")
-        assert ticket.result(timeout=5) == "Hello there"
-
-The fake sits at the GPU-actor seam: gpulane's real GpuSlot runs on a FakeBackend,
-so dispatch, preemption, retry and stale-message handling are the real ones.
+gpulane's real GpuSlot runs on a :class:`FakeBackend`, so dispatch, preemption, retry and
+stale-message handling are the real ones; only the model server is fake. A call waiting
+for the test's next instruction counts as waiting on the outside world, so
+``quiesce`` returns while it waits.
 """
 
 from __future__ import annotations
@@ -21,18 +11,14 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pykka
-import pytest
 
 from actors.backends.base import CallCancelledError, CancelToken, ChunkSink
-from actors.config import Config
-from actors.runtime import Clock, ManualClock
-from actors.system import GpuLane, SlotWiring, backend_slot_factory
+from actors.runtime import Clock, ManualClock, outside_wait, quiesce
+from actors.tree import SlotWiring, backend_slots
 from protocol import (
     BackendError,
     BackendRequest,
@@ -40,22 +26,9 @@ from protocol import (
     EmbedResult,
     JobMetrics,
     LoadedModel,
-    StoreSettings,
 )
-from protocol.messages import QueueSnapshot
 
-__all__ = [
-    "FakeBackend",
-    "FakeCall",
-    "FakeGpu",
-    "InjectedFault",
-    "ManualClock",
-    "fake_gpu",
-    "lane",
-    "manual_clock",
-    "settle",
-    "wait_until",
-]
+__all__ = ["FakeBackend", "FakeCall", "FakeGpu", "InjectedFault"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,7 +103,8 @@ class FakeCall:
 
     def _run(self) -> BackendResult:
         while True:
-            kind, value = self._actions.get()
+            with outside_wait(self._has_instruction):  # the test's next move
+                kind, value = self._actions.get()
             if self.token.cancelled:
                 raise CallCancelledError
             if kind == "chunk":
@@ -148,6 +122,9 @@ class FakeCall:
                     self._on_chunk(text)
                 return BackendResult(text="".join(self.emitted))
 
+    def _has_instruction(self) -> bool:
+        return not self._actions.empty()
+
     def _wait_for_clock(self, deadline: float) -> None:
         woke = threading.Condition()
 
@@ -157,7 +134,7 @@ class FakeCall:
         self._clock.subscribe(wake)
         self.token.on_cancel(wake)
         try:
-            with woke:
+            with woke, outside_wait(lambda: self._clock.now() >= deadline or self.token.cancelled):
                 while self._clock.now() < deadline:
                     if self.token.cancelled:
                         raise CallCancelledError
@@ -190,10 +167,12 @@ class FakeBackend:
         except queue.Empty:
             raise AssertionError(f"no backend call started within {timeout}s") from None
 
-    def no_call_within(self, timeout: float = 0.2) -> bool:
-        """True if no new call starts within ``timeout`` seconds."""
+    def no_new_call(self, timeout: float = 5.0) -> bool:
+        """True if no new call has started once the lane is quiescent (AssertionError if one
+        has); ``timeout`` bounds the wait for quiescence."""
+        quiesce(timeout)
         try:
-            call = self._calls.get(timeout=timeout)
+            call = self._calls.get_nowait()
         except queue.Empty:
             return True
         raise AssertionError(f"unexpected call for {call.request.model}")
@@ -251,7 +230,7 @@ class FakeGpu:
         self.slots: list[pykka.ActorRef[Any]] = []
 
     def __call__(self, wiring: SlotWiring) -> pykka.ActorRef[Any]:
-        ref = backend_slot_factory(self.backend)(wiring)
+        ref = backend_slots(self.backend)(wiring)
         self.slots.append(ref)
         return ref
 
@@ -259,55 +238,6 @@ class FakeGpu:
         """The next call a slot started."""
         return self.backend.next_call(timeout)
 
-    def no_call_within(self, timeout: float = 0.2) -> bool:
-        """True if no call starts within ``timeout`` seconds."""
-        return self.backend.no_call_within(timeout)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``condition`` every few milliseconds until it holds; AssertionError after
-    ``timeout`` seconds. For state that other threads change (actors' mailboxes), which no
-    manual clock can hurry: a message round trip takes real time."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what or f"condition not reached in {timeout:g}s"
-        time.sleep(0.002)
-
-
-def settle(lane: GpuLane, timeout: float = 5.0) -> None:
-    """Wait until no recall is in flight, so every busy slot's next job is the one the
-    queue's order picks from what was submitted so far.
-
-    A busy slot is handed its next job ahead of time (prefetch); a job submitted later
-    that should run first makes the arbiter recall it, one round trip to the slot. A
-    test that submits jobs and then ends the running call at once should settle first.
-    """
-    arbiter = lane.ref_for("arbiter")
-    wait_until(
-        lambda: not arbiter.ask(QueueSnapshot())["recalling"],
-        timeout,
-        f"a recall was still in flight after {timeout:g}s",
-    )
-
-
-@pytest.fixture
-def manual_clock() -> ManualClock:
-    """A clock that moves only when the test calls ``advance``."""
-    return ManualClock()
-
-
-@pytest.fixture
-def fake_gpu(manual_clock: ManualClock) -> FakeGpu:
-    """A FakeGpu on the manual clock."""
-    return FakeGpu(manual_clock)
-
-
-@pytest.fixture
-def lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[GpuLane]:
-    """A GpuLane on a fresh SQLite file, the fake GPU and the manual clock; stopped after."""
-    config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")))
-    started = GpuLane.start(config, gpu=fake_gpu, clock=fake_gpu.clock)
-    try:
-        yield started
-    finally:
-        started.stop()
+    def no_new_call(self, timeout: float = 5.0) -> bool:
+        """True if no new call has started once the lane is quiescent."""
+        return self.backend.no_new_call(timeout)

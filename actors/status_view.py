@@ -1,0 +1,103 @@
+"""The status view: ``GpuLane.status()`` assembled from the actors' own snapshots.
+
+Each actor answers for what it owns (the arbiter its queue, each slot its call, the
+tracker the resident models, the limiter its admissions, the store its counts); this
+module joins those answers into one read-only mapping for hosts, ``/status``,
+``gpulane top`` and the status page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from actors.runtime import ChildSnapshot, ChildState, SupervisorSnapshot
+
+__all__ = ["all_started", "lane_status", "slot_placeholder", "supervision_view"]
+
+
+def lane_status(
+    *,
+    queue: Mapping[str, Any],
+    slots: Mapping[str, Mapping[str, Any]],
+    residency: Mapping[str, Any],
+    admission: Mapping[str, Any],
+    jobs: Mapping[str, int],
+    facade_counters: Mapping[str, Any],
+    supervision: SupervisorSnapshot | None,
+) -> Mapping[str, Any]:
+    """Queue depth per lane and priority, the slots' calls, resident models, counters and
+    the supervision tree, as one read-only mapping."""
+    counters: dict[str, Any] = dict(facade_counters)
+    counters.update(queue["counters"])
+    counters["loading_s"] = residency["counters"]["loading_s"]
+    return MappingProxyType(
+        {
+            "paused": queue["paused"],
+            "queued": queue["queued"],
+            "depth": queue["depth"],
+            "slots": MappingProxyType(dict(slots)),
+            "resident_models": tuple(  # loaded, or being loaded by a running call
+                sorted(
+                    set(residency["resident"])
+                    | {s["model_key"] for s in slots.values() if s["job_id"]}
+                )
+            ),
+            "residency": residency,
+            "admission": admission,
+            "jobs": jobs,
+            "counters": MappingProxyType(counters),
+            "supervision": supervision_view(supervision),
+        }
+    )
+
+
+def slot_placeholder(slot_id: str, state: str) -> Mapping[str, Any]:
+    """What the view shows for a slot that cannot answer (``restarting`` or ``stopped``)."""
+    return MappingProxyType(
+        {
+            "slot_id": slot_id,
+            "job_id": None,
+            "model_key": None,
+            "since": None,
+            "cancelling": None,
+            "state": state,
+        }
+    )
+
+
+def all_started(snapshot: SupervisorSnapshot) -> bool:
+    """True when every child (and every nested supervisor's child) has started."""
+    for child in snapshot.children:
+        if child.state is not ChildState.RUNNING:
+            return False
+        if child.supervisor is not None and not all_started(child.supervisor):
+            return False
+    return True
+
+
+def supervision_view(snapshot: SupervisorSnapshot | None) -> Mapping[str, Any]:
+    """The tree as plain data: per child its state, restarts and last exit."""
+    if snapshot is None:
+        return MappingProxyType({"state": "stopped", "restarts": 0, "children": {}})
+    children: dict[str, Mapping[str, Any]] = {}
+
+    def add(child: ChildSnapshot) -> None:
+        children[child.child_id] = MappingProxyType(
+            {
+                "state": child.state.value,
+                "restarts": child.restarts,
+                "exits": child.exits,
+                "last_exit": None if child.last_exit is None else str(child.last_exit),
+            }
+        )
+        if child.supervisor is not None:
+            for grandchild in child.supervisor.children:
+                add(grandchild)
+
+    for child in snapshot.children:
+        add(child)
+    return MappingProxyType(
+        {"state": "running", "restarts": snapshot.restarts, "children": MappingProxyType(children)}
+    )

@@ -88,7 +88,7 @@ class _Slot:
 
 
 class PriorityArbiter(SupervisedActor):
-    """Owns the ready queues and the dispatch decision (ARCHITECTURE.md sections 2-4).
+    """Owns the ready queues and the dispatch decision (docs/architecture.md sections 2-4).
 
     ``paused`` is the dispatch state to start in, so a restart keeps the host's pause.
     """

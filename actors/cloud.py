@@ -1,7 +1,7 @@
 """Cloud fallback: when a job that allows it should leave the local queue for a cloud slot.
 
 Thread-free, like :mod:`actors.scheduling`; the arbiter, which knows the queue depth
-and the slots' state, feeds it (ARCHITECTURE.md section 3, "Cloud fallback"). A job with
+and the slots' state, feeds it (docs/architecture.md section 3, "Cloud fallback"). A job with
 ``allow_cloud`` goes to the cloud when the local backend is down, or when the time it
 has waited plus the local wait still ahead of it would exceed ``max_local_wait_s``.
 

@@ -3,7 +3,7 @@
 A Dispatch starts the call on the slot's worker thread with a cancel token and
 returns to the mailbox at once. The call's end comes back as a message, so a finish
 and a cancel for the same job never interleave; news about an older call (a stale
-``call_id``) is recognised and ignored (ARCHITECTURE.md section 3).
+``call_id``) is recognised and ignored (docs/architecture.md section 3).
 
 Prefetch: a Dispatch that arrives while a call runs becomes the slot's *next* call.
 It is handed to the worker as the running call's successor, so the worker starts it

@@ -625,7 +625,7 @@ def is_volatile(message: WriteMessage) -> bool:
     """True for a write that need not survive a crash: a bare move into loading or running.
 
     Recovery on start puts loading and running jobs back to queued without charging an
-    attempt (ARCHITECTURE.md section 6), so losing such a move changes nothing that
+    attempt (docs/architecture.md section 6), so losing such a move changes nothing that
     recovery would not: the job is queued either way. A move that also records
     something (an attempt, a preemption, output, an error, metrics) is durable, as are
     inserts, terminal moves and moves back to queued.

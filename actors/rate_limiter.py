@@ -1,4 +1,4 @@
-"""The RateLimiter actor: admits or refuses work before it is stored (ARCHITECTURE.md section 3).
+"""The RateLimiter actor: admits or refuses work before it is stored (docs/architecture.md section 3).
 
 It owns the per-caller token buckets and the per-caller and per-lane queue counts;
 the decisions are in :mod:`actors.token_bucket` (thread-free). The facade asks

@@ -9,7 +9,7 @@ slot switched away from counts as gone at once (loading the next one may evict i
 and a model newly loaded makes it poll at once, so the picture is true again as soon
 as the load is done instead of a poll interval later. The
 poll and the pins are slow I/O, so they run on the tracker's worker thread and
-come back as messages (ARCHITECTURE.md section 8).
+come back as messages (docs/architecture.md section 8).
 
 Keys are residency keys (``JobSpec.model_key``: the model plus the runner options
 that force a reload). ``/api/ps`` reports names only (``llama3.2:latest`` for
@@ -63,7 +63,7 @@ def model_of_key(key: str) -> str:
 
 
 class ResidencyTracker(SupervisedActor):
-    """Owns the resident-model picture; never starts calls (ARCHITECTURE.md section 2).
+    """Owns the resident-model picture; never starts calls (docs/architecture.md section 2).
 
     ``backend`` None: no polling and no pins, slot events only (tests with a fake GPU).
     ``arbiter`` hears ``ResidencyChanged``.

@@ -1,6 +1,6 @@
 """Which job runs next, and whether to preempt: the arbiter's decisions, with no threads.
 
-Keys, first key first (ARCHITECTURE.md section 4): lane, priority, a preempted job
+Keys, first key first (docs/architecture.md section 4): lane, priority, a preempted job
 returning to the head of its class, chain continuation, residency (bounded by
 ``max_swap_defer_s``), fair share between callers (round-robin), age.
 docs/scheduling.md explains the keys, the starvation bound and how to tune them.

@@ -1,7 +1,7 @@
 """Where each waiting caller's stream chunks and final outcome are delivered.
 
 The facade owns the registry, not an actor, so a caller keeps waiting through the
-restart of any actor (ARCHITECTURE.md section 2). Chunks arrive from a slot's
+restart of any actor (docs/architecture.md section 2). Chunks arrive from a slot's
 worker thread; the outcome arrives from the job store once it is committed.
 Asyncio consumers are woken with ``loop.call_soon_threadsafe``, never by blocking.
 """

@@ -57,7 +57,7 @@ class ActiveHours:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SchedulingPolicy:
-    """How the arbiter orders and preempts (ARCHITECTURE.md section 4)."""
+    """How the arbiter orders and preempts (docs/architecture.md section 4)."""
 
     active_hours: ActiveHours | None = None  # None: preempt only for URGENT internal work
     max_preemptions: int = 3
@@ -104,7 +104,7 @@ class RetryPolicy:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """Where and how durably jobs are kept (ARCHITECTURE.md section 6)."""
+    """Where and how durably jobs are kept (docs/architecture.md section 6)."""
 
     path: str = "gpulane.sqlite3"
     synchronous: str = "FULL"
@@ -156,7 +156,7 @@ _CALLER_FIELDS = (
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
-    """What the RateLimiter admits (ARCHITECTURE.md sections 2-3); hot-reloadable.
+    """What the RateLimiter admits (docs/architecture.md sections 2-3); hot-reloadable.
 
     The per-caller figures here are the defaults; ``callers`` maps a caller identity to
     overrides of some of them (``{"bot": {"requests_per_minute": 600}}``), resolved

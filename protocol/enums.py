@@ -70,7 +70,7 @@ class JobKind(enum.Enum):
 
 
 class JobState(enum.Enum):
-    """Where a job is in its life (ARCHITECTURE.md section 5)."""
+    """Where a job is in its life (docs/architecture.md section 5)."""
 
     QUEUED = "queued"
     LOADING = "loading"

@@ -1,6 +1,6 @@
 """Turning caller-supplied data into deeply immutable values, and checking that a value is one.
 
-Messages may hold only immutable values (ARCHITECTURE.md section 8): dicts become
+Messages may hold only immutable values (docs/architecture.md section 8): dicts become
 read-only mappings over a private copy, lists become tuples.
 """
 

@@ -1,4 +1,4 @@
-"""The legal job state transitions, as data (ARCHITECTURE.md section 5)."""
+"""The legal job state transitions, as data (docs/architecture.md section 5)."""
 
 from __future__ import annotations
 

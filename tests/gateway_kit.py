@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import ModelProfile, SimulatedOllama
 from actors.config import ApiKey, GatewaySettings
 from actors.gateway import GatewayServer, create_app
+from actors.testing import wait_until
 from protocol import Job, RetryPolicy, StoreSettings
 
 TINY = ModelProfile(
@@ -67,13 +67,14 @@ class Stack:
 
     def wait_for_job(self, predicate: Callable[[Job], bool], timeout: float = 5.0) -> Job:
         """The first job (newest first) matching ``predicate``, waiting up to ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for job in self.lane.list(limit=1000):
-                if predicate(job):
-                    return job
-            time.sleep(0.01)
-        raise AssertionError("no job matched in time")
+        found: list[Job] = []
+
+        def matched() -> bool:
+            found.extend(job for job in self.lane.list(limit=1000) if predicate(job))
+            return bool(found)
+
+        wait_until(matched, timeout, "no job matched in time")
+        return found[0]
 
 
 @contextmanager

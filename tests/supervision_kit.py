@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -206,11 +205,3 @@ def snapshot(supervisor: pykka.ActorRef[Supervisor]) -> SupervisorSnapshot:
     return result
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    """Wait (bounded) for a condition owned by another thread, checking it every few ms."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        tick.wait(0.005)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from gateway_kit import (
 
 from actors.backends.simulated import FaultKind
 from actors.config import GatewaySettings
+from actors.testing import wait_until
 from protocol import JobState, QueueFullError, RateLimitedError
 
 FINAL_METRICS = (
@@ -594,13 +594,14 @@ def test_rejections_carry_retry_after_and_count_in_the_metrics(
 # --- the job surface ----------------------------------------------------------------------
 
 
-def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for block in response.read().decode().split("\n\n"):
-        if block.strip():
-            kind, data = block.split("\n")
-            events.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
-    return events
+def read_sse_events(response: httpx.Response, into: list[tuple[str, dict[str, Any]]]) -> None:
+    """Append each server-sent event to ``into`` as it arrives, until the stream ends."""
+    kind = ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            into.append((kind, json.loads(line.removeprefix("data: "))))
 
 
 def test_job_events_give_queue_position_then_chunks_then_the_end(stack: Stack) -> None:
@@ -608,21 +609,21 @@ def test_job_events_give_queue_position_then_chunks_then_the_end(stack: Stack) -
     with stack.client() as http:
         first = submit_job(http)
         second = submit_job(http)
-        result: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        events: list[tuple[str, dict[str, Any]]] = []
 
         def listen() -> None:
             with (
                 stack.client() as listener,
                 listener.stream("GET", f"/jobs/{second['id']}/events") as r,
             ):
-                result["events"] = sse_events(r)
+                read_sse_events(r, events)
 
         thread = threading.Thread(target=listen)
         thread.start()
-        time.sleep(0.4)
+        wait_until(lambda: len(events) > 0, what="the subscriber heard where its job waits")
         stack.lane.resume()
         thread.join(10)
-    events = result["events"]
+    assert not thread.is_alive(), "the event stream ended with the job"
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "queued" and events[0][1]["position"] == 1
     assert "chunk" in kinds and kinds[-1] == "end"

@@ -19,12 +19,13 @@ from protocol import JobState, StoreSettings
 CHILD = Path(__file__).with_name("lane_crash_child.py")
 REPO = CHILD.parents[1]
 JOBS = 200
+DONE_REPORTS = 3  # finished jobs the child reports before the kill, so it lands mid-queue
 
 
 def run_and_kill(path: Path, acks_wanted: int) -> dict[str, int]:
     """Run the child until it acknowledged ``acks_wanted`` submits, SIGKILL it, return them."""
     child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(path), str(JOBS)],
+        [sys.executable, str(CHILD), str(path), str(JOBS), str(DONE_REPORTS)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -32,15 +33,17 @@ def run_and_kill(path: Path, acks_wanted: int) -> dict[str, int]:
     )
     assert child.stdout is not None
     acked: dict[str, int] = {}
+    done = 0
     deadline = time.monotonic() + 30
     try:
         for line in child.stdout:
             if line.startswith("ACK ") and line.endswith("\n"):
                 _, job_id, n = line.split()
                 acked[job_id] = int(n)
-            if len(acked) >= acks_wanted or time.monotonic() > deadline:
+            elif line.startswith("DONE "):
+                done += 1
+            if (len(acked) >= acks_wanted and done >= DONE_REPORTS) or time.monotonic() > deadline:
                 break
-        time.sleep(0.2)  # let a few calls start and finish, so the kill lands mid-queue
     finally:
         os.kill(child.pid, signal.SIGKILL)
         rest, _ = child.communicate(timeout=10)

@@ -21,7 +21,6 @@ from supervision_kit import (
     Note,
     Tree,
     snapshot,
-    wait_until,
 )
 
 from actors.runtime import (
@@ -42,6 +41,7 @@ from actors.runtime import (
     Timers,
     WhileRestarting,
 )
+from actors.testing import wait_until
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from rich.console import Console
 
 from actors.backends.simulated import FaultKind
 from actors.demo import run_demo
+from actors.testing import wait_until
 from actors.top import describe_event, fetch_status, render
 from protocol import JobState
 
@@ -41,15 +41,19 @@ def submit(stack: Stack, key: str, **fields: Any) -> dict[str, Any]:
 def status_until(
     http: httpx.Client, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
 ) -> dict[str, Any]:
-    """Poll ``/status`` until ``predicate`` holds for the picture."""
-    deadline = time.monotonic() + timeout
-    while True:
-        picture: dict[str, Any] = http.get("/status").json()
-        if predicate(picture):
-            return picture
-        if time.monotonic() > deadline:
-            raise AssertionError(f"/status never matched: {picture}")
-        time.sleep(0.05)
+    """Poll ``/status`` until ``predicate`` holds for the picture (the gateway's own view,
+    sampled on its own schedule, so quiescence of the actors alone would not do)."""
+    pictures: list[dict[str, Any]] = [{}]
+
+    def matches() -> bool:
+        pictures.append(http.get("/status").json())
+        return predicate(pictures[-1])
+
+    try:
+        wait_until(matches, timeout)
+    except AssertionError:
+        raise AssertionError(f"/status never matched: {pictures[-1]}") from None
+    return pictures[-1]
 
 
 def paused_queue(stack: Stack) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""API keys → caller identities (ARCHITECTURE.md section 10).
+"""API keys → caller identities (docs/architecture.md section 10).
 
 The caller a job is charged to always comes from the key, never from the request
 body, so rate limits and job visibility key on an identity a client cannot forge.

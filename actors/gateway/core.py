@@ -1,7 +1,7 @@
 """The gateway's shared state and the few things every route does with the facade.
 
 Every facade call that may block (a pykka ask, a SQLite commit) runs on a dedicated
-thread pool, never on the event loop (ARCHITECTURE.md section 8); waiting for a job
+thread pool, never on the event loop (docs/architecture.md section 8); waiting for a job
 uses ``await ticket`` / ``ticket.stream()``, which the sinks wake with
 ``call_soon_threadsafe``. The pool is wide so that many concurrent submits reach the
 job store together and are committed in one batch.

@@ -1,4 +1,4 @@
-"""The Ollama API, so any Ollama client can use gpulane (ARCHITECTURE.md section 10).
+"""The Ollama API, so any Ollama client can use gpulane (docs/architecture.md section 10).
 
 ``/api/chat`` and ``/api/generate`` are jobs like any other: queued, scheduled and
 preemptible. Streaming answers are NDJSON exactly as Ollama writes them (one object

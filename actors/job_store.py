@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from actors.job_db import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
+from actors.stores import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
 from actors.runtime import BatchingInbox, Clock, Delivery, Mailbox, SupervisedActor
 from protocol.config import StoreSettings
 from protocol.errors import IllegalTransitionError, JobNotFoundError

@@ -11,16 +11,16 @@ import pytest
 from job_store_helpers import make_spec
 from ulid import ULID
 
-from actors import job_db
-from actors.job_db import (
+from actors.runtime import ManualClock
+from actors.stores import (
     SCHEMA_VERSION,
     BatchOutcome,
     JobDB,
     WriteMessage,
+    _sqlite,
     is_volatile,
     migrate,
 )
-from actors.runtime import ManualClock
 from protocol import IllegalTransitionError, Job, JobMetrics, JobState, StoreError
 from protocol.messages import InsertJob, ListJobs, Transition
 
@@ -157,7 +157,7 @@ def test_a_write_that_fails_in_sqlite_fails_alone(
         def from_timestamp(_: float) -> str:
             return "01HZZZZZZZZZZZZZZZZZZZZZZZ"
 
-    monkeypatch.setattr(job_db, "ULID", SameId)
+    monkeypatch.setattr(_sqlite, "ULID", SameId)
     first, clash = batch(db, [InsertJob(make_spec(1)), InsertJob(make_spec(2))])
     assert isinstance(first, Job)
     assert isinstance(clash, StoreError) and "UNIQUE" in str(clash)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from actors.job_db import JobDB
+from actors.stores import JobDB
 from actors.runtime import ManualClock
 from protocol import Job, JobSpec, ValidationError
 from protocol.messages import InsertJob

@@ -1,4 +1,4 @@
-"""The job database: plain, thread-free SQLite code that the JobStore actor drives.
+"""The SQLite job database: plain, thread-free code that the JobStore actor drives.
 
 Everything here runs on whichever thread calls it; the actor guarantees that only
 one thread does at a time. Tests use it directly, without an actor.
@@ -6,18 +6,25 @@ one thread does at a time. Tests use it directly, without an actor.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any
 
-import orjson
 from ulid import ULID
 
 from actors.runtime import Clock
+from actors.stores._rows import (
+    BatchOutcome,
+    Recovery,
+    WriteMessage,
+    given,
+    is_volatile,
+    job_from_row,
+    to_json,
+)
+from actors.stores._schema import migrate
 from protocol.enums import TERMINAL_STATES, JobState, Lane
 from protocol.errors import (
     GpulaneError,
@@ -26,114 +33,19 @@ from protocol.errors import (
     StoreError,
     ValidationError,
 )
-from protocol.job import Job, JobMetrics
+from protocol.job import Job
 from protocol.lifecycle import check_transition
 from protocol.messages import InsertJob, LaneStats, ListJobs, Transition
 from protocol.spec import JobSpec
 
-__all__ = [
-    "BUSY_TIMEOUT_S",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "BatchOutcome",
-    "JobDB",
-    "Migration",
-    "Recovery",
-    "WriteMessage",
-    "is_volatile",
-    "migrate",
-]
-
-WriteMessage: TypeAlias = InsertJob | Transition
-BatchOutcome: TypeAlias = Job | Exception
-Migration: TypeAlias = Callable[[sqlite3.Connection], None]
+__all__ = ["BUSY_TIMEOUT_S", "JobDB"]
 
 # How long opening waits for a lock held by someone else before calling the file locked.
 BUSY_TIMEOUT_S = 1.0
 
 
-def _to_json(value: Any) -> str:
-    """Compact JSON with text as is. orjson, because encoding each new job's spec was a
-    fifth of the store thread's time with the standard library (docs/benchmarks.md)."""
-    return orjson.dumps(value).decode()
-
-
 _TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL_STATES))
 _ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
-
-_V1_SCHEMA = (
-    f"""CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in JobState)})),
-        lane TEXT NOT NULL,
-        caller TEXT NOT NULL,
-        model TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        spec TEXT NOT NULL,
-        retry_of TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        not_before REAL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        preemptions INTEGER NOT NULL DEFAULT 0,
-        partial_output TEXT NOT NULL DEFAULT '',
-        result TEXT,
-        error TEXT,
-        metrics TEXT
-    )""",
-    "CREATE INDEX jobs_by_state ON jobs (state, seq)",
-    "CREATE INDEX jobs_by_caller ON jobs (caller, seq)",
-    "CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL",
-)
-
-
-def _create_v1(conn: sqlite3.Connection) -> None:
-    """Version 1: the jobs table and its indexes.
-
-    Only state, caller and finish time are indexed: each index costs every commit a
-    page. Lane and model have few distinct values, so a filter on them walks the
-    sequence order and meets its matches early.
-    """
-    for statement in _V1_SCHEMA:
-        conn.execute(statement)
-
-
-# MIGRATIONS[i] turns a schema of version i into version i + 1; version 0 is an empty file.
-MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(
-    conn: sqlite3.Connection, path: str, migrations: Sequence[Migration] = MIGRATIONS
-) -> int:
-    """Bring the schema up to ``len(migrations)`` inside the caller's transaction.
-
-    Returns the version found. A file written by a newer gpulane is refused, not guessed at.
-    """
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    target = len(migrations)
-    if found > target:
-        raise StoreError(
-            f"job database {path} has schema version {found}, newer than the {target} this "
-            "gpulane understands; upgrade gpulane or point store.path at another file"
-        )
-    for step in migrations[found:]:
-        step(conn)
-    if found != target:
-        conn.execute(f"PRAGMA user_version = {target:d}")
-    return found
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Recovery:
-    """What start-up recovery did: jobs put back in the queue and jobs queued in all."""
-
-    requeued: int
-    queued: int
-
 
 _COLUMNS = (
     "seq, id, state, spec, created_at, updated_at, started_at, finished_at, not_before, "
@@ -363,7 +275,7 @@ class JobDB:
         """A new queued job with a fresh ULID and the next sequence number, and its row."""
         if retry_of is not None and self._find_seq(retry_of) is None:
             raise ValidationError("retry_of", f"no job {retry_of!r} to retry")
-        spec_json = _to_json(spec.to_dict())  # first: a spec that cannot be encoded uses no seq
+        spec_json = to_json(spec.to_dict())  # first: a spec that cannot be encoded uses no seq
         now = self._clock.now()
         job_id = str(ULID.from_timestamp(now))
         seq = self._next_seq
@@ -443,10 +355,10 @@ class JobDB:
             not_before=message.not_before,
             attempts=job.attempts + int(message.charge_attempt),
             preemptions=job.preemptions + int(message.count_preemption),
-            partial_output=_given(message.partial_output, job.partial_output),
-            result=_given(message.result, job.result),
-            error=_given(message.error, job.error),
-            metrics=_given(message.metrics, job.metrics),
+            partial_output=given(message.partial_output, job.partial_output),
+            result=given(message.result, job.result),
+            error=given(message.error, job.error),
+            metrics=given(message.metrics, job.metrics),
         )
         self._conn.execute(
             _UPDATE,
@@ -461,7 +373,7 @@ class JobDB:
                 changed.partial_output,
                 changed.result,
                 changed.error,
-                None if changed.metrics is None else _to_json(changed.metrics.to_dict()),
+                None if changed.metrics is None else to_json(changed.metrics.to_dict()),
                 job.seq,
             ),
         )
@@ -511,14 +423,14 @@ class JobDB:
         row = self._read_one(_SELECT_BY_ID, job_id)
         if row is None:
             raise JobNotFoundError(job_id)
-        return _job_from_row(row)
+        return job_from_row(row)
 
     def get_by_seq(self, seq: int) -> Job:
         """The job with this sequence number, or JobNotFoundError."""
         row = self._read_one(_SELECT_BY_SEQ, seq)
         if row is None:
             raise JobNotFoundError(seq)
-        return _job_from_row(row)
+        return job_from_row(row)
 
     def list_jobs(self, query: ListJobs) -> tuple[Job, ...]:
         """Jobs matching every filter in ``query``, newest first unless ``oldest_first``."""
@@ -544,7 +456,7 @@ class JobDB:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY seq {'ASC' if query.oldest_first else 'DESC'} LIMIT ?"
         params.append(query.limit)
-        return tuple(_job_from_row(row) for row in self._read_all(sql, params))
+        return tuple(job_from_row(row) for row in self._read_all(sql, params))
 
     def count_by_state(self) -> Mapping[str, int]:
         """The number of jobs in each state, every state present."""
@@ -574,7 +486,7 @@ class JobDB:
         rows = self._read_all(
             f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY seq", ()
         )
-        return tuple(_job_from_row(row) for row in rows)
+        return tuple(job_from_row(row) for row in rows)
 
     def schema_version(self) -> int:
         """The schema version stored in the file."""
@@ -616,57 +528,6 @@ class JobDB:
         error = StoreError(f"job database {self.path}: {what}: {_explain(exc)}")
         error.__cause__ = exc
         return error
-
-
-_VOLATILE_TARGETS = frozenset({JobState.LOADING, JobState.RUNNING})
-
-
-def is_volatile(message: WriteMessage) -> bool:
-    """True for a write that need not survive a crash: a bare move into loading or running.
-
-    Recovery on start puts loading and running jobs back to queued without charging an
-    attempt (docs/architecture.md section 6), so losing such a move changes nothing that
-    recovery would not: the job is queued either way. A move that also records
-    something (an attempt, a preemption, output, an error, metrics) is durable, as are
-    inserts, terminal moves and moves back to queued.
-    """
-    return (
-        isinstance(message, Transition)
-        and message.target in _VOLATILE_TARGETS
-        and not message.charge_attempt
-        and not message.count_preemption
-        and message.partial_output is None
-        and message.error is None
-        and message.metrics is None
-    )
-
-
-def _given(value: Any, current: Any) -> Any:
-    """``value`` when the message carries one, else what the job has now."""
-    return current if value is None else value
-
-
-def _job_from_row(row: Sequence[Any]) -> Job:
-    """A Job from a row of ``_COLUMNS``; the spec is validated again on the way out."""
-    (seq, job_id, state, spec, created, updated, started, finished, not_before,
-     attempts, preemptions, partial, result, error, metrics) = row  # fmt: skip
-    return Job(
-        id=job_id,
-        seq=seq,
-        spec=JobSpec.from_dict(json.loads(spec)),
-        state=JobState(state),
-        created_at=created,
-        updated_at=updated,
-        attempts=attempts,
-        preemptions=preemptions,
-        started_at=started,
-        finished_at=finished,
-        not_before=not_before,
-        partial_output=partial,
-        result=result,
-        error=error,
-        metrics=None if metrics is None else JobMetrics(**json.loads(metrics)),
-    )
 
 
 def _sync_mode(synchronous: str) -> str:

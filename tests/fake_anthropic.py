@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fake_http import ClientGone, FakeHandler, FakeServer, Fault
+from fake_http import FakeHandler, FakeServer, Fault
 
-from actors.backends.simulated_text import render_chat
+from actors.backends.simulated import Answer, render_chat
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -32,7 +32,7 @@ class FakeAnthropic(FakeServer):
     def __init__(
         self, api_key: str = "sk-ant-test", models: tuple[str, ...] = ("claude-test",), **kw: Any
     ) -> None:
-        super().__init__(_Handler, **kw)
+        super().__init__(_Handler, name="fake-anthropic", **kw)
         self.api_key = api_key
         self.models = models
 
@@ -81,20 +81,18 @@ class _Handler(FakeHandler):
         if last["role"] == "assistant" and last["content"] != last["content"].rstrip():
             self.error(400, "final assistant content cannot end with trailing whitespace")
             return
-        turns = ([{"role": "system", "content": body["system"]}] if body.get("system") else []) + [
-            *messages
-        ]
-        take = self.fake.tokens(body["model"], render_chat(turns), body["max_tokens"])
-        self.run_call(lambda: self.stream(body, take, fault, len(render_chat(turns).split())))
+        system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+        answer = self.fake.answer(body["model"], render_chat(system + messages), body["max_tokens"])
+        self.run_call(lambda: self.stream(body, answer, fault))
 
-    def stream(self, body: dict[str, Any], take: Any, fault: Fault | None, prompt: int) -> None:
+    def stream(self, body: dict[str, Any], answer: Answer, fault: Fault | None) -> None:
+        prompt = answer.prompt_tokens
+        stop = {"length": "max_tokens", "stop": "end_turn"}
         if not body.get("stream"):
-            pieces = []
-            while (token := take()) is not None:
-                self.pause(self.fake.token_seconds)
-                pieces.append(token)
-            reason = "max_tokens" if len(pieces) >= take.cap else "end_turn"
-            self.send_json(200, self.message(body, "".join(pieces), reason, prompt, len(pieces)))
+            while self.next_token(answer) is not None:
+                pass
+            reason = stop[answer.done_reason]
+            self.send_json(200, self.message(body, answer.text, reason, prompt, len(answer.tokens)))
             return
 
         def event(kind: str, **fields: Any) -> None:
@@ -106,25 +104,21 @@ class _Handler(FakeHandler):
         def error_event(fault: Fault) -> None:
             error = {"type": fault.error_type, "message": fault.message}
             event("error", error=error)
-            self.end_sse()
+            self.end_stream()
 
-        try:
-            self.start_sse()
-        except OSError:
-            raise ClientGone from None
+        self.start_sse()
         event("message_start", message=self.message(body, "", None, prompt, 1, content=[]))
         event("content_block_start", index=0, content_block={"type": "text", "text": ""})
         event("ping")
-        count, reason = self.stream_tokens(take, delta, fault, error_event)
+        count = self.stream_tokens(answer, delta, fault, error_event)
         event("content_block_stop", index=0)
-        stop = "max_tokens" if reason == "length" else "end_turn"
         event(
             "message_delta",
-            delta={"stop_reason": stop, "stop_sequence": None},
+            delta={"stop_reason": stop[answer.done_reason], "stop_sequence": None},
             usage={"output_tokens": count},
         )
         event("message_stop")
-        self.end_sse()
+        self.end_stream()
 
     def message(
         self,

@@ -10,19 +10,18 @@ llama-cpp-python's server). Its fidelity is checked with the official ``openai``
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-from fake_http import ClientGone, FakeHandler, FakeServer, Fault, TokenSource
+from fake_http import FakeHandler, FakeServer, Fault
 
-from actors.backends.simulated_text import ASSISTANT_MARKER, embedding, render_chat
+from actors.backends.simulated import ASSISTANT_MARKER, Answer, embedding, render_chat
 
 
 class FakeOpenAI(FakeServer):
     """Serves ``models``; see the module docstring for ``prefill``."""
 
     def __init__(self, models: tuple[str, ...] = ("tiny",), *, prefill: bool = True, **kw: Any):
-        super().__init__(_Handler, **kw)
+        super().__init__(_Handler, name="fake-openai", **kw)
         self.models = models
         self.prefill = prefill
 
@@ -91,43 +90,33 @@ class _Handler(FakeHandler):
         )
 
     def complete(self, body: dict[str, Any], fault: Fault | None, kind: str, context: str) -> None:
-        take = self.fake.tokens(body["model"], context, body.get("max_tokens"))
-        prompt_tokens = len(context.split())
+        answer = self.fake.answer(body["model"], context, body.get("max_tokens"))
         if not body.get("stream"):
-            self.run_call(lambda: self.answer(body, kind, take, prompt_tokens))
+            self.run_call(lambda: self.whole(body, kind, answer))
             return
-        self.run_call(lambda: self.stream(body, kind, take, fault, prompt_tokens))
+        self.run_call(lambda: self.stream(body, kind, answer, fault))
 
-    def answer(self, body: dict[str, Any], kind: str, take: TokenSource, prompt: int) -> None:
-        pieces: list[str] = []
-        while (token := take()) is not None:
-            self.pause(self.fake.token_seconds)
-            pieces.append(token)
-        text = "".join(pieces)
-        reason = "length" if len(pieces) >= take.cap else "stop"
-        choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
+    def whole(self, body: dict[str, Any], kind: str, answer: Answer) -> None:
+        while self.next_token(answer) is not None:
+            pass
+        choice: dict[str, Any] = {"index": 0, "finish_reason": answer.done_reason}
         if kind == "chat.completion":
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = {"role": "assistant", "content": answer.text}
         else:
-            choice["text"] = text
-        usage = {"prompt_tokens": prompt, "completion_tokens": len(pieces)}
-        usage["total_tokens"] = prompt + len(pieces)
-        head = {"id": "cmpl-1", "object": kind, "created": int(time.time()), "model": body["model"]}
+            choice["text"] = answer.text
+        prompt, count = answer.prompt_tokens, len(answer.tokens)
+        usage = {"prompt_tokens": prompt, "completion_tokens": count}
+        usage["total_tokens"] = prompt + count
+        created = int(self.fake.clock.now())
+        head = {"id": "cmpl-1", "object": kind, "created": created, "model": body["model"]}
         self.send_json(200, {**head, "choices": [choice], "usage": usage})
 
-    def stream(
-        self,
-        body: dict[str, Any],
-        kind: str,
-        take: TokenSource,
-        fault: Fault | None,
-        prompt: int,
-    ) -> None:
+    def stream(self, body: dict[str, Any], kind: str, answer: Answer, fault: Fault | None) -> None:
         chat = kind == "chat.completion"
         head = {
             "id": "cmpl-1",
             "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
+            "created": int(self.fake.clock.now()),
             "model": body["model"],
         }
 
@@ -142,21 +131,18 @@ class _Handler(FakeHandler):
         def error_event(fault: Fault) -> None:
             error = {"message": fault.message, "type": fault.error_type, "code": fault.status}
             self.write_event(json.dumps({"error": error}))
-            self.end_sse()
+            self.end_stream()
 
-        try:
-            self.start_sse()
-        except OSError:
-            raise ClientGone from None
+        self.start_sse()
         if chat:
             self.write_event(
                 json.dumps({**head, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
             )
-        count, reason = self.stream_tokens(take, chunk, fault, error_event)
-        chunk(None, reason)
+        count = self.stream_tokens(answer, chunk, fault, error_event)
+        chunk(None, answer.done_reason)
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": prompt, "completion_tokens": count}
-            usage["total_tokens"] = prompt + count
+            usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": count}
+            usage["total_tokens"] = answer.prompt_tokens + count
             self.write_event(json.dumps({**head, "choices": [], "usage": usage}))
         self.write_event("[DONE]")
-        self.end_sse()
+        self.end_stream()

@@ -1,4 +1,4 @@
-"""Deterministic "language model" text for the simulated Ollama server.
+"""Deterministic "language model" text for the simulated Ollama server and the test fakes.
 
 Each next token is a pure function of the model name and the last few words of the
 context, exactly as a greedy-decoding language model is a function of its context.
@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 __all__ = [
     "ASSISTANT_MARKER",
     "WINDOW_WORDS",
+    "Answer",
     "embedding",
     "next_token",
     "render_chat",
@@ -83,6 +84,46 @@ def next_token(model: str, words: Sequence[str], mean_answer_tokens: int) -> str
         return None
     word = _VOCABULARY[(value // mean_answer_tokens) % len(_VOCABULARY)]
     return word if at_answer_start else f" {word}"
+
+
+class Answer:
+    """One answer being decoded from ``context``: :meth:`next` gives its tokens one by one.
+
+    It ends when the model ends it (``done_reason`` "stop") or after ``limit`` tokens
+    ("length"); the simulated Ollama and the fake OpenAI and Anthropic servers all decode
+    through it, so a resumed answer continues exactly where an interrupted one stopped.
+    """
+
+    def __init__(self, model: str, context: str, mean_answer_tokens: int, limit: int) -> None:
+        self._model = model
+        self._words = context.split()
+        self._mean_answer_tokens = mean_answer_tokens
+        self.prompt_tokens = len(self._words)
+        self.limit = limit
+        self.tokens: list[str] = []
+        self.done_reason = "length"
+
+    @property
+    def exhausted(self) -> bool:
+        """True once ``limit`` tokens were produced."""
+        return len(self.tokens) >= self.limit
+
+    @property
+    def text(self) -> str:
+        """The tokens so far, joined."""
+        return "".join(self.tokens)
+
+    def next(self) -> str | None:
+        """The next token, or None once the answer has ended."""
+        if self.exhausted:
+            return None
+        token = next_token(self._model, self._words, self._mean_answer_tokens)
+        if token is None:
+            self.done_reason = "stop"
+            return None
+        self._words.append(token.strip())
+        self.tokens.append(token)
+        return token
 
 
 def embedding(model: str, text: str, dimensions: int) -> list[float]:

@@ -2,16 +2,18 @@
 
 Checked with raw httpx (exact fields, streaming, errors, residency, faults) and with
 the official ``ollama`` Python client, whose typed models must parse every answer.
+Time-driven behaviour (load time, token pacing, keep_alive expiry, slow faults) runs on
+a manual clock, so those tests advance time instead of sleeping.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,6 +21,7 @@ import ollama
 import pytest
 
 from actors.backends.simulated import FaultKind, ModelProfile, SimulatedOllama
+from actors.runtime import ManualClock
 
 TINY = ModelProfile(
     load_seconds=0.01,
@@ -40,6 +43,17 @@ ENDLESS = ModelProfile(
     mean_answer_tokens=1_000_000, max_answer_tokens=2000,
 )  # fmt: skip
 CATALOG = {"tiny": TINY, "other": TINY, "embedder": EMBEDDER, "endless": ENDLESS}
+# For a manual clock: takes no time at all (an infinite rate makes every token due at once).
+INSTANT = ModelProfile(
+    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=math.inf,
+    mean_answer_tokens=20, size_bytes=1_000_000, context_length=2048,
+)  # fmt: skip
+# Binary fractions, so that the clock's sums are exact.
+PACED = ModelProfile(
+    load_seconds=2.0, first_token_seconds=0.5, tokens_per_second=4.0,
+    mean_answer_tokens=1_000_000,
+)  # fmt: skip
+MANUAL_CATALOG = {"instant": INSTANT, "paced": PACED}
 QUESTION = [{"role": "user", "content": "Why is the queue slow today?"}]
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 CHUNK_KEYS = {"model", "created_at", "message", "done"}
@@ -63,6 +77,19 @@ def server() -> Iterator[SimulatedOllama]:
 @pytest.fixture
 def http(server: SimulatedOllama) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=5.0) as client:
+        yield client
+
+
+@pytest.fixture
+def manual(manual_clock: ManualClock) -> Iterator[SimulatedOllama]:
+    """A server whose time moves only when the test advances ``manual_clock``."""
+    with SimulatedOllama(MANUAL_CATALOG, clock=manual_clock) as sim:
+        yield sim
+
+
+@pytest.fixture
+def manual_http(manual: SimulatedOllama) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=manual.url, timeout=5.0) as client:
         yield client
 
 
@@ -312,24 +339,92 @@ def test_a_changed_reload_option_reloads_the_model(
     assert ps(http)[0]["context_length"] == 8192
 
 
-def test_ps_reports_the_expiry_that_keep_alive_asked_for(http: httpx.Client) -> None:
-    before = time.time()
-    load(http, "tiny", keep_alive="10m")
-    (model,) = ps(http)
+def test_ps_reports_the_expiry_that_keep_alive_asked_for(
+    manual_http: httpx.Client, manual_clock: ManualClock
+) -> None:
+    load(manual_http, "instant", keep_alive="10m")
+    (model,) = ps(manual_http)
     assert set(model) == {"name", "model", "size", "digest", "details", "expires_at",
                           "size_vram", "context_length"}  # fmt: skip
     expires = datetime.fromisoformat(model["expires_at"]).timestamp()
-    assert before + 600 <= expires <= time.time() + 600
+    assert expires == manual_clock.now() + 600
     assert model["size"] == model["size_vram"] == 1_000_000
-    load(http, "tiny", keep_alive=-1)
-    forever = datetime.fromisoformat(ps(http)[0]["expires_at"])
-    assert forever.year > datetime.now(UTC).year + 200
+    load(manual_http, "instant", keep_alive=-1)
+    forever = datetime.fromisoformat(ps(manual_http)[0]["expires_at"])
+    assert forever.year > datetime.fromtimestamp(manual_clock.now()).year + 200
 
 
-def test_a_short_keep_alive_expires_by_itself(http: httpx.Client, server: SimulatedOllama) -> None:
+def test_a_keep_alive_of_five_minutes_lasts_until_the_clock_passes_five_minutes(
+    manual_http: httpx.Client, manual: SimulatedOllama, manual_clock: ManualClock
+) -> None:
+    load(manual_http, "instant", keep_alive="5m")
+    manual_clock.advance(299)
+    assert [m["name"] for m in ps(manual_http)] == ["instant:latest"]
+    assert manual.stats().loaded == ("instant:latest",)
+    manual_clock.advance(1)
+    assert ps(manual_http) == []
+    assert manual.stats().unloads == 1
+
+
+def test_a_waiter_sees_the_keep_alive_run_out_when_the_clock_passes_it(
+    manual_http: httpx.Client, manual: SimulatedOllama, manual_clock: ManualClock
+) -> None:
+    load(manual_http, "instant", keep_alive=60)
+    unloaded: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: unloaded.append(manual.wait_for(lambda s: s.loaded == ()).unloads)
+    )
+    waiter.start()
+    manual_clock.advance(60)  # wakes the waiter, which would otherwise wait a minute
+    waiter.join()
+    assert unloaded == [1]
+
+
+def test_a_short_keep_alive_expires_by_itself_on_the_system_clock(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    # Real time is the point: with the system clock nothing but time passing unloads it.
     load(http, "tiny", keep_alive="30ms")
     assert server.wait_for(lambda s: s.loaded == (), timeout=2.0).unloads == 1
     assert ps(http) == []
+
+
+def test_a_load_ends_when_the_clock_reaches_its_load_time(
+    manual_http: httpx.Client, manual: SimulatedOllama, manual_clock: ManualClock
+) -> None:
+    replies: list[dict[str, Any]] = []
+    loader = threading.Thread(target=lambda: replies.append(load(manual_http, "paced")))
+    loader.start()
+    manual.wait_for(lambda s: s.loading == ("paced:latest",))
+    manual_clock.advance(1.5)
+    assert manual.stats().loads == 0 and replies == []
+    manual_clock.advance(0.5)
+    assert manual.wait_for(lambda s: s.loaded == ("paced:latest",)).loads == 1
+    loader.join()
+    assert replies[0]["done_reason"] == "load"
+
+
+def test_tokens_come_when_the_clock_reaches_them_and_durations_are_clock_time(
+    manual_http: httpx.Client, manual: SimulatedOllama, manual_clock: ManualClock
+) -> None:
+    body = {"model": "paced", "prompt": "Count", "stream": False, "options": {"num_predict": 5}}
+    replies: list[dict[str, Any]] = []
+    caller = threading.Thread(
+        target=lambda: replies.append(manual_http.post("/api/generate", json=body).json())
+    )
+    caller.start()
+    manual.wait_for(lambda s: s.loading == ("paced:latest",))
+    manual_clock.advance(2.75)  # the load (2 s), the first token (0.5 s), one more (0.25 s)
+    stats = manual.wait_for(lambda s: s.tokens_generated == 2)
+    assert stats.active_calls == 1 and replies == []
+    manual_clock.advance(0.75)  # the last three tokens
+    caller.join()
+    (reply,) = replies
+    assert reply["eval_count"] == 5 and reply["done_reason"] == "length"
+    assert reply["load_duration"] == 2_000_000_000
+    assert reply["prompt_eval_duration"] == 500_000_000
+    assert reply["eval_duration"] == 1_000_000_000
+    assert reply["total_duration"] == 3_500_000_000
 
 
 # ------------------------------------------------------------------- concurrency
@@ -373,10 +468,10 @@ def test_a_client_that_goes_away_stops_the_generation(
         lines = r.iter_lines()
         for _ in range(3):
             next(lines)
-    stats = server.wait_for(lambda s: s.calls_disconnected == 1, timeout=2.0)
-    time.sleep(0.1)  # 20 more tokens at 200 tokens per second, had it kept going
+    # Once no call is active the generation has ended, so its token count is final.
+    stats = server.wait_for(lambda s: s.calls_disconnected == 1 and s.active_calls == 0)
     assert server.stats().tokens_generated == stats.tokens_generated < 50
-    assert stats.calls_finished == 0 and stats.active_calls == 0
+    assert stats.calls_finished == 0
 
 
 # ------------------------------------------------------------------------ faults
@@ -439,24 +534,36 @@ def test_an_error_line_can_follow_the_first_chunks(
     assert lines[2:] == [{"error": "CUDA error: out of memory"}]
 
 
-def test_slow_faults_delay_the_answer_or_stall_the_stream(
-    http: httpx.Client, server: SimulatedOllama
+def test_a_slow_response_fault_answers_once_the_clock_has_passed_its_delay(
+    manual_http: httpx.Client, manual: SimulatedOllama, manual_clock: ManualClock
 ) -> None:
-    server.inject(FaultKind.SLOW_RESPONSE, path="/api/tags", delay=0.15)
-    began = time.monotonic()
-    assert http.get("/api/tags").status_code == 200
-    assert time.monotonic() - began >= 0.15
-    server.inject(FaultKind.STALL_STREAM, after_chunks=2, delay=5.0)
-    with http.stream(
-        "POST",
-        "/api/chat",
-        json={"model": "tiny", "messages": QUESTION},
-        timeout=httpx.Timeout(5.0, read=0.1),
-    ) as response:
+    manual.inject(FaultKind.SLOW_RESPONSE, path="/api/tags", delay=2.0)
+    statuses: list[int] = []
+    caller = threading.Thread(
+        target=lambda: statuses.append(manual_http.get("/api/tags").status_code)
+    )
+    caller.start()
+    manual.wait_for(lambda s: s.requests == 1)
+    manual_clock.advance(1.5)
+    assert statuses == []
+    manual_clock.advance(0.5)
+    caller.join()
+    assert statuses == [200]
+
+
+def test_a_stall_fault_holds_the_stream_until_the_clock_has_passed_its_delay(
+    manual_http: httpx.Client, manual: SimulatedOllama, manual_clock: ManualClock
+) -> None:
+    manual.inject(FaultKind.STALL_STREAM, after_chunks=2, delay=5.0)
+    body = {"model": "instant", "messages": QUESTION}
+    with manual_http.stream("POST", "/api/chat", json=body) as response:
         lines = response.iter_lines()
         assert [next(lines), next(lines)]
-        with pytest.raises(httpx.ReadTimeout):
-            next(lines)
+        stats = manual.wait_for(lambda s: s.tokens_generated == 2)
+        assert stats.active_calls == 1 and stats.calls_finished == 0
+        manual_clock.advance(5.0)
+        rest = [json.loads(line) for line in lines if line]
+    assert rest[-1]["done"] is True and len(rest) >= 2
 
 
 def test_refusing_connections_keeps_state_until_connections_are_accepted_again(

@@ -107,6 +107,7 @@ class OllamaHandler(LoopbackHandler):
 
     def _dispatch(self, routes: Mapping[str, _Route]) -> None:
         path = self.path.split("?", 1)[0]
+        self._arrived = self.sim.clock.now()  # before it is counted: delays start here
         self.sim.bump("requests")
         self.respond(lambda: self._route(routes, path))
 
@@ -140,10 +141,11 @@ class OllamaHandler(LoopbackHandler):
         return body
 
     def _apply_fault_before_output(self, fault: Fault, body: Mapping[str, Any]) -> None:
-        """Faults that act before any output: status errors, a cut, a delay."""
+        """Faults that act before any output: status errors, a cut, a delay (counted from
+        the request's arrival)."""
         kind = fault.kind
         if kind in (FaultKind.SLOW_RESPONSE, FaultKind.STALL_STREAM):
-            self.pause(fault.delay)
+            self.pause_until(self._arrived + fault.delay)
             return
         self.sim.bump("calls_faulted")
         if kind is FaultKind.CUT_STREAM:
@@ -410,11 +412,12 @@ class OllamaHandler(LoopbackHandler):
         return final
 
     def _mid_stream_fault(self, call: _Call, due: float) -> float:
-        """Apply the call's fault now; returns when the next token is due after a stall."""
+        """Apply the call's fault now; a stall holds the stream ``delay`` past the time the
+        last token was ``due`` and returns the new schedule."""
         fault = call.fault
         assert fault is not None
         if fault.kind is FaultKind.STALL_STREAM:
-            resume = max(due, self.sim.clock.now()) + fault.delay
+            resume = due + fault.delay
             self.pause_until(resume)
             return resume
         self.sim.bump("calls_faulted")

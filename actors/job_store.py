@@ -7,7 +7,7 @@ fails only its asker), commits once, and only then answers every one of them. A
 submit is therefore never acknowledged before its row is durable, and one fsync
 serves the whole batch. Bare moves into loading or running are the exception: recovery
 puts such jobs back to queued anyway, so a batch of only those commits without an fsync
-(``job_db.JobDB.write_batch`` says why that is sound).
+(``actors.stores.JobDB.write_batch`` says why that is sound).
 
 Under a supervisor the store is the source of truth the other actors rebuild from:
 it is a SupervisedActor, asks arrive through a StableRef (and still join batches),
@@ -57,7 +57,7 @@ def _is_asked_write(message: Any, asked: bool) -> bool:
 
 
 def _carries_volatile(message: Any, asked: bool) -> bool:
-    """True when a write is volatile (``job_db.is_volatile``)."""
+    """True when a write is volatile (``actors.stores.is_volatile``)."""
     return is_volatile(message)
 
 
@@ -101,7 +101,7 @@ class JobStore(SupervisedActor):
     - PruneJobs → number of terminal jobs deleted
     - StoreSnapshot → read-only mapping of the file, schema version and commit counters
       (``volatile_commits``: the commits that held only moves into loading or running
-      and so ran at ``synchronous=NORMAL``, without an fsync; see ``job_db.is_volatile``)
+      and so ran at ``synchronous=NORMAL``, without an fsync; see ``actors.stores.is_volatile``)
     """
 
     mailbox_type: ClassVar[type[Mailbox]] = BatchingInbox  # group commit drains its head
@@ -201,7 +201,7 @@ class JobStore(SupervisedActor):
         runs (all that wait, up to ``max_batch``); if the database gives up a batch
         part-way, the drained writes it did not reach go in a fresh one. If ``first``
         and every write waiting right behind it are volatile (bare moves into loading
-        or running, ``job_db.is_volatile``), the batch commits without an fsync and
+        or running, ``actors.stores.is_volatile``), the batch commits without an fsync and
         takes only volatile writes that arrive meanwhile: a durable one stops it and
         starts the next batch. Otherwise the batch takes any write and commits at the
         configured level. The current message's outcome is returned (or raised) for

@@ -2,7 +2,7 @@
 
 Every ask waits on a future. pykka's ThreadingFuture guards its result with a
 ``threading.Condition``: each wait allocates a waiter lock and takes the condition's
-lock on both sides. With this future and actors.mailbox, an ask round trip costs about
+lock on both sides. With this future and the runtime's mailbox, an ask round trip costs about
 66 microseconds of CPU on a 2-core machine against pykka's 80
 (tests/benchmarks/bench_ask.py), the future being most of the difference.
 

@@ -4,7 +4,7 @@ Every job costs about fifteen actor messages (docs/benchmarks.md), so the price 
 message is a floor under every other figure. Side by side in the same run, an echo
 actor answers ``ask`` one at a time from one thread:
 
-- gpulane: a SupervisedActor (actors.mailbox.Mailbox, actors.latch_future.LatchFuture);
+- gpulane: a SupervisedActor (actors.runtime.Mailbox, actors.runtime.LatchFuture);
 - pykka: a plain pykka.ThreadingActor (queue.Queue inbox, ThreadingFuture);
 - floor: a bare thread answering through a queue.SimpleQueue and a raw lock, with no
   actor library at all.

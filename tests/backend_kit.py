@@ -1,11 +1,17 @@
-"""Helpers shared by the backend tests: run a call, catch its failure, cancel it mid-stream."""
+"""Helpers shared by the backend tests: run a call, catch its failure, cancel it, and a
+recording httpx.MockTransport for the wire-format tests (docs/architecture.md section 12:
+the transport is the seam)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from actors.backends.base import Backend, CallCancelledError, CancelToken
@@ -41,18 +47,109 @@ def cancel_after(chunks: int) -> tuple[CancelToken, list[str], Callable[[str], N
     return token, seen, sink
 
 
-def seconds_until_cancelled(
-    backend: Backend, request: BackendRequest, after: float = 0.05
-) -> float:
-    """Start ``request``, cancel it from another thread ``after`` seconds in, and return how
-    long the call took to give up (it must raise CallCancelledError)."""
+def cancel_while(
+    backend: Backend,
+    request: BackendRequest,
+    busy: Callable[[], object],
+    timeout: float = 10.0,
+) -> None:
+    """Start ``request`` on another thread, wait until ``busy()`` returns (the server is
+    working on the call), cancel it from this thread, and check that the call gives up
+    with CallCancelledError.
+
+    Use a server on a manual clock that is never advanced and a backend whose own
+    time-out outlasts ``timeout``, so that nothing but the cancel can end the call (a
+    time-out after a cancel is reported as the cancel too); ``timeout`` (real seconds)
+    only bounds how long a broken cancel hangs the test."""
     token = CancelToken()
-    timer = threading.Timer(after, token.cancel)
-    began = time.monotonic()
-    timer.start()
-    try:
-        with pytest.raises(CallCancelledError):
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
             backend.complete(request, lambda _: None, token)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, name="cancelled-call")
+    worker.start()
+    try:
+        busy()
     finally:
-        timer.join()
-    return time.monotonic() - began
+        token.cancel()
+        worker.join(timeout)
+    assert not worker.is_alive(), "the cancelled call did not return"
+    assert isinstance(outcome[0], CallCancelledError), outcome
+
+
+# --------------------------------------------------------------------- the wire
+
+
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    """One request a backend sent: its method, path, JSON body (None if empty) and headers."""
+
+    method: str
+    path: str
+    body: Any
+    headers: httpx.Headers
+
+
+class Wire:
+    """An httpx.MockTransport that keeps every request a backend sends (``sent``) and
+    answers each with ``answer(sent)``; pass ``wire.transport`` as the backend's
+    ``transport``."""
+
+    def __init__(self, answer: Callable[[Sent], httpx.Response]) -> None:
+        self.sent: list[Sent] = []
+        self._answer = answer
+        self.transport = httpx.MockTransport(self._handle)
+
+    @property
+    def last(self) -> Sent:
+        """The latest request."""
+        return self.sent[-1]
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        sent = Sent(request.method, request.url.path, body, request.headers)
+        self.sent.append(sent)
+        return self._answer(sent)
+
+
+B = TypeVar("B", bound=Backend)
+
+
+@contextlib.contextmanager
+def on_wire(
+    make: Callable[[httpx.BaseTransport], B], answer: Callable[[Sent], httpx.Response]
+) -> Iterator[tuple[B, Wire]]:
+    """The backend ``make`` builds on a Wire that answers with ``answer``; closed after."""
+    wire = Wire(answer)
+    backend = make(wire.transport)
+    try:
+        yield backend, wire
+    finally:
+        backend.close()
+
+
+def json_answer(obj: Mapping[str, Any], status: int = 200) -> httpx.Response:
+    """A JSON answer."""
+    return httpx.Response(status, json=obj)
+
+
+def ndjson_answer(lines: Iterable[Mapping[str, Any]]) -> httpx.Response:
+    """An NDJSON stream (Ollama's), one object per line."""
+    content = "".join(json.dumps(line) + "\n" for line in lines)
+    return httpx.Response(200, content=content, headers={"Content-Type": "application/x-ndjson"})
+
+
+def sse_answer(events: Iterable[tuple[str | None, Any]]) -> httpx.Response:
+    """A server-sent event stream of (event name or None, data) pairs; data that is not a
+    string is sent as JSON."""
+    content = "".join(
+        (f"event: {name}\n" if name else "")
+        + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+        for name, data in events
+    )
+    return httpx.Response(200, content=content, headers={"Content-Type": "text/event-stream"})

@@ -1,28 +1,134 @@
-"""The OpenAI-compatible backend against a fake vLLM/llama.cpp server, over real HTTP.
+"""The OpenAI-compatible backend: its wire format on httpx.MockTransport, and a fake
+vLLM/llama.cpp server over real HTTP where a socket (or a server that generates) is the
+point.
 
-Every call, stream and failure class; cancellation that drops the connection and stops
-the server; each resume mode. The official ``openai`` client checks the fake itself.
+Request bodies, SSE and JSON parsing, usage, and the failure classes go through
+``httpx.MockTransport`` (docs/architecture.md section 12). Refused and cut connections,
+time-outs, cancellation that drops the connection and stops the server, each resume mode
+and GpuLane driving a configured server run on the fake, which the official ``openai``
+client checks first.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
-from backend_kit import cancel_after, failure, run, seconds_until_cancelled
+from backend_kit import (
+    Sent,
+    Wire,
+    cancel_after,
+    cancel_while,
+    failure,
+    json_answer,
+    on_wire,
+    run,
+    sse_answer,
+)
 from fake_http import Fault
 from fake_openai import FakeOpenAI
 
 from actors import BackendSettings, Config, GpuLane, SystemClock
 from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode
+from actors.backends.simulated import embedding
+from actors.runtime import ManualClock
 from protocol import BackendError, BackendRequest, ChatMessage, JobKind, JobSpec, StoreSettings
 
 QUESTION = (ChatMessage("user", "How does the arbiter pick the next job?"),)
+
+# ------------------------------------------------------------------- the wire
+
+URL = "http://vllm.test"
+SERVED = ("tiny", "embedder")
+CHAT_ANSWER = ("The", " arbiter", " serves", " internal", " work", " first,", " then", " the",
+               " rest.")  # fmt: skip
+COMPLETION = (" a", " job", " is", " done", " when", " its", " stream", " ends.")
+PROMPT_TOKENS = 11
+CREATED = 1_767_614_400
+
+
+def openai_at(transport: httpx.BaseTransport) -> OpenAICompatBackend:
+    return OpenAICompatBackend(URL, transport=transport)
+
+
+def openai_error(status: int, message: str, kind: str) -> httpx.Response:
+    """An error answer in OpenAI's shape."""
+    return json_answer({"error": {"message": message, "type": kind, "code": status}}, status)
+
+
+def vllm(sent: Sent) -> httpx.Response:
+    """What vLLM answers: ``/v1/models`` lists SERVED; an unknown model is a 404; a chat or
+    completion is a canned answer, streamed one token per SSE chunk (with a usage chunk
+    when asked, and ``[DONE]``) or one JSON object, cut at ``max_tokens`` with
+    finish_reason "length"; embeddings are the simulator's unit vectors."""
+    body = sent.body
+    if sent.path == "/v1/models":
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 4096}
+            for m in SERVED
+        ]
+        return json_answer({"object": "list", "data": data})
+    if body["model"] not in SERVED:
+        return openai_error(404, f"The model `{body['model']}` does not exist.", "NotFoundError")
+    if sent.path == "/v1/embeddings":
+        dimensions = body.get("dimensions") or 16
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": embedding(body["model"], t, dimensions),
+            }
+            for i, t in enumerate(body["input"])
+        ]
+        prompt = sum(len(text.split()) for text in body["input"])
+        usage = {"prompt_tokens": prompt, "total_tokens": prompt}
+        return json_answer({"object": "list", "data": data, "model": body["model"], "usage": usage})
+    chat = sent.path == "/v1/chat/completions"
+    words = CHAT_ANSWER if chat else COMPLETION
+    limit = body.get("max_tokens")
+    tokens = words[:limit] if limit else words
+    reason = "length" if limit is not None and limit <= len(words) else "stop"
+    usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(tokens)}
+    usage["total_tokens"] = PROMPT_TOKENS + len(tokens)
+    if not body.get("stream"):
+        text = "".join(tokens)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
+        choice.update(
+            {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+        )
+        kind = "chat.completion" if chat else "text_completion"
+        head = {"id": "cmpl-1", "object": kind, "created": CREATED, "model": body["model"]}
+        return json_answer({**head, "choices": [choice], "usage": usage})
+    chunks = [chunk(body, chat, t, None) for t in tokens] + [chunk(body, chat, None, reason)]
+    if chat:  # a chat stream opens with the assistant's role
+        role = {"index": 0, "delta": {"role": "assistant"}}
+        chunks.insert(0, {**chunk(body, chat, None, None), "choices": [role]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**chunk(body, chat, None, None), "choices": [], "usage": usage})
+    return sse_answer([*((None, c) for c in chunks), (None, "[DONE]")])
+
+
+def chunk(body: dict[str, Any], chat: bool, text: str | None, reason: str | None) -> dict[str, Any]:
+    """One streamed chunk carrying ``text`` (None: no text) and a finish reason."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
+    if chat:
+        choice["delta"] = {} if text is None else {"content": text}
+    else:
+        choice["text"] = text or ""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    head = {"id": "cmpl-1", "object": kind, "created": CREATED, "model": body["model"]}
+    return {**head, "choices": [choice]}
+
+
+@pytest.fixture
+def wire() -> Iterator[tuple[OpenAICompatBackend, Wire]]:
+    with on_wire(openai_at, vllm) as wired:
+        yield wired
 
 
 @pytest.fixture
@@ -86,56 +192,65 @@ def test_the_openai_backend_is_a_backend(backend: OpenAICompatBackend) -> None:
 
 
 def test_a_chat_streams_each_token_over_sse_and_returns_the_whole_text(
-    backend: OpenAICompatBackend, server: FakeOpenAI
+    wire: tuple[OpenAICompatBackend, Wire],
 ) -> None:
+    backend, sent = wire
     text, chunks = run(backend, chat())
-    assert len(chunks) >= 3 and "".join(chunks) == text
-    path, body, _ = server.requests[-1]
+    assert chunks == list(CHAT_ANSWER) and "".join(chunks) == text
+    path, body = sent.last.path, sent.last.body
     assert path == "/v1/chat/completions" and body["stream_options"] == {"include_usage": True}
     assert run(backend, chat()) == (text, chunks)
 
 
 def test_a_generate_goes_to_the_completions_endpoint_with_the_raw_prompt(
-    backend: OpenAICompatBackend, server: FakeOpenAI
+    wire: tuple[OpenAICompatBackend, Wire],
 ) -> None:
+    backend, sent = wire
     text, chunks = run(backend, generate(system="Be brief."))
-    assert len(chunks) >= 3 and "".join(chunks) == text
-    path, body, _ = server.requests[-1]
+    assert chunks == list(COMPLETION) and "".join(chunks) == text
+    path, body = sent.last.path, sent.last.body
     assert path == "/v1/completions" and body["prompt"] == "Be brief.\n\nThe GPU slot said"
 
 
 def test_a_call_without_streaming_delivers_the_text_in_one_piece(
-    backend: OpenAICompatBackend,
+    wire: tuple[OpenAICompatBackend, Wire],
 ) -> None:
+    backend, sent = wire
     streamed, _ = run(backend, chat())
     assert run(backend, chat(stream=False)) == (streamed, [streamed])
+    assert sent.last.body["stream"] is False and "stream_options" not in sent.last.body
     streamed, _ = run(backend, generate())
     assert run(backend, generate(stream=False)) == (streamed, [streamed])
 
 
 def test_usage_becomes_the_job_metrics_and_the_finish_reason_the_done_reason(
-    backend: OpenAICompatBackend,
+    wire: tuple[OpenAICompatBackend, Wire],
 ) -> None:
+    backend, sent = wire
     result = backend.complete(chat(), lambda _: None, CancelToken())
     assert result.done_reason == "stop"
-    assert result.metrics.eval_count == len(result.text.split())
-    assert result.metrics.prompt_eval_count == len(QUESTION[0].content.split()) + 2
+    assert result.metrics.eval_count == len(result.text.split()) == len(CHAT_ANSWER)
+    assert result.metrics.prompt_eval_count == PROMPT_TOKENS
     assert result.metrics.total_duration_ns > 0
     capped = backend.complete(chat(max_tokens=3), lambda _: None, CancelToken())
+    assert sent.last.body["max_tokens"] == 3
     assert capped.done_reason == "length" and capped.metrics.eval_count == 3
 
 
-def test_options_format_and_api_key_map_onto_openai_fields(server: FakeOpenAI) -> None:
-    keyed = OpenAICompatBackend(server.url + "/v1", api_key="sk-local")
+def test_options_format_and_api_key_map_onto_openai_fields() -> None:
+    def keyed_at(transport: httpx.BaseTransport) -> OpenAICompatBackend:
+        return OpenAICompatBackend(URL + "/v1", api_key="sk-local", transport=transport)
+
     request = chat(
         system="Be brief.",
         options={"temperature": 0.0, "seed": 7, "num_ctx": 8192, "stop": ["\n"]},
         format={"type": "object"},
         max_tokens=50,
     )
-    keyed.complete(request, lambda _: None, CancelToken())
-    keyed.close()
-    _, body, headers = server.requests[-1]
+    with on_wire(keyed_at, vllm) as (keyed, sent):
+        keyed.complete(request, lambda _: None, CancelToken())
+    body, headers = sent.last.body, sent.last.headers
+    assert sent.last.path == "/v1/chat/completions"  # the /v1 of the URL is not doubled
     assert headers["Authorization"] == "Bearer sk-local"
     assert (body["temperature"], body["seed"], body["stop"], body["max_tokens"]) == (
         0.0,
@@ -152,8 +267,9 @@ def test_options_format_and_api_key_map_onto_openai_fields(server: FakeOpenAI) -
 
 
 def test_an_unknown_model_is_a_permanent_error_with_the_server_message(
-    backend: OpenAICompatBackend,
+    wire: tuple[OpenAICompatBackend, Wire],
 ) -> None:
+    backend, _ = wire
     error, _ = failure(backend, chat("ghost"))
     assert (error.transient, error.status) == (False, 404)
     assert error.message == "The model `ghost` does not exist."
@@ -162,11 +278,10 @@ def test_an_unknown_model_is_a_permanent_error_with_the_server_message(
 @pytest.mark.parametrize(
     ("status", "transient"), [(400, False), (401, False), (429, True), (500, True), (503, True)]
 )
-def test_error_statuses_are_classified(
-    backend: OpenAICompatBackend, server: FakeOpenAI, status: int, transient: bool
-) -> None:
-    server.inject(Fault("status", status=status, message=f"status {status} from the server"))
-    error, chunks = failure(backend, chat())
+def test_error_statuses_are_classified(status: int, transient: bool) -> None:
+    refusal = openai_error(status, f"status {status} from the server", "api_error")
+    with on_wire(openai_at, lambda _: refusal) as (backend, _):
+        error, chunks = failure(backend, chat())
     assert (error.transient, error.status, chunks) == (transient, status, [])
     assert error.message == f"status {status} from the server"
 
@@ -188,19 +303,25 @@ def test_a_stream_cut_mid_way_is_transient(
     assert error.transient and len(chunks) == 3 and "cut the response" in error.message
 
 
-def test_an_error_event_after_output_began_is_transient_with_its_message(
-    backend: OpenAICompatBackend, server: FakeOpenAI
-) -> None:
-    server.inject(Fault("error_event", after_chunks=2, message="CUDA out of memory"))
-    error, chunks = failure(backend, chat())
+def test_an_error_event_after_output_began_is_transient_with_its_message() -> None:
+    def two_chunks_then_an_error(sent: Sent) -> httpx.Response:
+        chunks = [chunk(sent.body, True, token, None) for token in CHAT_ANSWER[:2]]
+        error = {"message": "CUDA out of memory", "type": "api_error", "code": 500}
+        return sse_answer([*((None, c) for c in chunks), (None, {"error": error})])
+
+    with on_wire(openai_at, two_chunks_then_an_error) as (backend, _):
+        error, chunks = failure(backend, chat())
     assert error.transient and error.message == "CUDA out of memory" and len(chunks) == 2
 
 
-def test_a_slow_read_times_out_as_a_transient_error(server: FakeOpenAI) -> None:
-    server.inject(Fault("stall", after_chunks=2, delay=5.0))
-    impatient = OpenAICompatBackend(server.url, timeout=0.2)
-    error, chunks = failure(impatient, chat())
-    impatient.close()
+def test_a_slow_read_times_out_as_a_transient_error(manual_clock: ManualClock) -> None:
+    # The fake's clock never moves, so the stall never ends: only the read time-out (real
+    # time, as httpx measures it) can end the call.
+    with FakeOpenAI(token_seconds=0.0, clock=manual_clock) as paused:
+        paused.inject(Fault("stall", after_chunks=2, delay=5.0))
+        impatient = OpenAICompatBackend(paused.url, timeout=0.2)
+        error, chunks = failure(impatient, chat())
+        impatient.close()
     assert error.transient and "timed out" in error.message and len(chunks) == 2
 
 
@@ -217,19 +338,24 @@ def test_cancelling_mid_stream_closes_the_connection_and_the_server_stops(
     with pytest.raises(CallCancelledError):
         backend.complete(chat(), sink, token)
     assert len(seen) == 4
-    stats = server.wait_for(lambda s: s["calls_disconnected"] == 1, timeout=2.0)
-    time.sleep(0.1)  # 20 more tokens, had it kept going
+    # Once no call is active the generation has ended, so its token count is final.
+    stats = server.wait_for(lambda s: s["calls_disconnected"] == 1 and s["active"] == 0)
     assert server.stats()["tokens"] == stats["tokens"] <= 6
     assert stats["calls_finished"] == 0
     backend.close()
 
 
-def test_cancelling_from_another_thread_before_any_output_returns_at_once(
-    backend: OpenAICompatBackend, server: FakeOpenAI
+def test_cancelling_from_another_thread_before_any_output_ends_the_call(
+    manual_clock: ManualClock,
 ) -> None:
-    server.inject(Fault("stall", delay=5.0))
-    assert seconds_until_cancelled(backend, chat()) < 1.0
-    server.wait_for(lambda s: s["calls_disconnected"] == 1)
+    # The stall never ends on the fake's clock, and the backend's time-out outlasts
+    # cancel_while's hang guard: only the cancel can end the call.
+    with FakeOpenAI(clock=manual_clock) as paused:
+        paused.inject(Fault("stall", delay=5.0))
+        backend = OpenAICompatBackend(paused.url, timeout=120.0)
+        cancel_while(backend, chat(), lambda: paused.wait_for(lambda s: s["requests"] == 1))
+        backend.close()
+        paused.wait_for(lambda s: s["calls_disconnected"] == 1)
 
 
 # ---------------------------------------------------------------------- resume
@@ -279,8 +405,15 @@ def test_without_prefill_support_a_prefilled_chat_would_start_a_new_answer() -> 
 # ------------------------------------------------------------- embed, models
 
 
-def test_embed_returns_one_vector_per_input_in_order(backend: OpenAICompatBackend) -> None:
+def test_embed_returns_one_vector_per_input_in_order(
+    wire: tuple[OpenAICompatBackend, Wire],
+) -> None:
+    backend, sent = wire
     result = backend.embed("embedder", ("first", "second"), {"dimensions": 8}, CancelToken())
+    assert (sent.last.path, sent.last.body) == (
+        "/v1/embeddings",
+        {"model": "embedder", "input": ["first", "second"], "dimensions": 8},
+    )
     assert result.model == "embedder" and len(result.embeddings) == 2
     assert all(len(v) == 8 for v in result.embeddings)
     (second,) = backend.embed("embedder", ("second",), {"dimensions": 8}, CancelToken()).embeddings
@@ -288,9 +421,11 @@ def test_embed_returns_one_vector_per_input_in_order(backend: OpenAICompatBacken
 
 
 def test_loaded_models_lists_the_served_models_and_load_checks_one(
-    backend: OpenAICompatBackend,
+    wire: tuple[OpenAICompatBackend, Wire],
 ) -> None:
+    backend, sent = wire
     models = backend.loaded_models()
+    assert (sent.last.method, sent.last.path) == ("GET", "/v1/models")
     assert [(m.name, m.context_length) for m in models] == [("tiny", 4096), ("embedder", 4096)]
     backend.load("tiny")
     backend.unload("tiny")

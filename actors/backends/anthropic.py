@@ -60,7 +60,9 @@ class AnthropicBackend:
     """A Backend (``actors.backends.base``) for the Anthropic Messages API, over httpx.
 
     ``model`` replaces every job's (local) model name; ``max_tokens`` is used when a job
-    sets none (the API requires one).
+    sets none (the API requires one). ``transport`` replaces the network (e.g.
+    ``httpx.MockTransport`` in tests); with it a cancel closes the response instead of
+    shutting the socket.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The backend seam: what a GPU slot drives (ARCHITECTURE.md section 9).
+"""The backend seam: what a GPU slot drives (docs/architecture.md section 9).
 
 Calls are blocking and run on a worker thread, never on an actor's thread. Each takes
 a CancelToken; tripping it must make the call return promptly by raising
@@ -69,7 +69,7 @@ class Backend(Protocol):
 
     ``complete`` streams each new piece of text to ``on_chunk`` as it arrives and
     returns the whole new text; failures raise ``protocol.BackendError`` with
-    ``transient`` set as ARCHITECTURE.md section 3 classifies them.
+    ``transient`` set as docs/architecture.md section 3 classifies them.
     """
 
     name: str

@@ -13,7 +13,7 @@ reused: its read fails and httpcore closes it, or, if its response had already e
 the pool finds the idle socket readable (at EOF) and discards it; and a call stops
 touching its socket once its response is closed, before the pool hands the connection
 to another call. :func:`guarded` wires a CancelToken to that and turns every failure
-into ``protocol.BackendError`` with ``transient`` set as ARCHITECTURE.md section 3 says.
+into ``protocol.BackendError`` with ``transient`` set as docs/architecture.md section 3 says.
 
 Server-sent events (OpenAI and Anthropic streams) are parsed by :func:`iter_sse`.
 """

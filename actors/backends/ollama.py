@@ -3,7 +3,7 @@
 Every call can be cancelled from another thread: cancelling shuts the call's socket,
 which makes Ollama stop generating (it stops when its client goes away); see
 ``actors.backends.http``. Failures become ``protocol.BackendError`` with ``transient``
-set as ARCHITECTURE.md section 3 says.
+set as docs/architecture.md section 3 says.
 """
 
 from __future__ import annotations

@@ -79,8 +79,9 @@ class OpenAICompatBackend:
     """A Backend (``actors.backends.base``) for one OpenAI-compatible server, over httpx.
 
     ``api_key`` is sent as a bearer token when given (vLLM's ``--api-key``, LM Studio's
-    optional key). ``transport`` replaces the network in tests; see the module docstring
-    for ``resume``.
+    optional key). ``transport`` replaces the network (e.g. ``httpx.MockTransport`` in
+    tests); with it a cancel closes the response instead of shutting the socket. See the
+    module docstring for ``resume``.
     """
 
     def __init__(

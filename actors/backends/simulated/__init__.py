@@ -30,7 +30,6 @@ from actors.backends.simulated._loopback import (
     LoopbackHandler,
     LoopbackServer,
     QueuedFault,
-    encode_json,
 )
 from actors.backends.simulated._residency import ServerStats
 from actors.backends.simulated._simulator import SimulatedOllama
@@ -39,7 +38,6 @@ from actors.backends.simulated._text import (
     Answer,
     embedding,
     render_chat,
-    render_generate,
 )
 
 __all__ = [
@@ -59,7 +57,5 @@ __all__ = [
     "ServerStats",
     "SimulatedOllama",
     "embedding",
-    "encode_json",
     "render_chat",
-    "render_generate",
 ]

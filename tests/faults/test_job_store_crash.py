@@ -19,7 +19,7 @@ from protocol import LEGAL_TRANSITIONS, JobSpec, JobState, StoreSettings
 from protocol.messages import LoadQueuedJobs, StoreSnapshot
 
 CHILD = Path(__file__).with_name("job_store_crash_child.py")
-REPO = CHILD.parents[1]
+REPO = CHILD.parents[2]
 
 
 def reachable(state: JobState) -> set[JobState]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from actors.system import GpuLane
 from actors.testing import FakeGpu
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 HIDE_PYTEST = """
 import sys

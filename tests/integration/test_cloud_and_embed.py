@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fake_anthropic import FakeAnthropic
+from profiles import EMBEDDER, ENDLESS
 
 from actors import Config, GpuLane, ManualClock, SystemClock
 from actors.backends.anthropic import AnthropicBackend
@@ -168,13 +169,6 @@ def test_when_the_local_backend_fails_cloud_jobs_go_to_the_cloud_at_once(
 
 # ------------------------------------------------- simulated server, real HTTP
 
-ENDLESS = ModelProfile(
-    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=200.0,
-    mean_answer_tokens=1_000_000, max_answer_tokens=100_000,
-)  # fmt: skip
-EMBEDDER = ModelProfile(
-    load_seconds=0.0, first_token_seconds=0.0, embedding_dimensions=8, embedding_only=True
-)
 MEDIUM = ModelProfile(
     load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=300.0,
     mean_answer_tokens=150, max_answer_tokens=3000,

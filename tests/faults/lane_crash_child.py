@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+sys.path[:0] = [str(Path(__file__).resolve().parents[2])]
 
 from actors import Config, GpuLane  # noqa: E402 (after the sys.path line)
 from actors.logs import configure_logging  # noqa: E402

@@ -10,24 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from profiles import ENDLESS, TINY
 
 from actors import Config, GpuLane
 from actors.backends.ollama import OllamaBackend
-from actors.backends.simulated import ModelProfile, SimulatedOllama
+from actors.backends.simulated import SimulatedOllama
 from actors.config import ApiKey, GatewaySettings
 from actors.gateway import GatewayServer, create_app
 from actors.testing import wait_until
 from protocol import Job, RetryPolicy, StoreSettings
 
-TINY = ModelProfile(
-    load_seconds=0.01, first_token_seconds=0.001, tokens_per_second=5000.0,
-    mean_answer_tokens=20, max_answer_tokens=300, size_bytes=1_000_000,
-)  # fmt: skip
-# Runs until num_predict or until its client leaves.
-ENDLESS = ModelProfile(
-    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=200.0,
-    mean_answer_tokens=1_000_000, max_answer_tokens=100_000,
-)  # fmt: skip
 CATALOG = {"tiny": TINY, "endless": ENDLESS}
 
 ALICE = "alice-key-0001"

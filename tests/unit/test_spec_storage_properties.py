@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from actors.stores import JobDB
 from actors.runtime import ManualClock
+from actors.stores import JobDB
 from protocol import Job, JobSpec, ValidationError
 from protocol.messages import InsertJob
 

@@ -30,6 +30,7 @@ from backend_kit import (
     on_wire,
     run,
 )
+from profiles import EMBEDDER, ENDLESS, TINY
 
 from actors.backends import http
 from actors.backends.base import Backend, CallCancelledError, CancelToken
@@ -38,23 +39,6 @@ from actors.backends.simulated import FaultKind, ModelProfile, SimulatedOllama, 
 from actors.runtime import ManualClock
 from protocol import BackendError, BackendRequest, ChatMessage, JobKind, JobMetrics
 
-TINY = ModelProfile(
-    load_seconds=0.01,
-    first_token_seconds=0.001,
-    tokens_per_second=5000.0,
-    mean_answer_tokens=20,
-    max_answer_tokens=300,
-    size_bytes=1_000_000,
-    embedding_dimensions=16,
-)
-# Practically never ends on its own: runs until num_predict or the client leaves.
-ENDLESS = ModelProfile(
-    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=200.0,
-    mean_answer_tokens=1_000_000, max_answer_tokens=2000,
-)  # fmt: skip
-EMBEDDER = ModelProfile(
-    load_seconds=0.0, first_token_seconds=0.0, embedding_dimensions=8, embedding_only=True
-)
 CATALOG = {"tiny": TINY, "endless": ENDLESS, "embedder": EMBEDDER}
 # On a manual clock: "tiny" and "endless" take no time; "slow-load" loads until the clock
 # is advanced by three seconds, which the tests never do.

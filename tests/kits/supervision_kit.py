@@ -203,5 +203,3 @@ def snapshot(supervisor: pykka.ActorRef[Supervisor]) -> SupervisorSnapshot:
     """The supervisor's snapshot (a round trip through its mailbox)."""
     result: SupervisorSnapshot = supervisor.ask(GetSnapshot(), block=True, timeout=WAIT_S)
     return result
-
-

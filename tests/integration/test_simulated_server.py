@@ -19,29 +19,11 @@ from typing import Any
 import httpx
 import ollama
 import pytest
+from profiles import EMBEDDER, ENDLESS, TINY
 
 from actors.backends.simulated import FaultKind, ModelProfile, SimulatedOllama
 from actors.runtime import ManualClock
 
-TINY = ModelProfile(
-    load_seconds=0.01,
-    first_token_seconds=0.001,
-    tokens_per_second=5000.0,
-    mean_answer_tokens=20,
-    max_answer_tokens=300,
-    size_bytes=1_000_000,
-    embedding_dimensions=16,
-    context_length=2048,
-)
-EMBEDDER = ModelProfile(
-    load_seconds=0.005, first_token_seconds=0.0, size_bytes=500_000,
-    embedding_dimensions=8, embedding_only=True, family="nomic-bert",
-)  # fmt: skip
-# Practically never ends on its own: runs until num_predict or the client leaves.
-ENDLESS = ModelProfile(
-    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=200.0,
-    mean_answer_tokens=1_000_000, max_answer_tokens=2000,
-)  # fmt: skip
 CATALOG = {"tiny": TINY, "other": TINY, "embedder": EMBEDDER, "endless": ENDLESS}
 # For a manual clock: takes no time at all (an infinite rate makes every token due at once).
 INSTANT = ModelProfile(

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import structlog
 
-from actors.stores import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
 from actors.runtime import BatchingInbox, Clock, Delivery, Mailbox, SupervisedActor
+from actors.stores import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
 from protocol.config import StoreSettings
 from protocol.errors import IllegalTransitionError, JobNotFoundError
 from protocol.job import Job

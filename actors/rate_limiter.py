@@ -1,6 +1,6 @@
-"""The RateLimiter actor: admits or refuses work before it is stored (docs/architecture.md section 3).
+"""The RateLimiter actor: admits or refuses work before it is stored.
 
-It owns the per-caller token buckets and the per-caller and per-lane queue counts;
+See docs/architecture.md section 3. It owns the per-caller token buckets and the per-caller and per-lane queue counts;
 the decisions are in :mod:`actors.token_bucket` (thread-free). The facade asks
 ``Admit`` before the insert, then tells ``Admitted`` (or ``ReleaseAdmission`` if
 the insert failed); the store's commit listener tells ``JobEnded`` for every job

@@ -2,9 +2,10 @@
 
 It owns the per-caller token buckets and the per-caller and per-lane queue counts
 (docs/architecture.md section 3); the decisions are in :mod:`actors.token_bucket`
-(thread-free). The facade asks ``Admit`` before the insert, then tells ``Admitted`` (or ``ReleaseAdmission`` if
-the insert failed); the store's commit listener tells ``JobEnded`` for every job
-that reaches a terminal state, so the counts go down as jobs end.
+(thread-free). The facade asks ``Admit`` before the insert, then tells ``Admitted``
+(or ``ReleaseAdmission`` if the insert failed); the store's commit listener tells
+``JobEnded`` for every job that reaches a terminal state, so the counts go down as
+jobs end.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import pytest
 from actors import Config, GpuLane, SystemClock
 from actors.backends.base import CallCancelledError, CancelToken
 from actors.backends.openai_compat import OpenAICompatBackend
+from actors.testing import wait_until
 from protocol import (
     ActiveHours,
     BackendRequest,
@@ -65,17 +66,15 @@ def server_url() -> Iterator[str]:
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    def answers() -> bool:
+        assert process.poll() is None, "llama_cpp.server exited at start-up"
+        try:
+            return httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, "llama_cpp.server exited at start-up"
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "llama_cpp.server did not come up in 120 s"
-            time.sleep(0.2)
+        wait_until(answers, 120, "llama_cpp.server did not come up in 120 s")
         yield url
     finally:
         process.terminate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -162,6 +163,7 @@ class GatewaySettings:
     max_messages: int = 200
     max_prompt_chars: int = 200_000
     log_prompts: bool = False
+    heartbeat_s: float = 15.0  # tell a waiting client it waits after this long idle; 0: off
 
     def __post_init__(self) -> None:
         keys = self.api_keys
@@ -188,6 +190,17 @@ class GatewaySettings:
                 )
         if not isinstance(self.log_prompts, bool):
             raise ValidationError("gateway.log_prompts", "must be true or false")
+        heartbeat = self.heartbeat_s
+        if (
+            not isinstance(heartbeat, (int, float))
+            or isinstance(heartbeat, bool)
+            or not 0 <= heartbeat < math.inf
+        ):
+            raise ValidationError(
+                "gateway.heartbeat_s",
+                f"must be a number of seconds, 0 or more, got {heartbeat!r}",
+                allowed="0 turns heartbeats off",
+            )
         if not parsed and not self.is_loopback:
             raise ValidationError(
                 "gateway.api_keys",

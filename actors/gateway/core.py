@@ -52,12 +52,15 @@ class Gateway:
         settings: GatewaySettings,
         *,
         upstream: str | None = None,
+        upstream_transport: httpx.AsyncBaseTransport | None = None,
         config_path: Path | None = None,
     ) -> None:
         self.lane = lane
         self.settings = settings
         self.keys = KeyRing(settings.api_keys)
         self.upstream = upstream
+        self.upstream_kind = lane.config.backend.kind  # "openai" speaks no Ollama routes
+        self._upstream_transport = upstream_transport
         self.config_path = config_path
         self.metrics = GatewayMetrics(lane.status)
         self.watch = LaneWatch(lane)
@@ -72,7 +75,9 @@ class Gateway:
         """Start the thread pool and the client for the model server's catalog."""
         self._pool = ThreadPoolExecutor(FACADE_THREADS, thread_name_prefix="gateway-facade")
         if self.upstream is not None:
-            self.http = httpx.AsyncClient(base_url=self.upstream, timeout=10.0)
+            self.http = httpx.AsyncClient(
+                base_url=self.upstream, timeout=10.0, transport=self._upstream_transport
+            )
 
     async def close(self) -> None:
         """Stop watching detached jobs (they keep running), close the pool and the client."""
@@ -141,6 +146,15 @@ class Gateway:
         if not caller.may_see(job.spec.caller):
             raise GatewayError(404, f"no job {ref!r}", field="job", reason="not_found")
         return job
+
+    async def queue_position(self, job: Job) -> int:
+        """Jobs ahead of a queued ``job`` by lane, priority and age: an estimate of the
+        arbiter's order (chains, swap deferral and back-off can reorder it)."""
+        queued = await self.call(
+            self.lane.list, states=frozenset({JobState.QUEUED}), limit=100_000, oldest_first=True
+        )
+        mine = _queue_key(job)
+        return sum(1 for other in queued if _queue_key(other) < mine)
 
     def ticket(self, job_id: str) -> Ticket | None:
         """The live ticket of a detached job this gateway submitted, while it runs."""
@@ -257,6 +271,10 @@ async def cancel_on_disconnect(request: Request, ticket: Ticket) -> None:
         if message["type"] == "http.disconnect":
             ticket.cancel()
             return
+
+
+def _queue_key(job: Job) -> tuple[int, int, int]:
+    return (job.spec.lane.rank, job.spec.priority.rank, job.seq)
 
 
 def _embed_failure(exc: BackendError) -> GatewayError:

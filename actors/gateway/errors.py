@@ -1,5 +1,9 @@
 """How the gateway says no: one error shape per API family, every 4xx naming its field.
 
+Unknown routes and methods a route does not take are answered in that shape too (404
+naming the route, 405 naming the method and listing the allowed ones), never FastAPI's
+``{"detail": ...}``.
+
 Ollama clients read ``{"error": "..."}``; OpenAI clients read ``{"error": {"message": ...}}``.
 Both shapes carry ``field``, ``problem`` and ``allowed`` so a caller can fix the request
 without guessing. Rejections for load (queue full, rate limited) carry ``Retry-After``.
@@ -14,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from protocol import (
     JobNotFoundError,
@@ -132,6 +137,22 @@ def _field_path(errors: Sequence[Mapping[str, Any]]) -> list[str]:
     return path
 
 
+def _from_routing(request: Request, exc: HTTPException) -> GatewayError:
+    """The router's own refusals (no such route, a method the route does not take) in the
+    API's error shape instead of FastAPI's ``{"detail": ...}``."""
+    route = f"{request.method} {request.url.path}"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        return GatewayError(404, f"no route {route}", field="route", reason="not_found")
+    if exc.status_code == 405:
+        allowed = [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+        return GatewayError(
+            405, f"{request.url.path} does not take {request.method}", field="method",
+            allowed=allowed or None, reason="method_not_allowed", headers=headers,
+        )  # fmt: skip
+    return GatewayError(exc.status_code, f"{route}: {exc.detail}", headers=headers)
+
+
 def render(request: Request, error: GatewayError) -> JSONResponse:
     """The error body in the shape the route's API family expects."""
     if request.url.path.startswith("/v1/"):
@@ -161,6 +182,14 @@ def install_error_handlers(app: FastAPI, on_reject: Callable[[GatewayError], Non
         error = as_gateway_error(exc)
         on_reject(error)
         return render(request, error)
+
+    async def handle_routing(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        error = _from_routing(request, exc)
+        on_reject(error)
+        return render(request, error)
+
+    app.add_exception_handler(HTTPException, handle_routing)
 
     for kind in (
         GatewayError,

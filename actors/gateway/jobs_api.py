@@ -161,20 +161,6 @@ def _event(kind: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _queue_key(job: Job) -> tuple[int, int, int]:
-    return (job.spec.lane.rank, job.spec.priority.rank, job.seq)
-
-
-async def queue_position(gateway: Gateway, job: Job) -> int:
-    """Jobs ahead of ``job`` by lane, priority and age: an estimate of the arbiter's order
-    (chains, swap deferral and back-off can reorder it)."""
-    queued = await gateway.call(
-        gateway.lane.list, states=frozenset({JobState.QUEUED}), limit=100_000, oldest_first=True
-    )
-    mine = _queue_key(job)
-    return sum(1 for other in queued if _queue_key(other) < mine)
-
-
 async def _events(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
     """Queued (with position) → started → chunks → end; polls the store when no live ticket."""
     ticket = gateway.ticket(job.id)  # taken now: it is dropped once the job ends
@@ -183,7 +169,7 @@ async def _events(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
     while job.state is JobState.QUEUED:
         if loop.time() - last_position >= POSITION_EVERY_SECONDS:
             last_position = loop.time()
-            yield _event("queued", {"id": job.id, "position": await queue_position(gateway, job)})
+            yield _event("queued", {"id": job.id, "position": await gateway.queue_position(job)})
         await asyncio.sleep(POLL_SECONDS)
         job = await gateway.call(gateway.lane.get, job.id)
     if not job.state.is_terminal:

@@ -102,6 +102,10 @@ class GatewayMetrics:
             "gpulane_rejections", "Requests the gateway refused, per reason",
             ["reason"], registry=self.registry,
         )  # fmt: skip
+        self.heartbeats = Counter(
+            "gpulane_heartbeats", "Heartbeats sent to clients whose job was silent (queued)",
+            registry=self.registry,
+        )  # fmt: skip
         self.embeds = Histogram(
             "gpulane_embed_seconds", "Embedding requests answered (they bypass the queue)",
             ["model"], buckets=_TIME_BUCKETS, registry=self.registry,
@@ -123,6 +127,10 @@ class GatewayMetrics:
     def embedded(self, model: str, seconds: float) -> None:
         """Record an embedding request the model server answered."""
         self.embeds.labels(model).observe(seconds)
+
+    def heartbeat(self) -> None:
+        """Count a heartbeat sent to a waiting client."""
+        self.heartbeats.inc()
 
     def rejected(self, reason: str) -> None:
         """Count a refused request."""

@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, Gateway, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
-from actors.gateway.streams import JobStream, wait_for_job
+from actors.gateway.streams import Heartbeat, JobStream, answer_when_done
 from protocol import Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec, Lane, Priority
 
 __all__ = ["GATEWAY_VERSION", "rfc3339_now", "router", "scheduling"]
@@ -141,6 +141,14 @@ def _encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
+def _waiting_line(model: str, kind: str) -> Heartbeat:
+    """A heartbeat as Ollama's clients take it: an empty piece (they add nothing to the
+    text), saying where the job stands under ``gpulane`` (a key they ignore)."""
+    return lambda waiting: _encode(
+        _line(model, kind, "") | {"done": False, "gpulane": waiting.to_dict()}
+    )
+
+
 def _ended_badly(job: Job) -> JSONResponse:
     return JSONResponse({"error": job.error or job.state.value}, status_code=failure_status(job))
 
@@ -149,10 +157,13 @@ async def _respond(request: Request, gateway: Gateway, spec: JobSpec, kind: str)
     started = time.monotonic_ns()
     ticket = await gateway.submit(spec, detach=False)
     if not spec.stream:
-        job = await wait_for_job(request, gateway, ticket)
-        if job.result is None:
-            return _ended_badly(job)
-        return JSONResponse(_final(job, kind, job.result, started))
+
+        def whole(job: Job) -> Response:
+            if job.result is None:
+                return _ended_badly(job)
+            return JSONResponse(_final(job, kind, job.result, started))
+
+        return await answer_when_done(request, gateway, ticket, whole)
     stream = JobStream(request, gateway, ticket)
     ended = await stream.start()
     if ended is not None and ended.result is None:
@@ -167,7 +178,7 @@ async def _respond(request: Request, gateway: Gateway, spec: JobSpec, kind: str)
             return
         yield _encode(_final(stream.final, kind, "", started))
 
-    return StreamingResponse(body(), media_type=NDJSON)
+    return stream.respond(body(), NDJSON, _waiting_line(spec.model, kind))
 
 
 def _spec_fields(body: _Common, request: Request, caller: Caller) -> dict[str, Any]:

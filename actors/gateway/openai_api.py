@@ -18,14 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
 from actors.gateway.ollama_api import done_reason, scheduling, upstream_json
-from actors.gateway.streams import JobStream, wait_for_job
+from actors.gateway.streams import JobStream, answer_when_done, sse_comment
 from protocol import Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec
 
 __all__ = ["router"]
@@ -210,19 +210,23 @@ async def _answer(request: Request, spec: JobSpec, wire: _Wire, include_usage: b
     completion_id = f"{wire.id_prefix}{ticket.job_id}"
     created = int(time.time())
     if not spec.stream:
-        job = await wait_for_job(request, gateway, ticket)
-        if job.result is None:
-            return _ended_badly(job)
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": wire.whole_object,
-                "created": created,
-                "model": spec.model,
-                "choices": [wire.whole_choice(job.result, done_reason(job))],
-                "usage": _usage(job),
-            }
-        )
+
+        def whole(job: Job) -> Response:
+            if job.result is None:
+                return _ended_badly(job)
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": wire.whole_object,
+                    "created": created,
+                    "model": spec.model,
+                    "choices": [wire.whole_choice(job.result, done_reason(job))],
+                    "usage": _usage(job),
+                }
+            )
+
+        return await answer_when_done(request, gateway, ticket, whole)
+
     stream = JobStream(request, gateway, ticket)
     ended = await stream.start()
     if ended is not None and ended.result is None:
@@ -252,7 +256,7 @@ async def _answer(request: Request, spec: JobSpec, wire: _Wire, include_usage: b
             yield _sse(event([]) | {"usage": _usage(job)})
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return stream.respond(events(), "text/event-stream", sse_comment)
 
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible)")

@@ -172,7 +172,9 @@ def test_a_non_streamed_call_returns_one_object_with_the_streamed_text(
     assert reply.headers["content-type"].startswith("application/json")
     body = reply.json()
     assert body["response"] == streamed and body["done"] is True
-    assert body["eval_count"] == len(streamed.split()) and body["load_duration"] == 0
+    assert body["eval_count"] == len(streamed.split())
+    # A warm call reports its scheduling time, TINY's warm_load_seconds (2 ms) at least.
+    assert body["load_duration"] >= 2_000_000
 
 
 def test_the_same_request_gives_the_same_text_even_on_another_server(

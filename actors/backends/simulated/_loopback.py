@@ -280,7 +280,16 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ writing
 
     def read_body(self) -> bytes:
-        """The request body (empty when there is none)."""
+        """The request body (empty when there is none), sized or chunked (a client that
+        streams an upload, as the ``ollama`` client's ``create_blob`` may)."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after the chunk
+            while self.rfile.readline().strip():
+                pass  # trailer fields, up to the blank line
+            return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 

@@ -5,7 +5,12 @@ The rules are Ollama's where gpulane depends on them (docs/architecture.md secti
 one request at a time per model (OLLAMA_NUM_PARALLEL=1), ``max_loaded_models`` runners
 at most (OLLAMA_MAX_LOADED_MODELS), the least recently used idle runner evicted to make
 room, a runner reloaded when a load option such as ``num_ctx`` changes, and a runner
-unloaded when the keep_alive of its last request runs out.
+unloaded when its keep_alive runs out after its last request.
+
+keep_alive is sticky, as in server/sched.go: a runner keeps the duration it was loaded
+with (the request's keep_alive, else OLLAMA_KEEP_ALIVE's default) until a request that
+carries a keep_alive changes it (useLoadedRunner); a request without one leaves it as it
+is. Once idle, the runner unloads after that duration (0: at once; negative: never).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Mapping
 
 from actors.backends.simulated._catalog import ModelProfile
 from actors.backends.simulated._loopback import Aborted
+from actors.backends.simulated._wire import KeepAlive
 from actors.runtime import Clock
 
 __all__ = ["Residency", "ResidentModel", "Runner", "ServerStats"]
@@ -61,6 +67,7 @@ class Runner:
     runner_options: tuple[tuple[str, object], ...]
     loading_since: float  # clock time the load began
     ready_at: float  # clock time the load ends
+    session: float | None  # seconds it stays loaded once idle; None: forever
     busy: bool = True
     ready: bool = False
     expires_at: float | None = None  # clock time; None: never
@@ -88,7 +95,8 @@ class Residency:
     """The runners of one simulated server, guarded by the server's condition ``cond``.
 
     Counters go through ``bump_locked`` (called with ``cond`` held). A load takes the
-    profile's ``load_seconds`` divided by ``speed``, on ``clock``.
+    profile's ``load_seconds`` divided by ``speed``, on ``clock``. A runner loaded by a
+    request without keep_alive stays ``default_keep_alive`` seconds (None: forever).
     """
 
     def __init__(
@@ -99,12 +107,14 @@ class Residency:
         *,
         max_loaded_models: int,
         speed: float,
+        default_keep_alive: float | None,
     ) -> None:
         self._cond = cond
         self._bump_locked = bump_locked
         self._clock = clock
         self._max_loaded_models = max_loaded_models
         self._speed = speed
+        self._default_keep_alive = default_keep_alive
         self._runners: dict[str, Runner] = {}
         self._uses = itertools.count(1)
 
@@ -113,9 +123,11 @@ class Residency:
         name: str,
         profile: ModelProfile,
         runner_options: tuple[tuple[str, object], ...],
+        keep_alive: KeepAlive | None,
         interrupt: threading.Event,
     ) -> tuple[Runner, bool]:
-        """Take the model's runner for one request, waiting while it or the GPU is busy.
+        """Take the model's runner for one request, waiting while it or the GPU is busy;
+        the request's ``keep_alive``, if it has one, becomes the runner's duration.
 
         Returns the runner and whether it still has to be loaded (until its ``ready_at``).
         """
@@ -128,6 +140,8 @@ class Residency:
                 if runner is not None and not runner.busy:
                     if runner.runner_options == runner_options:
                         runner.busy = True
+                        if keep_alive is not None:
+                            runner.session = keep_alive.seconds
                         return runner, False
                     self._drop_locked(runner, "reloads")
                     continue
@@ -135,7 +149,10 @@ class Residency:
                     if len(self._runners) < self._max_loaded_models:
                         now = self._clock.now()
                         ready_at = now + profile.load_seconds / self._speed
-                        runner = Runner(name, profile, runner_options, now, ready_at)
+                        session = self._default_keep_alive
+                        if keep_alive is not None:
+                            session = keep_alive.seconds
+                        runner = Runner(name, profile, runner_options, now, ready_at, session)
                         self._runners[name] = runner
                         self._cond.notify_all()  # stats show it loading
                         return runner, True
@@ -151,18 +168,19 @@ class Residency:
             runner.ready = True
             self._bump_locked("loads")
 
-    def release(self, runner: Runner, keep_alive: float | None) -> None:
-        """Give the runner back; it stays resident for ``keep_alive`` seconds (None: forever).
+    def release(self, runner: Runner) -> None:
+        """Give the runner back; it stays resident for its ``session`` (None: forever).
 
         A runner whose load never finished (the server stopped) is forgotten.
         """
         with self._cond:
             runner.busy = False
             runner.last_used = next(self._uses)
-            runner.expires_at = None if keep_alive is None else self._clock.now() + keep_alive
+            session = runner.session
+            runner.expires_at = None if session is None else self._clock.now() + session
             if not runner.ready:
                 self._runners.pop(runner.name, None)
-            elif keep_alive == 0 or runner.unload_when_idle:
+            elif session == 0 or runner.unload_when_idle:
                 self._drop_locked(runner, "unloads")
             self._cond.notify_all()
 

@@ -5,15 +5,24 @@ benchmarks run on, assembled from the package's parts (see the package docstring
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from actors.backends.simulated._catalog import DEFAULT_MODELS, ModelProfile, canonical
+from actors.backends.simulated._catalog import (
+    DEFAULT_MODELS,
+    Catalog,
+    InstalledModel,
+    ModelProfile,
+    canonical,
+    digest,
+)
 from actors.backends.simulated._faults import Fault, FaultKind
 from actors.backends.simulated._handler import OllamaHandler
 from actors.backends.simulated._loopback import FaultQueue, LoopbackServer
 from actors.backends.simulated._residency import Residency, ServerStats
-from actors.backends.simulated._wire import HTTPError
+from actors.backends.simulated._text import Tokenizer
+from actors.backends.simulated._wire import DEFAULT_KEEP_ALIVE, HTTPError
 from actors.runtime import Clock
 
 __all__ = ["SimulatedOllama"]
@@ -22,10 +31,14 @@ __all__ = ["SimulatedOllama"]
 class SimulatedOllama(LoopbackServer[ServerStats]):
     """An Ollama-compatible HTTP server on loopback with simulated models.
 
-    ``speed`` divides every simulated delay (load, first token, per token), so tests can
-    run a realistic profile in milliseconds. Time is ``clock``'s (the SystemClock unless
-    given): on a ManualClock, loads, tokens and keep_alive expiry wait for ``advance``.
-    State (loaded models, stats, faults) lives here, not in the listener, so
+    ``models`` are the models it has (``/api/tags``); ``registry`` the models
+    ``/api/pull`` can fetch (default: ``DEFAULT_MODELS`` and ``models``; a push adds to
+    it). ``speed`` divides every simulated delay (load, first token, per token, download),
+    so tests can run a realistic profile in milliseconds. ``default_keep_alive`` is
+    OLLAMA_KEEP_ALIVE (seconds, None: forever); ``download_bytes_per_second`` paces a pull
+    (None: no time at all). Time is ``clock``'s (the SystemClock unless given): on a
+    ManualClock, loads, tokens, downloads and keep_alive expiry wait for ``advance``.
+    State (models, loaded models, stats, faults) lives here, not in the listener, so
     :meth:`refuse_connections` and :meth:`accept_connections` keep it across a simulated
     outage.
     """
@@ -39,24 +52,41 @@ class SimulatedOllama(LoopbackServer[ServerStats]):
         max_loaded_models: int = 1,
         speed: float = 1.0,
         clock: Clock | None = None,
+        registry: Mapping[str, ModelProfile] | None = None,
+        default_keep_alive: float | None = DEFAULT_KEEP_ALIVE,
+        download_bytes_per_second: float | None = None,
     ) -> None:
         if max_loaded_models < 1:
             raise ValueError("max_loaded_models must be at least 1")
         if speed <= 0:
             raise ValueError("speed must be positive")
+        if default_keep_alive is not None and default_keep_alive < 0:
+            raise ValueError("default_keep_alive must not be negative (None is forever)")
+        if download_bytes_per_second is not None and not download_bytes_per_second > 0:
+            raise ValueError("download_bytes_per_second must be positive (None: instant)")
         super().__init__(OllamaHandler, name="simulated-ollama", host=host, port=port, clock=clock)
-        catalog = DEFAULT_MODELS if models is None else models
-        self.models: Mapping[str, ModelProfile] = MappingProxyType(
-            {canonical(name): profile for name, profile in catalog.items()}
+        installed = DEFAULT_MODELS if models is None else models
+        self.catalog = Catalog(
+            InstalledModel(canonical(name), profile, digest(canonical(name)))
+            for name, profile in installed.items()
         )
+        pullable = {**DEFAULT_MODELS, **installed} if registry is None else registry
+        self._registry = {canonical(name): profile for name, profile in pullable.items()}
+        self._registry_lock = threading.Lock()
+        self.blobs: dict[str, bytes] = {}  # uploaded with POST /api/blobs, by digest
+        self.tokenizer = Tokenizer()  # generate's ``context`` ids
         self.max_loaded_models = max_loaded_models
         self.speed = speed
+        self.download_seconds_per_byte = (
+            0.0 if download_bytes_per_second is None else 1.0 / download_bytes_per_second
+        )
         self.residency = Residency(
             self.cond,
             self.bump_locked,
             self.clock,
             max_loaded_models=max_loaded_models,
             speed=speed,
+            default_keep_alive=default_keep_alive,
         )
         self._faults: FaultQueue[Fault] = FaultQueue()
 
@@ -112,10 +142,28 @@ class SimulatedOllama(LoopbackServer[ServerStats]):
 
     # ---------------------------------------------------------------- catalog
 
-    def lookup(self, model: str) -> tuple[str, ModelProfile]:
-        """The canonical name and profile of ``model``; Ollama's 404 if it is not pulled."""
-        name = canonical(model)
-        profile = self.models.get(name)
-        if profile is None:
+    @property
+    def models(self) -> Mapping[str, ModelProfile]:
+        """The models the server has now, by full name (``name:tag``), as they came."""
+        return MappingProxyType({m.name: m.profile for m in self.catalog.all()})
+
+    def lookup(self, model: str) -> InstalledModel:
+        """The installed ``model``; Ollama's 404 if it is not pulled."""
+        found = self.catalog.get(canonical(model))
+        if found is None:
             raise HTTPError(404, f'model "{model}" not found, try pulling it first')
-        return name, profile
+        return found
+
+    def registry_profile(self, name: str) -> ModelProfile | None:
+        """What pulling ``name`` (canonical) fetches; None if the registry has no such model."""
+        with self._registry_lock:
+            return self._registry.get(name)
+
+    def publish(self, name: str, profile: ModelProfile) -> None:
+        """Put ``name`` (canonical) in the registry: what a push does."""
+        with self._registry_lock:
+            self._registry[name] = profile
+
+    def download_seconds(self, size: int) -> float:
+        """How long (clock seconds) moving ``size`` bytes to or from the registry takes."""
+        return size * self.download_seconds_per_byte / self.speed

@@ -9,18 +9,30 @@ already carries the first k tokens of an answer produces exactly the rest of it.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
+import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 __all__ = [
     "ASSISTANT_MARKER",
+    "THINKING_TOKENS",
+    "VOCABULARY",
     "WINDOW_WORDS",
     "Answer",
+    "Scripted",
+    "TokenSource",
+    "Tokenizer",
     "embedding",
+    "image_tag",
     "next_token",
     "render_chat",
     "render_generate",
+    "stable_hash",
+    "thinking",
 ]
 
 # How many trailing words of context decide the next token.
@@ -42,27 +54,52 @@ _VOCABULARY_TEXT = """
     as real server does, line per chunk. clock ticks quietly yet state survives crashes
     because SQLite commits group writes.
 """
-_VOCABULARY = tuple(_VOCABULARY_TEXT.split())
+VOCABULARY = tuple(_VOCABULARY_TEXT.split())
+
+# How long a model thinks at most, by the request's ``think`` level (``true`` is medium).
+THINKING_TOKENS = {"low": 16, "medium": 48, "high": 128, "max": 256}
+
+_PIECE = re.compile(r"\s*\S+")
 
 
-def _digest(*parts: str) -> int:
+def stable_hash(*parts: str) -> int:
     """A stable 64-bit hash (Python's ``hash`` is salted per process)."""
     data = "\x1f".join(parts).encode()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def render_chat(messages: Iterable[Mapping[str, str]]) -> str:
+def render_chat(messages: Iterable[Mapping[str, Any]]) -> str:
     """The context a chat request decodes from: the rendered turns, then the assistant marker.
 
     A trailing assistant message is a prefill: its content follows the marker and the
-    model continues it, as Ollama does for a final assistant message.
+    model continues it, as Ollama does for a final assistant message. A turn's images
+    (see :func:`image_tag`), an assistant's tool calls and a tool result's ``tool_name``
+    are part of its turn, as a chat template renders them.
     """
     turns = list(messages)
     prefill = ""
     if turns and turns[-1].get("role") == "assistant":
-        prefill = turns.pop().get("content", "")
-    rendered = "".join(f"<|{t.get('role', '')}|>\n{t.get('content', '')}\n" for t in turns)
+        prefill = str(turns.pop().get("content") or "")
+    rendered = "".join(_render_turn(turn) for turn in turns)
     return f"{rendered}{ASSISTANT_MARKER}\n{prefill}"
+
+
+def _render_turn(turn: Mapping[str, Any]) -> str:
+    role = str(turn.get("role", ""))
+    if turn.get("tool_name"):
+        role = f"{role}:{turn['tool_name']}"
+    tags = "".join(image_tag(i, image) for i, image in enumerate(turn.get("images") or ()))
+    calls = "".join(
+        f"<|tool_call|>{json.dumps(call, sort_keys=True)}\n"
+        for call in turn.get("tool_calls") or ()
+    )
+    return f"<|{role}|>\n{tags}{turn.get('content') or ''}\n{calls}"
+
+
+def image_tag(index: int, image: str) -> str:
+    """How an image shows in the context: Ollama's ``[img-N]`` tag, with the image's hash so
+    that another image gets another answer."""
+    return f"[img-{index}:{stable_hash('image', image) % 16**8:08x}]"
 
 
 def render_generate(prompt: str, system: str | None) -> str:
@@ -78,12 +115,30 @@ def next_token(model: str, words: Sequence[str], mean_answer_tokens: int) -> str
     The token carries its leading space except as the first word of a chat answer.
     """
     window = words[-WINDOW_WORDS:]
-    value = _digest(model, *window)
+    value = stable_hash(model, *window)
     at_answer_start = bool(window) and window[-1] == ASSISTANT_MARKER
     if not at_answer_start and value % mean_answer_tokens == 0:
         return None
-    word = _VOCABULARY[(value // mean_answer_tokens) % len(_VOCABULARY)]
+    word = VOCABULARY[(value // mean_answer_tokens) % len(VOCABULARY)]
     return word if at_answer_start else f" {word}"
+
+
+class TokenSource(Protocol):
+    """Tokens decoded one by one: an :class:`Answer`, or a :class:`Scripted` text."""
+
+    @property
+    def tokens(self) -> list[str]:
+        """The tokens so far."""
+        ...
+
+    @property
+    def done_reason(self) -> str:
+        """``stop`` once it ended by itself, else ``length``."""
+        ...
+
+    def next(self) -> str | None:
+        """The next token, or None once it has ended."""
+        ...
 
 
 class Answer:
@@ -128,7 +183,68 @@ class Answer:
 
 def embedding(model: str, text: str, dimensions: int) -> list[float]:
     """A deterministic unit vector for ``text`` (equal texts give equal vectors)."""
-    rng = random.Random(_digest("embed", model, text))
+    rng = random.Random(stable_hash("embed", model, text))
     vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return [x / norm for x in vector]
+
+
+class Scripted:
+    """A text known in advance (JSON, a tool call), decoded piece by piece: each token is a
+    run of non-space characters with the spaces before it. Ends after ``limit`` tokens
+    ("length") or at the end of the text ("stop")."""
+
+    def __init__(self, text: str, limit: int) -> None:
+        self._pieces: list[str] = _PIECE.findall(text)
+        self.limit = limit
+        self.tokens: list[str] = []
+        self.done_reason = "length"
+
+    @property
+    def text(self) -> str:
+        """The tokens so far, joined."""
+        return "".join(self.tokens)
+
+    def next(self) -> str | None:
+        """The next piece, or None at the end of the text or of ``limit``."""
+        if len(self.tokens) >= self.limit:
+            return None
+        if len(self.tokens) == len(self._pieces):
+            self.done_reason = "stop"
+            return None
+        token = self._pieces[len(self.tokens)]
+        self.tokens.append(token)
+        return token
+
+
+def thinking(model: str, context: str, level: str, mean_answer_tokens: int, limit: int) -> Answer:
+    """What a model thinks before answering ``context``: an answer to the context with the
+    thinking ``level`` marked, at most that level's :data:`THINKING_TOKENS` and ``limit``."""
+    marked = f"{context}\n<|think:{level}|>\n{ASSISTANT_MARKER}"
+    return Answer(model, marked, mean_answer_tokens, min(THINKING_TOKENS[level], limit))
+
+
+class Tokenizer:
+    """Token ids for generate's ``context`` (words numbered as the server first sees them):
+    the ids a generate answer returns give back its text when a request sends them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}
+        self._words: list[str] = []
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of the words of ``text``."""
+        with self._lock:
+            ids = []
+            for word in text.split():
+                if word not in self._ids:
+                    self._ids[word] = len(self._words)
+                    self._words.append(word)
+                ids.append(self._ids[word])
+            return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The words of ``ids`` with a space after each (ids never handed out are skipped)."""
+        with self._lock:
+            return "".join(f"{self._words[i]} " for i in ids if 0 <= i < len(self._words))

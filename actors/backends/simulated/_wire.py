@@ -1,10 +1,15 @@
 """The Ollama wire format as the simulated server reads and writes it: request fields
-(model, options, the load options, keep_alive as Ollama parses it), errors as Ollama
-answers them, and the small pieces of its answers (timestamps, the text field).
+(model, options, the load options, keep_alive, think, format and images as Ollama parses
+them), errors as Ollama answers them, and the small pieces of its answers (timestamps,
+the text field, full model names).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -19,8 +24,13 @@ __all__ = [
     "FOREVER_NS",
     "VERSION",
     "HTTPError",
+    "KeepAlive",
+    "full_name",
     "options",
+    "parse_format",
+    "parse_images",
     "parse_keep_alive",
+    "parse_think",
     "require_model",
     "rfc3339",
     "runner_options",
@@ -34,6 +44,8 @@ FOREVER_NS = 2**63 - 1  # Go's time.Duration(math.MaxInt64), what Ollama adds fo
 _RUNNER_DEFAULTS: Mapping[str, object] = MappingProxyType(
     {"num_batch": 512, "num_gpu": -1, "main_gpu": 0, "use_mmap": None, "num_thread": 0}
 )
+_THINK_LEVELS = ("low", "medium", "high", "max")
+_BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9,
@@ -45,6 +57,13 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """A request's ``keep_alive``: how long its model stays loaded once idle."""
+
+    seconds: float | None  # None: forever (a negative keep_alive)
 
 
 class HTTPError(Exception):
@@ -100,21 +119,89 @@ def runner_options(
     return tuple((key, request_options.get(key, defaults[key])) for key in RELOAD_OPTIONS)
 
 
-def parse_keep_alive(value: object) -> float | None:
-    """Ollama's keep_alive: seconds as a number or a Go duration string; negative is
-    forever (None); missing is five minutes."""
+def parse_keep_alive(value: object) -> KeepAlive | None:
+    """Ollama's keep_alive (api.Duration): seconds as a number or a Go duration string;
+    negative is forever. None when the request has none (or null), which leaves the
+    loaded runner's own duration in place (see Residency.acquire)."""
     if value is None:
-        return DEFAULT_KEEP_ALIVE
+        return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return None if value < 0 else float(value)
+        return KeepAlive(None if value < 0 else float(value))
     if not isinstance(value, str):
         raise HTTPError(400, "invalid keep_alive: must be a duration string or seconds")
     text = value.strip()
     sign = -1.0 if text.startswith("-") else 1.0
     body = text.lstrip("+-")
     if body == "0":
-        return 0.0
+        return KeepAlive(0.0)
     if not body or _DURATION_PART.sub("", body):
         raise HTTPError(400, f'time: invalid duration "{value}"')
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(body))
-    return None if sign < 0 and seconds > 0 else seconds
+    return KeepAlive(None if sign < 0 and seconds > 0 else seconds)
+
+
+def parse_think(value: object) -> str | None:
+    """The request's ``think`` as a level (``true`` is ``medium``, as api.ThinkValue's
+    String() says); None for false or absent. Other values are Ollama's 400."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "medium"
+    if isinstance(value, str) and value in _THINK_LEVELS:
+        return value
+    if isinstance(value, str):
+        raise HTTPError(
+            400,
+            f'invalid think value: "{value}" (must be "high", "medium", "low", "max", true, '
+            "or false)",
+        )
+    raise HTTPError(
+        400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
+    )
+
+
+def parse_format(value: object) -> str | dict[str, Any] | None:
+    """The request's ``format``: None (absent, null or ""), ``"json"``, or a JSON schema
+    object. Anything else is the error Ollama's runner gives (a 500, after the load)."""
+    if value is None or value == "":
+        return None
+    if value == "json" or isinstance(value, dict):
+        return value
+    raw = json.dumps(value, separators=(",", ":"))
+    raise HTTPError(
+        500, f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object'
+    )
+
+
+def parse_images(value: object, where: str) -> list[str]:
+    """The base64 images of a message or a generate request. Go decodes them as []byte, so
+    bad base64 is its 400 ("illegal base64 data at input byte N")."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise HTTPError(400, f"{where} must be a list of base64 strings")
+    for image in value:
+        try:
+            base64.b64decode(image, validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPError(400, f"illegal base64 data at input byte {_bad_byte(image)}") from None
+    return value
+
+
+def _bad_byte(text: str) -> int:
+    """Where Go's base64 decoder gives up on ``text``: its first character outside the
+    alphabet, or its end when only the padding is wrong."""
+    for index, char in enumerate(text.rstrip("=")):
+        if char not in _BASE64_ALPHABET:
+            return index
+    return len(text.rstrip("="))
+
+
+def full_name(name: str) -> str:
+    """The name Ollama's capability errors use: ``registry.ollama.ai/library/tiny:latest``."""
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts = ["registry.ollama.ai", "library", *parts]
+    elif len(parts) == 2:
+        parts = ["registry.ollama.ai", *parts]
+    return "/".join(parts)

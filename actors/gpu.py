@@ -16,11 +16,16 @@ running call, joins its worker thread, and reports the job: an answer the backen
 had already produced is kept (succeeded), anything else goes back to queued with no
 attempt charged. A late CallFinished then finds no live instance and is dropped, so a
 job is never completed by both the old instance and whoever runs it next.
+
+A job that goes back to the queue keeps what a next call can continue: plain text is
+resumed after, other output (thinking, tool calls, logprobs) starts over if nobody has
+seen it, and a call whose client has seen such output is not preempted; the token
+budget and the usage carry over segment by segment (docs/architecture.md section 3,
+"Preempt").
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import threading
 from types import MappingProxyType, TracebackType
@@ -29,27 +34,29 @@ from typing import Any
 import pykka
 import structlog
 
-from actors.backends.base import Backend, CallCancelledError, CancelToken
-from actors.backends.text import TextMender, mend_text
+from actors.backends.base import Backend, CallCancelledError, refuse_unsupported
+from actors.backends.text import ChunkMender, mend_result, mend_text
 from actors.runtime import (
     ActorAddress,
     ChildUnavailableError,
     Clock,
     SupervisedActor,
-    TimerHandle,
     Timers,
     WorkerThread,
 )
 from actors.sinks import SinkRegistry
+from actors.slot_call import SEEN, Carry, SlotCall
 from protocol import (
     BackendError,
     BackendRequest,
+    BackendResult,
     CancelReason,
+    Chunk,
     Job,
-    JobMetrics,
     JobState,
     RetryPolicy,
     SchedulingPolicy,
+    ValidationError,
 )
 from protocol.messages import (
     ApplyPolicy,
@@ -76,30 +83,6 @@ __all__ = ["GpuSlot"]
 log = structlog.get_logger(__name__)
 
 _ACTIVE = frozenset({JobState.LOADING, JobState.RUNNING})
-
-
-@dataclasses.dataclass
-class _Call:
-    """A call a slot runs (or will run next). The worker thread touches ``chunks`` and
-    ``answer``; ``successor``, ``closed`` and ``claimed`` only under the slot's handoff lock.
-    """
-
-    job: Job
-    call_id: int
-    request: BackendRequest  # built on the actor's thread, so the worker starts at once
-    token: CancelToken = dataclasses.field(default_factory=CancelToken)
-    started_at: float = 0.0
-    chunks: list[str] = dataclasses.field(default_factory=list)
-    cancel_reason: CancelReason | None = None
-    timeout: TimerHandle | None = None
-    answer: CallFinished | None = None  # set by the worker once the backend has answered
-    successor: _Call | None = None  # the next call, for the worker to start on success
-    closed: bool = False  # the worker is done with this call: too late to offer a successor
-    claimed: bool = False  # (a next call) the worker has started it
-
-    @property
-    def text_so_far(self) -> str:
-        return self.job.partial_output + "".join(self.chunks)
 
 
 class GpuSlot(SupervisedActor):
@@ -138,8 +121,8 @@ class GpuSlot(SupervisedActor):
         self._rng = rng or random.Random()
         self._shutdown_timeout_s = shutdown_timeout_s
         self._residency = residency  # the ResidencyTracker hears loads and switches, if wired
-        self._call: _Call | None = None
-        self._next: _Call | None = None  # prefetched: runs once ``_call`` ends
+        self._call: SlotCall | None = None
+        self._next: SlotCall | None = None  # prefetched: runs once ``_call`` ends
         self._handoff = threading.Lock()  # guards the worker's claim of ``_next``
         self._model_key: str | None = None
         self._worker: WorkerThread | None = None
@@ -190,14 +173,14 @@ class GpuSlot(SupervisedActor):
                     child=error.child_id,
                 )
 
-    def _report_wound_up(self, call: _Call) -> None:
+    def _report_wound_up(self, call: SlotCall) -> None:
         """Keep an answer the backend produced; give anything else back to the arbiter."""
         if call.claimed and not call.started_at:
             self._tell_loading(call.job)  # the worker started it before the actor heard
         if call.answer is not None:
-            self._record_success(call, call.answer.text, call.answer.metrics)
+            self._record_success(call, call.answer.result)
         elif call.started_at or call.claimed:
-            self._requeue(call, count_preemption=False)
+            self._requeue(call, count_preemption=False, why="its slot stopped")
         else:  # a next call that never started: the store still has it queued
             self._arbiter.tell(JobQueued(call.job))
         log.info(
@@ -212,9 +195,9 @@ class GpuSlot(SupervisedActor):
                     # Meant for the instance before this one; the arbiter recovers the job.
                     log.info("stale_dispatch_dropped", slot=self.slot_id, job_id=job.id)
                 elif self._call is None:
-                    self._start_call(_Call(job, call_id, BackendRequest.for_job(job)))
+                    self._start_call(SlotCall(job, call_id, BackendRequest.for_job(job)))
                 else:
-                    self._set_next(_Call(job, call_id, BackendRequest.for_job(job)))
+                    self._set_next(SlotCall(job, call_id, BackendRequest.for_job(job)))
             case Recall(job_id=job_id):
                 self._recall(job_id)
             case CallStreaming(call_id=call_id) if self._is_current(call_id):
@@ -228,11 +211,9 @@ class GpuSlot(SupervisedActor):
                     )
                 )
                 self._tell_residency(ModelLoaded(self.slot_id, self._call.job.spec.model_key))
-            case CallFinished(call_id=call_id, text=text, metrics=metrics) if self._is_current(
-                call_id
-            ):
+            case CallFinished(call_id=call_id, result=result) if self._is_current(call_id):
                 ended = self._running_job()
-                self._finish(text, metrics)
+                self._finish(result)
                 self._advance(ended)
             case CallFailed(call_id=call_id, error=error, transient=transient) if self._is_current(
                 call_id
@@ -266,14 +247,14 @@ class GpuSlot(SupervisedActor):
     def _is_current(self, call_id: int) -> bool:
         return self._call is not None and self._call.call_id == call_id
 
-    def _start_call(self, call: _Call) -> None:
+    def _start_call(self, call: SlotCall) -> None:
         """Start ``call`` on the worker now (the slot has no call running)."""
         self._arbiter.tell(SlotStarted(self.slot_id, call.job.id))
         self._begin(call)
         assert self._worker is not None
         self._worker.submit(lambda: self._run_calls(call))
 
-    def _begin(self, call: _Call) -> None:
+    def _begin(self, call: SlotCall) -> None:
         """Make ``call`` the running one: the store, its time-out, the residency news."""
         job = call.job
         call.started_at = self._clock.now()
@@ -293,7 +274,7 @@ class GpuSlot(SupervisedActor):
             )
         )
 
-    def _set_next(self, call: _Call) -> None:
+    def _set_next(self, call: SlotCall) -> None:
         """Hold ``call`` as the next one and offer it to the worker as the running call's
         successor; if the worker is already done with the running call, the actor starts
         it itself when that call's end arrives (:meth:`_advance`)."""
@@ -335,35 +316,37 @@ class GpuSlot(SupervisedActor):
         else:
             self._start_call(call)
 
-    def _run_calls(self, call: _Call) -> None:
+    def _run_calls(self, call: SlotCall) -> None:
         """Runs on the worker thread: the call, then each successor it hands on to."""
-        current: _Call | None = call
+        current: SlotCall | None = call
         while current is not None:
             current = self._run_call(current)
 
-    def _run_call(self, call: _Call) -> _Call | None:
+    def _run_call(self, call: SlotCall) -> SlotCall | None:
         """Run one call and report its end; returns the successor to start at once, if any."""
         me = self.actor_ref
         first = True
-        mender = TextMender()
+        mender = ChunkMender()
 
-        def deliver(text: str) -> None:
+        def deliver(piece: Chunk) -> None:
             nonlocal first
-            if not text:
-                return
-            call.chunks.append(text)
-            self._sinks.chunk(call.job.id, text)
-            if first:
+            if call.deliver(piece, self._sinks) and first:
                 first = False
                 me.tell(CallStreaming(call.call_id))
 
-        def on_chunk(text: str) -> None:
-            deliver(mender.feed(text))
+        def on_chunk(piece: str) -> None:
+            deliver(mender.feed(piece))
 
         try:
-            result = self._backend.complete(call.request, on_chunk, call.token)
+            if call.request.budget_spent:  # earlier calls produced the whole budget
+                result = BackendResult(text="", done_reason="length")
+            else:
+                refuse_unsupported(self._backend, call.request)
+                result = self._backend.complete(call.request, on_chunk, call.token)
         except CallCancelledError:
             outcome: Any = CallCancelled(call.call_id)
+        except ValidationError as exc:  # a field this backend cannot carry: never retried
+            outcome = CallFailed(call.call_id, str(exc), False)
         except BackendError as exc:
             outcome = CallFailed(call.call_id, mend_text(str(exc)), exc.transient)
         except Exception as exc:  # a backend bug: report it as a permanent failure of this call
@@ -371,8 +354,7 @@ class GpuSlot(SupervisedActor):
             outcome = CallFailed(call.call_id, mend_text(f"backend error: {exc!r}"), False)
         else:
             deliver(mender.flush())
-            text = mend_text(result.text)
-            answer = CallFinished(call.call_id, text, result.metrics, result.done_reason)
+            answer = CallFinished(call.call_id, mend_result(result))
             call.answer = answer  # read by _wind_up after joining this thread
             outcome = CallCancelled(call.call_id) if call.token.cancelled else answer
         succeeded = isinstance(outcome, CallFinished)
@@ -395,7 +377,7 @@ class GpuSlot(SupervisedActor):
         # With a successor, the actor tells the arbiter (:meth:`_advance`) while it runs.
         return successor
 
-    def _end_call(self) -> _Call:
+    def _end_call(self) -> SlotCall:
         call = self._call
         assert call is not None
         if call.timeout is not None:
@@ -418,49 +400,32 @@ class GpuSlot(SupervisedActor):
         if self._residency is not None:
             self._residency.tell(message)
 
-    def _finish(self, text: str, metrics: JobMetrics) -> None:
+    def _finish(self, result: BackendResult) -> None:
         call = self._end_call()  # the worker has already offered the slot to the arbiter
-        self._tell_residency(
-            ModelLoaded(self.slot_id, call.job.spec.model_key, metrics.load_duration_ns / 1e9)
-        )
-        self._record_success(call, text, metrics)
+        load_s = result.metrics.load_duration_ns / 1e9
+        self._tell_residency(ModelLoaded(self.slot_id, call.job.spec.model_key, load_s))
+        self._record_success(call, result)
 
-    def _record_success(self, call: _Call, text: str, metrics: JobMetrics) -> None:
-        self._store.tell(
-            Transition(
-                call.job.id,
-                JobState.SUCCEEDED,
-                expected=_ACTIVE,
-                result=call.job.partial_output + text,
-                partial_output="",
-                metrics=metrics,
-                stale_ok=True,
-            )
-        )
+    def _record_success(self, call: SlotCall, result: BackendResult) -> None:
+        self._store.tell(call.succeeded(result, self._sinks))
+
+    def _carry_over(self, call: SlotCall) -> Carry | None:
+        return call.carry_over(self._sinks, self._clock.now())
 
     def _fail(self, error: str, transient: bool) -> None:
         call = self._end_call()
         job = call.job
         attempts = job.attempts + 1
-        if not transient or attempts >= job.spec.max_attempts:
-            self._store.tell(
-                Transition(
-                    job.id,
-                    JobState.FAILED,
-                    expected=_ACTIVE,
-                    charge_attempt=True,
-                    error=error,
-                    partial_output=call.text_so_far,
-                    stale_ok=True,
-                )
-            )
+        retry = transient and attempts < job.spec.max_attempts
+        carry = self._carry_over(call) if retry else None
+        if carry is None:
+            self._give_up(call, f"{error}; not retried: {SEEN}" if retry else error)
             self._idle(job, healthy=not transient)
             log.info(
                 "job_failed", job_id=job.id, attempts=attempts, transient=transient, error=error
             )
             return
         not_before = self._clock.now() + self._retry.delay(attempts, self._rng.random())
-        partial = call.text_so_far
         self._store.tell(
             Transition(
                 job.id,
@@ -468,7 +433,8 @@ class GpuSlot(SupervisedActor):
                 expected=_ACTIVE,
                 charge_attempt=True,
                 error=error,
-                partial_output=partial,
+                partial_output=carry.partial_output,
+                segments=carry.segments,
                 not_before=not_before,
                 stale_ok=True,
             )
@@ -479,7 +445,8 @@ class GpuSlot(SupervisedActor):
                     state=JobState.QUEUED,
                     attempts=attempts,
                     error=error,
-                    partial_output=partial,
+                    partial_output=carry.partial_output,
+                    segments=carry.segments,
                     not_before=not_before,
                 )
             )
@@ -494,13 +461,16 @@ class GpuSlot(SupervisedActor):
             error=error,
         )
 
+    def _give_up(self, call: SlotCall, error: str) -> None:
+        self._store.tell(call.failed(error, self._sinks))
+
     def _cancelled(self) -> None:
         call = self._call
         assert call is not None
         reason = call.cancel_reason or CancelReason.USER
         if reason is CancelReason.PREEMPTED:
             self._end_call()
-            self._requeue(call, count_preemption=True)
+            self._requeue(call, count_preemption=True, why="preempted")
             self._idle(call.job)
         elif reason is CancelReason.TIMEOUT:
             self._fail(f"execution time-out after {self._policy.exec_timeout_s:g}s", True)
@@ -518,15 +488,22 @@ class GpuSlot(SupervisedActor):
                 )
             )
 
-    def _requeue(self, call: _Call, *, count_preemption: bool) -> None:
-        job, partial = call.job, call.text_so_far
+    def _requeue(self, call: SlotCall, *, count_preemption: bool, why: str) -> None:
+        """Put the job back in the queue with what it carries over; if its client has seen
+        output no new call could continue, it fails instead."""
+        job = call.job
+        carry = self._carry_over(call)
+        if carry is None:
+            self._give_up(call, f"{why}, and {SEEN}")
+            return
         self._store.tell(
             Transition(
                 job.id,
                 JobState.QUEUED,
                 expected=_ACTIVE,
                 count_preemption=count_preemption,
-                partial_output=partial,
+                partial_output=carry.partial_output,
+                segments=carry.segments,
                 stale_ok=True,
             )
         )
@@ -535,7 +512,8 @@ class GpuSlot(SupervisedActor):
                 job.replace(
                     state=JobState.QUEUED,
                     preemptions=job.preemptions + int(count_preemption),
-                    partial_output=partial,
+                    partial_output=carry.partial_output,
+                    segments=carry.segments,
                 )
             )
         )
@@ -544,6 +522,9 @@ class GpuSlot(SupervisedActor):
         call = self._call
         if call is None or call.job.id != job_id or call.cancel_reason is not None:
             return  # stale: that call already ended, or is already being cancelled
+        if reason is CancelReason.PREEMPTED and not call.seal_for_preemption(self._sinks):
+            log.info("preemption_declined", slot=self.slot_id, job_id=job_id, why=SEEN)
+            return
         call.cancel_reason = reason
         call.token.cancel()
         log.info("call_cancelling", slot=self.slot_id, job_id=job_id, reason=reason.value)

@@ -4,6 +4,12 @@ The facade owns the registry, not an actor, so a caller keeps waiting through th
 restart of any actor (docs/architecture.md section 2). Chunks arrive from a slot's
 worker thread; the outcome arrives from the job store once it is committed.
 Asyncio consumers are woken with ``loop.call_soon_threadsafe``, never by blocking.
+
+A chunk is a ``protocol.Chunk``: text plus thinking, tool calls and logprobs. A job whose
+output so far cannot be continued exactly may start over when nobody has seen it
+(docs/architecture.md section 3, "Preempt"): the slot *holds* its sink, which keeps the
+chunks so far from anyone who subscribes meanwhile, then *rewinds* it (they are
+forgotten) or *releases* it (the job did not start over, and they are heard after all).
 """
 
 from __future__ import annotations
@@ -12,11 +18,11 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from protocol import GpulaneError, Job
+from protocol import Chunk, GpulaneError, Job
 
 __all__ = ["Sink", "SinkEvent", "SinkRegistry"]
 
-SinkEvent = tuple[str, object]  # ("chunk", text) | ("end", Job) | ("error", GpulaneError)
+SinkEvent = tuple[str, object]  # ("chunk", Chunk) | ("end", Job) | ("error", GpulaneError)
 
 
 class Sink:
@@ -25,12 +31,15 @@ class Sink:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self._lock = threading.Lock()
-        self._chunks: list[str] = []
+        self._chunks: list[Chunk] = []
         self._end: Job | None = None
         self._error: GpulaneError | None = None
         self._done = threading.Event()
         self._listeners: list[Callable[[SinkEvent], None]] = []  # every event
         self._outcome_listeners: list[Callable[[SinkEvent], None]] = []  # the end only
+        self._watched = False  # a chunk listener has subscribed: it may have seen chunks
+        self._held = False
+        self._late: list[Callable[[SinkEvent], None]] = []  # chunk listeners since the hold
 
     @property
     def final(self) -> Job | None:
@@ -63,15 +72,52 @@ class Sink:
         for listener in listeners:
             listener(("error", error))
 
-    def chunk(self, text: str) -> None:
-        """A piece of output arrived."""
+    @property
+    def watched(self) -> bool:
+        """True once a chunk listener has subscribed: it may have seen every chunk."""
+        return self._watched
+
+    def chunk(self, piece: Chunk) -> None:
+        """A piece of output arrived (kept from the listeners while the sink is held)."""
         with self._lock:
             if self._end is not None or self._error is not None:
                 return
-            self._chunks.append(text)
+            self._chunks.append(piece)
+            if self._held:
+                return
             listeners = list(self._listeners)
         for listener in listeners:
-            listener(("chunk", text))
+            listener(("chunk", piece))
+
+    def hold(self) -> bool:
+        """Keep the chunks so far, and any that come, from listeners until :meth:`rewind`
+        or :meth:`release`; False (and nothing held) if a chunk listener has subscribed."""
+        with self._lock:
+            if self._watched:
+                return False
+            self._held = True
+            return True
+
+    def rewind(self) -> None:
+        """The job starts over: forget its chunks; listeners that subscribed while the sink
+        was held hear the new ones."""
+        with self._lock:
+            self._chunks.clear()
+            self._held = False
+            self._late.clear()
+
+    def release(self) -> None:
+        """The job did not start over: the listeners that subscribed while the sink was held
+        hear the chunks they missed. Call it once no more chunks come for the call."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+            late, self._late = self._late, []
+            backlog = list(self._chunks)
+        for listener in late:
+            for piece in backlog:
+                listener(("chunk", piece))
 
     def end(self, job: Job) -> None:
         """The job reached a terminal state (committed)."""
@@ -96,20 +142,24 @@ class Sink:
         for the outcome is not woken for every token.
         """
         with self._lock:
-            backlog: list[SinkEvent] = [("chunk", c) for c in self._chunks] if chunks else []
+            shown = chunks and not self._held
+            backlog: list[SinkEvent] = [("chunk", c) for c in self._chunks] if shown else []
+            self._watched = self._watched or chunks
             if self._end is not None:
                 backlog.append(("end", self._end))
             elif self._error is not None:
                 backlog.append(("error", self._error))
             else:
                 (self._listeners if chunks else self._outcome_listeners).append(listener)
+                if chunks and self._held:
+                    self._late.append(listener)
         for event in backlog:
             listener(event)
 
     def unsubscribe(self, listener: Callable[[SinkEvent], None]) -> None:
         """Stop forwarding events to ``listener``."""
         with self._lock:
-            for listeners in (self._listeners, self._outcome_listeners):
+            for listeners in (self._listeners, self._outcome_listeners, self._late):
                 if listener in listeners:
                     listeners.remove(listener)
 
@@ -154,11 +204,28 @@ class SinkRegistry:
         with self._lock:
             self._sinks.pop(job_id, None)
 
-    def chunk(self, job_id: str, text: str) -> None:
-        """Deliver a piece of output, if anyone waits for it."""
+    def chunk(self, job_id: str, piece: str) -> None:
+        """Deliver a piece of output (a str or a Chunk), if anyone waits for it."""
         sink = self.get(job_id)
         if sink is not None:
-            sink.chunk(text)
+            sink.chunk(piece if isinstance(piece, Chunk) else Chunk(piece))
+
+    def hold(self, job_id: str) -> bool:
+        """Hold the job's sink (:meth:`Sink.hold`); True when nobody waits on the job."""
+        sink = self.get(job_id)
+        return sink is None or sink.hold()
+
+    def rewind(self, job_id: str) -> None:
+        """The job starts over: its sink, if any, forgets its chunks (:meth:`Sink.rewind`)."""
+        sink = self.get(job_id)
+        if sink is not None:
+            sink.rewind()
+
+    def release(self, job_id: str) -> None:
+        """The held job did not start over (:meth:`Sink.release`)."""
+        sink = self.get(job_id)
+        if sink is not None:
+            sink.release()
 
     def committed(self, job: Job) -> None:
         """The store committed a change to ``job``; a terminal one ends its sink."""

@@ -22,7 +22,7 @@ import structlog
 
 from actors.arbiter import CancelOutcome
 from actors.backend_factory import BuiltBackend, cloud_backend, local_backend
-from actors.backends.base import Backend
+from actors.backends.base import Backend, refuse_unsupported
 from actors.config import Config
 from actors.embedding import EmbeddingExecutor, embed_request
 from actors.runtime import (
@@ -54,6 +54,7 @@ from actors.tree import (
     lane_tree,
 )
 from protocol import (
+    BackendRequest,
     CancelReason,
     EmbedResult,
     Job,
@@ -122,6 +123,7 @@ class GpuLane:
         self._built: list[BuiltBackend] = []  # backends the lane made, closed at its end
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
         self._embedder: EmbeddingExecutor | None = None
+        self._carriers: tuple[Backend | None, Backend | None] = (None, None)  # local, cloud
 
     @classmethod
     def start(
@@ -187,6 +189,7 @@ class GpuLane:
             self._embedder = EmbeddingExecutor(backend, config.backend.embed_workers)
         if cloud is None and config.cloud.enabled:
             cloud = self._own(cloud_backend(config.cloud))
+        self._carriers = (backend, cloud)
         slots: dict[str, GpuFactory] = {f"gpu{i}": gpu for i in range(config.backend.slots)}
         if cloud is not None:
             cloud_slots = backend_slots(cloud, settings.slot_join_s)
@@ -250,6 +253,7 @@ class GpuLane:
         RateLimiter refuses ``spec.caller``.
         """
         spec = insert.spec
+        self._refuse_uncarried(spec)
         reservation: int = self._ask("limiter", Admit(spec.caller, spec.lane))
         limiter = self._refs.ref_for("limiter")
         try:
@@ -261,6 +265,14 @@ class GpuLane:
         with contextlib.suppress(ChildUnavailableError):
             limiter.tell(Admitted(reservation, job.id))
         return job
+
+    def _refuse_uncarried(self, spec: JobSpec) -> None:
+        """ValidationError naming a field the backend (or, for ``allow_cloud``, the cloud
+        backend) cannot carry: never dropped in silence (docs/architecture.md section 9)."""
+        local, cloud = self._carriers
+        for backend in (local, cloud if spec.allow_cloud else None):
+            if backend is not None:
+                refuse_unsupported(backend, BackendRequest.for_spec(spec))
 
     def _committed(self, job: Job) -> None:
         """The store's commit listener: wake the job's caller; an ended job frees its place."""

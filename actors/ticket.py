@@ -9,15 +9,23 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 from actors.sinks import Sink, SinkEvent
-from protocol import GpulaneError, Job, JobCancelledError, JobFailedError, JobState
+from protocol import (
+    Answer,
+    Chunk,
+    GpulaneError,
+    Job,
+    JobCancelledError,
+    JobFailedError,
+    JobState,
+)
 
-__all__ = ["Ticket"]
+__all__ = ["Ticket", "outcome"]
 
 
-def outcome_text(job: Job) -> str:
+def outcome(job: Job) -> Answer:
     """The answer of a finished job, or the error that says why there is none."""
     if job.state is JobState.SUCCEEDED:
-        return job.result or ""
+        return job.answer or Answer()
     if job.state is JobState.CANCELLED:
         raise JobCancelledError(job.id, job.error or "cancelled")
     raise JobFailedError(job.id, job.error or "unknown error", job.attempts)
@@ -27,9 +35,11 @@ class Ticket:
     """Returned by ``GpuLane.submit`` once the job is durable.
 
     ``result()`` blocks, ``await ticket`` suspends, ``stream()`` yields chunks as they
-    arrive. If the ticket is dropped (garbage-collected) or a stream is closed before
-    the job ends, the job is cancelled: nobody is waiting for it any more. A detached
-    ticket (``submit(..., detach=True)``) never cancels on its own.
+    arrive. The answer is an ``Answer`` and each chunk a ``Chunk``: ``str`` subclasses
+    equal to their text that also carry thinking and tool calls (docs/embedding.md).
+    If the ticket is dropped (garbage-collected) or a stream is closed before the job
+    ends, the job is cancelled: nobody is waiting for it any more. A detached ticket
+    (``submit(..., detach=True)``) never cancels on its own.
     """
 
     def __init__(
@@ -57,18 +67,20 @@ class Ticket:
             raise TimeoutError(f"job {self.job_id} still running after {timeout}s")
         return final
 
-    def result(self, timeout: float | None = None) -> str:
-        """Block until the job ends; its text, or JobFailedError / JobCancelledError.
+    def result(self, timeout: float | None = None) -> Answer:
+        """Block until the job ends; its answer, or JobFailedError / JobCancelledError.
 
-        SystemStoppedError if gpulane stopped itself after a failure before the job ended.
+        The Answer is the text (a str) with ``.thinking``, ``.tool_calls``, ``.logprobs``
+        and ``.done_reason``. SystemStoppedError if gpulane stopped itself after a failure
+        before the job ended.
         """
-        return outcome_text(self.job(timeout))
+        return outcome(self.job(timeout))
 
     def cancel(self) -> None:
         """Cancel the job, queued or running."""
         self._cancel(self.job_id)
 
-    def chunks(self, timeout: float | None = None) -> Iterator[str]:
+    def chunks(self, timeout: float | None = None) -> Iterator[Chunk]:
         """Yield output pieces as they arrive (blocking); ends when the job does."""
         events: queue.SimpleQueue[SinkEvent] = queue.SimpleQueue()
         self._sink.subscribe(events.put)
@@ -82,30 +94,30 @@ class Ticket:
                 if kind == "end":
                     finished = True
                     assert isinstance(value, Job)
-                    outcome_text(value)
+                    outcome(value)
                     return
                 if kind == "error":
                     finished = True
                     assert isinstance(value, GpulaneError)
                     raise value
-                assert isinstance(value, str)
+                assert isinstance(value, Chunk)
                 yield value
         finally:
             self._sink.unsubscribe(events.put)
             if not finished:
                 self._went_away()
 
-    def __await__(self) -> Generator[Any, None, str]:
+    def __await__(self) -> Generator[Any, None, Answer]:
         return self._wait_async().__await__()
 
-    async def _wait_async(self) -> str:
+    async def _wait_async(self) -> Answer:
         loop = asyncio.get_running_loop()
         events, listener = self._sink.subscribe_async(loop, chunks=False)
         try:
             kind, value = await events.get()
             if kind == "end":
                 assert isinstance(value, Job)
-                return outcome_text(value)
+                return outcome(value)
             assert isinstance(value, GpulaneError)
             raise value
         except asyncio.CancelledError:
@@ -114,7 +126,7 @@ class Ticket:
         finally:
             self._sink.unsubscribe(listener)
 
-    async def stream(self) -> AsyncIterator[str]:
+    async def stream(self) -> AsyncIterator[Chunk]:
         """Yield output pieces as they arrive, on the running event loop."""
         loop = asyncio.get_running_loop()
         events, listener = self._sink.subscribe_async(loop)
@@ -125,13 +137,13 @@ class Ticket:
                 if kind == "end":
                     finished = True
                     assert isinstance(value, Job)
-                    outcome_text(value)
+                    outcome(value)
                     return
                 if kind == "error":
                     finished = True
                     assert isinstance(value, GpulaneError)
                     raise value
-                assert isinstance(value, str)
+                assert isinstance(value, Chunk)
                 yield value
         finally:
             self._sink.unsubscribe(listener)

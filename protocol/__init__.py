@@ -1,6 +1,12 @@
 """gpulane's vocabulary: immutable values, errors and messages, with no I/O and no threads."""
 
-from protocol.backend import BackendRequest, BackendResult, EmbedResult, LoadedModel
+from protocol.backend import (
+    REQUEST_FEATURES,
+    BackendRequest,
+    BackendResult,
+    EmbedResult,
+    LoadedModel,
+)
 from protocol.config import (
     ActiveHours,
     CallerLimits,
@@ -27,19 +33,31 @@ from protocol.errors import (
 from protocol.frozen import freeze, is_deeply_immutable, thaw
 from protocol.job import Job, JobMetrics
 from protocol.lifecycle import LEGAL_TRANSITIONS, check_transition, is_legal_transition
-from protocol.spec import RELOAD_OPTIONS, ChatMessage, JobSpec, normalise_model_name
+from protocol.output import Answer, Chunk, Logprob, Output, TokenLogprob
+from protocol.spec import (
+    RELOAD_OPTIONS,
+    THINK_LEVELS,
+    ChatMessage,
+    JobSpec,
+    normalise_model_name,
+)
+from protocol.tools import Tool, ToolCall
 
 __all__ = [
     "LEGAL_TRANSITIONS",
     "RELOAD_OPTIONS",
+    "REQUEST_FEATURES",
     "TERMINAL_STATES",
+    "THINK_LEVELS",
     "ActiveHours",
+    "Answer",
     "BackendError",
     "BackendRequest",
     "BackendResult",
     "CallerLimits",
     "CancelReason",
     "ChatMessage",
+    "Chunk",
     "EmbedResult",
     "GpulaneError",
     "IllegalTransitionError",
@@ -54,6 +72,8 @@ __all__ = [
     "Lane",
     "Limits",
     "LoadedModel",
+    "Logprob",
+    "Output",
     "Priority",
     "QueueFullError",
     "RateLimitedError",
@@ -63,6 +83,9 @@ __all__ = [
     "StoreError",
     "StoreSettings",
     "SystemStoppedError",
+    "TokenLogprob",
+    "Tool",
+    "ToolCall",
     "ValidationError",
     "check_transition",
     "freeze",

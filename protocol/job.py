@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 from protocol.enums import JobState
+from protocol.output import Answer, Output
 from protocol.spec import JobSpec
 
 __all__ = ["Job", "JobMetrics"]
@@ -13,7 +15,8 @@ __all__ = ["Job", "JobMetrics"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobMetrics:
-    """What the backend reported for the last call, in nanoseconds as Ollama reports them."""
+    """What the backend reported for a call (or, summed, for a job's calls), in nanoseconds
+    as Ollama reports them."""
 
     load_duration_ns: int = 0
     prompt_eval_count: int = 0
@@ -26,10 +29,26 @@ class JobMetrics:
         """A JSON-ready dict."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def total(cls, segments: Iterable[JobMetrics]) -> JobMetrics:
+        """The field-by-field sum of ``segments``: a job's usage over all its calls."""
+        sums = dict.fromkeys((f.name for f in dataclasses.fields(cls)), 0)
+        for segment in segments:
+            for name in sums:
+                sums[name] += getattr(segment, name)
+        return cls(**sums)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Job:
-    """One durable unit of work. Times are seconds since the epoch on the system clock."""
+    """One durable unit of work. Times are seconds since the epoch on the system clock.
+
+    ``result`` is the answer's text and ``output`` the rest of it (thinking, tool calls,
+    logprobs, done reason, context), both set when the job succeeds. ``partial_output`` is
+    the text a preempted or retried job has produced so far; ``segments`` holds the metrics
+    of each call whose output is part of the answer, and ``metrics`` their sum
+    (docs/architecture.md section 3, "Preempt").
+    """
 
     id: str
     seq: int
@@ -46,10 +65,19 @@ class Job:
     result: str | None = None
     error: str | None = None
     metrics: JobMetrics | None = None
+    output: Output | None = None
+    segments: tuple[JobMetrics, ...] = ()
 
     def replace(self, **changes: Any) -> Job:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def answer(self) -> Answer | None:
+        """The answer (its text, with the output's other parts), once the job has one."""
+        if self.result is None:
+            return None
+        return Answer(self.result, self.output)
 
     @property
     def wait_seconds(self) -> float | None:
@@ -81,4 +109,6 @@ class Job:
             "result": self.result,
             "error": self.error,
             "metrics": None if self.metrics is None else self.metrics.to_dict(),
+            "output": None if self.output is None else self.output.to_dict(),
+            "segments": [segment.to_dict() for segment in self.segments],
         }

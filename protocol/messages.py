@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from protocol.backend import LoadedModel
+from protocol.backend import BackendResult, LoadedModel
 from protocol.config import Limits, ResidencySettings, RetryPolicy, SchedulingPolicy
 from protocol.enums import CancelReason, JobState, Lane
 from protocol.job import Job, JobMetrics
+from protocol.output import Output
 from protocol.spec import JobSpec
 
 __all__ = [
@@ -77,7 +78,9 @@ class Transition:
     those states the store raises IllegalTransitionError and changes nothing.
     ``stale_ok`` marks news that may be out of date (a GPU slot's report, told after
     a restart elsewhere): if the store refuses it, it logs and drops it instead of
-    raising, so a stale report is never a crash of the store.
+    raising, so a stale report is never a crash of the store. ``output`` (with
+    ``result``) belongs to a move to succeeded; ``segments`` replaces the job's
+    per-call metrics (an empty tuple clears them, for a job that starts over).
     """
 
     job_id: str
@@ -91,6 +94,8 @@ class Transition:
     metrics: JobMetrics | None = None
     not_before: float | None = None
     stale_ok: bool = False
+    output: Output | None = None
+    segments: tuple[JobMetrics, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,12 +283,10 @@ class CancelCall:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallFinished:
-    """The backend call ended with an answer (``text`` excludes any resume prefix)."""
+    """The backend call ended with an answer (its text excludes any resume prefix)."""
 
     call_id: int
-    text: str
-    metrics: JobMetrics
-    done_reason: str = "stop"
+    result: BackendResult
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -316,7 +319,7 @@ class SlotSnapshot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallStreaming:
-    """The call produced its first piece of text: the model is loaded and running."""
+    """The call produced its first piece of output: the model is loaded and running."""
 
     call_id: int
 

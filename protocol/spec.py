@@ -1,19 +1,34 @@
-"""What a caller asks for: a chat or generate request plus how it is to be scheduled."""
+"""What a caller asks for: a chat or generate request plus how it is to be scheduled.
+
+The request fields are Ollama's ``/api/chat`` and ``/api/generate`` (``api/types.go``);
+every one is validated where it comes in, with an error that names its path.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from protocol.enums import JobKind, Lane, Priority
 from protocol.errors import ValidationError
-from protocol.frozen import EMPTY_MAPPING, freeze, thaw
+from protocol.frozen import EMPTY_MAPPING, thaw
+from protocol.jsondata import (
+    INT_MIN,
+    JSON_DATA,
+    check_json_data,
+    check_text,
+    frozen_json,
+    is_int,
+)
+from protocol.tools import Tool, ToolCall, parse_tool_calls, parse_tools
 
 __all__ = [
+    "JSON_DATA",
+    "MAX_TOP_LOGPROBS",
     "RELOAD_OPTIONS",
     "ROLES",
+    "THINK_LEVELS",
     "ChatMessage",
     "JobSpec",
     "check_json_data",
@@ -26,22 +41,38 @@ ROLES = ("system", "user", "assistant", "tool")
 # Ollama runner options that force a model reload when they change: part of the residency key.
 RELOAD_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "use_mmap", "num_thread")
 
+# ``think`` takes true/false or a level; Ollama's ThinkValue.IsValid also accepts "max".
+THINK_LEVELS = ("low", "medium", "high", "max")
+MAX_TOP_LOGPROBS = 20  # Ollama refuses more (server/routes.go)
+
 MAX_MODEL_NAME = 200
-JSON_DATA = "strings, finite numbers, integers within 64 bits, booleans, null, arrays, objects"
-INT_MIN, UINT_MAX = -(2**63), 2**64 - 1
 _DEFAULT_TAG = ":latest"
 MAX_CALLER = 200
 MAX_ID_FIELD = 200
 MAX_ATTEMPTS_LIMIT = 100
+_MESSAGE_KEYS = (
+    "role", "content", "images", "thinking", "tool_calls", "tool_name", "tool_call_id",
+)  # fmt: skip
+# Fields only /api/generate has; a chat job refuses them by name.
+_GENERATE_ONLY = ("images", "raw", "suffix", "template", "context")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One chat turn, as Ollama's ``/api/chat`` takes it."""
+    """One chat turn, as Ollama's ``/api/chat`` takes it.
+
+    ``thinking`` is an assistant turn's reasoning, ``tool_calls`` the calls it made; a
+    ``tool`` turn answers a call and names it by ``tool_name`` (Ollama) or
+    ``tool_call_id`` (OpenAI).
+    """
 
     role: str
     content: str
     images: tuple[str, ...] = ()
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
     @classmethod
     def parse(cls, value: ChatMessage | Mapping[str, Any], index: int) -> ChatMessage:
@@ -50,29 +81,61 @@ class ChatMessage:
         A ChatMessage built directly is checked the same way, as its fields were not.
         """
         if isinstance(value, ChatMessage):
-            value = {"role": value.role, "content": value.content, "images": value.images}
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         field = f"messages[{index}]"
         if not isinstance(value, Mapping):
             raise ValidationError(field, f"must be an object, got {type(value).__name__}")
+        unknown = sorted(str(key) for key in value if key not in _MESSAGE_KEYS)
+        if unknown:
+            raise ValidationError(f"{field}.{unknown[0]}", "unknown field", allowed=_MESSAGE_KEYS)
         role = value.get("role")
         if role not in ROLES:
             raise ValidationError(f"{field}.role", f"unknown role {role!r}", allowed=ROLES)
-        content = value.get("content", "")
-        if not isinstance(content, str):
-            raise ValidationError(f"{field}.content", "must be a string")
-        check_text(f"{field}.content", content)
-        images = value.get("images") or ()
-        if not isinstance(images, (list, tuple)) or not all(
-            isinstance(i, str) and i.isascii() for i in images
-        ):
-            raise ValidationError(f"{field}.images", "must be a list of base64 strings")
-        return cls(role=role, content=content, images=tuple(images))
+        content = value.get("content")
+        content = _text(f"{field}.content", "" if content is None else content)
+        thinking = _text(f"{field}.thinking", value.get("thinking") or "")
+        tool_calls = parse_tool_calls(value.get("tool_calls"), f"{field}.tool_calls")
+        if tool_calls and role != "assistant":
+            raise ValidationError(
+                f"{field}.tool_calls", f"a {role} message cannot carry tool calls",
+                allowed="tool calls on assistant messages",
+            )  # fmt: skip
+        answers: dict[str, str | None] = {}
+        for name in ("tool_name", "tool_call_id"):
+            given = value.get(name)
+            if given is None or given == "":
+                answers[name] = None
+                continue
+            if role != "tool":
+                raise ValidationError(
+                    f"{field}.{name}", f"a {role} message does not answer a tool call",
+                    allowed=f"{name} on tool messages",
+                )  # fmt: skip
+            _check_name(f"{field}.{name}", given, MAX_ID_FIELD)
+            answers[name] = given
+        return cls(
+            role=role,
+            content=content,
+            images=_images(f"{field}.images", value.get("images")),
+            thinking=thinking,
+            tool_calls=tool_calls,
+            tool_name=answers["tool_name"],
+            tool_call_id=answers["tool_call_id"],
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """The Ollama JSON form of this message."""
+        """The Ollama JSON form of this message (parts that are not set are left out)."""
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.images:
             out["images"] = list(self.images)
+        if self.thinking:
+            out["thinking"] = self.thinking
+        if self.tool_calls:
+            out["tool_calls"] = [call.to_dict() for call in self.tool_calls]
+        if self.tool_name is not None:
+            out["tool_name"] = self.tool_name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
         return out
 
 
@@ -81,7 +144,9 @@ class JobSpec:
     """An immutable, validated request: what to run and how to schedule it.
 
     Build one with :meth:`chat` or :meth:`generate`; every field is checked and
-    a ValidationError names the first bad one.
+    a ValidationError names the first bad one. ``tools`` are for chat jobs; ``images``,
+    ``raw``, ``suffix``, ``template`` and ``context`` are /api/generate's; ``think``,
+    ``format``, ``logprobs`` and ``top_logprobs`` are for both.
     """
 
     kind: JobKind
@@ -102,6 +167,15 @@ class JobSpec:
     stream: bool = False
     max_attempts: int = 3
     keep_alive: str | float | None = None
+    tools: tuple[Tool, ...] = ()
+    think: bool | str | None = None
+    images: tuple[str, ...] = ()
+    raw: bool = False
+    suffix: str | None = None
+    template: str | None = None
+    context: tuple[int, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -123,9 +197,7 @@ class JobSpec:
         )
         if self.kind is JobKind.CHAT and not self.messages:
             raise ValidationError("messages", "a chat job needs at least one message")
-        if not isinstance(self.prompt, str):
-            raise ValidationError("prompt", "must be a string")
-        check_text("prompt", self.prompt)
+        _text("prompt", self.prompt)
         if self.system is not None:
             if not isinstance(self.system, str):
                 raise ValidationError("system", "must be a string or null")
@@ -134,30 +206,62 @@ class JobSpec:
             raise ValidationError("messages", "a generate job takes a prompt, not messages")
         if not isinstance(self.options, Mapping):
             raise ValidationError("options", "must be an object of runner options")
-        try:
-            set_(self, "options", freeze(self.options))
-        except TypeError as exc:
-            raise ValidationError("options", str(exc), allowed=JSON_DATA) from None
-        check_json_data("options", self.options)
+        set_(self, "options", frozen_json("options", self.options))
         set_(self, "format", _parse_format(self.format))
         if self.max_tokens is not None and (
-            not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= 1_000_000
+            not is_int(self.max_tokens) or not 1 <= self.max_tokens <= 1_000_000
         ):
             raise ValidationError(
                 "max_tokens", f"must be an integer from 1 to 1000000, got {self.max_tokens!r}"
             )
-        if not _is_int(self.max_attempts) or not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        if not is_int(self.max_attempts) or not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise ValidationError(
                 "max_attempts",
                 f"must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}, got {self.max_attempts!r}",
             )
-        for name in ("allow_cloud", "stream"):
+        for name in ("allow_cloud", "stream", "raw", "logprobs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(name, "must be true or false")
         if self.keep_alive is not None and not isinstance(self.keep_alive, (str, int, float)):
             raise ValidationError("keep_alive", "must be a duration such as '5m' or seconds")
         if isinstance(self.keep_alive, str):
             check_text("keep_alive", self.keep_alive)
+        self._check_model_fields()
+
+    def _check_model_fields(self) -> None:
+        """The fields #14 added: tools, thinking, generate's own fields and logprobs."""
+        set_ = object.__setattr__
+        set_(self, "tools", parse_tools(self.tools))
+        if self.tools and self.kind is JobKind.GENERATE:
+            raise ValidationError("tools", "a generate job takes no tools", allowed="a chat job")
+        thinks = self.think is None or isinstance(self.think, bool) or self.think in THINK_LEVELS
+        if not thinks:
+            raise ValidationError(
+                "think", f"unknown thinking level {self.think!r}",
+                allowed=("true", "false", *THINK_LEVELS),
+            )  # fmt: skip
+        set_(self, "images", _images("images", self.images))
+        for name in ("suffix", "template"):
+            value = getattr(self, name)
+            set_(self, name, None if value is None or value == "" else _text(name, value))
+        set_(self, "context", _context(self.context))
+        if not is_int(self.top_logprobs) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValidationError(
+                "top_logprobs",
+                f"must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}",
+            )
+        if self.kind is JobKind.CHAT:
+            for name in _GENERATE_ONLY:
+                if getattr(self, name):
+                    where = "on its messages" if name == "images" else "only on generate jobs"
+                    raise ValidationError(name, f"a chat job takes {name} {where}")
+        elif self.raw:
+            # Ollama refuses these with raw (server/routes.go): the prompt goes unformatted.
+            for name in ("template", "system", "context"):
+                if getattr(self, name):
+                    raise ValidationError(
+                        name, "raw mode takes the prompt as is", allowed="raw without it"
+                    )
 
     @classmethod
     def chat(
@@ -188,8 +292,9 @@ class JobSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (used by the store and the gateway)."""
-        return {
+        """A JSON-ready dict (used by the store and the gateway); the fields #14 added are
+        left out at their defaults, so a spec without them has its old form."""
+        out = {
             "kind": self.kind.value,
             "model": self.model,
             "messages": [m.to_dict() for m in self.messages],
@@ -209,6 +314,18 @@ class JobSpec:
             "max_attempts": self.max_attempts,
             "keep_alive": self.keep_alive,
         }
+        if self.tools:
+            out["tools"] = [tool.to_dict() for tool in self.tools]
+        for name in ("think", "suffix", "template"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        for name in ("images", "context"):
+            if getattr(self, name):
+                out[name] = list(getattr(self, name))
+        for name in ("raw", "logprobs", "top_logprobs"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -225,10 +342,6 @@ def normalise_model_name(name: str) -> str:
     return name[: -len(_DEFAULT_TAG)] if name.endswith(_DEFAULT_TAG) else name
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _parse_kind(value: JobKind | str) -> JobKind:
     if isinstance(value, JobKind):
         return value
@@ -240,54 +353,6 @@ def _parse_kind(value: JobKind | str) -> JobKind:
         ) from None
 
 
-def check_json_data(field: str, value: object) -> None:
-    """Raise ValidationError naming the first part of ``value`` that is not plain JSON data.
-
-    The job store writes options and format as JSON, and the model server reads them
-    as JSON: bytes, non-finite floats and integers beyond 64 bits have no JSON form.
-    """
-    if value is None or isinstance(value, bool):
-        return
-    if isinstance(value, str):
-        check_text(field, value)
-        return
-    if isinstance(value, int):
-        if not INT_MIN <= value <= UINT_MAX:
-            raise ValidationError(field, "is an integer beyond 64 bits", allowed=JSON_DATA)
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValidationError(field, f"is {value!r}, not a finite number", allowed=JSON_DATA)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            check_text(f"{field} (a key)", key)
-            check_json_data(f"{field}.{key}", item)
-        return
-    if isinstance(value, tuple):
-        for index, item in enumerate(value):
-            check_json_data(f"{field}[{index}]", item)
-        return
-    raise ValidationError(
-        field, f"is a {type(value).__name__} value, not JSON data", allowed=JSON_DATA
-    )
-
-
-def check_text(field: str, text: str) -> None:
-    """Refuse text that is not valid Unicode: a lone surrogate (what a JSON ``"\\ud800"``
-    escape decodes to) has no UTF-8 form for the job store or the model server."""
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValidationError(
-            field,
-            f"has a lone surrogate at character {exc.start}",
-            allowed="valid Unicode text",
-        ) from None
-
-
 def _check_name(field: str, value: object, limit: int) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, "must be a non-empty string")
@@ -296,17 +361,42 @@ def _check_name(field: str, value: object, limit: int) -> None:
         raise ValidationError(field, f"is {len(value)} characters long; the limit is {limit}")
 
 
+def _text(field: str, value: object) -> str:
+    """``value`` if it is valid Unicode text."""
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be a string")
+    check_text(field, value)
+    return value
+
+
+def _images(field: str, value: object) -> tuple[str, ...]:
+    """A list of base64-encoded images (as Ollama takes them)."""
+    images = value or ()
+    if not isinstance(images, (list, tuple)) or not all(
+        isinstance(i, str) and i.isascii() for i in images
+    ):
+        raise ValidationError(field, "must be a list of base64 strings")
+    return tuple(images)
+
+
+def _context(value: object) -> tuple[int, ...]:
+    """Ollama's ``context``: the token ids a previous generate answer returned."""
+    tokens = value or ()
+    if not isinstance(tokens, (list, tuple)):
+        raise ValidationError("context", "must be a list of token ids")
+    for index, token in enumerate(tokens):
+        if not is_int(token) or not INT_MIN <= token < -INT_MIN:
+            raise ValidationError(f"context[{index}]", f"must be a 64-bit integer, got {token!r}")
+    return tuple(tokens)
+
+
 def _parse_format(value: object) -> str | Mapping[str, Any] | None:
     if value is None or value == "":
         return None
     if value == "json":
         return "json"
     if isinstance(value, Mapping):
-        try:
-            schema: Mapping[str, Any] = freeze(value)  # a JSON schema (structured outputs)
-        except TypeError as exc:
-            raise ValidationError("format", str(exc), allowed=JSON_DATA) from None
-        check_json_data("format", schema)
+        schema: Mapping[str, Any] = frozen_json("format", value)  # a JSON schema
         return schema
     raise ValidationError(
         "format", f"unsupported format {value!r}", allowed="'json' or a JSON schema object"

@@ -3,6 +3,11 @@
 Calls are blocking and run on a worker thread, never on an actor's thread. Each takes
 a CancelToken; tripping it must make the call return promptly by raising
 CallCancelledError (an HTTP backend closes its stream, which makes Ollama stop).
+
+A backend says which request features (``protocol.REQUEST_FEATURES``: tools, think,
+format, images, ...) it carries with a ``carries`` attribute; :func:`refuse_unsupported`
+refuses a request that uses any other, naming the field, so nothing a caller asked for
+is dropped in silence. The facade checks at submit time and the slot before each call.
 """
 
 from __future__ import annotations
@@ -11,11 +16,64 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from protocol import BackendRequest, BackendResult, EmbedResult, LoadedModel
+from protocol import (
+    REQUEST_FEATURES,
+    BackendRequest,
+    BackendResult,
+    EmbedResult,
+    LoadedModel,
+    ValidationError,
+)
 
-__all__ = ["Backend", "CallCancelledError", "CancelToken", "ChunkSink"]
+__all__ = [
+    "BASIC_FEATURES",
+    "Backend",
+    "CallCancelledError",
+    "CancelToken",
+    "ChunkSink",
+    "carried_features",
+    "refuse_unsupported",
+]
 
+# A piece of output: plain text, or a ``protocol.Chunk`` (a str that also carries
+# thinking, tool calls and logprobs). Backends that produce only text pass plain strs.
 ChunkSink = Callable[[str], None]
+
+# What a backend that declares no ``carries`` carries: the features BackendRequest had
+# before #14 (a JSON format or schema, images on chat messages).
+BASIC_FEATURES = frozenset({"format", "messages.images"})
+
+# What the backends that do not declare ``carries`` yet carry today, by class name: the
+# OpenAI-compatible one leaves out images, the Anthropic one format and images
+# (docs/architecture.md section 9). A backend that translates more declares ``carries``
+# on its class, which takes precedence over this table.
+_CARRIED_TODAY: Mapping[str, frozenset[str]] = {
+    "OpenAICompatBackend": frozenset({"format"}),
+    "AnthropicBackend": frozenset(),
+}
+
+
+def carried_features(backend: object) -> frozenset[str]:
+    """The request features ``backend`` carries (see the module docstring)."""
+    declared = getattr(backend, "carries", None)
+    if declared is not None:
+        return frozenset(declared)
+    return _CARRIED_TODAY.get(type(backend).__name__, BASIC_FEATURES)
+
+
+def refuse_unsupported(backend: object, request: BackendRequest) -> None:
+    """Raise ValidationError naming the first field of ``request`` that ``backend`` cannot
+    carry (the gateway answers it with a 400)."""
+    carried = carried_features(backend)
+    for feature, field in request.features():
+        if feature not in carried:
+            name = getattr(backend, "name", type(backend).__name__)
+            raise ValidationError(
+                field,
+                f"the {name} backend cannot carry it, and gpulane does not drop what a "
+                "caller asked for",
+                allowed=sorted(carried & REQUEST_FEATURES) or "none of the optional fields",
+            )
 
 
 class CallCancelledError(Exception):
@@ -67,9 +125,11 @@ class CancelToken:
 class Backend(Protocol):
     """A model server: Ollama, an OpenAI-compatible server, a cloud API or a simulation.
 
-    ``complete`` streams each new piece of text to ``on_chunk`` as it arrives and
-    returns the whole new text; failures raise ``protocol.BackendError`` with
-    ``transient`` set as docs/architecture.md section 3 classifies them.
+    ``complete`` streams each new piece of output to ``on_chunk`` as it arrives (a str,
+    or a ``protocol.Chunk`` with thinking and tool calls) and returns the whole new
+    output; failures raise ``protocol.BackendError`` with ``transient`` set as
+    docs/architecture.md section 3 classifies them. A ``carries`` attribute, when present,
+    names the request features it carries (module docstring).
     """
 
     name: str

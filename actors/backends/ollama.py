@@ -4,6 +4,12 @@ Every call can be cancelled from another thread: cancelling shuts the call's soc
 which makes Ollama stop generating (it stops when its client goes away); see
 ``actors.backends.http``. Failures become ``protocol.BackendError`` with ``transient``
 set as docs/architecture.md section 3 says.
+
+Ollama is spoken natively: every request field is sent as Ollama's ``api/types.go``
+names it (tools, think, format, images, raw, suffix, template, context, logprobs and
+top_logprobs, and messages' thinking, tool calls and tool names), and every stream line
+is read for its text, thinking, tool calls and logprobs, the last one for the done
+reason, the metrics and generate's context.
 """
 
 from __future__ import annotations
@@ -25,15 +31,20 @@ from actors.backends.http import (
     new_client,
 )
 from protocol import (
+    REQUEST_FEATURES,
     BackendError,
     BackendRequest,
     BackendResult,
+    Chunk,
     EmbedResult,
     JobKind,
     JobMetrics,
     LoadedModel,
+    ToolCall,
+    ValidationError,
     thaw,
 )
+from protocol.output import Logprob, logprobs_from
 
 __all__ = ["DEFAULT_TIMEOUT", "OllamaBackend"]
 
@@ -50,6 +61,8 @@ class OllamaBackend:
     ``transport`` replaces the network (e.g. ``httpx.MockTransport`` in tests); with a
     custom transport a cancel closes the response instead of shutting the socket.
     """
+
+    carries = REQUEST_FEATURES  # Ollama's API is the model of the request: all of it
 
     def __init__(
         self,
@@ -68,12 +81,13 @@ class OllamaBackend:
     def complete(
         self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken
     ) -> BackendResult:
-        """Run one chat or generate call, streaming each new piece of text to ``on_chunk``.
+        """Run one chat or generate call, streaming each new piece (a ``protocol.Chunk``:
+        text, thinking, tool calls, logprobs) to ``on_chunk``.
 
         With a ``resume_prefix`` the model continues after it and only new text comes back.
         """
         path, body = _completion_body(request)
-        pieces: list[str] = []
+        answer = _Answer()
         with guarded(cancel, self.base_url, "Ollama") as abort:
             with self._client.stream(
                 "POST", path, json=body, extensions=abort.extensions
@@ -87,19 +101,16 @@ class OllamaBackend:
                     part = decode_object(line, path)
                     if "error" in part:
                         raise BackendError(str(part["error"]), transient=True)
-                    piece = _piece(part, request.kind)
-                    if piece:
-                        pieces.append(piece)
+                    piece = _piece(part, request.kind, path)
+                    if not piece.is_empty:
+                        answer.add(piece)
                         on_chunk(piece)
                     if part.get("done"):
                         drain(lines)
-                        return BackendResult(
-                            text="".join(pieces),
-                            metrics=_metrics(part),
-                            done_reason=str(part.get("done_reason") or "stop"),
-                        )
+                        return answer.result(part)
             raise BackendError(
-                f"the stream from {path} ended without its final line after {len(pieces)} chunk(s)",
+                f"the stream from {path} ended without its final line after "
+                f"{answer.pieces} chunk(s)",
                 transient=True,
             )
 
@@ -166,6 +177,37 @@ class OllamaBackend:
             return decode_object(response.read(), path)
 
 
+class _Answer:
+    """The pieces of one call's answer, gathered as they stream."""
+
+    def __init__(self) -> None:
+        self.pieces = 0
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._tool_calls: list[ToolCall] = []
+        self._logprobs: list[Logprob] = []
+
+    def add(self, piece: Chunk) -> None:
+        self.pieces += 1
+        self._text.append(piece.text)
+        self._thinking.append(piece.thinking)
+        self._tool_calls.extend(piece.tool_calls)
+        self._logprobs.extend(piece.logprobs)
+
+    def result(self, final: Mapping[str, Any]) -> BackendResult:
+        """The whole answer, with the final line's done reason, metrics and context."""
+        context = final.get("context")
+        return BackendResult(
+            text="".join(self._text),
+            metrics=_metrics(final),
+            done_reason=str(final.get("done_reason") or "stop"),
+            thinking="".join(self._thinking),
+            tool_calls=tuple(self._tool_calls),
+            logprobs=tuple(self._logprobs),
+            context=tuple(int_field(t) for t in context) if isinstance(context, list) else (),
+        )
+
+
 def _completion_body(request: BackendRequest) -> tuple[str, dict[str, Any]]:
     """The Ollama path and JSON body for a chat or generate request (with resume)."""
     body: dict[str, Any] = {"model": request.model, "stream": request.stream}
@@ -178,6 +220,12 @@ def _completion_body(request: BackendRequest) -> tuple[str, dict[str, Any]]:
         body["format"] = thaw(request.format)
     if request.keep_alive is not None:
         body["keep_alive"] = request.keep_alive
+    if request.think is not None:
+        body["think"] = request.think
+    if request.logprobs:
+        body["logprobs"] = True
+    if request.top_logprobs:
+        body["top_logprobs"] = request.top_logprobs
     prefix = request.resume_prefix
     if request.kind is JobKind.CHAT:
         messages = [m.to_dict() for m in request.messages]
@@ -189,21 +237,48 @@ def _completion_body(request: BackendRequest) -> tuple[str, dict[str, Any]]:
         elif prefix:
             messages.append({"role": "assistant", "content": prefix})
         body["messages"] = messages
+        if request.tools:
+            body["tools"] = [tool.to_dict() for tool in request.tools]
         return "/api/chat", body
     body["prompt"] = request.prompt + prefix
     if request.system is not None:
         body["system"] = request.system
+    for name in ("suffix", "template"):
+        if getattr(request, name) is not None:
+            body[name] = getattr(request, name)
+    if request.images:
+        body["images"] = list(request.images)
+    if request.context:
+        body["context"] = list(request.context)
+    if request.raw:
+        body["raw"] = True
     return "/api/generate", body
 
 
-def _piece(part: Mapping[str, Any], kind: JobKind) -> str:
-    """The new text in one response line."""
+def _piece(part: Mapping[str, Any], kind: JobKind, path: str) -> Chunk:
+    """What is new in one response line: text, thinking, tool calls, logprobs (chat keeps
+    the first three in ``message``, generate at the top level)."""
     if kind is JobKind.CHAT:
         message = part.get("message")
-        text = message.get("content") if isinstance(message, dict) else None
+        source: Mapping[str, Any] = message if isinstance(message, dict) else {}
+        text = source.get("content")
     else:
+        source = part
         text = part.get("response")
-    return text if isinstance(text, str) else ""
+    thinking = source.get("thinking")
+    try:
+        calls = tuple(
+            ToolCall.parse(call, f"tool_calls[{index}]")
+            for index, call in enumerate(source.get("tool_calls") or ())
+        )
+    except ValidationError as exc:
+        raise BackendError(f"{path} sent a malformed tool call: {exc}", transient=False) from None
+    return Chunk(
+        text if isinstance(text, str) else "",
+        thinking=thinking if isinstance(thinking, str) else "",
+        tool_calls=calls,
+        logprobs=logprobs_from(part.get("logprobs")),
+    )
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -16,6 +16,7 @@ import orjson
 from protocol.enums import JobState
 from protocol.job import Job, JobMetrics
 from protocol.messages import InsertJob, Transition
+from protocol.output import Output
 from protocol.spec import JobSpec
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "given",
     "is_volatile",
     "job_from_row",
+    "output_json",
+    "segments_json",
     "to_json",
 ]
 
@@ -66,6 +69,8 @@ def is_volatile(message: WriteMessage) -> bool:
         and message.partial_output is None
         and message.error is None
         and message.metrics is None
+        and message.output is None
+        and message.segments is None
     )
 
 
@@ -74,11 +79,21 @@ def given(value: Any, current: Any) -> Any:
     return current if value is None else value
 
 
+def output_json(output: Output | None) -> str | None:
+    """The ``output`` column's JSON for ``output``."""
+    return None if output is None else to_json(output.to_dict())
+
+
+def segments_json(segments: tuple[JobMetrics, ...]) -> str | None:
+    """The ``segments`` column's JSON (NULL for none, as a job of version 1 has)."""
+    return to_json([segment.to_dict() for segment in segments]) if segments else None
+
+
 def job_from_row(row: Sequence[Any]) -> Job:
     """A Job from a row of the columns an engine selects (``_sqlite._COLUMNS``); the spec
     is validated again on the way out."""
     (seq, job_id, state, spec, created, updated, started, finished, not_before,
-     attempts, preemptions, partial, result, error, metrics) = row  # fmt: skip
+     attempts, preemptions, partial, result, error, metrics, output, segments) = row  # fmt: skip
     return Job(
         id=job_id,
         seq=seq,
@@ -95,4 +110,8 @@ def job_from_row(row: Sequence[Any]) -> Job:
         result=result,
         error=error,
         metrics=None if metrics is None else JobMetrics(**json.loads(metrics)),
+        output=None if output is None else Output.from_dict(json.loads(output)),
+        segments=()
+        if segments is None
+        else tuple(JobMetrics(**segment) for segment in json.loads(segments)),
     )

@@ -57,8 +57,16 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _answer_parts_v2(conn: sqlite3.Connection) -> None:
+    """Version 2 (#14): ``output``, the answer besides its text (thinking, tool calls,
+    logprobs, the backend's done reason, context), and ``segments``, the metrics of each
+    call whose output is part of the answer; both JSON, NULL on the jobs of version 1."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN output TEXT")
+    conn.execute("ALTER TABLE jobs ADD COLUMN segments TEXT")
+
+
 # MIGRATIONS[i] turns a schema of version i into version i + 1; version 0 is an empty file.
-MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _answer_parts_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

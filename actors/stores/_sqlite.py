@@ -22,6 +22,8 @@ from actors.stores._rows import (
     given,
     is_volatile,
     job_from_row,
+    output_json,
+    segments_json,
     to_json,
 )
 from actors.stores._schema import migrate
@@ -49,7 +51,7 @@ _ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
 
 _COLUMNS = (
     "seq, id, state, spec, created_at, updated_at, started_at, finished_at, not_before, "
-    "attempts, preemptions, partial_output, result, error, metrics"
+    "attempts, preemptions, partial_output, result, error, metrics, output, segments"
 )
 _INSERT = (
     "INSERT INTO jobs (seq, id, state, lane, caller, model, priority, spec, retry_of, "
@@ -61,7 +63,7 @@ _ROWS_PER_INSERT = 500
 _UPDATE = (
     "UPDATE jobs SET state = ?, updated_at = ?, started_at = ?, finished_at = ?, "
     "not_before = ?, attempts = ?, preemptions = ?, partial_output = ?, result = ?, "
-    "error = ?, metrics = ? WHERE seq = ?"
+    "error = ?, metrics = ?, output = ?, segments = ? WHERE seq = ?"
 )
 _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
 _SELECT_BY_SEQ = f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?"
@@ -335,13 +337,15 @@ class JobDB:
         queued; ``finished_at`` when it enters a terminal state. ``not_before`` is
         replaced on every move (None clears it) and may be non-None only on a move to
         queued, the one state where it means anything. ``partial_output``, ``result``,
-        ``error`` and ``metrics`` are replaced when given and kept otherwise.
+        ``error``, ``metrics``, ``output`` and ``segments`` are replaced when given and
+        kept otherwise.
         """
         target = message.target
         if message.not_before is not None and target is not JobState.QUEUED:
             raise ValidationError("not_before", "may be set only on a move to queued")
-        if message.result is not None and target is not JobState.SUCCEEDED:
-            raise ValidationError("result", "may be set only on a move to succeeded")
+        for name in ("result", "output"):
+            if getattr(message, name) is not None and target is not JobState.SUCCEEDED:
+                raise ValidationError(name, "may be set only on a move to succeeded")
         job = self._staged.get(message.job_id) or self.get(message.job_id)
         if message.expected is not None and job.state not in message.expected:
             raise IllegalTransitionError(job.id, job.state.value, target.value)
@@ -359,6 +363,8 @@ class JobDB:
             result=given(message.result, job.result),
             error=given(message.error, job.error),
             metrics=given(message.metrics, job.metrics),
+            output=given(message.output, job.output),
+            segments=given(message.segments, job.segments),
         )
         self._conn.execute(
             _UPDATE,
@@ -374,6 +380,8 @@ class JobDB:
                 changed.result,
                 changed.error,
                 None if changed.metrics is None else to_json(changed.metrics.to_dict()),
+                output_json(changed.output),
+                segments_json(changed.segments),
                 job.seq,
             ),
         )

@@ -20,12 +20,15 @@ from actors.backends.base import CallCancelledError, CancelToken, ChunkSink
 from actors.runtime import Clock, ManualClock, outside_wait, quiesce
 from actors.tree import SlotWiring, backend_slots
 from protocol import (
+    REQUEST_FEATURES,
     BackendError,
     BackendRequest,
     BackendResult,
+    Chunk,
     EmbedResult,
     JobMetrics,
     LoadedModel,
+    ToolCall,
 )
 
 __all__ = ["FakeBackend", "FakeCall", "FakeGpu", "InjectedFault"]
@@ -41,14 +44,18 @@ _Action = tuple[str, Any]
 
 
 class FakeCall:
-    """One backend call in flight; the test decides what it emits and how it ends."""
+    """One backend call in flight; the test decides what it emits and how it ends.
+
+    It emits text (:meth:`emit`), thinking (:meth:`think`) and tool calls
+    (:meth:`call_tool`) as a model server streams them; its answer gathers all three.
+    """
 
     def __init__(
         self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken, clock: Clock
     ) -> None:
         self.request = request
         self.token = cancel
-        self.emitted: list[str] = []
+        self.emitted: list[Chunk] = []  # "".join(emitted) is the text so far
         self.result: BackendResult | None = None  # set once the call returned an answer
         self._on_chunk = on_chunk
         self._clock = clock
@@ -62,18 +69,30 @@ class FakeCall:
         return self.request.model
 
     def emit(self, *chunks: str) -> FakeCall:
-        """Stream these pieces of text to the caller."""
+        """Stream these pieces to the caller: text, or ``protocol.Chunk`` values."""
         for chunk in chunks:
-            self._actions.put(("chunk", chunk))
+            self._actions.put(("chunk", chunk if isinstance(chunk, Chunk) else Chunk(chunk)))
         return self
 
-    def finish(self, text: str = "", metrics: JobMetrics | None = None) -> None:
-        """Stream ``text`` (if any) and end the call successfully."""
+    def think(self, *pieces: str) -> FakeCall:
+        """Stream these pieces of thinking to the caller."""
+        return self.emit(*(Chunk(thinking=piece) for piece in pieces))
+
+    def call_tool(
+        self, name: str, arguments: Mapping[str, Any] | None = None, *, id: str | None = None
+    ) -> FakeCall:
+        """Stream a whole tool call, as Ollama does (one line per call)."""
+        return self.emit(Chunk(tool_calls=(ToolCall(name, arguments or {}, id=id),)))
+
+    def finish(
+        self, text: str = "", metrics: JobMetrics | None = None, *, done_reason: str = "stop"
+    ) -> None:
+        """Stream ``text`` (if any) and end the call successfully; ``metrics`` defaults to a
+        token per piece streamed."""
         if text:
             self.emit(text)
-        self._actions.put(
-            ("finish", metrics or JobMetrics(eval_count=len(self.emitted) + bool(text)))
-        )
+        count = len(self.emitted) + self._actions.qsize()
+        self._actions.put(("finish", (metrics or JobMetrics(eval_count=count), done_reason)))
 
     def fail(
         self, message: str = "backend failed", *, transient: bool = True, status: int | None = None
@@ -111,16 +130,27 @@ class FakeCall:
                 self.emitted.append(value)
                 self._on_chunk(value)
             elif kind == "finish":
-                return BackendResult(text="".join(self.emitted), metrics=value)
+                metrics, done_reason = value
+                return self._answer(metrics, done_reason)
             elif kind == "fail":
                 raise value
             elif kind == "finish_at":
                 deadline, text = value
                 self._wait_for_clock(deadline)
                 if text:
-                    self.emitted.append(text)
-                    self._on_chunk(text)
-                return BackendResult(text="".join(self.emitted))
+                    self.emitted.append(Chunk(text))
+                    self._on_chunk(Chunk(text))
+                return self._answer(JobMetrics(), "stop")
+
+    def _answer(self, metrics: JobMetrics, done_reason: str) -> BackendResult:
+        """What the call emitted, as the backend's answer."""
+        return BackendResult(
+            text="".join(self.emitted),
+            metrics=metrics,
+            done_reason=done_reason,
+            thinking="".join(chunk.thinking for chunk in self.emitted),
+            tool_calls=tuple(call for chunk in self.emitted for call in chunk.tool_calls),
+        )
 
     def _has_instruction(self) -> bool:
         return not self._actions.empty()
@@ -149,9 +179,13 @@ def _notify(condition: threading.Condition) -> None:
 
 
 class FakeBackend:
-    """A Backend whose calls wait for the test's instructions (or an automatic script)."""
+    """A Backend whose calls wait for the test's instructions (or an automatic script).
+
+    It carries every request feature, as Ollama does.
+    """
 
     name = "fake"
+    carries = REQUEST_FEATURES
 
     def __init__(self, clock: Clock, script: Callable[[FakeCall], None] | None = None) -> None:
         self._clock = clock

@@ -13,6 +13,7 @@ from job_store_helpers import GatedClock, make_spec, path_to
 
 from actors.job_store import JobStore
 from actors.runtime import ManualClock
+from actors.stores import SCHEMA_VERSION
 from protocol import (
     LEGAL_TRANSITIONS,
     IllegalTransitionError,
@@ -382,7 +383,7 @@ def test_the_store_runs_in_wal_mode_with_full_sync_by_default(
 ) -> None:
     snapshot = store.ask(StoreSnapshot())
     assert (snapshot["journal_mode"], snapshot["synchronous"]) == ("wal", "FULL")
-    assert snapshot["schema_version"] == 1
+    assert snapshot["schema_version"] == SCHEMA_VERSION
 
 
 def test_normal_sync_is_used_when_configured(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from ulid import ULID
 
 from actors.runtime import ManualClock
 from actors.stores import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     BatchOutcome,
     JobDB,
@@ -21,7 +23,7 @@ from actors.stores import (
     is_volatile,
     migrate,
 )
-from protocol import IllegalTransitionError, Job, JobMetrics, JobState, StoreError
+from protocol import IllegalTransitionError, Job, JobMetrics, JobSpec, JobState, StoreError
 from protocol.messages import InsertJob, ListJobs, Transition
 
 
@@ -175,7 +177,7 @@ def test_a_batch_larger_than_one_insert_statement_is_written_whole(db: JobDB) ->
 
 
 def test_a_new_file_gets_the_current_schema_version(db: JobDB) -> None:
-    assert db.schema_version() == SCHEMA_VERSION == 1
+    assert db.schema_version() == SCHEMA_VERSION == 2
     assert db.durability() == ("wal", "FULL")
 
 
@@ -202,7 +204,7 @@ def test_migrations_run_in_order_from_the_stored_version_only(tmp_path: Path) ->
     conn.close()
 
 
-def test_a_version_one_file_opens_unchanged_with_its_jobs(tmp_path: Path) -> None:
+def test_a_file_of_the_current_version_opens_unchanged_with_its_jobs(tmp_path: Path) -> None:
     path = str(tmp_path / "jobs.sqlite3")
     first = JobDB.open(path, ManualClock())
     job = batch(first, [InsertJob(make_spec())])[0]
@@ -210,9 +212,68 @@ def test_a_version_one_file_opens_unchanged_with_its_jobs(tmp_path: Path) -> Non
     again = JobDB.open(path, ManualClock())
     try:
         assert again.get(job.id) == job  # type: ignore[union-attr]
-        assert again.schema_version() == 1
+        assert again.schema_version() == SCHEMA_VERSION
     finally:
         again.close()
+
+
+# A spec as version 1 stored it: these keys, no more.
+VERSION_ONE_SPEC = {
+    "kind": "chat", "model": "llama3.2", "messages": [{"role": "user", "content": "hi"}],
+    "prompt": "", "system": None, "options": {"num_ctx": 4096}, "format": None,
+    "max_tokens": 64, "lane": "external", "priority": "normal", "caller": "alice",
+    "task_type": None, "task_id": None, "chain_id": None, "allow_cloud": False,
+    "stream": True, "max_attempts": 3, "keep_alive": "5m",
+}  # fmt: skip
+
+
+def write_version_one_file(path: str) -> None:
+    """A job database as gpulane wrote it at schema version 1: one succeeded job and one
+    queued job, rows written with that version's columns only."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    migrate(conn, path, MIGRATIONS[:1])
+    spec = json.dumps(VERSION_ONE_SPEC)
+    conn.execute(
+        "INSERT INTO jobs (id, state, lane, caller, model, priority, spec, created_at, "
+        "updated_at, started_at, finished_at, result, metrics) VALUES "
+        "('01OLDDONE', 'succeeded', 'external', 'anonymous', 'llama3.2', 1, ?, 1.0, 3.0, "
+        "2.0, 3.0, 'Hello there', '{\"eval_count\": 2, \"total_duration_ns\": 5}')",
+        (spec,),
+    )
+    conn.execute(
+        "INSERT INTO jobs (id, state, lane, caller, model, priority, spec, created_at, "
+        "updated_at, partial_output) VALUES "
+        "('01OLDQUEUED', 'queued', 'external', 'anonymous', 'llama3.2', 1, ?, 4.0, 4.0, 'so far')",
+        (spec,),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_version_one_file_is_migrated_and_its_jobs_read_back(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.sqlite3")
+    write_version_one_file(path)
+    db = JobDB.open(path, ManualClock())
+    try:
+        assert db.schema_version() == SCHEMA_VERSION == 2
+        done = db.get("01OLDDONE")
+        assert (done.state, done.result, done.output, done.segments) == (
+            JobState.SUCCEEDED, "Hello there", None, (),
+        )  # fmt: skip
+        assert done.metrics == JobMetrics(eval_count=2, total_duration_ns=5)
+        assert done.answer == "Hello there" and done.answer.tool_calls == ()  # type: ignore[union-attr]
+        queued = db.queued_jobs()
+        assert [(j.id, j.partial_output, j.segments) for j in queued] == [
+            ("01OLDQUEUED", "so far", ())
+        ]
+        assert queued[0].spec == JobSpec.from_dict(VERSION_ONE_SPEC)
+        assert queued[0].spec.to_dict() == VERSION_ONE_SPEC
+        # The old rows take the new columns' writes like any other.
+        moved = batch(db, [Transition("01OLDQUEUED", JobState.LOADING)])[0]
+        assert isinstance(moved, Job) and moved.state is JobState.LOADING
+    finally:
+        db.close()
 
 
 class SyncRecorder:

@@ -9,7 +9,6 @@ a manual clock, so those tests advance time instead of sleeping.
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
 from collections.abc import Iterator
@@ -20,23 +19,18 @@ import httpx
 import ollama
 import pytest
 from profiles import EMBEDDER, ENDLESS, TINY
+from simulated_kit import INSTANT, QUESTION, load, ps, stream_lines
 
 from actors.backends.simulated import FaultKind, ModelProfile, SimulatedOllama
 from actors.runtime import ManualClock
 
 CATALOG = {"tiny": TINY, "other": TINY, "embedder": EMBEDDER, "endless": ENDLESS}
-# For a manual clock: takes no time at all (an infinite rate makes every token due at once).
-INSTANT = ModelProfile(
-    load_seconds=0.0, first_token_seconds=0.0, tokens_per_second=math.inf,
-    mean_answer_tokens=20, size_bytes=1_000_000, context_length=2048,
-)  # fmt: skip
 # Binary fractions, so that the clock's sums are exact.
 PACED = ModelProfile(
     load_seconds=2.0, first_token_seconds=0.5, tokens_per_second=4.0,
     mean_answer_tokens=1_000_000,
 )  # fmt: skip
 MANUAL_CATALOG = {"instant": INSTANT, "paced": PACED}
-QUESTION = [{"role": "user", "content": "Why is the queue slow today?"}]
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 CHUNK_KEYS = {"model", "created_at", "message", "done"}
 FINAL_KEYS = CHUNK_KEYS | {
@@ -81,13 +75,6 @@ def client(server: SimulatedOllama) -> Iterator[ollama.Client]:
         yield official
 
 
-def stream_lines(http: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with http.stream("POST", path, json=body) as response:
-        assert response.status_code == 200, response.read()
-        assert response.headers["content-type"] == "application/x-ndjson"
-        return [json.loads(line) for line in response.iter_lines() if line]
-
-
 def chat_tokens(http: httpx.Client, messages: list[dict[str, str]], **extra: Any) -> list[str]:
     lines = stream_lines(http, "/api/chat", {"model": "tiny", "messages": messages, **extra})
     return [line["message"]["content"] for line in lines[:-1]]
@@ -96,16 +83,6 @@ def chat_tokens(http: httpx.Client, messages: list[dict[str, str]], **extra: Any
 def generate_tokens(http: httpx.Client, prompt: str, **extra: Any) -> list[str]:
     lines = stream_lines(http, "/api/generate", {"model": "tiny", "prompt": prompt, **extra})
     return [line["response"] for line in lines[:-1]]
-
-
-def ps(http: httpx.Client) -> list[dict[str, Any]]:
-    models: list[dict[str, Any]] = http.get("/api/ps").json()["models"]
-    return models
-
-
-def load(http: httpx.Client, model: str, **extra: Any) -> dict[str, Any]:
-    reply: dict[str, Any] = http.post("/api/generate", json={"model": model, **extra}).json()
-    return reply
 
 
 # ------------------------------------------------------------------ plain routes

@@ -202,13 +202,15 @@ class ModelRoutes(OllamaRoutes):
         if profile is None:
             raise HTTPError(500, "pull model manifest: file does not exist")
         had = self.sim.catalog.get(name)
+        due = self.sim.clock.now()  # a schedule, so one advance releases all that is due
         for layer, size in _layers(name, profile):
             if had is not None:
                 yield _transfer("pulling", layer, size, size)
                 continue
             yield _transfer("pulling", layer, size, 0)
             for part in (size // 2, size):
-                self.pause(self.sim.download_seconds(size // 2))
+                due += self.sim.download_seconds(size // 2)
+                self.pause_until(due)
                 yield _transfer("pulling", layer, size, part)
         yield {"status": "verifying sha256 digest"}
         yield {"status": "writing manifest"}
@@ -222,9 +224,11 @@ class ModelRoutes(OllamaRoutes):
         if model is None:
             yield {"status": "couldn't retrieve manifest"}
             raise HTTPError(500, f"open {_manifest_path(name)}: no such file or directory")
+        due = self.sim.clock.now()
         for layer, size in _layers(name, model.profile):
             yield _transfer("pushing", layer, size, 0)
-            self.pause(self.sim.download_seconds(size))
+            due += self.sim.download_seconds(size)
+            self.pause_until(due)
             yield _transfer("pushing", layer, size, size)
         yield {"status": "pushing manifest"}
         self.sim.publish(name, model.profile)

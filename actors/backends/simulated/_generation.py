@@ -136,7 +136,7 @@ class GenerationRoutes(OllamaRoutes):
             names = ",".join(tool["function"]["name"] for tool in tools)
             return (f"<|tools|>\n{names}\n" if tools else "") + render_chat(turns)
 
-        self._complete(body, fault, "chat", render, tools=tools, images=images)
+        self._complete(body, fault, "chat", render, messages=messages, tools=tools, images=images)
 
     def generate(self, body: dict[str, Any], fault: Fault | None) -> None:
         """``/api/generate``: the system text and the prompt as the context, with images,
@@ -217,6 +217,7 @@ class GenerationRoutes(OllamaRoutes):
         kind: str,
         render: _Render,
         *,
+        messages: Sequence[Mapping[str, Any]] = (),
         tools: Sequence[Mapping[str, Any]] = (),
         images: int = 0,
         insert: bool = False,
@@ -225,9 +226,7 @@ class GenerationRoutes(OllamaRoutes):
         model = require_model(body)
         think = parse_think(body.get("think"))
         keep_alive = parse_keep_alive(body.get("keep_alive"))
-        limit = options(body).get("num_predict")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
-            raise HTTPError(400, 'option "num_predict" must be an integer')
+        _num_predict(options(body))
         stream = True if body.get("stream") is None else body["stream"]
         if not isinstance(stream, bool):
             raise HTTPError(400, "stream must be true or false")
@@ -239,7 +238,9 @@ class GenerationRoutes(OllamaRoutes):
             fault = None
         if profile.embedding_only:
             raise HTTPError(400, f'"{model}" does not support {kind}')
-        wanted = runner_options(self._options(body, installed), profile)
+        merged = self._options(body, installed)
+        wanted = runner_options(merged, profile)
+        limit = _num_predict(merged)
         context = render(installed)
         if context is None and keep_alive == KeepAlive(0.0):
             self._unload(model, installed.name, kind)
@@ -265,7 +266,6 @@ class GenerationRoutes(OllamaRoutes):
             if images and not profile.vision:
                 raise HTTPError(500, NO_VISION)
             answer_format = parse_format(body.get("format"))
-            messages = body.get("messages") or []
             prefilled = bool(messages) and messages[-1].get("role") == "assistant"
             call = _Call(
                 model=model,
@@ -511,6 +511,14 @@ class GenerationRoutes(OllamaRoutes):
             carrier["tool_calls"] = list(tool_calls)
         out["done"] = done
         return out
+
+
+def _num_predict(options: Mapping[str, Any]) -> int | None:
+    """The ``num_predict`` option; a 400 unless it is an integer."""
+    limit = options.get("num_predict")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+        raise HTTPError(400, 'option "num_predict" must be an integer')
+    return limit
 
 
 def _scripted(text: str) -> Callable[[int], TokenSource]:

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.config import GatewaySettings
-from actors.gateway import jobs_api, ollama_api, openai_api, status_page
+from actors.gateway import catalog, jobs_api, model_admin, ollama_api, openai_api, status_page
 from actors.gateway.core import CallerDep, Gateway, gateway_of
 from actors.gateway.errors import GatewayError, install_error_handlers, render
 from actors.system import GpuLane
@@ -32,7 +33,8 @@ class RequestGuard:
 
     Ollama reads a JSON body whatever its Content-Type (its own examples use ``curl -d``,
     which sends a form type), so a POST without a JSON type is read as JSON too. A body
-    over the limit, declared or streamed, is a 413 naming the limit.
+    over the limit, declared or streamed, is a 413 naming the limit. Blob uploads (model
+    files, admin keys only) are the exception: they pass to the model server as sent.
     """
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
@@ -40,7 +42,7 @@ class RequestGuard:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(model_admin.BLOBS):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -99,14 +101,18 @@ def create_app(
     settings: GatewaySettings | None = None,
     *,
     upstream: str | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
     config_path: str | Path | None = None,
 ) -> FastAPI:
-    """An app serving ``lane``; ``upstream`` is the model server URL for the catalog routes,
-    ``config_path`` the file ``/admin/reload`` re-reads."""
+    """An app serving ``lane``; ``upstream`` is the model server URL for the catalog and
+    model-management routes (spoken as ``lane.config.backend.kind`` says), reached through
+    ``upstream_transport`` when given (tests); ``config_path`` the file ``/admin/reload``
+    re-reads."""
     gateway = Gateway(
         lane,
         settings or lane.config.gateway,
         upstream=upstream,
+        upstream_transport=upstream_transport,
         config_path=None if config_path is None else Path(config_path),
     )
 
@@ -125,7 +131,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    install_error_handlers(app, lambda error: gateway.metrics.rejected(error.reason))
+    routers = (
+        ollama_api.router, openai_api.router, catalog.router, model_admin.router,
+        jobs_api.router, status_page.router,
+    )  # fmt: skip
+    install_error_handlers(
+        app, lambda error: gateway.metrics.rejected(error.reason), (*routers, app.router)
+    )
 
     async def body_too_large(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BodyTooLarge)
@@ -134,10 +146,8 @@ def create_app(
 
     app.add_exception_handler(BodyTooLarge, body_too_large)
     app.add_middleware(RequestGuard, gateway=gateway)
-    app.include_router(ollama_api.router)
-    app.include_router(openai_api.router)
-    app.include_router(jobs_api.router)
-    app.include_router(status_page.router)
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics(request: Request, caller: CallerDep) -> Response:

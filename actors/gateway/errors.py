@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route, Router
 
 from protocol import (
     JobNotFoundError,
@@ -137,7 +138,7 @@ def _field_path(errors: Sequence[Mapping[str, Any]]) -> list[str]:
     return path
 
 
-def _from_routing(request: Request, exc: HTTPException) -> GatewayError:
+def _from_routing(request: Request, exc: HTTPException, routers: Sequence[Router]) -> GatewayError:
     """The router's own refusals (no such route, a method the route does not take) in the
     API's error shape instead of FastAPI's ``{"detail": ...}``."""
     route = f"{request.method} {request.url.path}"
@@ -145,12 +146,26 @@ def _from_routing(request: Request, exc: HTTPException) -> GatewayError:
     if exc.status_code == 404:
         return GatewayError(404, f"no route {route}", field="route", reason="not_found")
     if exc.status_code == 405:
-        allowed = [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+        allowed = _methods_of(request, routers)
+        headers["Allow"] = ", ".join(allowed)
         return GatewayError(
             405, f"{request.url.path} does not take {request.method}", field="method",
             allowed=allowed or None, reason="method_not_allowed", headers=headers,
         )  # fmt: skip
     return GatewayError(exc.status_code, f"{route}: {exc.detail}", headers=headers)
+
+
+def _methods_of(request: Request, routers: Sequence[Router]) -> list[str]:
+    """Every method a route of ``routers`` takes on this request's path (Starlette's 405
+    names only the first route's, and a GET and a HEAD route are two routes)."""
+    methods: set[str] = set()
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, Route) and route.methods:
+                match, _ = route.matches(request.scope)
+                if match is not Match.NONE:
+                    methods |= route.methods
+    return sorted(methods)
 
 
 def render(request: Request, error: GatewayError) -> JSONResponse:
@@ -175,8 +190,11 @@ def render(request: Request, error: GatewayError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-def install_error_handlers(app: FastAPI, on_reject: Callable[[GatewayError], None]) -> None:
-    """Register the handlers; ``on_reject`` sees every rejection (for the metrics)."""
+def install_error_handlers(
+    app: FastAPI, on_reject: Callable[[GatewayError], None], routers: Sequence[Router]
+) -> None:
+    """Register the handlers; ``on_reject`` sees every rejection (for the metrics);
+    ``routers`` hold the routes a 405 lists the methods of."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         error = as_gateway_error(exc)
@@ -185,7 +203,7 @@ def install_error_handlers(app: FastAPI, on_reject: Callable[[GatewayError], Non
 
     async def handle_routing(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        error = _from_routing(request, exc)
+        error = _from_routing(request, exc, routers)
         on_reject(error)
         return render(request, error)
 

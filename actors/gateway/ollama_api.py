@@ -4,9 +4,11 @@
 preemptible. Streaming answers are NDJSON exactly as Ollama writes them (one object
 per line, no blank keep-alive lines, a final line with ``done``, ``done_reason`` and the
 duration and count metrics, an error after output as a final ``{"error": ...}`` line).
-The catalog routes (``/api/tags``, ``/api/ps``, ``/api/version``) come from the model
-server. ``/api/embed`` goes past the GPU queue (``GpuLane.embed``): embedding calls are
-short and the embedding model stays resident beside the chat model.
+``/api/embed`` goes past the GPU queue (``GpuLane.embed``): embedding calls are short
+and the embedding model stays resident beside the chat model. The catalog routes
+(``/api/tags``, ``/api/show``, ``/api/ps``, ``/api/version``) are in
+:mod:`actors.gateway.catalog`, the model-management routes in
+:mod:`actors.gateway.model_admin`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +28,7 @@ from actors.gateway.errors import GatewayError
 from actors.gateway.streams import Heartbeat, JobStream, answer_when_done
 from protocol import Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec, Lane, Priority
 
-__all__ = ["GATEWAY_VERSION", "rfc3339_now", "router", "scheduling"]
+__all__ = ["GATEWAY_VERSION", "rfc3339", "rfc3339_now", "router", "scheduling"]
 
 GATEWAY_VERSION = "0.1.0"
 NDJSON = "application/x-ndjson"
@@ -96,7 +97,12 @@ def scheduling(request: Request, caller: Caller) -> tuple[Lane, Priority]:
 
 def rfc3339_now() -> str:
     """Now as Go's RFC3339Nano in UTC, as Ollama stamps ``created_at``."""
-    seconds, nanos = divmod(time.time_ns(), 10**9)
+    return rfc3339(time.time_ns())
+
+
+def rfc3339(epoch_ns: int) -> str:
+    """A time as Go's RFC3339Nano in UTC, as Ollama writes its times."""
+    seconds, nanos = divmod(epoch_ns, 10**9)
     base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     fraction = f"{nanos:09d}".rstrip("0")
     return f"{base}.{fraction}Z" if fraction else f"{base}Z"
@@ -261,47 +267,3 @@ async def embeddings(
     gateway = gateway_of(request)
     result = await gateway.embed(caller, body.model, [body.prompt], lane, body.options or {})
     return JSONResponse({"embedding": list(result.embeddings[0])})
-
-
-async def upstream_json(gateway: Gateway, path: str) -> dict[str, Any] | None:
-    """GET a catalog route from the model server; None when no model server URL is known."""
-    if gateway.http is None:
-        return None
-    try:
-        response = await gateway.http.get(path)
-        response.raise_for_status()
-        data = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise GatewayError(
-            502, f"the model server did not answer {path}: {exc}", reason="upstream"
-        ) from None
-    if not isinstance(data, dict):
-        raise GatewayError(502, f"the model server sent a non-object for {path}", reason="upstream")
-    return data
-
-
-@router.get("/api/tags", summary="Models the model server has (Ollama)")
-async def tags(request: Request, caller: CallerDep) -> dict[str, Any]:
-    """The model server's catalog."""
-    data = await upstream_json(gateway_of(request), "/api/tags")
-    return data if data is not None else {"models": []}
-
-
-@router.get("/api/ps", summary="Models loaded now (Ollama)")
-async def ps(request: Request, caller: CallerDep) -> dict[str, Any]:
-    """The model server's resident models, or the GPU slots' models if it is unknown."""
-    gateway = gateway_of(request)
-    data = await upstream_json(gateway, "/api/ps")
-    if data is not None:
-        return data
-    status = await gateway.call(gateway.lane.status)
-    return {"models": [{"name": m, "model": m} for m in status["resident_models"]]}
-
-
-@router.get("/api/version", summary="Version (Ollama)")
-async def version(request: Request) -> dict[str, Any]:
-    """The model server's version when known (clients gate features on it), else gpulane's."""
-    data = await upstream_json(gateway_of(request), "/api/version")
-    if data is not None and isinstance(data.get("version"), str):
-        return {"version": data["version"], "gpulane": GATEWAY_VERSION}
-    return {"version": GATEWAY_VERSION, "gpulane": GATEWAY_VERSION}

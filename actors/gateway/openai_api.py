@@ -1,5 +1,5 @@
 """OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions`` (JSON and server-sent
-events), ``/v1/embeddings`` and ``/v1/models``.
+events), ``/v1/embeddings`` (``/v1/models`` is in :mod:`actors.gateway.catalog`).
 
 Completions are gpulane jobs like Ollama's ``/api/chat`` and ``/api/generate``;
 sampling parameters map onto Ollama runner options. Errors use OpenAI's
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
-from actors.gateway.ollama_api import done_reason, scheduling, upstream_json
+from actors.gateway.ollama_api import done_reason, scheduling
 from actors.gateway.streams import JobStream, answer_when_done, sse_comment
 from protocol import Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec
 
@@ -332,20 +332,3 @@ async def embeddings(body: EmbeddingsRequest, request: Request, caller: CallerDe
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
-
-
-@router.get("/v1/models", summary="Models (OpenAI-compatible)")
-async def models(request: Request, caller: CallerDep) -> dict[str, Any]:
-    """The model server's catalog in OpenAI's list shape."""
-    data = await upstream_json(gateway_of(request), "/api/tags")
-    entries = [] if data is None else data.get("models", [])
-    if not isinstance(entries, list):
-        raise GatewayError(502, "the model server sent a malformed catalog", reason="upstream")
-    return {
-        "object": "list",
-        "data": [
-            {"id": str(m.get("name", "")), "object": "model", "created": 0, "owned_by": "gpulane"}
-            for m in entries
-            if isinstance(m, dict)
-        ],
-    }

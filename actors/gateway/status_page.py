@@ -1,4 +1,5 @@
-"""The live views over HTTP: ``GET /status`` (JSON) and the status page at ``/``.
+"""The live views over HTTP: ``GET /status`` (JSON) and the status page at ``/`` (for
+browsers; other clients get Ollama's ``Ollama is running`` there).
 
 ``/status`` answers the picture ``gpulane top`` draws (see :mod:`actors.gateway.watch`):
 the GPU slots and their running jobs, resident models, the queue by lane and priority,
@@ -17,12 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from actors.gateway.core import ViewerDep, gateway_of
 from actors.gateway.watch import view_for
 
-__all__ = ["PAGE", "router"]
+__all__ = ["OLLAMA_IS_RUNNING", "PAGE", "router"]
+
+OLLAMA_IS_RUNNING = "Ollama is running"
 
 router = APIRouter(tags=["ops"])
 
@@ -203,10 +206,15 @@ PAGE = f"""<!doctype html>
 """
 
 
-@router.get("/", response_class=HTMLResponse, summary="Live status page")
-async def status_page() -> HTMLResponse:
-    """The page; its script fetches ``/status`` every second."""
-    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+@router.get("/", response_class=HTMLResponse, summary="Live status page, or Ollama's health check")
+@router.head("/", summary="Ollama's health check")
+async def status_page(request: Request) -> Response:
+    """The page for a browser (it accepts ``text/html``; its script fetches ``/status``
+    every second); for any other client ``Ollama is running``, as Ollama answers ``GET /``
+    and ``HEAD /`` (the ``ollama`` CLI's heartbeat before every command is ``HEAD /``)."""
+    if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+    return PlainTextResponse(OLLAMA_IS_RUNNING)
 
 
 @router.get("/status", summary="The live views' picture (key optional: aggregates without)")

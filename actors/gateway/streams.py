@@ -25,7 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from actors.gateway.core import Gateway, cancel_on_disconnect, final_job
 from actors.ticket import Ticket
-from protocol import Job, JobCancelledError, JobFailedError, JobState
+from protocol import Chunk, Job, JobCancelledError, JobFailedError, JobState
 
 __all__ = [
     "JOB_HEADER",
@@ -123,8 +123,8 @@ class JobStream:
         self._request = request
         self._gateway = gateway
         self._chunks = ticket.stream()
-        self._first: str | None = None
-        self._next: asyncio.Future[str] | None = None  # the first piece, still to come
+        self._first: Chunk | None = None
+        self._next: asyncio.Future[Chunk] | None = None  # the first piece, still to come
         self._ended = False
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
@@ -162,7 +162,7 @@ class JobStream:
             raise
         return None
 
-    async def pieces(self) -> AsyncIterator[str]:
+    async def pieces(self) -> AsyncIterator[Chunk]:
         """The first piece and every later one; raises JobFailedError/JobCancelledError."""
         try:
             if self._next is not None:

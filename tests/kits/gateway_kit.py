@@ -1,5 +1,6 @@
 """A whole gpulane behind a real gateway for end-to-end tests: simulated Ollama → OllamaBackend
-→ GpuLane → gateway (uvicorn on a loopback port, in a thread) → official clients."""
+→ GpuLane → gateway (uvicorn on a loopback port, in a thread) → official clients; or the
+same on a fake OpenAI-compatible server (``running_openai_stack``)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fake_openai import FakeOpenAI
 from profiles import ENDLESS, TINY
 
 from actors import Config, GpuLane
 from actors.backends.ollama import OllamaBackend
+from actors.backends.openai_compat import OpenAICompatBackend
 from actors.backends.simulated import SimulatedOllama
-from actors.config import ApiKey, GatewaySettings
+from actors.config import ApiKey, BackendSettings, GatewaySettings
 from actors.gateway import GatewayServer, create_app
 from actors.testing import wait_until
 from protocol import Job, RetryPolicy, StoreSettings
@@ -41,10 +44,9 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @dataclasses.dataclass
-class Stack:
-    """The running pieces a test can poke."""
+class Running:
+    """A lane behind a gateway: what every stack has."""
 
-    sim: SimulatedOllama
     lane: GpuLane
     server: GatewayServer
 
@@ -69,24 +71,63 @@ class Stack:
         return found[0]
 
 
+@dataclasses.dataclass
+class Stack(Running):
+    """The running pieces a test can poke, on the simulated Ollama server."""
+
+    sim: SimulatedOllama
+
+
+@dataclasses.dataclass
+class OpenAIStack(Running):
+    """The same on a fake OpenAI-compatible server (``backend.kind = "openai"``)."""
+
+    fake: FakeOpenAI
+
+
 @contextmanager
 def running_stack(
     tmp_path: Path, settings: GatewaySettings | None = None, **app_options: Any
 ) -> Iterator[Stack]:
     """Start everything on loopback; stop it all afterwards (no leaked threads)."""
     settings = settings or GatewaySettings(api_keys=KEYS)
-    config = Config(
-        store=StoreSettings(path=str(tmp_path / "jobs.sqlite3"), synchronous="NORMAL"),
-        retry=RetryPolicy(base_delay_s=0.0, max_delay_s=0.0, jitter=0.0),
-        gateway=settings,
-    )
+    config = _config(tmp_path, settings, BackendSettings())
     with SimulatedOllama(CATALOG) as sim:
         backend = OllamaBackend(sim.url, timeout=10.0)
         lane = GpuLane.start(config, backend=backend)
         try:
             app = create_app(lane, settings, upstream=sim.url, **app_options)
             with GatewayServer(app) as server:
-                yield Stack(sim, lane, server)
+                yield Stack(lane, server, sim)
         finally:
             lane.stop()
             backend.close()
+
+
+@contextmanager
+def running_openai_stack(
+    tmp_path: Path, settings: GatewaySettings | None = None
+) -> Iterator[OpenAIStack]:
+    """A gateway on a fake OpenAI-compatible server serving ``tiny``, driven as
+    ``backend.kind = "openai"`` (the catalog routes translate its ``/v1/models``)."""
+    settings = settings or GatewaySettings(api_keys=KEYS)
+    with FakeOpenAI(("tiny",)) as fake:
+        backend = OpenAICompatBackend(fake.url, timeout=10.0)
+        config = _config(tmp_path, settings, BackendSettings(kind="openai", url=fake.url))
+        lane = GpuLane.start(config, backend=backend)
+        try:
+            app = create_app(lane, settings, upstream=fake.url)
+            with GatewayServer(app) as server:
+                yield OpenAIStack(lane, server, fake)
+        finally:
+            lane.stop()
+            backend.close()
+
+
+def _config(tmp_path: Path, settings: GatewaySettings, backend: BackendSettings) -> Config:
+    return Config(
+        store=StoreSettings(path=str(tmp_path / "jobs.sqlite3"), synchronous="NORMAL"),
+        retry=RetryPolicy(base_delay_s=0.0, max_delay_s=0.0, jitter=0.0),
+        backend=backend,
+        gateway=settings,
+    )

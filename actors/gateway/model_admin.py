@@ -1,0 +1,113 @@
+"""Ollama's model-management routes, passed to the model server for admin keys.
+
+``pull``, ``push``, ``create``, ``copy``, ``delete`` and ``blobs`` change what the model
+server holds for everyone who uses it, so only admin keys may call them; any other key
+gets a 403 naming the route (before its body is read). The request body goes to the
+server as it arrives and the server's answer comes back as it writes it, status and all:
+the NDJSON progress of a pull, push or create reaches the client line by line, and a
+blob upload passes through without being held (so ``gateway.max_body_bytes`` does not
+bound it). An OpenAI-compatible server (``backend.kind = "openai"``) has no such routes:
+there they are a 501 naming ``backend.kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from actors.gateway.auth import Caller
+from actors.gateway.catalog import speaks_openai
+from actors.gateway.core import CallerDep, gateway_of
+from actors.gateway.errors import GatewayError
+
+__all__ = ["BLOBS", "router"]
+
+BLOBS = "/api/blobs/"  # uploads of model files: streamed, not bound by max_body_bytes
+# a pull or create can be silent for minutes (a digest check, a quantization): no read bound
+RELAY_TIMEOUT = httpx.Timeout(10.0, read=None)
+
+router = APIRouter(tags=["ollama model management"])
+
+
+async def _relay(request: Request, caller: Caller) -> Response:
+    """The model server's answer to this request, streamed through both ways."""
+    path = request.url.path
+    route = f"{request.method} {path}"
+    if not caller.admin:
+        raise GatewayError(
+            403, f"{route} changes the model server's models and needs an admin key",
+            field="authorization", reason="forbidden",
+        )  # fmt: skip
+    gateway = gateway_of(request)
+    if gateway.http is None or speaks_openai(gateway):
+        server = "no model server URL" if gateway.http is None else "an OpenAI-compatible one"
+        raise GatewayError(
+            501, f"{route}: the gateway drives {server}, which has no model management",
+            field="backend.kind", allowed="an Ollama model server", reason="not_implemented",
+        )  # fmt: skip
+    headers = {}
+    if "content-type" in request.headers:
+        headers["content-type"] = request.headers["content-type"]
+    content = None if request.method == "HEAD" else request.stream()
+    upstream = gateway.http.build_request(
+        request.method, path, params=request.query_params, content=content, headers=headers,
+        timeout=RELAY_TIMEOUT,
+    )  # fmt: skip
+    try:
+        response = await gateway.http.send(upstream, stream=True)
+    except httpx.HTTPError as exc:
+        raise GatewayError(
+            502, f"the model server did not answer {route}: {exc}", reason="upstream"
+        ) from None
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+        finally:
+            await response.aclose()
+
+    kind = response.headers.get("content-type")
+    return StreamingResponse(
+        body(), status_code=response.status_code, headers={"content-type": kind} if kind else None
+    )
+
+
+@router.post("/api/pull", summary="Pull a model (admin): the server's progress stream")
+async def pull(request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/pull``."""
+    return await _relay(request, caller)
+
+
+@router.post("/api/push", summary="Push a model (admin): the server's progress stream")
+async def push(request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/push``."""
+    return await _relay(request, caller)
+
+
+@router.post("/api/create", summary="Create a model (admin): the server's progress stream")
+async def create(request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/create``."""
+    return await _relay(request, caller)
+
+
+@router.post("/api/copy", summary="Copy a model (admin)")
+async def copy(request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/copy``."""
+    return await _relay(request, caller)
+
+
+@router.delete("/api/delete", summary="Delete a model (admin)")
+async def delete(request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/delete``."""
+    return await _relay(request, caller)
+
+
+@router.head(BLOBS + "{digest}", summary="Whether the model server has a blob (admin)")
+@router.post(BLOBS + "{digest}", summary="Upload a blob to the model server (admin)")
+async def blob(digest: str, request: Request, caller: CallerDep) -> Response:
+    """Ollama's ``/api/blobs/{digest}``: HEAD asks whether the server has it, POST uploads it."""
+    return await _relay(request, caller)

@@ -23,7 +23,7 @@ from typing import Any
 import ollama
 import openai
 import pytest
-from gateway_kit import ADMIN, ALICE, HELLO, KEYS, Stack, bearer, running_stack
+from gateway_kit import ADMIN, ALICE, BOT, HELLO, KEYS, Stack, bearer, running_stack
 
 from actors.config import Config, GatewaySettings
 from actors.testing import wait_until
@@ -218,6 +218,36 @@ def test_a_job_that_fails_after_heartbeats_answers_its_error_under_a_200(stack: 
     stack.lane.resume()
     with pytest.raises(ollama.ResponseError, match="not found"):
         list(stream)
+
+
+def test_a_stream_preempted_back_into_the_queue_is_told_it_waits_and_repeats_nothing(
+    stack: Stack,
+) -> None:
+    body = {"model": "endless", "messages": HELLO, "options": {"num_predict": 400}}
+    pieces: list[dict[str, Any]] = []
+    beats: list[dict[str, Any]] = []
+    with (
+        stack.client() as http,
+        http.stream("POST", "/api/chat", json=body) as response,
+        stack.client(BOT) as bot,
+    ):
+        lines = response.iter_lines()
+        pieces.append(json.loads(next(lines)))
+        urgent = {"model": "endless", "messages": HELLO, "priority": "urgent"}
+        internal = bot.post("/jobs", json=urgent).json()  # takes the GPU until cancelled
+        for line in lines:
+            item = json.loads(line)
+            if "gpulane" not in item:
+                pieces.append(item)
+                continue
+            beats.append(item)
+            if len(beats) == 1:  # the stream was told it waits: let it run again
+                bot.post(f"/jobs/{internal['id']}/cancel")
+    job = stack.wait_for_job(lambda j: j.spec.caller == "alice" and j.state.is_terminal)
+    assert job.state is JobState.SUCCEEDED and job.preemptions == 1
+    assert beats[0]["gpulane"]["state"] == "queued" and beats[0]["message"]["content"] == ""
+    assert pieces[-1]["done"] is True
+    assert "".join(p["message"]["content"] for p in pieces) == job.result
 
 
 @pytest.mark.parametrize("stream", [True, False])

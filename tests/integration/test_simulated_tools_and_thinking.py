@@ -214,6 +214,22 @@ def test_malformed_tools_are_a_400_that_names_the_field(
     assert status == 400 and message in text
 
 
+@pytest.mark.parametrize(
+    ("calls", "message"),
+    [
+        ({"function": {}}, "messages[1].tool_calls must be a list"),
+        ([{"name": "add"}], 'messages[1].tool_calls[0] needs a "function" with a "name"'),
+        ([{"function": {"name": "add", "arguments": '{"a": 1}'}}],
+         "messages[1].tool_calls[0].function.arguments must be an object"),
+    ],
+)  # fmt: skip
+def test_a_message_with_malformed_tool_calls_is_a_400_naming_the_field(
+    http: httpx.Client, calls: Any, message: str
+) -> None:
+    turns = [*QUESTION, {"role": "assistant", "content": "", "tool_calls": calls}]
+    assert error(http, "/api/chat", {"model": "tiny", "messages": turns}) == (400, message)
+
+
 def test_the_official_client_calls_a_python_function_tool_and_reads_the_result_back(
     client: ollama.Client,
 ) -> None:

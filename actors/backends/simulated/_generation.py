@@ -44,7 +44,12 @@ from actors.backends.simulated._text import (
     stable_hash,
     thinking,
 )
-from actors.backends.simulated._tools import call_text, chosen_calls, parse_tools
+from actors.backends.simulated._tools import (
+    call_text,
+    chosen_calls,
+    parse_tool_calls,
+    parse_tools,
+)
 from actors.backends.simulated._wire import (
     HTTPError,
     KeepAlive,
@@ -122,8 +127,7 @@ class GenerationRoutes(OllamaRoutes):
             if not isinstance(message.get("content") or "", str):
                 raise HTTPError(400, "message content must be a string")
             images += len(parse_images(message.get("images"), f"messages[{index}].images"))
-            if not isinstance(message.get("tool_calls") or [], list):
-                raise HTTPError(400, f"messages[{index}].tool_calls must be a list")
+            parse_tool_calls(message.get("tool_calls"), f"messages[{index}].tool_calls")
         tools = parse_tools(body.get("tools"))
 
         def render(model: InstalledModel) -> str | None:

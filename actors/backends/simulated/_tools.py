@@ -26,7 +26,7 @@ from actors.backends.simulated._schema import instance
 from actors.backends.simulated._text import stable_hash
 from actors.backends.simulated._wire import HTTPError
 
-__all__ = ["call_text", "chosen_calls", "parse_tools"]
+__all__ = ["call_text", "chosen_calls", "parse_tool_calls", "parse_tools"]
 
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -49,6 +49,22 @@ def parse_tools(value: object) -> list[dict[str, Any]]:
         if parameters is not None and not isinstance(parameters, dict):
             raise HTTPError(400, f"tools[{index}].function.parameters must be an object")
     return value
+
+
+def parse_tool_calls(value: object, where: str) -> None:
+    """Check a message's ``tool_calls`` as Go's api.ToolCall reads them: a list of
+    ``{"function": {"name", "arguments": {...}}}``, the arguments an object (not the JSON
+    string OpenAI's API uses); a 400 naming what is wrong."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise HTTPError(400, f"{where} must be a list")
+    for index, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise HTTPError(400, f'{where}[{index}] needs a "function" with a "name"')
+        if not isinstance(function.get("arguments", {}), dict):
+            raise HTTPError(400, f"{where}[{index}].function.arguments must be an object")
 
 
 def chosen_calls(

@@ -77,8 +77,10 @@ class Sink:
         """True once a chunk listener has subscribed: it may have seen every chunk."""
         return self._watched
 
-    def chunk(self, piece: Chunk) -> None:
-        """A piece of output arrived (kept from the listeners while the sink is held)."""
+    def chunk(self, piece: str) -> None:
+        """A piece of output arrived, a Chunk or plain text (kept from the listeners while
+        the sink is held)."""
+        piece = piece if isinstance(piece, Chunk) else Chunk(piece)
         with self._lock:
             if self._end is not None or self._error is not None:
                 return
@@ -208,7 +210,7 @@ class SinkRegistry:
         """Deliver a piece of output (a str or a Chunk), if anyone waits for it."""
         sink = self.get(job_id)
         if sink is not None:
-            sink.chunk(piece if isinstance(piece, Chunk) else Chunk(piece))
+            sink.chunk(piece)
 
     def hold(self, job_id: str) -> bool:
         """Hold the job's sink (:meth:`Sink.hold`); True when nobody waits on the job."""

@@ -104,8 +104,8 @@ class SlotCall:
 
     def interrupted(self, now: float) -> JobMetrics:
         """The usage of this call, cut off before the server reported its own: a token per
-        piece it streamed, and the time it ran."""
-        ran_ns = int(max(0.0, now - self.started_at) * 1e9)
+        piece it streamed, and the time it ran (0 if the slot never saw it start)."""
+        ran_ns = int(max(0.0, now - self.started_at) * 1e9) if self.started_at else 0
         return JobMetrics(eval_count=self.tokens, total_duration_ns=ran_ns)
 
     def carry_over(self, sinks: SinkRegistry, now: float) -> Carry | None:

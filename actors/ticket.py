@@ -25,7 +25,8 @@ __all__ = ["Ticket", "outcome"]
 def outcome(job: Job) -> Answer:
     """The answer of a finished job, or the error that says why there is none."""
     if job.state is JobState.SUCCEEDED:
-        return job.answer or Answer()
+        answer = job.answer
+        return Answer() if answer is None else answer  # an empty answer is falsy: no `or`
     if job.state is JobState.CANCELLED:
         raise JobCancelledError(job.id, job.error or "cancelled")
     raise JobFailedError(job.id, job.error or "unknown error", job.attempts)

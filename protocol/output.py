@@ -171,13 +171,6 @@ class Chunk(_Frozen):
         chunk._set(thinking=thinking, tool_calls=tuple(tool_calls), logprobs=tuple(logprobs))
         return chunk
 
-    def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, object]]:
-        return (self.text,), {
-            "thinking": self.thinking,
-            "tool_calls": self.tool_calls,
-            "logprobs": self.logprobs,
-        }
-
     def __repr__(self) -> str:
         return self._repr(
             {"thinking": self.thinking, "tool_calls": self.tool_calls, "logprobs": self.logprobs}
@@ -216,9 +209,6 @@ class Answer(_Frozen):
         answer = super().__new__(cls, text)
         answer._set(output=output or Output())
         return answer
-
-    def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, object]]:
-        return (self.text,), {"output": self.output}
 
     def __repr__(self) -> str:
         return self._repr({"output": self.output if self.output != Output() else None})

@@ -7,6 +7,7 @@ every one is validated where it comes in, with an error that names its path.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -53,6 +54,13 @@ MAX_ATTEMPTS_LIMIT = 100
 _MESSAGE_KEYS = (
     "role", "content", "images", "thinking", "tool_calls", "tool_name", "tool_call_id",
 )  # fmt: skip
+# keep_alive as Ollama parses it (api.Duration): seconds as a number, or a string Go's
+# time.ParseDuration takes ("5m", "1h30m", "-1s", "0"), at most about 292 years.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_DURATION = re.compile(r"[-+]?(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+                 "m": 60.0, "h": 3600.0}  # fmt: skip
+_MAX_DURATION_S = (2**63 - 1) / 1e9
 # Fields only /api/generate has; a chat job refuses them by name.
 _GENERATE_ONLY = ("images", "raw", "suffix", "template", "context")
 
@@ -226,6 +234,7 @@ class JobSpec:
             raise ValidationError("keep_alive", "must be a duration such as '5m' or seconds")
         if isinstance(self.keep_alive, str):
             check_text("keep_alive", self.keep_alive)
+            _check_duration(self.keep_alive)
         self._check_model_fields()
 
     def _check_model_fields(self) -> None:
@@ -367,6 +376,20 @@ def _text(field: str, value: object) -> str:
         raise ValidationError(field, "must be a string")
     check_text(field, value)
     return value
+
+
+def _check_duration(text: str) -> None:
+    """Refuse a keep_alive string Ollama would answer with 400 (``time: invalid duration``)."""
+    valid = _GO_DURATION.fullmatch(text) is not None and (
+        sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+        <= _MAX_DURATION_S
+    )
+    if not valid:
+        raise ValidationError(
+            "keep_alive",
+            f"{text!r} is not a duration Ollama takes",
+            allowed="a Go duration such as '5m', '1h30m', '-1s' or '0', or a number of seconds",
+        )
 
 
 def _images(field: str, value: object) -> tuple[str, ...]:

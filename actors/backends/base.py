@@ -58,7 +58,10 @@ def carried_features(backend: object) -> frozenset[str]:
     declared = getattr(backend, "carries", None)
     if declared is not None:
         return frozenset(declared)
-    return _CARRIED_TODAY.get(type(backend).__name__, BASIC_FEATURES)
+    for cls in type(backend).__mro__:
+        if cls.__name__ in _CARRIED_TODAY:
+            return _CARRIED_TODAY[cls.__name__]
+    return BASIC_FEATURES
 
 
 def refuse_unsupported(backend: object, request: BackendRequest) -> None:

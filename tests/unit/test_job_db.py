@@ -23,7 +23,17 @@ from actors.stores import (
     is_volatile,
     migrate,
 )
-from protocol import IllegalTransitionError, Job, JobMetrics, JobSpec, JobState, StoreError
+from protocol import (
+    IllegalTransitionError,
+    Job,
+    JobMetrics,
+    JobSpec,
+    JobState,
+    Output,
+    StoreError,
+    ToolCall,
+    ValidationError,
+)
 from protocol.messages import InsertJob, ListJobs, Transition
 
 
@@ -262,7 +272,7 @@ def test_a_version_one_file_is_migrated_and_its_jobs_read_back(tmp_path: Path) -
             JobState.SUCCEEDED, "Hello there", None, (),
         )  # fmt: skip
         assert done.metrics == JobMetrics(eval_count=2, total_duration_ns=5)
-        assert done.answer == "Hello there" and done.answer.tool_calls == ()  # type: ignore[union-attr]
+        assert done.answer == "Hello there" and done.answer.tool_calls == ()
         queued = db.queued_jobs()
         assert [(j.id, j.partial_output, j.segments) for j in queued] == [
             ("01OLDQUEUED", "so far", ())
@@ -329,6 +339,8 @@ def test_every_write_that_records_more_than_a_move_into_loading_or_running_is_du
         Transition(job_id, JobState.RUNNING, partial_output="so far"),
         Transition(job_id, JobState.RUNNING, error="retrying"),
         Transition(job_id, JobState.RUNNING, metrics=JobMetrics(eval_count=1)),
+        Transition(job_id, JobState.RUNNING, segments=()),
+        Transition(job_id, JobState.RUNNING, output=Output(thinking="t")),
     ]
     assert not any(is_volatile(m) for m in durable)
     assert is_volatile(Transition(job_id, JobState.LOADING, stale_ok=True))
@@ -442,3 +454,44 @@ def test_a_bug_mid_batch_rolls_the_batch_back_instead_of_leaving_it_open(db: Job
     assert isinstance(after, Job), "the store still writes"
     assert after.seq == kept.seq + 1, "the rolled-back insert left no trace"
     assert [job.seq for job in db.list_jobs(ListJobs())] == [after.seq, kept.seq]
+
+
+def test_an_answers_output_may_be_set_only_on_a_move_to_succeeded(db: JobDB) -> None:
+    (job,) = batch(db, [InsertJob(make_spec(1))])
+    assert isinstance(job, Job)
+    (refused,) = batch(db, [Transition(job.id, JobState.CANCELLED, output=Output(thinking="t"))])
+    assert isinstance(refused, ValidationError) and refused.field == "output"
+
+
+def test_a_job_that_starts_over_has_its_segments_cleared_and_its_answer_counts_the_rest(
+    db: JobDB,
+) -> None:
+    (job,) = batch(db, [InsertJob(make_spec(1))])
+    assert isinstance(job, Job)
+    first, second = JobMetrics(eval_count=4), JobMetrics(eval_count=6, prompt_eval_count=9)
+    call = ToolCall("get_weather", {"city": "Paris"}, id="call_1")
+    moves = [
+        Transition(job.id, JobState.LOADING),
+        Transition(job.id, JobState.QUEUED, partial_output="half", segments=(first,)),
+        Transition(job.id, JobState.LOADING),
+        Transition(job.id, JobState.QUEUED, partial_output="", segments=()),
+        Transition(job.id, JobState.LOADING),
+        Transition(
+            job.id,
+            JobState.SUCCEEDED,
+            result="Calling it.",
+            output=Output(tool_calls=(call,), done_reason="stop"),
+            segments=(second,),
+            metrics=second,
+        ),
+    ]
+    outcomes = batch(db, moves)
+    assert [o.segments for o in outcomes if isinstance(o, Job)][:4] == [(), (first,), (first,), ()]
+    done = db.get(job.id)
+    assert done.segments == (second,) and done.metrics == second
+    assert done.answer == "Calling it." and done.answer.tool_calls == (call,)
+    assert done.to_dict()["output"] == {
+        "tool_calls": [{"id": "call_1", "function": {"name": "get_weather",
+                                                     "arguments": {"city": "Paris"}}}],
+        "done_reason": "stop",
+    }  # fmt: skip

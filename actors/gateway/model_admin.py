@@ -53,7 +53,7 @@ async def _relay(request: Request, caller: Caller) -> Response:
         headers["content-type"] = request.headers["content-type"]
     content = None if request.method == "HEAD" else request.stream()
     upstream = gateway.http.build_request(
-        request.method, path, params=request.query_params, content=content, headers=headers,
+        request.method, path, params=request.url.query, content=content, headers=headers,
         timeout=RELAY_TIMEOUT,
     )  # fmt: skip
     try:

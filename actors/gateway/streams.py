@@ -81,10 +81,13 @@ async def _waiting(gateway: Gateway, job_id: str) -> Waiting:
 
 
 async def _settle(task: asyncio.Future[T]) -> None:
-    """Cancel ``task`` unless it is done, and wait until it has stopped."""
+    """Cancel ``task`` unless it is done, and wait until it has stopped (its outcome is
+    dropped: whoever settles it no longer wants it)."""
     if not task.done():
         task.cancel()
     await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
 
 
 async def _beating(
@@ -246,6 +249,7 @@ async def answer_when_done(
 
     if done:
         watcher.cancel()
+        ended.result()  # raises what is not the job's own end (gpulane stopping)
         response = answer(ended_job())
         response.headers[JOB_HEADER] = ticket.job_id
         return response
@@ -256,6 +260,7 @@ async def answer_when_done(
                 gateway.metrics.heartbeat()
                 yield JSON_WHITESPACE
                 await asyncio.wait({ended}, timeout=interval)
+            ended.result()
             yield bytes(answer(ended_job()).body)
         finally:
             watcher.cancel()

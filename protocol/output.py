@@ -136,8 +136,7 @@ class _Frozen(str):
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     def _set(self, **fields: object) -> None:
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
+        self.__dict__.update(fields)  # once, as it is made; __setattr__ refuses later changes
 
     @property
     def text(self) -> str:

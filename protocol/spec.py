@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from protocol.enums import JobKind, Lane, Priority
 from protocol.errors import ValidationError
@@ -89,18 +89,20 @@ class ChatMessage:
         A ChatMessage built directly is checked the same way, as its fields were not.
         """
         if isinstance(value, ChatMessage):
-            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            value = value._parts()
         field = f"messages[{index}]"
         if not isinstance(value, Mapping):
             raise ValidationError(field, f"must be an object, got {type(value).__name__}")
-        unknown = sorted(str(key) for key in value if key not in _MESSAGE_KEYS)
-        if unknown:
-            raise ValidationError(f"{field}.{unknown[0]}", "unknown field", allowed=_MESSAGE_KEYS)
         role = value.get("role")
         if role not in ROLES:
             raise ValidationError(f"{field}.role", f"unknown role {role!r}", allowed=ROLES)
         content = value.get("content")
         content = _text(f"{field}.content", "" if content is None else content)
+        if len(value) == 1 + ("content" in value):  # only a role and its text: no more to do
+            return cls(role=role, content=content)
+        unknown = sorted(str(key) for key in value if key not in _MESSAGE_KEYS)
+        if unknown:
+            raise ValidationError(f"{field}.{unknown[0]}", "unknown field", allowed=_MESSAGE_KEYS)
         thinking = _text(f"{field}.thinking", value.get("thinking") or "")
         tool_calls = parse_tool_calls(value.get("tool_calls"), f"{field}.tool_calls")
         if tool_calls and role != "assistant":
@@ -130,6 +132,15 @@ class ChatMessage:
             tool_name=answers["tool_name"],
             tool_call_id=answers["tool_call_id"],
         )
+
+    def _parts(self) -> dict[str, Any]:
+        """The fields that are set, as :meth:`parse` takes them."""
+        parts = {"role": self.role, "content": self.content}
+        for name in ("images", "thinking", "tool_calls", "tool_name", "tool_call_id"):
+            value = getattr(self, name)
+            if value or (value is not None and not isinstance(value, (str, tuple))):
+                parts[name] = value
+        return parts
 
     def to_dict(self) -> dict[str, Any]:
         """The Ollama JSON form of this message (parts that are not set are left out)."""
@@ -239,6 +250,8 @@ class JobSpec:
 
     def _check_model_fields(self) -> None:
         """The fields #14 added: tools, thinking, generate's own fields and logprobs."""
+        if self._model_fields_unset():
+            return
         set_ = object.__setattr__
         set_(self, "tools", parse_tools(self.tools))
         if self.tools and self.kind is JobKind.GENERATE:
@@ -272,6 +285,21 @@ class JobSpec:
                         name, "raw mode takes the prompt as is", allowed="raw without it"
                     )
 
+    def _model_fields_unset(self) -> bool:
+        """True when every field #14 added has its default (most jobs: nothing to check)."""
+        return (
+            self.tools == ()
+            and self.think is None
+            and self.images == ()
+            and self.raw is False
+            and self.suffix is None
+            and self.template is None
+            and self.context == ()
+            and self.logprobs is False
+            and type(self.top_logprobs) is int
+            and self.top_logprobs == 0
+        )
+
     @classmethod
     def chat(
         cls,
@@ -280,9 +308,9 @@ class JobSpec:
         messages: Iterable[ChatMessage | Mapping[str, Any]],
         **fields: Any,
     ) -> JobSpec:
-        """A chat request (Ollama ``/api/chat``)."""
-        parsed = tuple(ChatMessage.parse(m, i) for i, m in enumerate(messages))
-        return cls(kind=JobKind.CHAT, model=model, messages=parsed, **fields)
+        """A chat request (Ollama ``/api/chat``); the messages are checked as the spec is."""
+        given = cast(tuple[ChatMessage, ...], tuple(messages))  # parsed by __post_init__
+        return cls(kind=JobKind.CHAT, model=model, messages=given, **fields)
 
     @classmethod
     def generate(cls, *, model: str, prompt: str, **fields: Any) -> JobSpec:

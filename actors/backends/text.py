@@ -113,6 +113,9 @@ class ChunkMender:
     def feed(self, piece: str) -> Chunk:
         """The valid parts of ``piece`` (a str or a Chunk) so far."""
         chunk = piece if isinstance(piece, Chunk) else Chunk(piece)
+        if chunk.is_text_only:
+            text = self._text.feed(chunk.text)
+            return chunk if text == chunk else Chunk(text)  # most pieces: plain valid text
         return Chunk(
             self._text.feed(chunk.text),
             thinking=self._thinking.feed(chunk.thinking),

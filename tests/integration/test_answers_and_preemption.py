@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from actors import Config, GpuLane
-from actors.testing import FakeBackend, FakeGpu, ManualClock, quiesce
+from actors.testing import FakeBackend, FakeGpu, InjectedFault, ManualClock, quiesce
 from actors.tree import backend_slots
 from protocol import (
     ActiveHours,
@@ -205,6 +205,22 @@ def test_the_usage_of_earlier_calls_survives_a_restart(tmp_path: Path) -> None:
         job = lane.wait(job_id, timeout=5)
     assert job.result == "one two three" and [s.eval_count for s in job.segments] == [2, 1]
     assert job.metrics is not None and job.metrics.eval_count == 3
+
+
+def test_the_usage_of_earlier_calls_survives_a_crash_of_the_slot(
+    lane: GpuLane, fake_gpu: FakeGpu
+) -> None:
+    ticket = lane.submit(external(max_tokens=10))
+    cut = fake_gpu.next_call()
+    cut.emit("one", " two")
+    quiesce()
+    lane.ref_for("gpu0").tell(InjectedFault())
+    assert cut.wait_cancelled()
+    again = fake_gpu.next_call()
+    assert (again.request.resume_prefix, again.request.max_tokens) == ("one two", 8)
+    again.finish(" three", JobMetrics(eval_count=1))
+    assert ticket.result(timeout=5) == "one two three"
+    assert [s.eval_count for s in lane.get(ticket.job_id).segments] == [2, 1]
 
 
 # --- output that cannot be continued -----------------------------------------------------

@@ -47,6 +47,7 @@ from protocol.messages import (
     JobQueued,
     LoadQueuedJobs,
     PauseDispatch,
+    PreemptionDeclined,
     QueueSnapshot,
     Recall,
     Recalled,
@@ -80,6 +81,8 @@ class _Slot:
     recalling: bool = False  # a Recall for ``next`` is on its way
     known: bool = False  # has reported idle at least once, so it can take work
     preempting: bool = False
+    preempted_for: Job | None = None  # the job ``preempting`` makes way for
+    keeps_its_call: bool = False  # declined a preemption: no victim until its job ends
     model_key: str | None = None
     last_chain: str | None = None
     incarnation: str = ""  # the slot actor instance that last reported idle
@@ -128,6 +131,7 @@ class PriorityArbiter(SupervisedActor):
             "dispatched": 0,
             "dispatched_cloud": 0,
             "preemptions": 0,
+            "preemptions_declined": 0,
             "cancelled_queued": 0,
             "swaps": 0,
             "dispatches_refused": 0,
@@ -170,6 +174,8 @@ class PriorityArbiter(SupervisedActor):
                 self._on_slot_started(self._slots[slot_id], job_id)
             case Recalled(slot_id=slot_id, job_id=job_id):
                 self._on_recalled(self._slots[slot_id], job_id)
+            case PreemptionDeclined(slot_id=slot_id, job_id=job_id):
+                self._on_preemption_declined(self._slots[slot_id], job_id)
             case CancelQueued(job_id=job_id, reason=reason):
                 return self._on_cancel(job_id, reason)
             case TimersDue():
@@ -226,7 +232,8 @@ class PriorityArbiter(SupervisedActor):
         if restarted:
             given = [job for job in (slot.job, slot.next) if job is not None]
             slot.job = slot.next = None
-            slot.preempting = slot.recalling = False
+            slot.preempting = slot.recalling = slot.keeps_its_call = False
+            slot.preempted_for = None
             for job in given:
                 self._recover_dispatch(idle.slot_id, job)
         elif slot.job is not None and slot.job.id == idle.ended:
@@ -236,6 +243,7 @@ class PriorityArbiter(SupervisedActor):
     def _call_ended(self, slot: _Slot) -> None:
         """The slot's running job ended: learn from it and forget it."""
         ended, slot.job, slot.preempting = slot.job, None, False
+        slot.preempted_for, slot.keeps_its_call = None, False
         assert ended is not None
         slot.last_chain = ended.spec.chain_id
         if not slot.cloud and ended.started_at is not None:
@@ -276,6 +284,23 @@ class PriorityArbiter(SupervisedActor):
     def _count_start(self, swaps: bool) -> None:
         self._counters["dispatched"] += 1
         self._counters["swaps"] += swaps
+
+    def _on_preemption_declined(self, slot: _Slot, job_id: str) -> None:
+        """The slot kept its call (its client has seen output that cannot be resumed): it is
+        no victim while that job runs. The job it was to make way for is given back if the
+        slot held it as its next, and may have another slot preempted for it instead."""
+        if slot.job is None or slot.job.id != job_id or not slot.preempting:
+            return  # stale: that call ended, or the slot restarted
+        waiting, slot.preempted_for = slot.preempted_for, None
+        slot.preempting, slot.keeps_its_call = False, True
+        self._counters["preemptions"] -= 1
+        self._counters["preemptions_declined"] += 1
+        if waiting is None:
+            return
+        if slot.next is not None and slot.next.id == waiting.id:
+            self._recall(slot)  # back in the queue, it looks for another victim
+        elif waiting.id in self._queue:
+            self._maybe_preempt(waiting, self._clock.now())
 
     def _on_recalled(self, slot: _Slot, job_id: str) -> None:
         """The slot gave its next job back unstarted: it is queued again (or cancelled)."""
@@ -384,11 +409,19 @@ class PriorityArbiter(SupervisedActor):
         """Give ``slot`` the best ready job: to run now if it is free, else as its next.
 
         A next job that should preempt the running call (internal work over external)
-        cancels that call at once, so it starts as soon as the slot is free.
+        cancels that call at once, so it starts as soon as the slot is free; a slot that
+        declined a preemption gets no such job, which waits for another slot instead.
         """
         resident = self._resident()
         job = self._queue.pop(now, self._policy, chains=self._chains(), resident=resident)
         if job is None:
+            return False
+        if (
+            slot.job is not None
+            and slot.keeps_its_call
+            and choose_preemption(job, [SlotView(slot_id, slot.job)], now, self._policy)
+        ):
+            self._queue.add(job, now)  # it wants a GPU now, which this slot will not give
             return False
         if not self._tell_slot(slot, Dispatch(job, next(self._call_ids), slot.incarnation)):
             # The slot cannot take messages: keep the job; a new instance reports idle.
@@ -404,8 +437,10 @@ class PriorityArbiter(SupervisedActor):
             self._count_start(swaps)
             return True
         slot.next, slot.next_swaps = job, swaps  # counted once it starts (it may come back)
-        if not slot.preempting and choose_preemption(
-            job, [SlotView(slot_id, slot.job)], now, self._policy
+        if (
+            not slot.preempting
+            and not slot.keeps_its_call
+            and choose_preemption(job, [SlotView(slot_id, slot.job)], now, self._policy)
         ):
             self._preempt(slot_id, slot, job)
         return True
@@ -467,7 +502,7 @@ class PriorityArbiter(SupervisedActor):
         busy = [
             SlotView(slot_id, slot.job)
             for slot_id, slot in self._slots.items()
-            if slot.job is not None and not slot.preempting and not slot.cloud
+            if slot.job is not None and not (slot.preempting or slot.keeps_its_call or slot.cloud)
         ]
         victim = choose_preemption(incoming, busy, now, self._policy)
         if victim is not None:
@@ -478,7 +513,7 @@ class PriorityArbiter(SupervisedActor):
         assert slot.job is not None
         if not self._tell_slot(slot, CancelCall(slot.job.id, CancelReason.PREEMPTED)):
             return
-        slot.preempting = True
+        slot.preempting, slot.preempted_for = True, incoming
         self._counters["preemptions"] += 1
         log.info("preempting", victim=slot.job.id, slot=slot_id, for_job=incoming.id)
 

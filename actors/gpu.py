@@ -70,6 +70,7 @@ from protocol.messages import (
     JobQueued,
     ModelEvicted,
     ModelLoaded,
+    PreemptionDeclined,
     Recall,
     Recalled,
     SlotIdle,
@@ -524,6 +525,7 @@ class GpuSlot(SupervisedActor):
             return  # stale: that call already ended, or is already being cancelled
         if reason is CancelReason.PREEMPTED and not call.seal_for_preemption(self._sinks):
             log.info("preemption_declined", slot=self.slot_id, job_id=job_id, why=SEEN)
+            self._arbiter.tell(PreemptionDeclined(self.slot_id, job_id))
             return
         call.cancel_reason = reason
         call.token.cancel()

@@ -41,6 +41,7 @@ __all__ = [
     "PauseDispatch",
     "PinFinished",
     "PollResidency",
+    "PreemptionDeclined",
     "PruneJobs",
     "QueueSnapshot",
     "Recall",
@@ -207,6 +208,15 @@ class SlotIdle:
 @dataclasses.dataclass(frozen=True, slots=True)
 class SlotStarted:
     """A GPU slot started the call for ``job_id`` (one the arbiter handed it, maybe as next)."""
+
+    slot_id: str
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreemptionDeclined:
+    """A slot kept its call although told to make way: the call's client has seen output
+    that cannot be resumed exactly (thinking, a tool call), docs/architecture.md section 3."""
 
     slot_id: str
     job_id: str

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import Config, GpuLane
+from actors import BackendSettings, Config, GpuLane
 from actors.testing import FakeBackend, FakeGpu, InjectedFault, ManualClock, quiesce
 from actors.tree import backend_slots
 from protocol import (
@@ -28,6 +28,7 @@ from protocol import (
     JobSpec,
     JobState,
     Lane,
+    Priority,
     RetryPolicy,
     SchedulingPolicy,
     StoreSettings,
@@ -447,3 +448,35 @@ def test_a_tool_round_trip_sends_the_call_and_its_result_back_as_docs_embedding_
     assert sent[2].tool_name == "get_weather" and sent[2].content == "22 C in Paris"
     call.finish("It is 22 C in Paris.")
     assert second.result(timeout=5) == "It is 22 C in Paris."
+
+
+def test_a_slot_that_declines_a_preemption_is_passed_over_for_one_that_can_make_way(
+    start_lane: StartLane, fake_gpu: FakeGpu
+) -> None:
+    lane = start_lane(backend=BackendSettings(slots=2))
+    seen = lane.submit(external(think=True, stream=True, priority=Priority.LOW))
+    seen_call = fake_gpu.next_call()
+    seen_call.think("Paris")
+    streamed = seen.chunks(timeout=5)
+    assert next(streamed).thinking == "Paris"
+    plain = lane.submit(external("Tell me a story", stream=True))
+    plain_call = fake_gpu.next_call()
+    plain_call.emit("Once")
+    # The low-priority call is the first choice of victim; its client has seen thinking.
+    bot = lane.submit(
+        JobSpec.chat(model="qwen3", messages=[{"role": "user", "content": "bot"}],
+                     lane=Lane.INTERNAL)
+    )  # fmt: skip
+    assert plain_call.wait_cancelled(), "the other external call made way"
+    bot_call = fake_gpu.next_call()
+    assert bot_call.request.messages[0].content == "bot"
+    quiesce()
+    assert not seen_call.token.cancelled
+    counters = lane.status()["counters"]
+    assert (counters["preemptions"], counters["preemptions_declined"]) == (1, 1)
+    bot_call.finish("bot answer")
+    assert bot.result(timeout=5) == "bot answer"
+    seen_call.finish("Sunny.")
+    assert seen.result(timeout=5) == "Sunny."
+    fake_gpu.next_call().finish(" upon a time")  # the preempted story resumes
+    assert plain.result(timeout=5) == "Once upon a time"

@@ -7,7 +7,10 @@ CallCancelledError (an HTTP backend closes its stream, which makes Ollama stop).
 A backend says which request features (``protocol.REQUEST_FEATURES``: tools, think,
 format, images, ...) it carries with a ``carries`` attribute; :func:`refuse_unsupported`
 refuses a request that uses any other, naming the field, so nothing a caller asked for
-is dropped in silence. The facade checks at submit time and the slot before each call.
+is dropped in silence. A backend that carries a feature only with some values or in
+some combinations (a translated API) also has ``check_request(request)``, which raises
+ValidationError naming the field it cannot carry in this request. The facade checks at
+submit time and the slot before each call.
 """
 
 from __future__ import annotations
@@ -43,25 +46,11 @@ ChunkSink = Callable[[str], None]
 # before #14 (a JSON format or schema, images on chat messages).
 BASIC_FEATURES = frozenset({"format", "messages.images"})
 
-# What the backends that do not declare ``carries`` yet carry today, by class name: the
-# OpenAI-compatible one leaves out images, the Anthropic one format and images
-# (docs/architecture.md section 9). A backend that translates more declares ``carries``
-# on its class, which takes precedence over this table.
-_CARRIED_TODAY: Mapping[str, frozenset[str]] = {
-    "OpenAICompatBackend": frozenset({"format"}),
-    "AnthropicBackend": frozenset(),
-}
-
 
 def carried_features(backend: object) -> frozenset[str]:
     """The request features ``backend`` carries (see the module docstring)."""
     declared = getattr(backend, "carries", None)
-    if declared is not None:
-        return frozenset(declared)
-    for cls in type(backend).__mro__:
-        if cls.__name__ in _CARRIED_TODAY:
-            return _CARRIED_TODAY[cls.__name__]
-    return BASIC_FEATURES
+    return BASIC_FEATURES if declared is None else frozenset(declared)
 
 
 def refuse_unsupported(backend: object, request: BackendRequest) -> None:
@@ -77,6 +66,9 @@ def refuse_unsupported(backend: object, request: BackendRequest) -> None:
                 "caller asked for",
                 allowed=sorted(carried & REQUEST_FEATURES) or "none of the optional fields",
             )
+    check = getattr(backend, "check_request", None)
+    if check is not None:
+        check(request)
 
 
 class CallCancelledError(Exception):

@@ -6,6 +6,20 @@ raw prompt with no chat template, which is what Ollama's ``/api/generate`` with
 appended to the prompt). Streams are server-sent events ending with ``data: [DONE]``;
 ``stream_options.include_usage`` asks for the token counts, which become JobMetrics.
 
+The request is carried field by field, in the shapes of openai-python's ``types/chat``
+(docs/backends.md, "What each backend carries"): ``tools``; a message's tool calls as
+``tool_calls`` with JSON-string arguments and an id each, a tool result as role ``tool``
+with the ``tool_call_id`` it answers (``actors.backends.translate.call_ids``) and its
+``tool_name`` as ``name``; a message's thinking as ``reasoning_content`` (llama.cpp) and
+``reasoning`` (vLLM); images as ``image_url`` content parts with data URLs; ``think`` as
+``chat_template_kwargs.enable_thinking``, a level also as ``reasoning_effort``;
+``format`` as ``response_format``; ``logprobs``/``top_logprobs``; generate's ``suffix``.
+Streamed ``delta.tool_calls`` are assembled by index and passed on whole,
+``reasoning_content``/``reasoning`` come back as thinking, and the finish reason is the
+done reason as the server gave it (``tool_calls`` after a tool call). Refused by name:
+generate's images, raw, template and context, and ``think`` on a generate job (no chat
+template applies there, so no server knob reaches the model).
+
 Resuming a preempted chat job needs the server to continue a final assistant message
 instead of answering it. Servers differ, so ``resume`` says how (docs/backends.md):
 
@@ -25,13 +39,14 @@ stops generating when its client goes away.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import httpx
 
-from actors.backends.base import CancelToken, ChunkSink
+from actors.backends.base import CancelToken, ChunkSink, refuse_unsupported
 from actors.backends.http import (
     decode_object,
     drain,
@@ -41,16 +56,29 @@ from actors.backends.http import (
     iter_sse,
     new_client,
 )
+from actors.backends.translate import (
+    Collector,
+    ToolCallAssembly,
+    call_ids,
+    image_media_type,
+)
 from protocol import (
     BackendError,
     BackendRequest,
     BackendResult,
+    ChatMessage,
+    Chunk,
     EmbedResult,
     JobKind,
     JobMetrics,
     LoadedModel,
+    Logprob,
+    TokenLogprob,
+    ToolCall,
+    ValidationError,
     thaw,
 )
+from protocol.output import logprobs_from
 
 __all__ = ["DEFAULT_TIMEOUT", "RESUME_MODES", "OpenAICompatBackend", "ResumeMode"]
 
@@ -73,6 +101,10 @@ _OPTION_NAMES: Mapping[str, str] = {
     "frequency_penalty": "frequency_penalty",
     "repeat_penalty": "repeat_penalty",
 }
+# Where a message's thinking goes, and where an answer's comes from: llama.cpp (and
+# DeepSeek, LM Studio, SGLang) name it reasoning_content, vLLM since 0.11 reasoning.
+_THINKING_KEYS = ("reasoning_content", "reasoning")
+_SERVER = "the OpenAI-compatible server"
 
 
 class OpenAICompatBackend:
@@ -81,8 +113,16 @@ class OpenAICompatBackend:
     ``api_key`` is sent as a bearer token when given (vLLM's ``--api-key``, LM Studio's
     optional key). ``transport`` replaces the network (e.g. ``httpx.MockTransport`` in
     tests); with it a cancel closes the response instead of shutting the socket. See the
-    module docstring for ``resume``.
+    module docstring for ``resume`` and for what is carried.
     """
+
+    carries = frozenset(
+        {
+            "format", "tools", "think", "suffix", "logprobs", "top_logprobs",
+            "messages.images", "messages.thinking", "messages.tool_calls",
+            "messages.tool_name", "messages.tool_call_id",
+        }
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -105,28 +145,46 @@ class OpenAICompatBackend:
 
     # ------------------------------------------------------------------ Backend
 
+    def check_request(self, request: BackendRequest) -> None:
+        """Refuse, naming the field, what this API cannot carry in ``request``: ``think``
+        on a generate job, an image of a type a data URL cannot name."""
+        if request.kind is JobKind.GENERATE and request.think is not None:
+            raise ValidationError(
+                "think",
+                "a generate job goes to /v1/completions, where no chat template applies, so "
+                "nothing can turn the model's thinking on or off",
+                allowed="think on chat jobs",
+            )
+        for m_index, message in enumerate(request.messages):
+            for i_index, image in enumerate(message.images):
+                image_media_type(image, f"messages[{m_index}].images[{i_index}]")
+
     def complete(
         self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken
     ) -> BackendResult:
-        """Run one chat or generate call, streaming each new piece of text to ``on_chunk``.
+        """Run one chat or generate call, streaming each new piece (a ``protocol.Chunk``:
+        text, thinking, whole tool calls, logprobs) to ``on_chunk``.
 
-        With a ``resume_prefix`` only text after it comes back (see ``resume``).
+        With a ``resume_prefix`` only what comes after it comes back (see ``resume``).
         """
+        refuse_unsupported(self, request)
         path, body = self._body(request)
+        collector = Collector(on_chunk)
         skip = len(request.resume_prefix) if self._regenerates(request) else 0
-        emit = _Skipper(skip, on_chunk)
+        reader = _Reader(request, path, _Skipper(skip, collector))
         began = time.monotonic_ns()
         with (
-            guarded(cancel, self.base_url, "the OpenAI-compatible server") as abort,
+            guarded(cancel, self.base_url, _SERVER) as abort,
             self._client.stream("POST", path, json=body, extensions=abort.extensions) as response,
         ):
             abort.watch(response)
             _raise_for_status(response)
             if not request.stream:
                 data = decode_object(response.read(), path)
-                emit(_choice_text(data, request.kind))
-                return emit.result(data, _finish_reason(data) or "stop", began)
-            return _read_stream(response, path, request.kind, emit, began)
+                reader.take(_first_choice(data), whole=True)
+                metrics = _metrics(data, time.monotonic_ns() - began)
+                return collector.result(metrics, _finish_reason(data) or "stop")
+            return _read_stream(response, reader, collector, began)
 
     def embed(
         self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
@@ -206,28 +264,46 @@ class OpenAICompatBackend:
         if request.format == "json":
             body["response_format"] = {"type": "json_object"}
         elif request.format is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": thaw(request.format)},
-            }
+            schema = {"name": "output", "schema": thaw(request.format), "strict": True}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         prefix = request.resume_prefix
         if request.kind is JobKind.GENERATE:
             system = f"{request.system}\n\n" if request.system else ""
             body["prompt"] = system + request.prompt + prefix
+            if request.suffix is not None:
+                body["suffix"] = request.suffix
+            if request.logprobs or request.top_logprobs:
+                # The legacy API's logprobs is the number of alternatives; asking for one
+                # makes every server (llama.cpp too) report the chosen token's.
+                body["logprobs"] = max(1, request.top_logprobs)
             return "/v1/completions", body
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = _messages(request.messages)
         if request.system:
             messages.insert(0, {"role": "system", "content": request.system})
         if prefix and self.resume != "regenerate":
-            if messages[-1]["role"] == "assistant":
+            last = messages[-1]
+            if _is_prefill(last):
                 # The caller's own prefill was continued; the prefix carries on after it.
-                messages[-1] = {**messages[-1], "content": messages[-1]["content"] + prefix}
+                messages[-1] = {**last, "content": last["content"] + prefix}
             else:
                 messages.append({"role": "assistant", "content": prefix})
             if self.resume == "continue_final_message":
                 body["continue_final_message"] = True
                 body["add_generation_prompt"] = False
         body["messages"] = messages
+        if request.tools:
+            body["tools"] = [tool.to_dict() for tool in request.tools]  # OpenAI's shape too
+        if request.think is not None:
+            # Chat templates that can think (Qwen3, DeepSeek-R1 distills, GLM, ...) read
+            # enable_thinking, which vLLM and llama.cpp pass to the template; a level is
+            # OpenAI's reasoning_effort (gpt-oss on vLLM and llama.cpp).
+            body["chat_template_kwargs"] = {"enable_thinking": request.think is not False}
+            if isinstance(request.think, str):
+                body["reasoning_effort"] = request.think
+        if request.logprobs or request.top_logprobs:
+            body["logprobs"] = True
+            if request.top_logprobs:
+                body["top_logprobs"] = request.top_logprobs
         return "/v1/chat/completions", body
 
     def _exchange(
@@ -235,7 +311,7 @@ class OpenAICompatBackend:
     ) -> dict[str, Any]:
         """One request whose answer is a single JSON object."""
         with (
-            guarded(cancel, self.base_url, "the OpenAI-compatible server") as abort,
+            guarded(cancel, self.base_url, _SERVER) as abort,
             self._client.stream(method, path, json=body, extensions=abort.extensions) as response,
         ):
             abort.watch(response)
@@ -243,42 +319,139 @@ class OpenAICompatBackend:
             return decode_object(response.read(), path)
 
 
+def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+    """The chat messages in OpenAI's shape (module docstring)."""
+    ids, answers = call_ids(messages)
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        turn: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.images:
+            parts: list[dict[str, Any]] = []
+            if message.content:
+                parts.append({"type": "text", "text": message.content})
+            for i_index, image in enumerate(message.images):
+                media_type = image_media_type(image, f"messages[{index}].images[{i_index}]")
+                url = f"data:{media_type};base64,{image}"
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            turn["content"] = parts
+        if message.thinking:
+            turn.update(dict.fromkeys(_THINKING_KEYS, message.thinking))
+        if message.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {
+                        "name": call.name,
+                        "arguments": json.dumps(thaw(call.arguments), ensure_ascii=False),
+                    },
+                }
+                for call_id, call in zip(ids[index], message.tool_calls, strict=True)
+            ]
+        if answers[index] is not None:
+            turn["tool_call_id"] = answers[index]
+        if message.tool_name is not None:
+            turn["name"] = message.tool_name
+        out.append(turn)
+    return out
+
+
+def _is_prefill(turn: Mapping[str, Any]) -> bool:
+    """True for a final assistant message of plain text, which a resume continues."""
+    return (
+        turn["role"] == "assistant"
+        and isinstance(turn["content"], str)
+        and not turn.get("tool_calls")
+    )
+
+
 class _Skipper:
-    """Passes text on to the chunk sink after dropping its first ``skip`` characters
-    (the regenerated prefix), and keeps what it passed on."""
+    """Passes pieces on to the collector after dropping the first ``skip`` characters of
+    their text (the regenerated prefix)."""
 
-    def __init__(self, skip: int, on_chunk: ChunkSink) -> None:
+    def __init__(self, skip: int, collector: Collector) -> None:
         self._skip = skip
-        self._on_chunk = on_chunk
-        self.pieces: list[str] = []
+        self._collector = collector
 
-    def __call__(self, text: str) -> None:
-        if self._skip:
-            dropped = min(self._skip, len(text))
-            text, self._skip = text[dropped:], self._skip - dropped
-        if text:
-            self.pieces.append(text)
-            self._on_chunk(text)
+    def __call__(self, piece: Chunk) -> None:
+        if self._skip and piece.text:
+            dropped = min(self._skip, len(piece.text))
+            self._skip -= dropped
+            piece = piece.with_parts(text=piece.text[dropped:])
+        self._collector.emit(piece)
 
-    def result(self, data: Mapping[str, Any], done_reason: str, began_ns: int) -> BackendResult:
-        return BackendResult(
-            text="".join(self.pieces),
-            metrics=_metrics(data, time.monotonic_ns() - began_ns),
-            done_reason=done_reason,
+
+class _Reader:
+    """Turns what the server sends (stream chunks or one answer) into pieces: text,
+    thinking, logprobs, and tool calls once whole."""
+
+    def __init__(self, request: BackendRequest, path: str, emit: _Skipper) -> None:
+        self._chat = request.kind is JobKind.CHAT
+        self._top = request.top_logprobs
+        self._emit = emit
+        self._calls = ToolCallAssembly(f"{_SERVER}'s {path}")
+        self.counted = 0  # pieces with output: the tokens, when the server sends no usage
+
+    def take(self, choice: Mapping[str, Any], *, whole: bool) -> None:
+        """Pass on what one choice carries: a stream chunk's ``delta`` or, ``whole``, an
+        answer's ``message``; a finish reason (or a whole answer) finishes its tool calls."""
+        if self._chat:
+            found = choice.get("message" if whole else "delta")
+            source: Mapping[str, Any] = found if isinstance(found, dict) else {}
+            text = source.get("content")
+        else:
+            source = {}
+            text = choice.get("text")
+        thinking = next((source[key] for key in _THINKING_KEYS if source.get(key)), "")
+        deltas = source.get("tool_calls")
+        deltas = deltas if isinstance(deltas, list) else []
+        done: list[ToolCall] = []
+        for position, delta in enumerate(deltas):
+            if isinstance(delta, dict):
+                done.extend(self._add_call(delta, position))
+        if whole or choice.get("finish_reason"):
+            done.extend(self._calls.finish_all())
+        text = text if isinstance(text, str) else ""
+        thinking = thinking if isinstance(thinking, str) else ""
+        self.counted += bool(text or thinking or deltas)
+        logprobs = _logprobs(choice.get("logprobs"), self._top)
+        self._emit(Chunk(text, thinking=thinking, tool_calls=tuple(done), logprobs=logprobs))
+
+    def finish(self) -> None:
+        """The stream ended: pass on the tool calls it left open."""
+        self._emit(Chunk(tool_calls=self._calls.finish_all()))
+
+    def _add_call(self, delta: Mapping[str, Any], position: int) -> tuple[ToolCall, ...]:
+        """Add one ``tool_calls`` item; returns the calls it shows are done."""
+        index = delta.get("index")
+        index = index if isinstance(index, int) else position
+        done = self._calls.finish_before(index)
+        function = delta.get("function")
+        function = function if isinstance(function, dict) else {}
+        arguments = function.get("arguments")
+        name = function.get("name")
+        call_id = delta.get("id")
+        self._calls.add(
+            index,
+            id=call_id if isinstance(call_id, str) else None,
+            name=name if isinstance(name, str) else None,
+            arguments=arguments if isinstance(arguments, str) else "",
+            whole=arguments if isinstance(arguments, dict) else None,
         )
+        return done
 
 
 def _read_stream(
-    response: httpx.Response, path: str, kind: JobKind, emit: _Skipper, began_ns: int
+    response: httpx.Response, reader: _Reader, collector: Collector, began_ns: int
 ) -> BackendResult:
     """Read an SSE stream to ``data: [DONE]``; usage comes in a chunk without choices.
 
     A server that streams without usage (llama-cpp-python ignores ``stream_options``)
-    sends one token per chunk, so the chunks with text count the generated tokens.
+    sends one token per chunk, so the chunks with output count the generated tokens.
     """
+    path = response.request.url.path
     finish: str | None = None
     usage_chunk: dict[str, Any] = {}
-    text_chunks = 0
     lines = response.iter_lines()
     for event in iter_sse(lines):
         if event.data == "[DONE]":
@@ -287,43 +460,70 @@ def _read_stream(
         chunk = decode_object(event.data, path)
         if event.event == "error" or "error" in chunk:  # llama.cpp names it; vLLM does not
             raise BackendError(_error_message(chunk) or event.data, transient=True)
-        text = _choice_text(chunk, kind)
-        text_chunks += bool(text)
-        emit(text)
+        reader.take(_first_choice(chunk), whole=False)
         finish = _finish_reason(chunk) or finish
         if chunk.get("usage") or chunk.get("timings"):
             usage_chunk = chunk
     else:
         if finish is None:
             raise BackendError(
-                f"the stream from {path} ended without [DONE] after {len(emit.pieces)} chunk(s)",
+                f"the stream from {path} ended without [DONE] after {collector.pieces} chunk(s)",
                 transient=True,
             )
+    reader.finish()
     if not usage_chunk.get("usage"):
-        usage_chunk = {**usage_chunk, "usage": {"completion_tokens": text_chunks}}
-    return emit.result(usage_chunk, finish or "stop", began_ns)
+        usage_chunk = {**usage_chunk, "usage": {"completion_tokens": reader.counted}}
+    metrics = _metrics(usage_chunk, time.monotonic_ns() - began_ns)
+    return collector.result(metrics, finish or "stop")
 
 
-def _choice_text(data: Mapping[str, Any], kind: JobKind) -> str:
-    """The new text in one chunk (``delta.content``) or answer (``message.content``)."""
+def _first_choice(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The first choice of a chunk or answer (a usage chunk has none: empty)."""
     choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return ""
-    choice = choices[0]
-    if kind is JobKind.GENERATE:
-        text = choice.get("text")
-    else:
-        message = choice.get("delta") or choice.get("message")
-        text = message.get("content") if isinstance(message, dict) else None
-    return text if isinstance(text, str) else ""
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return {}
 
 
 def _finish_reason(data: Mapping[str, Any]) -> str | None:
-    choices = data.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        reason = choices[0].get("finish_reason")
-        return str(reason) if reason else None
-    return None
+    reason = _first_choice(data).get("finish_reason")
+    return str(reason) if reason else None
+
+
+def _logprobs(value: object, top: int) -> tuple[Logprob, ...]:
+    """A choice's ``logprobs`` with at most ``top`` alternatives each: the chat shape
+    (``content``: OpenAI, vLLM, llama.cpp, which uses it for completions too) or the
+    legacy completions one (``tokens``, ``token_logprobs``, ``top_logprobs`` maps)."""
+    if not isinstance(value, dict):
+        return ()
+    if isinstance(value.get("content"), list):
+        items = logprobs_from(value["content"])
+    else:
+        tokens = value.get("tokens") or []
+        chosen = value.get("token_logprobs") or []
+        tops = value.get("top_logprobs") or []
+        items = tuple(
+            Logprob(
+                str(token),
+                float(logprob),
+                top_logprobs=_ranked(tops[i] if i < len(tops) else None),
+            )
+            for i, (token, logprob) in enumerate(zip(tokens, chosen, strict=False))
+            if isinstance(logprob, (int, float))
+        )
+    return tuple(item if len(item.top_logprobs) <= top else _with_top(item, top) for item in items)
+
+
+def _ranked(alternatives: object) -> tuple[TokenLogprob, ...]:
+    """The legacy ``{token: logprob}`` map as alternatives, likeliest first."""
+    if not isinstance(alternatives, dict):
+        return ()
+    ranked = sorted(alternatives.items(), key=lambda item: -float(item[1]))
+    return tuple(TokenLogprob(str(token), float(logprob)) for token, logprob in ranked)
+
+
+def _with_top(item: Logprob, top: int) -> Logprob:
+    return Logprob(item.token, item.logprob, item.bytes, item.top_logprobs[:top])
 
 
 def _metrics(data: Mapping[str, Any], total_ns: int) -> JobMetrics:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -23,6 +23,10 @@ LOOK = [{"role": "user", "content": "what is this?", "images": ["aGk="]}]
 def chat(**fields: object) -> BackendRequest:
     messages = fields.pop("messages", [{"role": "user", "content": "hi"}])
     return BackendRequest.for_spec(JobSpec.chat(model="m", messages=messages, **fields))  # type: ignore[arg-type]
+
+
+def generate(**fields: object) -> BackendRequest:
+    return BackendRequest.for_spec(JobSpec.generate(model="m", prompt="hi", **fields))
 
 
 @pytest.fixture
@@ -63,22 +67,24 @@ def test_a_backend_that_declares_nothing_carries_what_backends_carried_before() 
 
 @pytest.mark.parametrize(
     ("fields", "field"),
-    [
-        ({"tools": [TOOL]}, "tools"),
-        ({"think": False}, "think"),
-        ({"logprobs": True}, "logprobs"),
-        ({"messages": LOOK}, "messages[0].images"),
-        ({"messages": [{"role": "user", "content": "hi"},
-                       {"role": "assistant", "content": "", "thinking": "t"}]},
-         "messages[1].thinking"),
-    ],
+    [({"images": ["aGk="]}, "images"), ({"raw": True}, "raw"),
+     ({"template": "{{ .Prompt }}"}, "template"), ({"context": [1, 2]}, "context")],
 )  # fmt: skip
-def test_the_openai_compatible_backend_refuses_by_name_what_it_does_not_translate_yet(
+def test_the_openai_compatible_backend_refuses_by_name_what_the_completions_api_cannot_carry(
     openai: OpenAICompatBackend, fields: dict[str, object], field: str
 ) -> None:
     with pytest.raises(ValidationError) as caught:
-        refuse_unsupported(openai, chat(**fields))
+        refuse_unsupported(openai, generate(**fields))
     assert caught.value.field == field and "the openai backend cannot carry it" in str(caught.value)
+
+
+def test_the_openai_compatible_backend_refuses_think_on_a_generate_job_and_carries_it_on_chat(
+    openai: OpenAICompatBackend,
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        refuse_unsupported(openai, generate(think=True))
+    assert caught.value.field == "think" and "no chat template" in str(caught.value)
+    refuse_unsupported(openai, chat(think=True, tools=[TOOL], logprobs=True))
 
 
 def test_the_openai_compatible_backend_carries_a_format_and_a_schema(
@@ -89,15 +95,16 @@ def test_the_openai_compatible_backend_carries_a_format_and_a_schema(
 
 
 @pytest.mark.parametrize(
-    ("fields", "field"),
-    [({"format": "json"}, "format"), ({"messages": LOOK}, "messages[0].images"),
-     ({"tools": [TOOL]}, "tools"), ({"think": "high"}, "think")],
+    ("request_", "field"),
+    [(lambda: chat(format="json"), "format"), (lambda: chat(logprobs=True), "logprobs"),
+     (lambda: generate(suffix="x"), "suffix"), (lambda: generate(raw=True), "raw"),
+     (lambda: chat(think="high", options={"temperature": 0}), "options.temperature")],
 )  # fmt: skip
-def test_the_anthropic_backend_refuses_by_name_what_it_leaves_out_today(
-    anthropic: AnthropicBackend, fields: dict[str, object], field: str
+def test_the_anthropic_backend_refuses_by_name_what_the_messages_api_cannot_carry(
+    anthropic: AnthropicBackend, request_: Callable[[], BackendRequest], field: str
 ) -> None:
     with pytest.raises(ValidationError) as caught:
-        refuse_unsupported(anthropic, chat(**fields))
+        refuse_unsupported(anthropic, request_())
     assert caught.value.field == field
 
 
@@ -114,7 +121,7 @@ def test_a_backend_that_declares_carries_is_taken_at_its_word() -> None:
         refuse_unsupported(translating, chat(tools=[TOOL]))
         with pytest.raises(ValidationError, match="think"):
             refuse_unsupported(translating, chat(think=True))
-        assert carried_features(renamed) == {"format"}
+        assert carried_features(renamed) == OpenAICompatBackend.carries
     finally:
         translating.close()
         renamed.close()

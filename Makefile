@@ -45,7 +45,20 @@ $(REAL_STAMP): $(STAMP)
 test-real: $(REAL_STAMP)
 	$(PY) -m pytest -q -m real
 
-bench: $(STAMP)
+# The benchmarks' peers that run in processes of their own (LiteLLM's proxy for
+# bench_gateway.py): the `bench` extra in a virtual environment of its own, since its pins
+# would move the dev environment's (the litellm SDK the conformance tests drive back to
+# the newest release whose proxy extra installs, rich below 14, about 45 more packages).
+BENCH_VENV := $(VENV)/bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: $(STAMP)

@@ -27,6 +27,7 @@ from actors.gateway.auth import Caller, KeyRing
 from actors.gateway.errors import GatewayError
 from actors.gateway.metrics import GatewayMetrics
 from actors.gateway.watch import LaneWatch
+from actors.slot_call import SEEN
 from actors.system import GpuLane
 from actors.ticket import Ticket
 from protocol import BackendError, EmbedResult, Job, JobKind, JobSpec, JobState, Lane
@@ -300,12 +301,18 @@ def final_job(ticket: Ticket) -> Job:
 def failure_status(job: Job) -> int:
     """The HTTP status for a job that ended without an answer before any output was sent.
 
-    A permanent "model not found" from the model server is a 404, as Ollama answers it;
-    a job cancelled by someone else is a 409; any other failure is a 502 (the model
-    server, upstream of the gateway, failed).
+    A job cancelled by someone else is a 409; "model not found" from the model server a
+    404, as Ollama answers it. A job that failed before its retries ran out, and not for
+    output its client had seen, failed permanently: the model server refused the request
+    (a 4xx, such as a model that cannot think asked to) or gpulane could not send it as
+    asked, so it is a 400 with the model server's own message. Any other failure is a
+    502: the model server, upstream of the gateway, kept failing.
     """
     if job.state is JobState.CANCELLED:
         return 409
-    if job.error and "not found" in job.error.lower():
+    error = job.error or ""
+    if "not found" in error.lower():
         return 404
+    if job.attempts < job.spec.max_attempts and SEEN not in error:
+        return 400
     return 502

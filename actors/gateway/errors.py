@@ -29,7 +29,7 @@ from protocol import (
     ValidationError,
 )
 
-__all__ = ["GatewayError", "install_error_handlers"]
+__all__ = ["GatewayError", "field_path", "install_error_handlers"]
 
 
 class GatewayError(Exception):
@@ -103,18 +103,28 @@ def as_gateway_error(exc: Exception) -> GatewayError:
 
 
 def _from_pydantic(exc: RequestValidationError) -> GatewayError:
-    """The first pydantic error, with its location as a dotted field name."""
+    """The first pydantic error, with its location as a field path (``messages[0].role``,
+    as gpulane's own validation names fields)."""
     errors = exc.errors()
     if not errors:
         return GatewayError(400, "the request is not valid")
     first = errors[0]
-    field = ".".join(_field_path(errors)) or "body"
+    field = field_path(_field_path(errors)) or "body"
     problem = str(first.get("msg", "is not valid"))
     context = first.get("ctx") or {}
     expected = context.get("expected")
     if first.get("type") == "json_invalid":
         field, problem = "body", f"is not valid JSON: {context.get('error', problem)}"
     return GatewayError(400, problem, field=field, allowed=str(expected) if expected else None)
+
+
+def field_path(parts: Sequence[str | int]) -> str:
+    """``["messages", 0, "role"]`` as ``messages[0].role``."""
+    path = ""
+    for part in parts:
+        text = str(part)
+        path += f"[{text}]" if text.isdigit() else f".{text}" if path else text
+    return path
 
 
 def _location(error: Mapping[str, Any]) -> list[str]:

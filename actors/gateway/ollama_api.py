@@ -1,13 +1,18 @@
 """The Ollama API, so any Ollama client can use gpulane (docs/architecture.md section 10).
 
 ``/api/chat`` and ``/api/generate`` are jobs like any other: queued, scheduled and
-preemptible. Streaming answers are NDJSON exactly as Ollama writes them (one object
-per line, no blank keep-alive lines, a final line with ``done``, ``done_reason`` and the
-duration and count metrics, an error after output as a final ``{"error": ...}`` line).
-``/api/embed`` goes past the GPU queue (``GpuLane.embed``): embedding calls are short
-and the embedding model stays resident beside the chat model. The catalog routes
-(``/api/tags``, ``/api/show``, ``/api/ps``, ``/api/version``) are in
-:mod:`actors.gateway.catalog`, the model-management routes in
+preemptible. They take the whole request (``api/types.go``): tools, ``think``, ``format``
+as ``"json"`` or a schema, logprobs, messages' images, thinking, tool calls and tool
+names, generate's images, ``raw``, ``suffix``, ``template``, ``system`` and ``context``;
+unknown keys are ignored, as Ollama ignores them, and a field Ollama has that a job cannot
+carry is refused by name (docs/gateway.md, "Compatibility"). Streaming answers are NDJSON
+exactly as Ollama writes them (one object per line, no blank keep-alive lines, each piece's
+text, thinking, tool calls and logprobs, a final line with ``done``, the backend's
+``done_reason``, a generate's ``context`` and the duration and count metrics, an error
+after output as a final ``{"error": ...}`` line). ``/api/embed`` goes past the GPU queue
+(``GpuLane.embed``): embedding calls are short and the embedding model stays resident
+beside the chat model. The catalog routes (``/api/tags``, ``/api/show``, ``/api/ps``,
+``/api/version``) are in :mod:`actors.gateway.catalog`, the model-management routes in
 :mod:`actors.gateway.model_admin`.
 """
 
@@ -16,17 +21,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, Gateway, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
+from actors.gateway.request_fields import check_image, refuse_uncarried
 from actors.gateway.streams import Heartbeat, JobStream, answer_when_done
-from protocol import Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec, Lane, Priority
+from protocol import (
+    Chunk,
+    Job,
+    JobCancelledError,
+    JobFailedError,
+    JobMetrics,
+    JobSpec,
+    Lane,
+    Logprob,
+    Priority,
+    ToolCall,
+)
 
 __all__ = ["GATEWAY_VERSION", "rfc3339", "rfc3339_now", "router", "scheduling"]
 
@@ -37,23 +54,57 @@ router = APIRouter(tags=["ollama"])
 
 
 class OllamaMessage(BaseModel):
-    """One chat turn as Ollama takes it (unknown fields, such as ``thinking``, are ignored)."""
+    """One chat turn as Ollama takes it (``api.Message``): the role (any case, as Ollama
+    lowers it), text, base64 images, an assistant turn's thinking and tool calls, a tool
+    turn's tool name or call id. Unknown keys are ignored, as Go's JSON decoding does."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str = ""
+    role: Annotated[
+        Literal["system", "user", "assistant", "tool"],
+        BeforeValidator(lambda role: role.lower() if isinstance(role, str) else role),
+    ]
+    content: str | None = ""
     images: list[str] | None = None
+    thinking: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The fields ``/api/chat`` and ``/api/generate`` share (unknown keys are ignored, as
+    Ollama ignores them)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     model: str = Field(min_length=1, max_length=200)
     stream: bool = Field(default=True, strict=True)
     format: Literal["json", ""] | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: str | float | None = None
+    think: StrictBool | str | None = None
+    logprobs: bool = Field(default=False, strict=True)
+    top_logprobs: int = Field(default=0, strict=True)
+    truncate: bool | None = Field(default=None, strict=True)
+    shift: bool | None = Field(default=None, strict=True)
+    debug_render_only: bool = Field(default=False, strict=True, alias="_debug_render_only")
+
+    def refuse_uncarried(self) -> None:
+        """Ollama's own fields a job has no place for: accepted at Ollama's default, a 400
+        naming the field when the request asks for something else."""
+        refuse_uncarried(
+            (
+                ("truncate", self.truncate is False,
+                 "the model server truncates a prompt longer than its context, as Ollama "
+                 "does by default"),
+                ("shift", self.shift is False,
+                 "the model server shifts the context when it is full, as Ollama does by "
+                 "default"),
+                ("_debug_render_only", self.debug_render_only,
+                 "every request runs the model; ask the model server itself for its template"),
+            )
+        )  # fmt: skip
 
 
 class ChatRequest(_Common):
@@ -67,7 +118,11 @@ class GenerateRequest(_Common):
     """``POST /api/generate``."""
 
     prompt: str = ""
+    suffix: str | None = None
     system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool = Field(default=False, strict=True)
     images: list[str] | None = None
 
 
@@ -109,30 +164,56 @@ def rfc3339(epoch_ns: int) -> str:
 
 
 def done_reason(job: Job) -> str:
-    """``length`` when the token limit cut the answer, else ``stop``."""
-    limit = job.spec.max_tokens or job.spec.options.get("num_predict")
-    metrics = job.metrics or JobMetrics()
-    if isinstance(limit, int) and limit > 0 and metrics.eval_count >= limit:
-        return "length"
-    return "stop"
+    """The backend's own reason for stopping, in Ollama's words: ``stop`` when it gave none,
+    and for an OpenAI-compatible server's ``tool_calls`` (Ollama says ``stop`` there)."""
+    reason = (job.output.done_reason if job.output is not None else None) or "stop"
+    return "stop" if reason == "tool_calls" else reason
 
 
-def _line(model: str, kind: str, text: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": model, "created_at": rfc3339_now()}
-    if kind == "chat":
-        out["message"] = {"role": "assistant", "content": text}
-    else:
-        out["response"] = text
+def _parts(
+    kind: str,
+    text: str,
+    thinking: str = "",
+    tool_calls: tuple[ToolCall, ...] = (),
+    logprobs: tuple[Logprob, ...] = (),
+) -> dict[str, Any]:
+    """An answer's parts where Ollama puts them: a chat's in ``message``, a generate's beside
+    ``response``; logprobs at the top. Parts that are empty are left out, as Ollama does."""
+    head: dict[str, Any] = (
+        {"role": "assistant", "content": text} if kind == "chat" else {"response": text}
+    )
+    if thinking:
+        head["thinking"] = thinking
+    if tool_calls:
+        head["tool_calls"] = [call.to_dict() for call in tool_calls]
+    out: dict[str, Any] = {"message": head} if kind == "chat" else head
+    if logprobs:
+        out["logprobs"] = [item.to_dict() for item in logprobs]
     return out
 
 
-def _final(job: Job, kind: str, text: str, started_ns: int) -> dict[str, Any]:
-    """The last object: ``done`` with Ollama's metrics; total_duration includes queueing."""
+def _line(model: str, kind: str, piece: Chunk) -> dict[str, Any]:
+    """One streamed piece: its text, thinking, tool calls and logprobs."""
+    parts = _parts(kind, piece.text, piece.thinking, piece.tool_calls, piece.logprobs)
+    return {"model": model, "created_at": rfc3339_now(), **parts, "done": False}
+
+
+def _final(job: Job, kind: str, started_ns: int, *, whole: bool) -> dict[str, Any]:
+    """The last object: the whole answer (``whole``) or, ending a stream, none of it; then
+    ``done``, the backend's done reason, a generate's ``context`` and Ollama's metrics
+    (total_duration includes queueing)."""
     metrics = job.metrics or JobMetrics()
-    out = _line(job.spec.model, kind, text)
+    answer = job.answer if whole else None
+    parts = (
+        _parts(kind, "")
+        if answer is None
+        else _parts(kind, answer.text, answer.thinking, answer.tool_calls, answer.logprobs)
+    )
+    out: dict[str, Any] = {"model": job.spec.model, "created_at": rfc3339_now(), **parts}
+    out.update(done=True, done_reason=done_reason(job))
+    if job.output is not None and job.output.context:
+        out["context"] = list(job.output.context)
     out.update(
-        done_reason=done_reason(job),
-        done=True,
         total_duration=time.monotonic_ns() - started_ns,
         load_duration=metrics.load_duration_ns,
         prompt_eval_count=metrics.prompt_eval_count,
@@ -150,9 +231,7 @@ def _encode(obj: dict[str, Any]) -> bytes:
 def _waiting_line(model: str, kind: str) -> Heartbeat:
     """A heartbeat as Ollama's clients take it: an empty piece (they add nothing to the
     text), saying where the job stands under ``gpulane`` (a key they ignore)."""
-    return lambda waiting: _encode(
-        _line(model, kind, "") | {"done": False, "gpulane": waiting.to_dict()}
-    )
+    return lambda waiting: _encode(_line(model, kind, Chunk()) | {"gpulane": waiting.to_dict()})
 
 
 def _ended_badly(job: Job) -> JSONResponse:
@@ -167,7 +246,7 @@ async def _respond(request: Request, gateway: Gateway, spec: JobSpec, kind: str)
         def whole(job: Job) -> Response:
             if job.result is None:
                 return _ended_badly(job)
-            return JSONResponse(_final(job, kind, job.result, started))
+            return JSONResponse(_final(job, kind, started, whole=True))
 
         return await answer_when_done(request, gateway, ticket, whole)
     stream = JobStream(request, gateway, ticket)
@@ -178,16 +257,19 @@ async def _respond(request: Request, gateway: Gateway, spec: JobSpec, kind: str)
     async def body() -> AsyncIterator[bytes]:
         try:
             async for piece in stream.pieces():
-                yield _encode(_line(spec.model, kind, piece) | {"done": False})
+                if not piece.is_empty:
+                    yield _encode(_line(spec.model, kind, piece))
         except (JobFailedError, JobCancelledError) as exc:
             yield _encode({"error": str(exc)})
             return
-        yield _encode(_final(stream.final, kind, "", started))
+        yield _encode(_final(stream.final, kind, started, whole=False))
 
     return stream.respond(body(), NDJSON, _waiting_line(spec.model, kind))
 
 
 def _spec_fields(body: _Common, request: Request, caller: Caller) -> dict[str, Any]:
+    """The JobSpec fields both routes fill alike."""
+    body.refuse_uncarried()
     lane, priority = scheduling(request, caller)
     return {
         "model": body.model,
@@ -195,29 +277,48 @@ def _spec_fields(body: _Common, request: Request, caller: Caller) -> dict[str, A
         "format": body.format or None,
         "keep_alive": body.keep_alive,
         "stream": body.stream,
+        "think": body.think,
+        "logprobs": body.logprobs,
+        "top_logprobs": body.top_logprobs,
         "lane": lane,
         "priority": priority,
         "caller": caller.name,
     }
 
 
+def _images(field: str, images: list[str] | None) -> tuple[str, ...]:
+    return tuple(check_image(f"{field}[{i}]", image) for i, image in enumerate(images or ()))
+
+
+def _message(index: int, message: OllamaMessage) -> dict[str, Any]:
+    """A message as JobSpec takes it, its images checked first."""
+    _images(f"messages[{index}].images", message.images)
+    return message.model_dump(exclude_none=True)
+
+
 @router.post("/api/chat", summary="Chat (Ollama): queued as a job; NDJSON stream or one object")
 async def chat(body: ChatRequest, request: Request, caller: CallerDep) -> Response:
-    """Ollama's ``/api/chat``."""
-    if body.tools:
-        raise GatewayError(400, "tool calling is not supported by gpulane", field="tools")
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    spec = JobSpec.chat(messages=messages, **_spec_fields(body, request, caller))
+    """Ollama's ``/api/chat``: tools, thinking, structured output, images and logprobs."""
+    spec = JobSpec.chat(
+        messages=[_message(i, m) for i, m in enumerate(body.messages)],
+        tools=tuple(body.tools or ()),
+        **_spec_fields(body, request, caller),
+    )
     return await _respond(request, gateway_of(request), spec, "chat")
 
 
 @router.post("/api/generate", summary="Generate (Ollama): queued as a job")
 async def generate(body: GenerateRequest, request: Request, caller: CallerDep) -> Response:
-    """Ollama's ``/api/generate``."""
-    if body.images:
-        raise GatewayError(400, "images are supported on /api/chat only", field="images")
+    """Ollama's ``/api/generate``: images, raw, suffix, template, system and context too."""
     spec = JobSpec.generate(
-        prompt=body.prompt, system=body.system, **_spec_fields(body, request, caller)
+        prompt=body.prompt,
+        system=body.system,
+        suffix=body.suffix,
+        template=body.template,
+        context=tuple(body.context or ()),
+        raw=body.raw,
+        images=_images("images", body.images),
+        **_spec_fields(body, request, caller),
     )
     return await _respond(request, gateway_of(request), spec, "generate")
 

@@ -1,21 +1,22 @@
 """OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions`` (JSON and server-sent
 events), ``/v1/embeddings`` (``/v1/models`` is in :mod:`actors.gateway.catalog`).
 
-Completions are gpulane jobs like Ollama's ``/api/chat`` and ``/api/generate``;
-sampling parameters map onto Ollama runner options. Errors use OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` shape; an error after the stream
-began is an in-band ``error`` event, which the official client raises as ``APIError``.
+Completions are gpulane jobs like Ollama's ``/api/chat`` and ``/api/generate``; sampling
+parameters map onto Ollama runner options, and the chat format's tools, structured
+output, reasoning, images and logprobs are translated in :mod:`actors.gateway.openai_chat`.
+Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape; an error
+after the stream began is an in-band ``error`` event, which the official client raises as
+``APIError``.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,55 +25,42 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
-from actors.gateway.ollama_api import done_reason, scheduling
+from actors.gateway.ollama_api import scheduling
+from actors.gateway.openai_chat import (
+    REASONING_EFFORTS,
+    ChatAnswers,
+    ChatMessageIn,
+    ResponseFormat,
+    chat_messages,
+    finish_reason,
+    response_format,
+    think_for,
+    tools_for,
+)
+from actors.gateway.request_fields import refuse_uncarried
 from actors.gateway.streams import JobStream, answer_when_done, sse_comment
-from protocol import Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec
+from protocol import Answer, Chunk, Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["openai"])
 
 
-class TextPart(BaseModel):
-    """One part of a multi-part message; only text parts are supported."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    type: Literal["text"]
-    text: str
-
-
-class OpenAIMessage(BaseModel):
-    """One chat turn; ``developer`` is treated as ``system``."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        """The message text, parts joined."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class ResponseFormat(BaseModel):
-    """``{"type": "json_object"}`` maps to Ollama's ``format: "json"``."""
-
-    type: Literal["text", "json_object"]
-
-
 class StreamOptions(BaseModel):
     """``include_usage`` adds a final chunk with token counts."""
+
+    model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
 
 
 class _Sampling(BaseModel):
-    """The sampling parameters both completion APIs take, as Ollama runner options."""
+    """The parameters both completion APIs take; the sampling ones as Ollama runner options.
+
+    Unknown fields are ignored, as Ollama's and vLLM's OpenAI layers ignore them; fields
+    OpenAI defines that a job cannot carry are refused by name when they ask for something
+    (docs/gateway.md, "Compatibility").
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -82,9 +70,12 @@ class _Sampling(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = None
+    logit_bias: dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -93,6 +84,12 @@ class _Sampling(BaseModel):
 
     def job_fields(self, request: Request, caller: Caller) -> dict[str, Any]:
         """The JobSpec fields both completion APIs fill alike."""
+        if self.n not in (None, 1):
+            raise GatewayError(
+                400, f"asks for {self.n} choices; gpulane answers each request with one",
+                field="n", allowed="1",
+            )  # fmt: skip
+        refuse_uncarried([("logit_bias", bool(self.logit_bias), "Ollama has no logit bias")])
         lane, priority = scheduling(request, caller)
         return {
             "model": self.model,
@@ -106,23 +103,56 @@ class _Sampling(BaseModel):
     def options(self) -> dict[str, Any]:
         """The Ollama runner options these parameters stand for."""
         out: dict[str, Any] = {}
-        if self.temperature is not None:
-            out["temperature"] = self.temperature
-        if self.top_p is not None:
-            out["top_p"] = self.top_p
-        if self.seed is not None:
-            out["seed"] = self.seed
+        for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         if self.stop is not None:
             out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         return out
 
 
 class ChatCompletionRequest(_Sampling):
-    """``POST /v1/chat/completions``."""
+    """``POST /v1/chat/completions`` (openai-python's ``completion_create_params``)."""
 
-    messages: list[OpenAIMessage] = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal[tuple(REASONING_EFFORTS)] | None = None  # type: ignore[valid-type]
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    functions: list[Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    store: bool | None = None
+    verbosity: str | None = None
+
+    def refuse_uncarried(self) -> None:
+        """The fields OpenAI defines that a job cannot carry, when they ask for something."""
+        refuse_uncarried(
+            (
+                ("audio", self.audio is not None, "gpulane answers in text only"),
+                ("modalities", any(m != "text" for m in self.modalities or ()),
+                 "gpulane answers in text only"),
+                ("functions", bool(self.functions),
+                 "the deprecated function calling; send tools"),
+                ("function_call", self.function_call is not None,
+                 "the deprecated function calling; send tool_choice"),
+                ("prediction", self.prediction is not None, "Ollama has no predicted outputs"),
+                ("web_search_options", self.web_search_options is not None,
+                 "gpulane searches nothing"),
+                ("store", bool(self.store), "gpulane keeps no completions to fetch later"),
+                ("verbosity", self.verbosity is not None,
+                 "a model server has no verbosity setting"),
+                ("top_logprobs", bool(self.top_logprobs) and not self.logprobs,
+                 "top_logprobs needs logprobs: true, as OpenAI requires"),
+            )
+        )  # fmt: skip
 
 
 class CompletionRequest(_Sampling):
@@ -132,6 +162,22 @@ class CompletionRequest(_Sampling):
         Annotated[str, Field(min_length=1)]
         | Annotated[list[str], Field(min_length=1, max_length=1)]
     )
+    suffix: str | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    logprobs: int | None = None
+
+    def refuse_uncarried(self) -> None:
+        """The fields of the older API a generate job cannot carry."""
+        refuse_uncarried(
+            (
+                ("echo", bool(self.echo), "an answer holds the new text only"),
+                ("best_of", self.best_of not in (None, 1),
+                 "gpulane runs one completion per request"),
+                ("logprobs", self.logprobs is not None,
+                 "the older API's logprobs; /v1/chat/completions carries logprobs"),
+            )
+        )  # fmt: skip
 
 
 def _usage(job: Job) -> dict[str, int]:
@@ -150,7 +196,7 @@ def _error_body(message: str, kind: str, code: str) -> dict[str, Any]:
 
 def _ended_badly(job: Job) -> JSONResponse:
     status = failure_status(job)
-    code = "cancelled" if status == 409 else "model_not_found" if status == 404 else "upstream"
+    code = {409: "cancelled", 404: "model_not_found", 400: "refused"}.get(status, "upstream")
     body = _error_body(
         job.error or job.state.value,
         "server_error" if status >= 500 else "invalid_request_error",
@@ -163,56 +209,72 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Wire:
-    """How one OpenAI completion API spells its answer: ids, object names and choices."""
+class _Answers(Protocol):
+    """How one completion API spells one request's answer: ids, object names, choices."""
 
     id_prefix: str
     whole_object: str
     piece_object: str
-    whole_choice: Callable[[str, str], dict[str, Any]]  # (text, finish_reason)
-    piece_choice: Callable[[str | None, str | None], dict[str, Any]]  # (text or None, finish)
-    opening: Callable[[], dict[str, Any]] | None = None  # a first choice (chat's role delta)
+
+    def opening(self) -> list[dict[str, Any]]:
+        """The choices that open a stream."""
+        ...
+
+    def whole(self, job: Job, answer: Answer) -> dict[str, Any]:
+        """The choice of a whole answer."""
+        ...
+
+    def pieces(self, chunk: Chunk) -> list[dict[str, Any]]:
+        """The stream choices of one piece."""
+        ...
+
+    def finish(self, job: Job) -> dict[str, Any]:
+        """The stream's last choice."""
+        ...
 
 
-_CHAT = _Wire(
-    id_prefix="chatcmpl-",
-    whole_object="chat.completion",
-    piece_object="chat.completion.chunk",
-    whole_choice=lambda text, finish: {
-        "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-    },
-    piece_choice=lambda text, finish: {
-        "index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish,
-    },
-    opening=lambda: {
-        "index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
-    },
-)  # fmt: skip
+class _TextAnswers:
+    """The older completions API's answer: text only."""
 
-_TEXT = _Wire(
-    id_prefix="cmpl-",
-    whole_object="text_completion",
-    piece_object="text_completion",
-    whole_choice=lambda text, finish: {
-        "index": 0, "text": text, "finish_reason": finish, "logprobs": None,
-    },
-    piece_choice=lambda text, finish: {
-        "index": 0, "text": text or "", "finish_reason": finish, "logprobs": None,
-    },
-)  # fmt: skip
+    id_prefix = "cmpl-"
+    whole_object = "text_completion"
+    piece_object = "text_completion"
+
+    def opening(self) -> list[dict[str, Any]]:
+        return []
+
+    def whole(self, job: Job, answer: Answer) -> dict[str, Any]:
+        return self._choice(answer.text, finish_reason(job, False))
+
+    def pieces(self, chunk: Chunk) -> list[dict[str, Any]]:
+        return [self._choice(chunk.text, None)] if chunk.text else []
+
+    def finish(self, job: Job) -> dict[str, Any]:
+        return self._choice("", finish_reason(job, False))
+
+    @staticmethod
+    def _choice(text: str, finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
 
 
-async def _answer(request: Request, spec: JobSpec, wire: _Wire, include_usage: bool) -> Response:
-    """Run ``spec`` as a job and answer it in ``wire``'s shape, whole or as events."""
+async def _answer(
+    request: Request,
+    spec: JobSpec,
+    answers: Callable[[str], _Answers],
+    include_usage: bool,
+) -> Response:
+    """Run ``spec`` as a job and answer it as ``answers(job_id)`` spells it, whole or as
+    events."""
     gateway = gateway_of(request)
     ticket = await gateway.submit(spec, detach=False)
+    wire = answers(ticket.job_id)
     completion_id = f"{wire.id_prefix}{ticket.job_id}"
     created = int(time.time())
     if not spec.stream:
 
         def whole(job: Job) -> Response:
-            if job.result is None:
+            answer = job.answer
+            if answer is None:
                 return _ended_badly(job)
             return JSONResponse(
                 {
@@ -220,7 +282,7 @@ async def _answer(request: Request, spec: JobSpec, wire: _Wire, include_usage: b
                     "object": wire.whole_object,
                     "created": created,
                     "model": spec.model,
-                    "choices": [wire.whole_choice(job.result, done_reason(job))],
+                    "choices": [wire.whole(job, answer)],
                     "usage": _usage(job),
                 }
             )
@@ -242,16 +304,17 @@ async def _answer(request: Request, spec: JobSpec, wire: _Wire, include_usage: b
         }
 
     async def events() -> AsyncIterator[bytes]:
-        if wire.opening is not None:
-            yield _sse(event([wire.opening()]))
+        for choice in wire.opening():
+            yield _sse(event([choice]))
         try:
             async for piece in stream.pieces():
-                yield _sse(event([wire.piece_choice(piece, None)]))
+                for choice in wire.pieces(piece):
+                    yield _sse(event([choice]))
         except (JobFailedError, JobCancelledError) as exc:
             yield _sse(_error_body(str(exc), "server_error", "job_ended"))
             return
         job = stream.final
-        yield _sse(event([wire.piece_choice(None, done_reason(job))]))
+        yield _sse(event([wire.finish(job)]))
         if include_usage:
             yield _sse(event([]) | {"usage": _usage(job)})
         yield b"data: [DONE]\n\n"
@@ -263,29 +326,41 @@ async def _answer(request: Request, spec: JobSpec, wire: _Wire, include_usage: b
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, caller: CallerDep
 ) -> Response:
-    """OpenAI's chat completions, as a gpulane job."""
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in body.messages
-    ]
-    json_mode = body.response_format is not None and body.response_format.type == "json_object"
+    """OpenAI's chat completions, as a gpulane job: tools, structured output, reasoning,
+    images and logprobs carried; what cannot be is refused by name."""
+    body.refuse_uncarried()
+    gateway = gateway_of(request)
     spec = JobSpec.chat(
-        messages=messages,
+        messages=chat_messages(body.messages, name_tools=gateway.upstream_kind != "openai"),
         max_tokens=body.max_completion_tokens or body.max_tokens,
-        format="json" if json_mode else None,
+        format=response_format(body.response_format),
+        tools=tools_for(body.tools, body.tool_choice),
+        think=think_for(body.reasoning_effort),
+        logprobs=bool(body.logprobs),
+        top_logprobs=body.top_logprobs or 0,
         **body.job_fields(request, caller),
     )
-    return await _answer(request, spec, _CHAT, body.include_usage)
+    parallel, logprobs = body.parallel_tool_calls is not False, bool(body.logprobs)
+    return await _answer(
+        request,
+        spec,
+        lambda job_id: ChatAnswers(job_id, parallel_tool_calls=parallel, logprobs=logprobs),
+        body.include_usage,
+    )
 
 
 @router.post("/v1/completions", summary="Text completion (OpenAI-compatible, legacy)")
 async def completions(body: CompletionRequest, request: Request, caller: CallerDep) -> Response:
-    """OpenAI's older text completions, as a gpulane generate job."""
+    """OpenAI's older text completions, as a gpulane generate job (``suffix`` carried)."""
+    body.refuse_uncarried()
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     spec = JobSpec.generate(
-        prompt=prompt, max_tokens=body.max_tokens, **body.job_fields(request, caller)
+        prompt=prompt,
+        suffix=body.suffix,
+        max_tokens=body.max_tokens,
+        **body.job_fields(request, caller),
     )
-    return await _answer(request, spec, _TEXT, body.include_usage)
+    return await _answer(request, spec, lambda _: _TextAnswers(), body.include_usage)
 
 
 class EmbeddingsRequest(BaseModel):

@@ -442,7 +442,7 @@ def test_text_over_the_message_or_character_limit_is_a_413_naming_it(
         (
             "/api/chat",
             {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]},
-            "messages.0.role",
+            "messages[0].role",
         ),
         ("/api/chat", {"model": "tiny", "messages": []}, "messages"),
         ("/api/chat", {"model": "tiny", "messages": HELLO, "stream": "yes"}, "stream"),
@@ -451,7 +451,7 @@ def test_text_over_the_message_or_character_limit_is_a_413_naming_it(
         (
             "/api/chat",
             {"model": "tiny", "messages": HELLO, "tools": [{"type": "function"}]},
-            "tools",
+            "tools[0].function",
         ),
         ("/api/generate", {"model": "tiny", "prompt": 5}, "prompt"),
         ("/jobs", {"model": "tiny", "messages": HELLO, "priority": "asap"}, "priority"),

@@ -1,0 +1,32 @@
+"""Request-side checks the Ollama and OpenAI routes share: images, and the fields a client
+may send that gpulane recognises but cannot carry (refused by name, never dropped)."""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from collections.abc import Iterable
+
+from actors.gateway.errors import GatewayError
+
+__all__ = ["check_image", "refuse_uncarried"]
+
+
+def check_image(field: str, data: str) -> str:
+    """``data`` if it is base64, as Ollama reads an image (Go's standard encoding, padded,
+    line breaks skipped); otherwise a 400 naming ``field``, before the model server sees it."""
+    try:
+        b64decode(data.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise GatewayError(
+            400, "is not base64 image data", field=field, allowed="base64 (standard, padded)"
+        ) from None
+    return data
+
+
+def refuse_uncarried(asked: Iterable[tuple[str, bool, str]]) -> None:
+    """A 400 naming the first field in ``asked`` (field, whether the request asks for
+    something with it, why gpulane cannot carry it) that the request asks for."""
+    for field, set_, why in asked:
+        if set_:
+            raise GatewayError(400, f"gpulane cannot carry it: {why}", field=field)

@@ -377,7 +377,9 @@ class _Skipper:
         if self._skip and piece.text:
             dropped = min(self._skip, len(piece.text))
             self._skip -= dropped
-            piece = piece.with_parts(text=piece.text[dropped:])
+            rest = piece.text[dropped:]
+            # A piece wholly repeated takes its logprobs along: they are the prefix's.
+            piece = piece.with_parts(text=rest, logprobs=piece.logprobs if rest else ())
         self._collector.emit(piece)
 
 

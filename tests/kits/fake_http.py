@@ -3,8 +3,10 @@ scaffolding (``actors.backends.simulated``: the loopback listener, pauses that n
 client going away, SSE writing, the fault queue, counters and ``wait_for``).
 
 Here: faults as these APIs fail (a status with an error type, an error event, a cut, a
-stall), the requests each fake saw, and the token loop of a call, paced on the server's
-clock. The text is the simulator's, so a resumed answer continues exactly where the
+stall), the requests each fake saw, the token loop of a call, paced on the server's
+clock, and what a call answers (:class:`Plan`): thinking when asked for, then the tool
+calls the simulated Ollama's rule picks, JSON that satisfies a requested schema, or text.
+The text is the simulator's, so a resumed answer continues exactly where the
 interrupted one stopped.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from actors.backends.simulated import (
@@ -25,6 +27,9 @@ from actors.backends.simulated import (
     LoopbackHandler,
     LoopbackServer,
 )
+from actors.backends.simulated._schema import instance, json_object
+from actors.backends.simulated._text import Scripted, TokenSource, thinking
+from actors.backends.simulated._tools import chosen_calls
 from actors.runtime import Clock
 
 
@@ -83,6 +88,47 @@ class FakeServer(LoopbackServer[Counter[str]]):
         """The deterministic answer to ``context``, at most ``limit`` tokens."""
         cap = min(limit or self.max_answer_tokens, self.max_answer_tokens)
         return Answer(model, context, self.mean_answer_tokens, cap)
+
+    def plan(
+        self,
+        model: str,
+        turns: Sequence[Mapping[str, Any]],
+        context: str,
+        limit: int | None,
+        *,
+        tools: Sequence[Mapping[str, Any]] = (),
+        think: str | None = None,
+        schema: Mapping[str, Any] | str | None = None,
+    ) -> Plan:
+        """What a call answers (see :class:`Plan`): ``turns`` are the messages in Ollama's
+        shape, ``tools`` in OpenAI's (and Ollama's), ``think`` a level, ``schema`` a JSON
+        schema or "json" for any object."""
+        cap = min(limit or self.max_answer_tokens, self.max_answer_tokens)
+        thought = thinking(model, context, think, self.mean_answer_tokens, cap) if think else None
+        calls = chosen_calls(tools, turns, model, context)
+        text: TokenSource = self.answer(model, context, limit)
+        if schema == "json":
+            text = Scripted(json.dumps(json_object(model, context)), cap)
+        elif isinstance(schema, Mapping):
+            text = Scripted(json.dumps(instance(schema, model, context)), cap)
+        return Plan(thought, calls, None if calls else text, cap, len(context.split()))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a call answers: thinking first (when asked for), then either the tool calls
+    the simulated Ollama's rule picks (``{"id", "function": {"index", "name",
+    "arguments"}}``) or text (JSON when a schema was asked for)."""
+
+    thinking: Answer | None
+    calls: list[dict[str, Any]]
+    text: TokenSource | None
+    limit: int
+    prompt_tokens: int
+
+    def arguments(self, call: Mapping[str, Any]) -> Scripted:
+        """A call's arguments as the JSON text a model decodes, piece by piece."""
+        return Scripted(json.dumps(call["function"]["arguments"]), self.limit)
 
 
 class FakeHandler(LoopbackHandler):

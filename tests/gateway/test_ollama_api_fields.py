@@ -300,6 +300,25 @@ def test_what_a_job_cannot_carry_is_a_400_naming_the_field(
     assert stack.sim.stats().calls_started == 0
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/embed", {"input": "hi", "truncate": False}, "truncate"),
+        ("/api/embed", {"input": "hi", "keep_alive": "10m"}, "keep_alive"),
+        ("/api/embeddings", {"prompt": "hi", "keep_alive": 0}, "keep_alive"),
+    ],
+)
+def test_what_an_embedding_call_cannot_carry_is_a_400_naming_the_field(
+    stack: Stack, path: str, body: dict[str, Any], field: str
+) -> None:
+    with stack.client() as http:
+        response = http.post(path, json={"model": "tiny", **body})
+        assert response.status_code == 400 and response.json()["field"] == field
+        assert stack.sim.stats().embed_requests == 0
+        default = http.post("/api/embed", json={"model": "tiny", "input": "hi", "truncate": True})
+    assert default.status_code == 200
+
+
 def test_ollamas_defaults_and_unknown_keys_are_accepted_as_ollama_accepts_them(
     stack: Stack,
 ) -> None:

@@ -131,6 +131,7 @@ class ChatCompletionRequest(_Sampling):
     web_search_options: dict[str, Any] | None = None
     store: bool | None = None
     verbosity: str | None = None
+    moderation: dict[str, Any] | None = None
 
     def refuse_uncarried(self) -> None:
         """The fields OpenAI defines that a job cannot carry, when they ask for something."""
@@ -149,6 +150,7 @@ class ChatCompletionRequest(_Sampling):
                 ("store", bool(self.store), "gpulane keeps no completions to fetch later"),
                 ("verbosity", self.verbosity is not None,
                  "a model server has no verbosity setting"),
+                ("moderation", self.moderation is not None, "gpulane moderates nothing"),
                 ("top_logprobs", bool(self.top_logprobs) and not self.logprobs,
                  "top_logprobs needs logprobs: true, as OpenAI requires"),
             )

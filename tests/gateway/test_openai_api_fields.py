@@ -253,7 +253,14 @@ def test_image_parts_reach_a_vision_model_as_the_messages_images(
         )
         return reply.choices[0].message.content or ""
 
-    assert len({look(PICTURES[0]), look(PICTURES[1]), look()}) == 3
+    first = look(PICTURES[0])
+    assert len({first, look(PICTURES[1]), look()}) == 3
+    as_ollama_takes_it = [{"type": "image_url", "image_url": data_url(PICTURES[0], media="")}]
+    same = client.chat.completions.create(
+        model=SEER, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"}, *as_ollama_takes_it]}],
+    )  # fmt: skip
+    assert same.choices[0].message.content == first, "a URL as a plain string, no media type"
     look(*PICTURES)
     (message,) = newest_job(stack).spec.messages
     assert message.images == tuple(b64(p) for p in PICTURES)
@@ -319,6 +326,7 @@ def test_logprobs_come_in_openais_shape_whole_and_streamed(
         ({"web_search_options": {}}, "web_search_options"),
         ({"store": True}, "store"),
         ({"verbosity": "low"}, "verbosity"),
+        ({"moderation": {"mode": "block"}}, "moderation"),
         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
         ({"tools": [{"type": "custom", "custom": {"name": "grammar"}}]}, "tools[0].type"),
         ({"tools": [{**CLOCK, "function": {**CLOCK["function"], "strict": True}}]},

@@ -499,6 +499,13 @@ class PriorityArbiter(SupervisedActor):
         return dispatched
 
     def _maybe_preempt(self, incoming: Job, now: float) -> None:
+        """Preempt the best victim for ``incoming``, unless a slot already makes way for it
+        (it was handed over as a busy slot's next job): one internal job, one victim."""
+        if any(
+            slot.preempted_for is not None and slot.preempted_for.id == incoming.id
+            for slot in self._slots.values()
+        ):
+            return
         busy = [
             SlotView(slot_id, slot.job)
             for slot_id, slot in self._slots.items()

@@ -480,3 +480,29 @@ def test_a_slot_that_declines_a_preemption_is_passed_over_for_one_that_can_make_
     assert seen.result(timeout=5) == "Sunny."
     fake_gpu.next_call().finish(" upon a time")  # the preempted story resumes
     assert plain.result(timeout=5) == "Once upon a time"
+
+
+def test_one_internal_job_preempts_one_external_call_not_every_busy_slot(
+    start_lane: StartLane, fake_gpu: FakeGpu
+) -> None:
+    lane = start_lane(backend=BackendSettings(slots=2))
+    first = lane.submit(external("first story", stream=True))
+    first_call = fake_gpu.next_call()
+    second = lane.submit(external("second story", stream=True))
+    second_call = fake_gpu.next_call()
+    bot = lane.submit(
+        JobSpec.chat(model="qwen3", messages=[{"role": "user", "content": "bot"}],
+                     lane=Lane.INTERNAL)
+    )  # fmt: skip
+    bot_call = fake_gpu.next_call()
+    assert bot_call.request.messages[0].content == "bot"
+    quiesce()
+    cancelled = [call.token.cancelled for call in (first_call, second_call)]
+    assert sorted(cancelled) == [False, True], "exactly one external call made way"
+    assert lane.status()["counters"]["preemptions"] == 1
+    bot_call.finish("bot answer")
+    assert bot.result(timeout=5) == "bot answer"
+    running = second_call if cancelled[0] else first_call
+    running.finish("kept running")
+    fake_gpu.next_call().finish("resumed")
+    assert {first.result(timeout=5), second.result(timeout=5)} == {"kept running", "resumed"}

@@ -59,7 +59,7 @@ def local_backend(settings: BackendSettings) -> BuiltBackend:
 
 def cloud_backend(settings: CloudSettings, environ: Mapping[str, str] = os.environ) -> BuiltBackend:
     """The Anthropic backend ``[cloud]`` names, keyed from ``settings.api_key_env``."""
-    from actors.backends.anthropic import AnthropicBackend
+    from actors.backends.anthropic import AnthropicBackend, ThinkingMode
 
     key = environ.get(settings.api_key_env, "")
     if not key:
@@ -73,6 +73,7 @@ def cloud_backend(settings: CloudSettings, environ: Mapping[str, str] = os.envir
         model=settings.model,
         base_url=settings.url,
         max_tokens=settings.max_tokens,
+        thinking_mode=cast(ThinkingMode, settings.thinking_mode),  # CloudSettings checked it
         timeout=settings.request_timeout_s,
     )
     return BuiltBackend(cloud, settings.url, (cloud.close,))

@@ -14,9 +14,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from actors.backends.anthropic import ANTHROPIC_URL
+from actors.backends.anthropic import ANTHROPIC_URL, ThinkingMode
 from actors.backends.openai_compat import RESUME_MODES
 from actors.cloud import CloudPolicy
 from protocol import (
@@ -32,6 +32,7 @@ from protocol import (
 __all__ = ["ApiKey", "BackendSettings", "CloudSettings", "Config", "GatewaySettings"]
 
 BACKEND_KINDS = ("ollama", "simulated", "openai")
+THINKING_MODES: tuple[str, ...] = get_args(ThinkingMode)  # cloud.thinking_mode
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,11 +79,18 @@ class CloudSettings:
     assumed_run_s: float = 20.0
     max_tokens: int = 1024
     request_timeout_s: float = 600.0
+    # How ``think`` reaches Claude: token budgets, or adaptive thinking, which Claude 4.6
+    # and later expect (docs/backends.md, "Anthropic").
+    thinking_mode: str = "budget"
 
     def __post_init__(self) -> None:
         if not isinstance(self.slots, int) or self.slots < 1:
             raise ValidationError(
                 "cloud.slots", f"must be an integer of 1 or more, got {self.slots!r}"
+            )
+        if self.thinking_mode not in THINKING_MODES:
+            raise ValidationError(
+                "cloud.thinking_mode", f"unknown mode {self.thinking_mode!r}", THINKING_MODES
             )
         if not self.url.startswith(("http://", "https://")):
             raise ValidationError("cloud.url", f"not an http(s) URL: {self.url!r}")

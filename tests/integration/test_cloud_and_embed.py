@@ -13,6 +13,7 @@ from fake_anthropic import FakeAnthropic
 from profiles import EMBEDDER, ENDLESS
 
 from actors import Config, GpuLane, ManualClock, SystemClock
+from actors.backend_factory import cloud_backend
 from actors.backends.anthropic import AnthropicBackend
 from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import ModelProfile, SimulatedOllama
@@ -268,3 +269,19 @@ def test_preemption_over_http_closes_the_stream_and_the_job_resumes_without_repe
     # Resuming decodes each token of the answer once (plus at most one in flight at the cut).
     resumed_cost = after.tokens_generated - before.tokens_generated - quick_tokens
     assert len(uninterrupted.split()) <= resumed_cost <= len(uninterrupted.split()) + 1
+
+
+def test_the_cloud_thinking_mode_is_checked_and_reaches_the_anthropic_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValidationError, match=r"cloud\.thinking_mode.*allowed: budget, adaptive"):
+        CloudSettings(thinking_mode="always")
+    monkeypatch.setenv("GPULANE_TEST_CLOUD_KEY", "sk-ant-test")
+    built = cloud_backend(
+        CloudSettings(api_key_env="GPULANE_TEST_CLOUD_KEY", thinking_mode="adaptive")
+    )
+    try:
+        assert isinstance(built.backend, AnthropicBackend)
+        assert built.backend.thinking_mode == "adaptive"
+    finally:
+        built.close()

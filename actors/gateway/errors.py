@@ -29,7 +29,7 @@ from protocol import (
     ValidationError,
 )
 
-__all__ = ["GatewayError", "field_path", "install_error_handlers"]
+__all__ = ["GatewayError", "install_error_handlers"]
 
 
 class GatewayError(Exception):
@@ -109,7 +109,7 @@ def _from_pydantic(exc: RequestValidationError) -> GatewayError:
     if not errors:
         return GatewayError(400, "the request is not valid")
     first = errors[0]
-    field = field_path(_field_path(errors)) or "body"
+    field = _path_text(_error_location(errors)) or "body"
     problem = str(first.get("msg", "is not valid"))
     context = first.get("ctx") or {}
     expected = context.get("expected")
@@ -118,12 +118,11 @@ def _from_pydantic(exc: RequestValidationError) -> GatewayError:
     return GatewayError(400, problem, field=field, allowed=str(expected) if expected else None)
 
 
-def field_path(parts: Sequence[str | int]) -> str:
+def _path_text(parts: Sequence[str]) -> str:
     """``["messages", 0, "role"]`` as ``messages[0].role``."""
     path = ""
     for part in parts:
-        text = str(part)
-        path += f"[{text}]" if text.isdigit() else f".{text}" if path else text
+        path += f"[{part}]" if part.isdigit() else f".{part}" if path else part
     return path
 
 
@@ -131,7 +130,7 @@ def _location(error: Mapping[str, Any]) -> list[str]:
     return [str(part) for part in error.get("loc", ()) if part != "body"]
 
 
-def _field_path(errors: Sequence[Mapping[str, Any]]) -> list[str]:
+def _error_location(errors: Sequence[Mapping[str, Any]]) -> list[str]:
     """The first error's field: the common location of the errors about the same field
     (a value that fits no member of a union gets one error per member, each located at
     the member's type tag), without trailing type tags such as ``literal['json']``."""

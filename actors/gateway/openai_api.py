@@ -27,9 +27,9 @@ from actors.gateway.core import CallerDep, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
 from actors.gateway.ollama_api import scheduling
 from actors.gateway.openai_chat import (
-    REASONING_EFFORTS,
     ChatAnswers,
     ChatMessageIn,
+    ReasoningEffort,
     ResponseFormat,
     chat_messages,
     finish_reason,
@@ -120,7 +120,7 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    reasoning_effort: Literal[tuple(REASONING_EFFORTS)] | None = None  # type: ignore[valid-type]
+    reasoning_effort: ReasoningEffort | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     audio: dict[str, Any] | None = None

@@ -25,9 +25,9 @@ from protocol import Answer, Chunk, Job, Logprob, ToolCall
 from protocol.frozen import thaw
 
 __all__ = [
-    "REASONING_EFFORTS",
     "ChatAnswers",
     "ChatMessageIn",
+    "ReasoningEffort",
     "ResponseFormat",
     "chat_messages",
     "finish_reason",
@@ -36,9 +36,10 @@ __all__ = [
     "tools_for",
 ]
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra"]
 # reasoning_effort → think, as Ollama's openai.go maps it: OpenAI's scale reaches past
 # Ollama's at both ends, so "minimal" is "low" and "xhigh" (and "ultra") "max".
-REASONING_EFFORTS: Mapping[str, bool | str] = {
+_THINK_FOR: Mapping[ReasoningEffort, bool | str] = {
     "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
     "xhigh": "max", "max": "max", "ultra": "max",
 }  # fmt: skip
@@ -290,9 +291,9 @@ def response_format(given: ResponseFormat | None) -> str | dict[str, Any] | None
     return given.json_schema.json_schema or "json"
 
 
-def think_for(effort: str | None) -> bool | str | None:
+def think_for(effort: ReasoningEffort | None) -> bool | str | None:
     """``think`` for a ``reasoning_effort`` (None: the model's default)."""
-    return None if effort is None else REASONING_EFFORTS[effort]
+    return None if effort is None else _THINK_FOR[effort]
 
 
 # --------------------------------------------------------------------------- answer

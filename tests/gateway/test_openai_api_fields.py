@@ -219,6 +219,18 @@ def test_reasoning_effort_thinks_and_answers_with_reasoning_content(
     assert quiet.choices[0].message.content == message.content
 
 
+@pytest.mark.parametrize(
+    ("effort", "think"),
+    [("none", False), ("minimal", "low"), ("low", "low"), ("medium", "medium"),
+     ("high", "high"), ("xhigh", "max"), ("max", "max"), ("ultra", "max")],
+)  # fmt: skip
+def test_every_reasoning_effort_is_ollamas_think_level(
+    stack: Stack, client: openai.OpenAI, effort: Any, think: bool | str
+) -> None:
+    client.chat.completions.create(model=THINKER, messages=HELLO, reasoning_effort=effort)
+    assert newest_job(stack).spec.think == think
+
+
 def test_reasoning_asked_of_a_model_that_cannot_is_a_400(client: openai.OpenAI) -> None:
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError, match="does not support thinking"):

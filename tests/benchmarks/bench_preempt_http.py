@@ -27,7 +27,7 @@ from typing import Any
 
 from _common import goal, parse_args, percentile, report
 
-from actors import Config, GpuLane, SystemClock
+from actors import Config, GpuLane, SystemClock, Ticket
 from actors.backends.base import CancelToken, ChunkSink
 from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import ModelProfile, SimulatedOllama
@@ -170,6 +170,19 @@ class RestartFromScratch:
         return getattr(self.inner, name)
 
 
+def tokens_or_end(sim: SimulatedOllama, tokens: int, ticket: Ticket) -> bool:
+    """Wait until the server has decoded ``tokens`` in all (True) or the job has ended
+    (False). The job's end is not a change the server wakes its waiters for, so it is
+    looked at every 50 ms."""
+    while not ticket.done():
+        try:
+            sim.wait_for(lambda s: s.tokens_generated >= tokens, timeout=0.05)
+            return True
+        except TimeoutError:
+            pass
+    return False
+
+
 def workload_tokens(jobs: int, seed: int, restart: bool, tmp: Path) -> tuple[int, int, int]:
     """Run the seeded workload; returns (external tokens generated, answer tokens, cuts)."""
     rng = random.Random(seed)
@@ -191,17 +204,7 @@ def workload_tokens(jobs: int, seed: int, restart: bool, tmp: Path) -> tuple[int
                 ticket = lane.submit(JobSpec.chat(model="answer", messages=messages))
                 preempt_at = rng.sample(range(5, 110), rng.randint(0, 3))
                 for at in sorted(preempt_at):
-                    # Wait for the cut point or the end of the job's call, whichever is first
-                    # (the job's own end is not a change the server would wake us for).
-                    seen = sim.stats()
-                    reached = sim.wait_for(
-                        lambda s, b=seen, a=at: (
-                            s.tokens_generated >= b.tokens_generated + a
-                            or s.calls_finished > b.calls_finished
-                        ),
-                        timeout=10,
-                    )
-                    if reached.calls_finished > seen.calls_finished or ticket.done():
+                    if not tokens_or_end(sim, sim.stats().tokens_generated + at, ticket):
                         break
                     job = lane.submit(internal("answer", f"interrupt {i}.{at}"))
                     internal_tokens += job.job(timeout=10).metrics.eval_count  # type: ignore[union-attr]

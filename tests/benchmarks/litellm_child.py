@@ -54,7 +54,9 @@ def announce_when_ready(url: str, key: str, out: TextIO) -> None:
 
 def exit_when_parent_goes(lifetime_s: float) -> None:
     """End the process when stdin closes (the benchmark is done or gone) or at its lifetime."""
-    threading.Timer(lifetime_s, os._exit, (3,)).start()
+    deadline = threading.Timer(lifetime_s, os._exit, (3,))
+    deadline.daemon = True  # a proxy that stops by itself is not kept alive by it
+    deadline.start()
     sys.stdin.read()
     os._exit(0)
 

@@ -76,7 +76,7 @@ class _Common(BaseModel):
     """The fields ``/api/chat`` and ``/api/generate`` share (unknown keys are ignored, as
     Ollama ignores them)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)
     stream: bool = Field(default=True, strict=True)

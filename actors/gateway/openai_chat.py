@@ -111,7 +111,7 @@ class JsonSchemaFormat(BaseModel):
     """``response_format.json_schema``: the schema the answer must satisfy (Ollama holds the
     model to it with a grammar, so ``strict`` is honoured either way)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore")
 
     name: str | None = None
     description: str | None = None

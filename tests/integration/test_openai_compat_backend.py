@@ -2,8 +2,9 @@
 vLLM/llama.cpp server over real HTTP where a socket (or a server that generates) is the
 point.
 
-Request bodies, SSE and JSON parsing, usage, and the failure classes go through
-``httpx.MockTransport`` (docs/architecture.md section 12). Refused and cut connections,
+Request bodies, SSE and JSON parsing, usage, the failure classes and a regenerated
+resume's budget and usage go through ``httpx.MockTransport`` (docs/architecture.md
+section 12). Refused and cut connections,
 time-outs, cancellation that drops the connection and stops the server, each resume mode
 and GpuLane driving a configured server run on the fake, which the official ``openai``
 client checks first.
@@ -11,6 +12,7 @@ client checks first.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,14 +32,25 @@ from backend_kit import (
     sse_answer,
 )
 from fake_http import Fault
-from fake_openai import FakeOpenAI
+from fake_openai import FakeOpenAI, json_schema_refusal
 
 from actors import BackendSettings, Config, GpuLane, SystemClock
 from actors.backends.base import Backend, CallCancelledError, CancelToken
 from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode
 from actors.backends.simulated import embedding
 from actors.runtime import ManualClock
-from protocol import BackendError, BackendRequest, ChatMessage, JobKind, JobSpec, StoreSettings
+from protocol import (
+    BackendError,
+    BackendRequest,
+    ChatMessage,
+    Job,
+    JobKind,
+    JobMetrics,
+    JobSpec,
+    JobState,
+    StoreSettings,
+    ValidationError,
+)
 
 QUESTION = (ChatMessage("user", "How does the arbiter pick the next job?"),)
 
@@ -286,6 +299,31 @@ def test_error_statuses_are_classified(status: int, transient: bool) -> None:
     assert error.message == f"status {status} from the server"
 
 
+@pytest.mark.parametrize(
+    ("answer", "transient", "status"),
+    [
+        (json_schema_refusal(), False, 400),
+        # pydantic's error about the server's own answer (no ('body', ...) location): a fault
+        (
+            {"error": {"message": "1 validation error for CreateChatCompletionResponse\n"
+                       "choices.0.message\n  Field required", "type": "internal_server_error"}},
+            True,
+            500,
+        ),
+    ],
+    ids=["the-request-body-is-invalid", "the-server-broke"],
+)  # fmt: skip
+def test_a_server_error_that_reports_the_request_body_invalid_is_a_permanent_400(
+    answer: dict[str, Any], transient: bool, status: int
+) -> None:
+    """llama-cpp-python's server answers its request validation errors with a 500
+    (``llama_cpp/server/errors.py``); retrying the same body would fail the same way."""
+    with on_wire(openai_at, lambda _: json_answer(answer, 500)) as (backend, _):
+        error, _ = failure(backend, chat(format={"type": "object"}))
+    assert (error.transient, error.status) == (transient, status)
+    assert error.message == answer["error"]["message"]
+
+
 def test_a_refused_connection_is_transient() -> None:
     with FakeOpenAI() as fake:
         url = fake.url
@@ -391,6 +429,74 @@ def test_an_interrupted_then_resumed_call_equals_the_uninterrupted_one(
     assert body.get("continue_final_message", False) == (mode == "continue_final_message")
 
 
+def without_usage(sent: Sent) -> httpx.Response:
+    """vLLM's answer as llama-cpp-python's server streams it: with no usage chunk (it
+    ignores ``stream_options``), so the backend counts a token per chunk."""
+    body = {key: value for key, value in sent.body.items() if key != "stream_options"}
+    return vllm(dataclasses.replace(sent, body=body))
+
+
+def resumed_job(spec: JobSpec, prefix: str, tokens: int) -> Job:
+    """``spec``'s job after a call cut off once it had streamed ``prefix`` in ``tokens``
+    tokens (what the slot keeps: the text and that call's usage)."""
+    return Job(
+        id="j", seq=1, spec=spec, state=JobState.RUNNING, created_at=0.0, updated_at=0.0,
+        partial_output=prefix, segments=(JobMetrics(eval_count=tokens),),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("answer", "stream"),
+    [(vllm, True), (without_usage, True), (vllm, False)],
+    ids=["stream-with-usage", "stream-without-usage", "whole"],
+)
+def test_a_regenerated_resume_asks_for_the_whole_budget_and_counts_the_prefix_once(
+    answer: Callable[[Sent], httpx.Response], stream: bool
+) -> None:
+    spec = JobSpec.chat(model="tiny", messages=[QUESTION[0]], max_tokens=6)
+    job = resumed_job(spec, "".join(CHAT_ANSWER[:2]), 2)
+    request = dataclasses.replace(BackendRequest.for_job(job), stream=stream)
+    assert (request.max_tokens, request.prefix_tokens) == (4, 2)
+
+    def regenerating(transport: httpx.BaseTransport) -> OpenAICompatBackend:
+        return OpenAICompatBackend(URL, resume="regenerate", transport=transport)
+
+    with on_wire(regenerating, answer) as (backend, sent):
+        result = backend.complete(request, lambda _: None, CancelToken())
+    # The server decodes the 2 tokens of the prefix again, then the 4 the budget has left.
+    assert sent.last.body["max_tokens"] == 6 and "assistant" not in str(sent.last.body["messages"])
+    assert job.partial_output + result.text == "".join(CHAT_ANSWER[:6])
+    assert result.done_reason == "length" and result.metrics.eval_count == 4
+    assert JobMetrics.total((*job.segments, result.metrics)).eval_count == 6
+
+
+def test_a_continued_resume_asks_for_the_budget_left_and_keeps_the_servers_count(
+    wire: tuple[OpenAICompatBackend, Wire],
+) -> None:
+    backend, sent = wire  # resume="prefill": the server continues after the prefix
+    spec = JobSpec.chat(model="tiny", messages=[QUESTION[0]], max_tokens=6)
+    request = BackendRequest.for_job(resumed_job(spec, "".join(CHAT_ANSWER[:2]), 2))
+    result = backend.complete(request, lambda _: None, CancelToken())
+    assert sent.last.body["max_tokens"] == 4 and result.metrics.eval_count == 4
+
+
+def test_a_regenerated_resume_on_the_fake_ends_where_the_uninterrupted_answer_ends() -> None:
+    spec = JobSpec.chat(model="tiny", messages=[QUESTION[0]], max_tokens=8)
+    with FakeOpenAI(prefill=False) as fake:
+        backend = OpenAICompatBackend(fake.url, resume="regenerate")
+        whole = backend.complete(BackendRequest.for_spec(spec), lambda _: None, CancelToken())
+        token, first, sink = cancel_after(3)
+        with pytest.raises(CallCancelledError):
+            backend.complete(BackendRequest.for_spec(spec), sink, token)
+        job = resumed_job(spec, "".join(first), len(first))
+        rest = backend.complete(BackendRequest.for_job(job), lambda _: None, CancelToken())
+        backend.close()
+    assert whole.done_reason == rest.done_reason == "length"
+    assert job.partial_output + rest.text == whole.text
+    usage = JobMetrics.total((*job.segments, rest.metrics))
+    assert usage.eval_count == whole.metrics.eval_count == 8
+
+
 def test_without_prefill_support_a_prefilled_chat_would_start_a_new_answer() -> None:
     """Why ``regenerate`` exists: such a server answers the prefill as a finished turn."""
     with FakeOpenAI(prefill=False) as fake:
@@ -445,6 +551,15 @@ def test_gpulane_drives_an_openai_server_named_in_its_config(
         answer = lane.submit(JobSpec.chat(model="tiny", messages=[QUESTION[0]])).result(5)
         vectors = lane.embed("embedder", ["a", "b"], caller="test").embeddings
     assert answer == run_direct(server) and len(vectors) == 2
+
+
+def test_an_unknown_schema_form_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ValidationError) as caught:
+        BackendSettings(kind="openai", schema_form="json")
+    assert caught.value.field == "backend.schema_form"
+    assert "json_schema" in str(caught.value) and "json_object" in str(caught.value)
+    with pytest.raises(ValueError, match="schema_form"):
+        OpenAICompatBackend(URL, schema_form="json")  # type: ignore[arg-type]
 
 
 def run_direct(server: FakeOpenAI) -> str:

@@ -37,6 +37,7 @@ from protocol import (
     ChatMessage,
     Chunk,
     JobSpec,
+    JobState,
     Logprob,
     StoreSettings,
     TokenLogprob,
@@ -171,6 +172,22 @@ def test_a_schema_is_a_strict_json_schema_and_logprobs_are_asked_for_by_name() -
     assert (body["logprobs"], body["top_logprobs"]) == (True, 3)
     plain = sent_body(BackendRequest.for_spec(ROUND_TRIP.replace(format="json")))
     assert plain["response_format"] == {"type": "json_object"} and "logprobs" not in plain
+
+
+def test_schema_form_json_object_sends_the_schema_beside_json_object() -> None:
+    """llama-cpp-python's form (its ``ChatCompletionRequestResponseFormat``: type "text"
+    or "json_object", and an optional ``schema``), which llama.cpp's server takes too."""
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+
+    def llama_cpp_python(transport: httpx.BaseTransport) -> OpenAICompatBackend:
+        return OpenAICompatBackend(URL, schema_form="json_object", transport=transport)
+
+    for asked, form in ((schema, {"type": "json_object", "schema": schema}),
+                        ("json", {"type": "json_object"})):  # fmt: skip
+        request = BackendRequest.for_spec(ROUND_TRIP.replace(format=asked))
+        with on_wire(llama_cpp_python, deltas(delta(content="{}"))) as (backend, wire):
+            call(backend, request)
+        assert wire.last.body["response_format"] == form
 
 
 def test_a_generate_carries_its_suffix_and_asks_the_legacy_api_for_at_least_one_logprob() -> None:
@@ -456,6 +473,29 @@ def test_an_answer_after_a_tool_result_resumes_exactly_with_the_tools_still_offe
         "role": "assistant",
         "content": prefix,
     }
+
+
+def test_gpulane_sends_a_schema_in_the_form_its_config_names(tmp_path: Path) -> None:
+    """On a server that takes a schema only beside ``json_object`` (llama-cpp-python's),
+    ``schema_form = "json_object"`` gets an answer that satisfies the schema; the
+    default form is refused with the server's 500, which fails the job at once (a
+    retry would send the same body) with the server's message."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    spec = JobSpec.chat(model="tiny", messages=[ChatMessage("user", QUESTION)], format=schema)
+    answers = {}
+    with FakeOpenAI(("tiny",), prefill=False, json_schema=False) as fake:
+        for form in ("json_object", "json_schema"):
+            config = Config(
+                store=StoreSettings(path=str(tmp_path / f"{form}.sqlite3")),
+                backend=BackendSettings(kind="openai", url=fake.url, schema_form=form),
+            )
+            with GpuLane.start(config, clock=SystemClock()) as lane:
+                answers[form] = lane.submit(spec).job(5)
+    parsed = answers["json_object"]
+    assert parsed.result is not None and isinstance(json.loads(parsed.result)["city"], str)
+    refused = answers["json_schema"]
+    assert refused.state is JobState.FAILED and refused.attempts == 1
+    assert "Input should be 'text' or 'json_object'" in (refused.error or "")
 
 
 def test_gpulane_runs_a_tool_call_through_an_openai_server(

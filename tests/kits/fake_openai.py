@@ -12,7 +12,10 @@ llama.cpp and vLLM stream them: a first delta with the id and name, then argumen
 pieces, by index) and finish reason ``tool_calls``; ``chat_template_kwargs.
 enable_thinking`` or ``reasoning_effort`` give thinking first, in ``reasoning_key``
 (``reasoning_content`` as llama.cpp names it, ``reasoning`` as vLLM does);
-``response_format`` gives JSON; ``logprobs``/``top_logprobs`` give each token's (the
+``response_format`` gives JSON, by the schema in either form llama.cpp's server takes
+(``json_schema.schema``, or ``schema`` beside ``json_object``), and ``json_schema=False``
+answers the first form as llama-cpp-python's server does (:func:`json_schema_refusal`);
+``logprobs``/``top_logprobs`` give each token's (the
 legacy map shape on ``/v1/completions``). Messages are checked as OpenAI checks them (a
 400 naming the field): image parts need a data URL of a known image type, a tool call
 its id and its arguments as a JSON string, a tool result the ``tool_call_id`` of an
@@ -46,12 +49,29 @@ class FakeOpenAI(FakeServer):
         *,
         prefill: bool = True,
         reasoning_key: str = "reasoning_content",
+        json_schema: bool = True,
         **kw: Any,
     ):
         super().__init__(_Handler, name="fake-openai", **kw)
         self.models = models
         self.prefill = prefill
         self.reasoning_key = reasoning_key
+        self.json_schema = json_schema
+
+
+def json_schema_refusal() -> dict[str, Any]:
+    """What llama-cpp-python's server (0.3.36) answers, with a 500, to ``response_format``
+    of type ``json_schema``: FastAPI's validation error of the request body, as its
+    ``RouteErrorHandler`` wraps every exception (``llama_cpp/server/errors.py``), taken
+    from the real server."""
+    message = (
+        "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+        "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+        "'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\""
+        ", line 376, in create_chat_completion\n    POST /v1/chat/completions"
+    )
+    error = {"message": message, "type": "internal_server_error", "param": None, "code": None}
+    return {"error": error}
 
 
 def turns(messages: object) -> list[dict[str, Any]]:
@@ -186,8 +206,13 @@ class _Handler(FakeHandler):
             "medium" if kwargs.get("enable_thinking") else None
         )
         response_format = body.get("response_format") or {}
-        schema = {"json_object": "json"}.get(response_format.get("type", ""))
-        if response_format.get("type") == "json_schema":
+        schema = None
+        if response_format.get("type") == "json_object":
+            schema = response_format.get("schema") or "json"
+        elif response_format.get("type") == "json_schema":
+            if not self.openai.json_schema:
+                self.send_json(500, json_schema_refusal())
+                return
             schema = response_format["json_schema"]["schema"]
         plan = self.fake.plan(
             body["model"], chat_turns, context, body.get("max_tokens"),

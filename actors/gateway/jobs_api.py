@@ -57,6 +57,22 @@ class JobRequest(BaseModel):
     chain_id: str | None = Field(default=None, min_length=1, max_length=200)
     max_attempts: int = Field(default=3, ge=1, le=100)
     keep_alive: str | float | None = None
+    # The rest of the request as Ollama takes it; the JobSpec checks each and names a bad one.
+    tools: list[dict[str, Any]] | None = None
+    think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    images: list[str] | None = None  # generate
+    raw: bool | None = None  # generate
+    suffix: str | None = None  # generate
+    template: str | None = None  # generate
+    context: list[int] | None = None  # generate
+
+
+# JobRequest fields that go to the JobSpec as they are, when the caller gave them.
+_PASSED_AS_GIVEN = (
+    "tools", "think", "logprobs", "top_logprobs", "images", "raw", "suffix", "template", "context",
+)  # fmt: skip
 
 
 class Submitted(BaseModel):
@@ -105,6 +121,11 @@ async def submit(body: JobRequest, request: Request, caller: CallerDep) -> Submi
         "max_attempts": body.max_attempts,
         "keep_alive": body.keep_alive,
         "stream": True,
+        **{
+            name: getattr(body, name)
+            for name in _PASSED_AS_GIVEN
+            if getattr(body, name) is not None
+        },
     }
     if body.kind == "chat":
         messages = [m.model_dump(exclude_none=True) for m in body.messages]

@@ -569,3 +569,30 @@ def test_a_json_body_sent_with_curls_form_content_type_is_read_as_json(stack: St
     with stack.client() as http:
         response = http.post("/api/chat", content=body, headers=form)
     assert response.status_code == 200 and response.json()["done"] is True
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+def test_the_job_surface_carries_tools_thinking_and_generates_fields_into_the_job(
+    stack: Stack,
+) -> None:
+    stack.lane.pause()
+    with stack.client() as http:
+        chat = submit_job(http, tools=[WEATHER_TOOL], think=True, logprobs=True)
+        generate = http.post(
+            "/jobs",
+            json={"kind": "generate", "model": "tiny", "prompt": "def add(", "suffix": "\n",
+                  "context": [1, 2, 3]},
+        )  # fmt: skip
+        assert generate.status_code == 202, generate.text
+        refused = http.post("/jobs", json={"model": "tiny", "messages": HELLO, "suffix": "x"})
+    chat_spec = stack.lane.get(chat["id"]).spec
+    assert [tool.name for tool in chat_spec.tools] == ["get_weather"]
+    assert chat_spec.think is True and chat_spec.logprobs is True
+    generate_spec = stack.lane.get(generate.json()["id"]).spec
+    assert (generate_spec.suffix, generate_spec.context) == ("\n", (1, 2, 3))
+    assert refused.status_code == 400 and refused.json()["field"] == "suffix"

@@ -475,7 +475,10 @@ def _read_stream(
     """Read an SSE stream to ``data: [DONE]``; usage comes in a chunk without choices.
 
     A server that streams without usage (llama-cpp-python ignores ``stream_options``)
-    sends one token per chunk, so the chunks with output count the generated tokens.
+    sends one token per chunk, so the chunks with output count the generated tokens. A
+    stream with no finish reason was stopped before the answer was done (llama-cpp-python
+    sends ``[DONE]`` early when another request arrives): a transient error, never an
+    answer cut short in silence.
     """
     path = response.request.url.path
     finish: str | None = None
@@ -492,17 +495,18 @@ def _read_stream(
         finish = _finish_reason(chunk) or finish
         if chunk.get("usage") or chunk.get("timings"):
             usage_chunk = chunk
-    else:
-        if finish is None:
-            raise BackendError(
-                f"the stream from {path} ended without [DONE] after {collector.pieces} chunk(s)",
-                transient=True,
-            )
+    if finish is None:
+        raise BackendError(
+            f"the stream from {path} ended without a finish reason after {collector.pieces} "
+            "chunk(s): the server stopped the answer (llama-cpp-python's server does when "
+            "another request arrives, unless started with --interrupt_requests false)",
+            transient=True,
+        )
     reader.finish()
     if not usage_chunk.get("usage"):
         usage_chunk = {**usage_chunk, "usage": {"completion_tokens": reader.counted}}
     metrics = _metrics(usage_chunk, time.monotonic_ns() - began_ns)
-    return collector.result(metrics, finish or "stop")
+    return collector.result(metrics, finish)
 
 
 def _first_choice(data: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -18,13 +18,16 @@ from real_model_kit import MODEL, answers, free_port, model_file, running_proces
 
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
-    """The base URL of the running llama_cpp.server."""
+    """The base URL of the running llama_cpp.server, started as docs/backends.md says:
+    with ``--interrupt_requests false``, since by default it ends a streaming answer
+    early when another request arrives, and gpulane sends some while a call streams
+    (the residency poll of ``/v1/models``, embeddings)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model_file()),
         "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", "2048", "--n_threads", "2",
+        "--n_ctx", "2048", "--n_threads", "2", "--interrupt_requests", "false",
     ]  # fmt: skip
     with running_process("llama_cpp.server", command, answers(f"{url}/v1/models"), 120):
         yield url

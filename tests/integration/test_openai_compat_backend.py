@@ -352,6 +352,20 @@ def test_an_error_event_after_output_began_is_transient_with_its_message() -> No
     assert error.transient and error.message == "CUDA out of memory" and len(chunks) == 2
 
 
+def test_a_stream_ended_without_a_finish_reason_is_transient_not_a_short_answer() -> None:
+    """llama-cpp-python's server, by default, ends a stream with ``[DONE]`` and no finish
+    reason when another request arrives (``server/app.py``, ``interrupt_requests``)."""
+
+    def interrupted(sent: Sent) -> httpx.Response:
+        chunks = [chunk(sent.body, True, token, None) for token in CHAT_ANSWER[:3]]
+        return sse_answer([*((None, c) for c in chunks), (None, "[DONE]")])
+
+    with on_wire(openai_at, interrupted) as (backend, _):
+        error, chunks = failure(backend, chat())
+    assert error.transient and "without a finish reason after 3 chunk(s)" in error.message
+    assert "--interrupt_requests false" in error.message and len(chunks) == 3
+
+
 def test_a_slow_read_times_out_as_a_transient_error(manual_clock: ManualClock) -> None:
     # The fake's clock never moves, so the stall never ends: only the read time-out (real
     # time, as httpx measures it) can end the call.

@@ -11,7 +11,7 @@ repeated or contradictory output. A field the backend cannot carry is refused by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,21 +46,9 @@ StartLane = Callable[..., GpuLane]
 
 
 @pytest.fixture
-def start_lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[StartLane]:
-    """Start a GpuLane on the fake GPU (preemption always on), stopped after the test."""
-    started: list[GpuLane] = []
-
-    def start(**sections: object) -> GpuLane:
-        config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3"))).replace(
-            **{"scheduling": ALWAYS_ACTIVE, **sections}
-        )
-        lane = GpuLane.start(config, gpu=fake_gpu, clock=fake_gpu.clock)
-        started.append(lane)
-        return lane
-
-    yield start
-    for lane in started:
-        lane.stop()
+def start_lane(start_lane: StartLane) -> StartLane:
+    """The shared fixture, with preemption on at all hours unless a test says otherwise."""
+    return lambda **given: start_lane(**{"scheduling": ALWAYS_ACTIVE, **given})
 
 
 def external(text: str = "Weather in Paris?", **fields: object) -> JobSpec:

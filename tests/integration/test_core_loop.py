@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,24 +26,6 @@ from protocol import (
 )
 
 StartLane = Callable[..., GpuLane]
-
-
-@pytest.fixture
-def start_lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[StartLane]:
-    """Start a GpuLane on the fake GPU with some config sections replaced."""
-    started: list[GpuLane] = []
-
-    def start(**sections: object) -> GpuLane:
-        config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3"))).replace(
-            **sections
-        )
-        lane = GpuLane.start(config, gpu=fake_gpu, clock=fake_gpu.clock)
-        started.append(lane)
-        return lane
-
-    yield start
-    for lane in started:
-        lane.stop()
 
 
 def chat(text: str = "hi", **fields: object) -> JobSpec:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +18,6 @@ from actors.tree import DEFAULT_FACTORIES, LaneWiring, SupervisionSettings
 from protocol import JobSpec, JobState, StoreSettings, SystemStoppedError, ValidationError
 
 StartLane = Callable[..., GpuLane]
-
-
-@pytest.fixture
-def start_lane(tmp_path: Path, fake_gpu: FakeGpu) -> Iterator[StartLane]:
-    """Start a GpuLane on the fake GPU; extra keyword arguments go to GpuLane.start."""
-    started: list[GpuLane] = []
-
-    def start(**options: Any) -> GpuLane:
-        config = Config(store=StoreSettings(path=str(tmp_path / "jobs.sqlite3")))
-        lane = GpuLane.start(config, gpu=fake_gpu, clock=fake_gpu.clock, **options)
-        started.append(lane)
-        return lane
-
-    yield start
-    for lane in started:
-        lane.stop()
 
 
 def chat(text: str) -> JobSpec:

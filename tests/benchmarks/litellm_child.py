@@ -20,11 +20,12 @@ import secrets
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TextIO
 
 import httpx
+
+from actors.testing import wait_until
 
 READY_WITHIN_S = 120.0  # its start-up imports take 5 to 20 s on 2 busy cores
 
@@ -39,17 +40,19 @@ def free_port() -> int:
 
 def announce_when_ready(url: str, key: str, out: TextIO) -> None:
     """Print the URL and key once the proxy answers its liveness route; exit if it never does."""
-    deadline = time.monotonic() + READY_WITHIN_S
-    while time.monotonic() < deadline:
+
+    def live() -> bool:
         try:
-            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
-                out.write(json.dumps({"litellm": url, "key": key}) + "\n")
-                out.flush()
-                return
+            return httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    os._exit(2)
+            return False
+
+    try:
+        wait_until(live, READY_WITHIN_S, "LiteLLM's proxy did not come up")
+    except AssertionError:
+        os._exit(2)
+    out.write(json.dumps({"litellm": url, "key": key}) + "\n")
+    out.flush()
 
 
 def exit_when_parent_goes(lifetime_s: float) -> None:

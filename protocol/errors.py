@@ -97,20 +97,31 @@ class JobNotFoundError(GpulaneError, KeyError):
 
 
 class BackendError(GpulaneError):
-    """A backend call failed. ``transient`` errors are retried; permanent ones fail the job."""
+    """A backend call failed. ``transient`` errors are retried; permanent ones fail the job.
 
-    def __init__(self, message: str, *, transient: bool, status: int | None = None):
+    ``outage`` marks a failure that belongs to the backend, not to the request: the
+    server could not be reached, dropped the connection, or said it is busy. Before any
+    output it charges the job no attempt; the backend is marked down instead
+    (docs/architecture.md section 13). An outage is always transient.
+    """
+
+    def __init__(
+        self, message: str, *, transient: bool, status: int | None = None, outage: bool = False
+    ):
         self.message = message
-        self.transient = transient
+        self.transient = transient or outage
         self.status = status
+        self.outage = outage
         super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_backend_error, (self.message, self.transient, self.status))
+        return (_rebuild_backend_error, (self.message, self.transient, self.status, self.outage))
 
 
-def _rebuild_backend_error(message: str, transient: bool, status: int | None) -> BackendError:
-    return BackendError(message, transient=transient, status=status)
+def _rebuild_backend_error(
+    message: str, transient: bool, status: int | None, outage: bool
+) -> BackendError:
+    return BackendError(message, transient=transient, status=status, outage=outage)
 
 
 class IllegalTransitionError(GpulaneError):

@@ -25,8 +25,10 @@ constrains output to a schema only), thinking it did not sign, and ``think`` wit
 the API does not allow beside it (a prefill, ``temperature``, ``top_k``, a budget).
 
 Failures: 429 (rate limit), 5xx and 529 (overloaded) and ``overloaded_error`` /
-``api_error`` events are transient; 400, 401, 403, 404 and 413 are permanent. The API
-has no embeddings; residency is not ours to manage, so load and unload do nothing.
+``api_error`` events are transient; 529, 503, a proxy's 502 and an ``overloaded_error``
+event are the API's outage, not the request's failure; 400, 401, 403, 404 and 413 are
+permanent. The API has no embeddings; residency is not ours to manage, so load and
+unload do nothing.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ from actors.backends.http import (
     drain,
     guarded,
     int_field,
-    is_transient_status,
     iter_sse,
     new_client,
+    status_error,
 )
 from actors.backends.translate import (
     Collector,
@@ -83,6 +85,12 @@ ANTHROPIC_VERSION = "2023-06-01"
 _TRANSIENT_ERROR_TYPES = frozenset(
     {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 )
+# The API's outage, as anthropic-sdk-python's _exceptions.py names the statuses: 529
+# OverloadedError (overloaded_error), 503 ServiceUnavailableError, and a proxy's 502.
+# Its 504 is DeadlineExceededError (timeout_error): this request took too long, which is
+# the request's failure, not the API's outage.
+_OUTAGES = frozenset({502, 503, 529})
+_OVERLOADED = "overloaded_error"
 _DONE_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -239,7 +247,13 @@ class AnthropicBackend:
         return collector.result(metrics, _DONE_REASONS.get(reason, reason))
 
     def embed(
-        self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
+        self,
+        model: str,
+        inputs: tuple[str, ...],
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+        *,
+        keep_alive: str | float | None = None,
     ) -> EmbedResult:
         """The Messages API has no embeddings: a permanent error."""
         raise BackendError("the Anthropic API has no embeddings endpoint", transient=False)
@@ -258,7 +272,9 @@ class AnthropicBackend:
             if isinstance(m, dict) and m.get("id")
         )
 
-    def load(self, model: str, keep_alive: str | float | None = None) -> None:
+    def load(
+        self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
+    ) -> None:
         """Nothing to do: cloud models are always there."""
 
     def unload(self, model: str) -> None:
@@ -503,7 +519,12 @@ class _Reader:
                 found = data.get("error")
                 error: dict[str, Any] = found if isinstance(found, dict) else {}
                 message = str(error.get("message") or error.get("type") or "stream error")
-                raise BackendError(message, transient=error.get("type") in _TRANSIENT_ERROR_TYPES)
+                error_type = error.get("type")
+                raise BackendError(
+                    message,
+                    transient=error_type in _TRANSIENT_ERROR_TYPES,
+                    outage=error_type == _OVERLOADED,
+                )
             if kind == "message_start":
                 usage.update(data.get("message", {}).get("usage") or {})
             elif kind == "content_block_start":
@@ -559,7 +580,8 @@ class _Reader:
 
 
 def _raise_for_status(response: httpx.Response) -> None:
-    """Raise BackendError with the API's own message for an error status."""
+    """Raise BackendError with the API's own message for an error status (see _OUTAGES
+    for which are the API's outage)."""
     status = response.status_code
     if status < 400:
         return
@@ -572,8 +594,4 @@ def _raise_for_status(response: httpx.Response) -> None:
             message = f"{error.get('type', 'error')}: {error.get('message', '')}"
     except ValueError:
         message = response.text.strip()
-    raise BackendError(
-        message or f"HTTP {status} {response.reason_phrase}",
-        transient=is_transient_status(status),
-        status=status,
-    )
+    raise status_error(status, message or f"HTTP {status} {response.reason_phrase}", _OUTAGES)

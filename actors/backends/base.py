@@ -136,17 +136,27 @@ class Backend(Protocol):
         ...
 
     def embed(
-        self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
+        self,
+        model: str,
+        inputs: tuple[str, ...],
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+        *,
+        keep_alive: str | float | None = None,
     ) -> EmbedResult:
-        """Embed each input (bypasses the GPU queue)."""
+        """Embed each input (bypasses the GPU queue); ``keep_alive``, when given, is how
+        long the model stays loaded after it (None: the server leaves it as it is)."""
         ...
 
     def loaded_models(self) -> tuple[LoadedModel, ...]:
         """The models resident now (``/api/ps``)."""
         ...
 
-    def load(self, model: str, keep_alive: str | float | None = None) -> None:
-        """Load ``model`` and keep it resident for ``keep_alive``."""
+    def load(
+        self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
+    ) -> None:
+        """Load ``model`` and keep it resident for ``keep_alive``; ``embedding`` says it is
+        an embedding model, which a server may load another way (Ollama: an empty embed)."""
         ...
 
     def unload(self, model: str) -> None:

@@ -13,7 +13,9 @@ reused: its read fails and httpcore closes it, or, if its response had already e
 the pool finds the idle socket readable (at EOF) and discards it; and a call stops
 touching its socket once its response is closed, before the pool hands the connection
 to another call. :func:`guarded` wires a CancelToken to that and turns every failure
-into ``protocol.BackendError`` with ``transient`` set as docs/architecture.md section 3 says.
+into ``protocol.BackendError`` with ``transient`` set as docs/architecture.md section 3 says,
+and ``outage`` for a failure that belongs to the server, not to the request
+(:func:`transport_error`, :func:`status_error`; docs/architecture.md section 13).
 
 Server-sent events (OpenAI and Anthropic streams) are parsed by :func:`iter_sse`.
 """
@@ -36,6 +38,7 @@ from actors.backends.base import CallCancelledError, CancelToken
 from protocol import BackendError
 
 __all__ = [
+    "OUTAGE_STATUSES",
     "TRANSIENT_4XX",
     "SocketAbort",
     "SseEvent",
@@ -46,11 +49,18 @@ __all__ = [
     "is_transient_status",
     "iter_sse",
     "new_client",
+    "status_error",
     "transport_error",
 ]
 
 # Statuses that say "try again later" although they are 4xx.
 TRANSIENT_4XX = frozenset({408, 429})
+
+# Statuses that say the server takes no request now, whatever the request: busy or still
+# loading (503: Ollama's ErrMaxQueue "server busy", llama.cpp's "Loading model"),
+# Anthropic's 529 overloaded_error, or a proxy in front of it with nothing answering
+# behind (502, 504). They are the backend's outage, not the request's failure.
+OUTAGE_STATUSES = frozenset({502, 503, 504, 529})
 
 
 # The SocketAbort of the call running on each thread (set by ``guarded``): a pooled
@@ -268,17 +278,39 @@ def guarded(cancel: CancelToken | None, base_url: str, server: str) -> Iterator[
 
 
 def transport_error(exc: httpx.HTTPError, base_url: str, server: str) -> BackendError:
-    """Classify a network failure: all are transient except a malformed URL."""
+    """Classify a network failure: every one is transient except a malformed URL.
+
+    The server's outage (``outage``): it cannot be reached (refused, DNS, a connect
+    time-out, a proxy that cannot reach it) or it closed or reset the connection. Whether
+    a drop came before or after output is for the caller to tell (the slot counts the
+    pieces). A read or write time-out is the request's: the server is there but this call
+    took too long.
+    """
     detail = str(exc) or type(exc).__name__
+    where = f"{server} at {base_url}"
     if isinstance(exc, httpx.UnsupportedProtocol):
         return BackendError(f"bad {server} URL {base_url!r}: {detail}", transient=False)
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)):
+        return BackendError(f"cannot connect to {where}: {detail}", transient=True, outage=True)
     if isinstance(exc, httpx.TimeoutException):
-        return BackendError(f"{server} at {base_url} timed out: {detail}", transient=True)
-    if isinstance(exc, httpx.ConnectError):
-        return BackendError(f"cannot connect to {server} at {base_url}: {detail}", transient=True)
+        return BackendError(f"{where} timed out: {detail}", transient=True)
     if isinstance(exc, httpx.RemoteProtocolError):
-        return BackendError(f"{server} at {base_url} cut the response: {detail}", transient=True)
-    return BackendError(f"connection to {server} at {base_url} failed: {detail}", transient=True)
+        return BackendError(f"{where} cut the response: {detail}", transient=True, outage=True)
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+        return BackendError(
+            f"{where} dropped the connection: {detail}", transient=True, outage=True
+        )
+    return BackendError(f"connection to {where} failed: {detail}", transient=True)
+
+
+def status_error(
+    status: int, message: str, outages: frozenset[int] = OUTAGE_STATUSES
+) -> BackendError:
+    """The BackendError for an error status with the server's own ``message``: transient
+    as :func:`is_transient_status` says, the server's outage for a status in ``outages``."""
+    return BackendError(
+        message, transient=is_transient_status(status), status=status, outage=status in outages
+    )
 
 
 def drain(lines: Iterator[str]) -> None:

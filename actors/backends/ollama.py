@@ -27,8 +27,8 @@ from actors.backends.http import (
     drain,
     guarded,
     int_field,
-    is_transient_status,
     new_client,
+    status_error,
 )
 from protocol import (
     REQUEST_FEATURES,
@@ -115,12 +115,20 @@ class OllamaBackend:
             )
 
     def embed(
-        self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
+        self,
+        model: str,
+        inputs: tuple[str, ...],
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+        *,
+        keep_alive: str | float | None = None,
     ) -> EmbedResult:
-        """Embed each input with ``/api/embed``."""
+        """Embed each input with ``/api/embed`` (``keep_alive`` sent when given)."""
         body: dict[str, Any] = {"model": model, "input": list(inputs)}
         if options:
             body["options"] = thaw(options)
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
         data = self._exchange("POST", "/api/embed", body, cancel)
         vectors = data.get("embeddings")
         if not isinstance(vectors, list):
@@ -147,12 +155,25 @@ class OllamaBackend:
             if isinstance(m, dict)
         )
 
-    def load(self, model: str, keep_alive: str | float | None = None) -> None:
-        """Load ``model`` with an empty generate request (Ollama's idiom)."""
-        body: dict[str, Any] = {"model": model, "stream": False}
+    def load(
+        self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
+    ) -> None:
+        """Load ``model`` with an empty request, as Ollama loads one: a generate request
+        for a chat model, an embed request for an embedding model.
+
+        Ollama refuses an empty ``/api/generate`` for a model without the completion
+        capability (400 ``"<model>" does not support generate``), while its EmbedHandler
+        loads any model through scheduleRunner and answers an empty ``input`` with no
+        embeddings (server/routes.go).
+        """
+        body: dict[str, Any] = {"model": model}
+        if embedding:
+            path, body["input"] = "/api/embed", []
+        else:
+            path, body["stream"] = "/api/generate", False
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
-        self._exchange("POST", "/api/generate", body, None)
+        self._exchange("POST", path, body, None)
 
     def unload(self, model: str) -> None:
         """Evict ``model`` now: an empty generate request with ``keep_alive`` 0."""
@@ -282,7 +303,8 @@ def _piece(part: Mapping[str, Any], kind: JobKind, path: str) -> Chunk:
 
 
 def _raise_for_status(response: httpx.Response) -> None:
-    """Raise BackendError with Ollama's own message for an error status."""
+    """Raise BackendError with Ollama's own message for an error status; a 503 (the
+    scheduler's ErrMaxQueue, "server busy", server/sched.go) is the server's outage."""
     status = response.status_code
     if status < 400:
         return
@@ -294,10 +316,7 @@ def _raise_for_status(response: httpx.Response) -> None:
             message = data["error"]
     except ValueError:
         message = response.text.strip()
-    transient = is_transient_status(status)
-    raise BackendError(
-        message or f"HTTP {status} {response.reason_phrase}", transient=transient, status=status
-    )
+    raise status_error(status, message or f"HTTP {status} {response.reason_phrase}")
 
 
 def _metrics(part: Mapping[str, Any]) -> JobMetrics:

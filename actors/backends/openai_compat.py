@@ -64,9 +64,9 @@ from actors.backends.http import (
     drain,
     guarded,
     int_field,
-    is_transient_status,
     iter_sse,
     new_client,
+    status_error,
 )
 from actors.backends.translate import (
     Collector,
@@ -219,9 +219,16 @@ class OpenAICompatBackend:
         return dataclasses.replace(result, metrics=metrics)
 
     def embed(
-        self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
+        self,
+        model: str,
+        inputs: tuple[str, ...],
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+        *,
+        keep_alive: str | float | None = None,
     ) -> EmbedResult:
-        """Embed each input with ``/v1/embeddings`` (``options`` may carry ``dimensions``)."""
+        """Embed each input with ``/v1/embeddings`` (``options`` may carry ``dimensions``).
+        ``keep_alive`` has nothing to do: the server keeps its models for its whole life."""
         body: dict[str, Any] = {"model": model, "input": list(inputs)}
         if "dimensions" in options:
             body["dimensions"] = options["dimensions"]
@@ -252,9 +259,12 @@ class OpenAICompatBackend:
             if isinstance(m, dict) and m.get("id")
         )
 
-    def load(self, model: str, keep_alive: str | float | None = None) -> None:
+    def load(
+        self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
+    ) -> None:
         """Check that the server serves ``model``: these servers load at start-up, so there
-        is nothing to load; an unknown model is a permanent error (404)."""
+        is nothing to load, whatever the kind of model; an unknown one is a permanent
+        error (404)."""
         served = {m.name for m in self.loaded_models()}
         if model not in served:
             raise BackendError(
@@ -566,7 +576,9 @@ def _error_message(data: Mapping[str, Any]) -> str:
 def _raise_for_status(response: httpx.Response) -> None:
     """Raise BackendError with the server's own message for an error status: transient
     as the status says, except a 5xx that reports this request's body as invalid, which
-    is the permanent 400 it should have been (see :func:`_refuses_the_body`)."""
+    is the permanent 400 it should have been (see :func:`_refuses_the_body`). A 503 is the
+    server's outage (llama.cpp's server answers "Loading model" with it until its model
+    is loaded), as are a proxy's 502 and 504 (``http.status_error``)."""
     status = response.status_code
     if status < 400:
         return
@@ -578,11 +590,7 @@ def _raise_for_status(response: httpx.Response) -> None:
         message = response.text.strip()
     if status >= 500 and _refuses_the_body(message):
         raise BackendError(message, transient=False, status=400)
-    raise BackendError(
-        message or f"HTTP {status} {response.reason_phrase}",
-        transient=is_transient_status(status),
-        status=status,
-    )
+    raise status_error(status, message or f"HTTP {status} {response.reason_phrase}")
 
 
 # llama-cpp-python's server answers every exception with a 500, the request validation

@@ -95,10 +95,17 @@ class FakeCall:
         self._actions.put(("finish", (metrics or JobMetrics(eval_count=count), done_reason)))
 
     def fail(
-        self, message: str = "backend failed", *, transient: bool = True, status: int | None = None
+        self,
+        message: str = "backend failed",
+        *,
+        transient: bool = True,
+        status: int | None = None,
+        outage: bool = False,
     ) -> None:
-        """End the call with a BackendError."""
-        self._actions.put(("fail", BackendError(message, transient=transient, status=status)))
+        """End the call with a BackendError (``outage``: the backend's, such as a refused
+        connection, not the request's)."""
+        error = BackendError(message, transient=transient, status=status, outage=outage)
+        self._actions.put(("fail", error))
 
     def finish_after(self, seconds: float, text: str = "") -> None:
         """Finish once the (manual) clock has moved ``seconds`` past now."""
@@ -225,7 +232,13 @@ class FakeBackend:
         return call.run()
 
     def embed(
-        self, model: str, inputs: tuple[str, ...], options: Mapping[str, Any], cancel: CancelToken
+        self,
+        model: str,
+        inputs: tuple[str, ...],
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+        *,
+        keep_alive: str | float | None = None,
     ) -> EmbedResult:
         """One fixed-size vector per input."""
         return EmbedResult(
@@ -236,7 +249,9 @@ class FakeBackend:
         """Models that calls have used."""
         return tuple(self.loaded.values())
 
-    def load(self, model: str, keep_alive: str | float | None = None) -> None:
+    def load(
+        self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
+    ) -> None:
         """Mark ``model`` loaded."""
         self.loaded[model] = LoadedModel(name=model)
 

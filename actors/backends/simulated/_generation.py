@@ -178,15 +178,15 @@ class GenerationRoutes(OllamaRoutes):
         )
 
     def embed(self, body: dict[str, Any], fault: Fault | None) -> None:
-        """``/api/embed``: loads the model like a call does, then one vector per input."""
+        """``/api/embed``: loads the model like a call does (any model: Ollama asks for no
+        capability here), then one vector per input. An empty or missing ``input`` only
+        loads the model, with the request's keep_alive, and answers no embeddings: how
+        Ollama loads an embedding model (server/routes.go EmbedHandler, ``len(input) ==
+        0``), whose empty generate it refuses."""
         model = require_model(body)
+        inputs = _embed_inputs(body.get("input"))
         installed = self.sim.lookup(model)
         profile = installed.profile
-        inputs = body.get("input", [])
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-            raise HTTPError(400, "invalid input type: input must be a string or strings")
         keep_alive = parse_keep_alive(body.get("keep_alive"))
         wanted = runner_options(self._options(body, installed), profile)
         self.sim.bump("embed_requests")
@@ -195,12 +195,16 @@ class GenerationRoutes(OllamaRoutes):
         )
         try:
             started, ready, load_ns = self._load(runner, needs_load)
-            self.pause_until(ready + profile.first_token_seconds / self.sim.speed)
+            if inputs:
+                self.pause_until(ready + profile.first_token_seconds / self.sim.speed)
             vectors = [
                 embedding(installed.name, text, profile.embedding_dimensions) for text in inputs
             ]
         finally:
             self.sim.residency.release(runner)
+        if not inputs:  # Ollama answers before it would time anything
+            self.send_json(200, {"model": model, "embeddings": []})
+            return
         self.send_json(
             200,
             {
@@ -240,15 +244,16 @@ class GenerationRoutes(OllamaRoutes):
         if fault is not None and fault.kind not in MID_STREAM_FAULTS:
             self.apply_fault_before_output(fault, body)
             fault = None
-        if profile.embedding_only:
-            raise HTTPError(400, f'"{model}" does not support {kind}')
         merged = self._options(body, installed)
         wanted = runner_options(merged, profile)
         limit = _num_predict(merged)
         context = render(installed)
         if context is None and keep_alive == KeepAlive(0.0):
+            # Before the capability check, as in Ollama: any model unloads this way.
             self._unload(model, installed.name, kind)
             return
+        if profile.embedding_only:  # scheduleRunner's errCapabilityCompletion: even a load
+            raise HTTPError(400, f"{json.dumps(model)} does not support {kind}")
         if think is not None and not profile.thinking:
             raise HTTPError(400, f"{json.dumps(model)} does not support thinking")
         if body.get("think") is None and profile.thinking:
@@ -515,6 +520,18 @@ class GenerationRoutes(OllamaRoutes):
             carrier["tool_calls"] = list(tool_calls)
         out["done"] = done
         return out
+
+
+def _embed_inputs(value: object) -> list[str]:
+    """``/api/embed``'s ``input`` as Ollama reads it: a string (none if empty), a list of
+    strings, or nothing; anything else is its 400 ``invalid input type``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise HTTPError(400, "invalid input type")
+    return value
 
 
 def _num_predict(options: Mapping[str, Any]) -> int | None:

@@ -136,6 +136,10 @@ class _Listener(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
+    # SO_REUSEADDR (http.server's default too, stated here because restarts rely on it):
+    # a server started again on the port of one that was stopped or killed binds at once,
+    # although that one's connections linger in TIME_WAIT.
+    allow_reuse_address = True
 
     def __init__(
         self, address: tuple[str, int], handler: type[LoopbackHandler], owner: LoopbackServer[Any]

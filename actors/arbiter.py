@@ -14,11 +14,15 @@ it the moment the running call succeeds. Until the slot says it started that job
 (SlotStarted) it is the slot's ``next``; when a job that should run before it becomes
 ready (:func:`actors.scheduling.displaces`), on pause, or on cancel, the arbiter
 recalls it, and the slot gives it back unless it has started.
+
+Backend health (docs/architecture.md section 13): a slot whose call met an outage, or
+the ResidencyTracker, says the local backend is down; the arbiter then dispatches
+nothing to local slots (jobs that allow the cloud go there at once) and recalls the
+jobs it handed ahead, until the tracker says the backend is up again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -37,9 +41,12 @@ from actors.runtime import (
     ask_while_up,
 )
 from actors.scheduling import ReadyQueue, SlotView, choose_preemption, displaces
+from actors.slot_state import SlotState
 from protocol import CancelReason, Job, JobState, RetryPolicy, SchedulingPolicy
 from protocol.messages import (
     ApplyPolicy,
+    BackendHealthChanged,
+    BackendUnreachable,
     CancelCall,
     CancelQueued,
     Dispatch,
@@ -72,24 +79,6 @@ class CancelOutcome:
     NOT_FOUND = "not_found"
 
 
-@dataclasses.dataclass
-class _Slot:
-    ref: ActorAddress
-    job: Job | None = None  # running, or handed over while the slot was free
-    next: Job | None = None  # handed over while busy, not yet known to have started
-    next_swaps: bool = False  # ``next`` needs a model the GPU did not hold when handed over
-    recalling: bool = False  # a Recall for ``next`` is on its way
-    known: bool = False  # has reported idle at least once, so it can take work
-    preempting: bool = False
-    preempted_for: Job | None = None  # the job ``preempting`` makes way for
-    keeps_its_call: bool = False  # declined a preemption: no victim until its job ends
-    model_key: str | None = None
-    last_chain: str | None = None
-    incarnation: str = ""  # the slot actor instance that last reported idle
-    cloud: bool = False  # a cloud slot: takes only jobs that send_to_cloud routes to it
-    healthy: bool = True
-
-
 class PriorityArbiter(SupervisedActor):
     """Owns the ready queues and the dispatch decision (docs/architecture.md sections 2-4).
 
@@ -112,7 +101,7 @@ class PriorityArbiter(SupervisedActor):
         super().__init__()
         self._store = store
         self._slots = {
-            slot_id: _Slot(ref, cloud=slot_id in cloud_slots) for slot_id, ref in slots.items()
+            slot_id: SlotState(ref, cloud=slot_id in cloud_slots) for slot_id, ref in slots.items()
         }
         self._cloud = cloud or CloudPolicy()
         self._cloud_jobs: dict[str, Job] = {}  # queued jobs with allow_cloud, when cloud slots
@@ -133,7 +122,7 @@ class PriorityArbiter(SupervisedActor):
             "preemptions": 0,
             "preemptions_declined": 0,
             "cancelled_queued": 0,
-            "swaps": 0,
+            "dispatched_cold": 0,
             "dispatches_refused": 0,
             "dispatches_recovered": 0,
             "recalls": 0,
@@ -142,6 +131,8 @@ class PriorityArbiter(SupervisedActor):
         # are used), plus models slots reported idle on since its last word.
         self._tracked: frozenset[str] | None = None
         self._fresh: set[str] = set()
+        self._local_down = False  # the local backend is down: no local dispatch
+        self._local_up_since = float("-inf")  # outage reports of calls begun before are stale
 
     def on_start(self) -> None:
         """Rebuild the ready queues from the store (after a crash or a restart).
@@ -190,6 +181,13 @@ class PriorityArbiter(SupervisedActor):
             case ResumeDispatch():
                 self._paused = False
                 self._dispatch()
+            case BackendUnreachable(slot_id=slot_id, started_at=started_at):
+                if not self._slots[slot_id].cloud and started_at >= self._local_up_since:
+                    self._set_local_down(True)
+            case BackendHealthChanged(up=up, at=at):
+                if up:
+                    self._local_up_since = at
+                self._set_local_down(not up)
             case ResidencyChanged(resident=resident):
                 self._tracked = resident
                 self._fresh.clear()
@@ -222,7 +220,7 @@ class PriorityArbiter(SupervisedActor):
         """A slot's call ended (``idle.ended``), or a slot instance announced itself."""
         slot = self._slots[idle.slot_id]
         restarted = bool(slot.incarnation) and idle.incarnation != slot.incarnation
-        slot.known, slot.healthy = True, idle.healthy
+        slot.known = True
         slot.incarnation = idle.incarnation
         overtaken = slot.job is not None and idle.ended not in (None, slot.job.id)
         if not overtaken:  # else its next call, begun since, holds another model now
@@ -240,7 +238,18 @@ class PriorityArbiter(SupervisedActor):
             self._call_ended(slot)
         self._dispatch()
 
-    def _call_ended(self, slot: _Slot) -> None:
+    def _set_local_down(self, down: bool) -> None:
+        """Stop local dispatch (and recall what local slots hold next), or resume it."""
+        if down == self._local_down:
+            return
+        self._local_down = down
+        if down:
+            for slot in self._slots.values():
+                if not slot.cloud:
+                    self._recall(slot)
+        self._dispatch()
+
+    def _call_ended(self, slot: SlotState) -> None:
         """The slot's running job ended: learn from it and forget it."""
         ended, slot.job, slot.preempting = slot.job, None, False
         slot.preempted_for, slot.keeps_its_call = None, False
@@ -251,7 +260,7 @@ class PriorityArbiter(SupervisedActor):
             self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * ran  # a moving average
         self._cancels.pop(ended.id, None)
 
-    def _on_slot_started(self, slot: _Slot, job_id: str) -> None:
+    def _on_slot_started(self, slot: SlotState, job_id: str) -> None:
         """The slot started its next job: it is now the running one."""
         if slot.next is None or slot.next.id != job_id:
             return  # handed over while the slot was free: already counted as running
@@ -266,7 +275,7 @@ class PriorityArbiter(SupervisedActor):
             self._tell_slot(slot, CancelCall(job_id, reason))
         self._dispatch()
 
-    def _forget_displaced(self, slot: _Slot, job: Job) -> None:
+    def _forget_displaced(self, slot: SlotState, job: Job) -> None:
         """``job`` starts on ``slot``: if it swaps the slot's model out, count that model
         gone from the GPU until the ResidencyTracker says otherwise. Loading another model
         may evict it, and the tracker knows only after a poll taken after that load; till
@@ -283,9 +292,9 @@ class PriorityArbiter(SupervisedActor):
 
     def _count_start(self, swaps: bool) -> None:
         self._counters["dispatched"] += 1
-        self._counters["swaps"] += swaps
+        self._counters["dispatched_cold"] += swaps
 
-    def _on_preemption_declined(self, slot: _Slot, job_id: str) -> None:
+    def _on_preemption_declined(self, slot: SlotState, job_id: str) -> None:
         """The slot kept its call (its client has seen output that cannot be resumed): it is
         no victim while that job runs. The job it was to make way for is given back if the
         slot held it as its next, and may have another slot preempted for it instead."""
@@ -302,7 +311,7 @@ class PriorityArbiter(SupervisedActor):
         elif waiting.id in self._queue:
             self._maybe_preempt(waiting, self._clock.now())
 
-    def _on_recalled(self, slot: _Slot, job_id: str) -> None:
+    def _on_recalled(self, slot: SlotState, job_id: str) -> None:
         """The slot gave its next job back unstarted: it is queued again (or cancelled)."""
         if slot.next is None or slot.next.id != job_id:
             return  # the slot restarted meanwhile; the job was recovered then
@@ -310,7 +319,7 @@ class PriorityArbiter(SupervisedActor):
         self._counters["recalls"] += 1
         self._on_job_queued(job)
 
-    def _recall(self, slot: _Slot) -> None:
+    def _recall(self, slot: SlotState) -> None:
         """Ask ``slot`` to give its next job back, unless it is already being asked."""
         if (
             slot.next is not None
@@ -377,7 +386,7 @@ class PriorityArbiter(SupervisedActor):
         )
         self._counters["cancelled_queued"] += 1
 
-    def _tell_slot(self, slot: _Slot, message: Any) -> bool:
+    def _tell_slot(self, slot: SlotState, message: Any) -> bool:
         """Tell a slot; False if it cannot take messages (its hold buffer is full, or stopped)."""
         try:
             slot.ref.tell(message)
@@ -394,7 +403,7 @@ class PriorityArbiter(SupervisedActor):
         now = self._clock.now()
         # The cloud goes first: it takes only jobs that should not wait for a local slot.
         dispatched = bool(self._cloud_jobs) and self._dispatch_cloud(now)
-        local = [(i, s) for i, s in self._slots.items() if s.known and not s.cloud]
+        local = [] if self._local_down else self._local_slots()
         for slot_id, slot in local:
             if slot.job is None and slot.next is None and self._hand_over(slot_id, slot, now):
                 dispatched = True
@@ -405,7 +414,7 @@ class PriorityArbiter(SupervisedActor):
         self._arm_wakeup()
         return dispatched
 
-    def _hand_over(self, slot_id: str, slot: _Slot, now: float) -> bool:
+    def _hand_over(self, slot_id: str, slot: SlotState, now: float) -> bool:
         """Give ``slot`` the best ready job: to run now if it is free, else as its next.
 
         A next job that should preempt the running call (internal work over external)
@@ -451,7 +460,7 @@ class PriorityArbiter(SupervisedActor):
         idle = [s for s in self._slots.values() if s.cloud and s.known and s.job is None]
         local = [s for s in self._slots.values() if not s.cloud]
         busy_local = sum(s.job is not None for s in local)
-        down = bool(local) and not any(s.healthy for s in local)
+        down = self._local_down
         depths = self._queue.depths()
         dispatched = False
         next_due: float | None = None
@@ -515,7 +524,7 @@ class PriorityArbiter(SupervisedActor):
         if victim is not None:
             self._preempt(victim.slot_id, self._slots[victim.slot_id], incoming)
 
-    def _preempt(self, slot_id: str, slot: _Slot, incoming: Job) -> None:
+    def _preempt(self, slot_id: str, slot: SlotState, incoming: Job) -> None:
         """Cancel the slot's running call so ``incoming`` can have the GPU."""
         assert slot.job is not None
         if not self._tell_slot(slot, CancelCall(slot.job.id, CancelReason.PREEMPTED)):
@@ -531,6 +540,10 @@ class PriorityArbiter(SupervisedActor):
             if chain is not None:
                 chains.add(chain)
         return frozenset(chains)
+
+    def _local_slots(self) -> list[tuple[str, SlotState]]:
+        """The local slots that have announced themselves (so can take work)."""
+        return [(i, s) for i, s in self._slots.items() if s.known and not s.cloud]
 
     def _resident(self) -> frozenset[str]:
         """Model keys loaded on the local GPU now (the tracker's word, else what the local
@@ -561,6 +574,7 @@ class PriorityArbiter(SupervisedActor):
         return MappingProxyType(
             {
                 "paused": self._paused,
+                "local_backend_up": not self._local_down,
                 "queued": len(self._queue) + len(handed),
                 "recalling": sum(slot.recalling for slot in self._slots.values()),
                 "resident": tuple(sorted(self._resident())),
@@ -568,18 +582,7 @@ class PriorityArbiter(SupervisedActor):
                     {f"{lane.value}.{prio.name.lower()}": n for (lane, prio), n in depths.items()}
                 ),
                 "slots": MappingProxyType(
-                    {
-                        slot_id: MappingProxyType(
-                            {
-                                "job_id": None if slot.job is None else slot.job.id,
-                                "next_job_id": None if slot.next is None else slot.next.id,
-                                "lane": None if slot.job is None else slot.job.spec.lane.value,
-                                "model_key": slot.model_key,
-                                "preempting": slot.preempting,
-                            }
-                        )
-                        for slot_id, slot in self._slots.items()
-                    }
+                    {slot_id: slot.view() for slot_id, slot in self._slots.items()}
                 ),
                 "counters": MappingProxyType(dict(self._counters)),
             }

@@ -22,10 +22,21 @@ resumed after, other output (thinking, tool calls, logprobs) starts over if nobo
 seen it, and a call whose client has seen such output is not preempted; the token
 budget and the usage carry over segment by segment (docs/architecture.md section 3,
 "Preempt").
+
+A failure that belongs to the backend (``BackendError.outage``: unreachable, dropped,
+busy) before the call produced any output charges the job nothing: it goes back to the
+queue at its place, the prefetched next job goes back unstarted, and the tracker and
+the arbiter hear ``BackendUnreachable``, so no more work comes until the backend is up
+(docs/architecture.md section 13). A slot with no tracker (a cloud slot) has no health
+to report: there an outage is an ordinary transient failure.
+
+Every call carries the pin's keep_alive when its model is pinned, so no request
+shortens or ends a pinned model's residency (docs/architecture.md section 2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from types import MappingProxyType, TracebackType
@@ -54,21 +65,24 @@ from protocol import (
     Chunk,
     Job,
     JobState,
+    ResidencySettings,
     RetryPolicy,
     SchedulingPolicy,
     ValidationError,
 )
 from protocol.messages import (
     ApplyPolicy,
+    BackendUnreachable,
     CallCancelled,
+    CallEnded,
     CallFailed,
     CallFinished,
+    CallStarting,
     CallStreaming,
     CancelCall,
     Dispatch,
     ExecTimedOut,
     JobQueued,
-    ModelEvicted,
     ModelLoaded,
     PreemptionDeclined,
     Recall,
@@ -108,6 +122,7 @@ class GpuSlot(SupervisedActor):
         rng: random.Random | None = None,
         shutdown_timeout_s: float = 5.0,
         residency: ActorAddress | None = None,
+        pins: ResidencySettings | None = None,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
@@ -121,7 +136,8 @@ class GpuSlot(SupervisedActor):
         self._retry = retry
         self._rng = rng or random.Random()
         self._shutdown_timeout_s = shutdown_timeout_s
-        self._residency = residency  # the ResidencyTracker hears loads and switches, if wired
+        self._residency = residency  # the ResidencyTracker hears loads, switches, outages
+        self._pins = pins or ResidencySettings()
         self._call: SlotCall | None = None
         self._next: SlotCall | None = None  # prefetched: runs once ``_call`` ends
         self._handoff = threading.Lock()  # guards the worker's claim of ``_next``
@@ -196,9 +212,9 @@ class GpuSlot(SupervisedActor):
                     # Meant for the instance before this one; the arbiter recovers the job.
                     log.info("stale_dispatch_dropped", slot=self.slot_id, job_id=job.id)
                 elif self._call is None:
-                    self._start_call(SlotCall(job, call_id, BackendRequest.for_job(job)))
+                    self._start_call(SlotCall(job, call_id, self._request_for(job)))
                 else:
-                    self._set_next(SlotCall(job, call_id, BackendRequest.for_job(job)))
+                    self._set_next(SlotCall(job, call_id, self._request_for(job)))
             case Recall(job_id=job_id):
                 self._recall(job_id)
             case CallStreaming(call_id=call_id) if self._is_current(call_id):
@@ -216,11 +232,12 @@ class GpuSlot(SupervisedActor):
                 ended = self._running_job()
                 self._finish(result)
                 self._advance(ended)
-            case CallFailed(call_id=call_id, error=error, transient=transient) if self._is_current(
-                call_id
-            ):
+            case CallFailed(call_id=call_id) if self._is_current(call_id):
                 ended = self._running_job()
-                self._fail(error, transient)
+                if message.outage and self._residency is not None:
+                    self._backend_unreachable(message.error)
+                else:
+                    self._fail(message.error, message.transient)
                 self._advance(ended)
             case CallCancelled(call_id=call_id) if self._is_current(call_id):
                 ended = self._running_job()
@@ -231,8 +248,8 @@ class GpuSlot(SupervisedActor):
             case ExecTimedOut(call_id=call_id) if self._is_current(call_id):
                 assert self._call is not None
                 self._cancel(self._call.job.id, CancelReason.TIMEOUT)
-            case ApplyPolicy(scheduling=scheduling, retry=retry):
-                self._policy, self._retry = scheduling, retry
+            case ApplyPolicy(scheduling=scheduling, retry=retry, residency=residency):
+                self._policy, self._retry, self._pins = scheduling, retry, residency
             case SlotSnapshot():
                 return self._snapshot()
             case CallStreaming() | CallFinished() | CallFailed() | CallCancelled() | ExecTimedOut():
@@ -240,6 +257,14 @@ class GpuSlot(SupervisedActor):
             case _:
                 raise TypeError(f"GpuSlot cannot handle {type(message).__name__}")
         return None
+
+    def _request_for(self, job: Job) -> BackendRequest:
+        """The request that runs ``job``, with the pin's keep_alive if its model is pinned."""
+        request = BackendRequest.for_job(job)
+        keep_alive = self._pins.pin_keep_alive(request.model)
+        if keep_alive is None or request.keep_alive == keep_alive:
+            return request
+        return dataclasses.replace(request, keep_alive=keep_alive)
 
     def _running_job(self) -> Job:
         assert self._call is not None
@@ -264,8 +289,9 @@ class GpuSlot(SupervisedActor):
         call.timeout = self._timers.send_after(
             self._policy.exec_timeout_s, self.actor_ref, ExecTimedOut(call.call_id)
         )
-        if self._model_key is not None and self._model_key != job.spec.model_key:
-            self._tell_residency(ModelEvicted(self.slot_id, self._model_key))
+        switched = self._model_key is not None and self._model_key != job.spec.model_key
+        evicted = self._model_key if switched else None
+        self._tell_residency(CallStarting(self.slot_id, job.spec.model_key, evicted))
         self._model_key = job.spec.model_key
 
     def _tell_loading(self, job: Job) -> None:
@@ -349,7 +375,9 @@ class GpuSlot(SupervisedActor):
         except ValidationError as exc:  # a field this backend cannot carry: never retried
             outcome = CallFailed(call.call_id, str(exc), False)
         except BackendError as exc:
-            outcome = CallFailed(call.call_id, mend_text(str(exc)), exc.transient)
+            before_output = call.tokens == 0  # else the stream was cut mid-answer: the job's
+            outage = exc.outage and before_output
+            outcome = CallFailed(call.call_id, mend_text(str(exc)), exc.transient, outage)
         except Exception as exc:  # a backend bug: report it as a permanent failure of this call
             log.exception("backend_crashed", slot=self.slot_id, job_id=call.job.id)
             outcome = CallFailed(call.call_id, mend_text(f"backend error: {exc!r}"), False)
@@ -378,33 +406,40 @@ class GpuSlot(SupervisedActor):
         # With a successor, the actor tells the arbiter (:meth:`_advance`) while it runs.
         return successor
 
-    def _end_call(self) -> SlotCall:
+    def _end_call(self, result: BackendResult | None = None) -> SlotCall:
+        """The running call is over: drop its time-out and tell the tracker how long the
+        slot was busy and whether the model got loaded (an answer, or any output)."""
         call = self._call
         assert call is not None
         if call.timeout is not None:
             call.timeout.cancel()
         self._call = None
+        load_s = 0.0 if result is None else result.metrics.load_duration_ns / 1e9
+        busy_s = max(0.0, self._clock.now() - call.started_at)
+        loaded = result is not None or call.tokens > 0
+        self._tell_residency(
+            CallEnded(self.slot_id, call.job.spec.model_key, busy_s, loaded, load_s)
+        )
         return call
 
-    def _idle(self, ended: Job | None = None, *, healthy: bool = True) -> None:
+    def _idle(self, ended: Job | None = None) -> None:
         self._arbiter.tell(
             SlotIdle(
                 self.slot_id,
                 self._model_key,
                 self.actor_urn,
-                healthy=healthy,
                 ended=None if ended is None else ended.id,
             )
         )
 
-    def _tell_residency(self, message: ModelLoaded | ModelEvicted) -> None:
+    def _tell_residency(
+        self, message: ModelLoaded | CallStarting | CallEnded | BackendUnreachable
+    ) -> None:
         if self._residency is not None:
             self._residency.tell(message)
 
     def _finish(self, result: BackendResult) -> None:
-        call = self._end_call()  # the worker has already offered the slot to the arbiter
-        load_s = result.metrics.load_duration_ns / 1e9
-        self._tell_residency(ModelLoaded(self.slot_id, call.job.spec.model_key, load_s))
+        call = self._end_call(result)  # the worker has already offered the slot to the arbiter
         self._record_success(call, result)
 
     def _record_success(self, call: SlotCall, result: BackendResult) -> None:
@@ -421,7 +456,7 @@ class GpuSlot(SupervisedActor):
         carry = self._carry_over(call) if retry else None
         if carry is None:
             self._give_up(call, f"{error}; not retried: {SEEN}" if retry else error)
-            self._idle(job, healthy=not transient)
+            self._idle(job)
             log.info(
                 "job_failed", job_id=job.id, attempts=attempts, transient=transient, error=error
             )
@@ -453,7 +488,7 @@ class GpuSlot(SupervisedActor):
             )
         )
         # After the job is back, so a cancel waiting for it finds it there.
-        self._idle(job, healthy=not transient)
+        self._idle(job)
         log.info(
             "job_retry_scheduled",
             job_id=job.id,
@@ -461,6 +496,31 @@ class GpuSlot(SupervisedActor):
             not_before=not_before,
             error=error,
         )
+
+    def _backend_unreachable(self, error: str) -> None:
+        """The call met a backend outage before any output: the job goes back to its place
+        in the queue with no attempt charged, the next job back unstarted, and the tracker
+        and the arbiter hear of it, so no more work comes until the backend is up."""
+        call = self._end_call()
+        news = BackendUnreachable(self.slot_id, error, call.started_at)
+        self._tell_residency(news)
+        self._arbiter.tell(news)  # first, so it dispatches nothing more to this backend
+        self._requeue(call, count_preemption=False, why="its backend was unreachable", error=error)
+        self._give_back_next()
+        self._idle(call.job)
+        log.info("job_requeued_backend_unreachable", slot=self.slot_id, job_id=call.job.id)
+
+    def _give_back_next(self) -> None:
+        """Hand the prefetched next job back unstarted (the worker never claims it after a
+        failure): it waits in the queue with the rest."""
+        call, self._next = self._next, None
+        if call is None:
+            return
+        with self._handoff:
+            running = self._call
+            if running is not None and running.successor is call:
+                running.successor = None
+        self._arbiter.tell(Recalled(self.slot_id, call.job.id))
 
     def _give_up(self, call: SlotCall, error: str) -> None:
         self._store.tell(call.failed(error, self._sinks))
@@ -489,9 +549,11 @@ class GpuSlot(SupervisedActor):
                 )
             )
 
-    def _requeue(self, call: SlotCall, *, count_preemption: bool, why: str) -> None:
-        """Put the job back in the queue with what it carries over; if its client has seen
-        output no new call could continue, it fails instead."""
+    def _requeue(
+        self, call: SlotCall, *, count_preemption: bool, why: str, error: str | None = None
+    ) -> None:
+        """Put the job back in the queue with what it carries over (and ``error``, if it
+        met one); if its client has seen output no new call could continue, it fails."""
         job = call.job
         carry = self._carry_over(call)
         if carry is None:
@@ -503,6 +565,7 @@ class GpuSlot(SupervisedActor):
                 JobState.QUEUED,
                 expected=_ACTIVE,
                 count_preemption=count_preemption,
+                error=error,
                 partial_output=carry.partial_output,
                 segments=carry.segments,
                 stale_ok=True,
@@ -513,6 +576,7 @@ class GpuSlot(SupervisedActor):
                 job.replace(
                     state=JobState.QUEUED,
                     preemptions=job.preemptions + int(count_preemption),
+                    error=job.error if error is None else error,
                     partial_output=carry.partial_output,
                     segments=carry.segments,
                 )

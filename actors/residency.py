@@ -1,15 +1,15 @@
 """The ResidencyTracker actor: which models are loaded where, and until when.
 
-It learns from two sources. GPU slots tell it at once (``ModelLoaded`` when a call
-produced output or finished, ``ModelEvicted`` when a slot switched away from a
-model); a timer makes it ask the backend's ``loaded_models()`` (Ollama's
-``/api/ps``), which is the truth and also catches what slots cannot see: a
-keep_alive running out, another client loading a model, a server restart. A model a
-slot switched away from counts as gone at once (loading the next one may evict it),
-and a model newly loaded makes it poll at once, so the picture is true again as soon
-as the load is done instead of a poll interval later. The
-poll and the pins are slow I/O, so they run on the tracker's worker thread and
-come back as messages (docs/architecture.md section 8).
+It learns from two sources. GPU slots tell it at once (``CallStarting`` when a call
+begins, naming the model a slot switched away from, ``ModelLoaded`` when a call
+produced output, ``CallEnded`` when it ended); a timer makes it ask the backend's
+``loaded_models()`` (Ollama's ``/api/ps``), which is the truth and also catches what
+slots cannot see: a keep_alive running out, another client loading a model, a server
+restart. A model a slot switched away from counts as gone at once (loading the next one
+may evict it), and a model newly loaded makes it poll at once, so the picture is true
+again as soon as the load is done instead of a poll interval later. The poll and the
+pins are slow I/O, so they run on the tracker's worker thread and come back as
+messages (docs/architecture.md section 8).
 
 Keys are residency keys (``JobSpec.model_key``: the model plus the runner options
 that force a reload). ``/api/ps`` reports names only (``llama3.2:latest`` for
@@ -18,18 +18,32 @@ for that model, or to the bare name. Whenever the resident set changes, the trac
 tells the arbiter ``ResidencyChanged``.
 
 It pins ``residency.chat_model`` and ``residency.embedding_model`` with keep_alive
-(two-slot residency) at start, after a settings change, and again whenever a poll
-finds a pinned model gone.
+(two-slot residency) at start, after a settings change, after the backend comes back,
+and again whenever a poll finds a pinned model gone (a restarted server, an admin's
+unload). The embedding model is loaded the way Ollama loads one (an empty embed).
+
+Swaps are counted here, from residency (``actors.swap_tally``): a call that starts
+for a model not resident (and not already being loaded by another slot) and then
+loads it is a swap, as is a pin that loads its model.
+
+It also keeps the backend's health (docs/architecture.md section 13): a slot's
+``BackendUnreachable``, or a poll or pin that cannot reach the backend, marks it down;
+the tracker tells the arbiter, stops the regular polls and probes instead (a poll)
+with capped exponential back-off and jitter; the first probe that gets an answer
+marks it up, tells the arbiter, and restores the pins. With no backend to ask (a fake
+GPU), a probe is blind: the backend counts as up once its delay has passed.
 """
 
 from __future__ import annotations
 
+import random
 from types import MappingProxyType
 from typing import Any
 
 import pykka
 import structlog
 
+from actors.backend_health import BackendHealth
 from actors.backends.base import Backend
 from actors.runtime import (
     ActorAddress,
@@ -39,10 +53,14 @@ from actors.runtime import (
     Timers,
     WorkerThread,
 )
-from protocol import LoadedModel, ResidencySettings, normalise_model_name
+from actors.swap_tally import SwapTally
+from protocol import BackendError, LoadedModel, ResidencySettings, normalise_model_name
 from protocol.messages import (
     ApplyResidency,
-    ModelEvicted,
+    BackendHealthChanged,
+    BackendUnreachable,
+    CallEnded,
+    CallStarting,
     ModelLoaded,
     PinFinished,
     PollResidency,
@@ -52,7 +70,9 @@ from protocol.messages import (
     ResidencySnapshot,
 )
 
-__all__ = ["ResidencyTracker", "model_of_key"]
+__all__ = ["LOCAL_BACKEND", "ResidencyTracker", "model_of_key"]
+
+LOCAL_BACKEND = "local"  # the one backend's name until several are configured
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +98,7 @@ class ResidencyTracker(SupervisedActor):
         backend: Backend | None = None,
         arbiter: ActorAddress | None = None,
         shutdown_timeout_s: float = 5.0,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
@@ -97,21 +118,21 @@ class ResidencyTracker(SupervisedActor):
         self._polled_at: float | None = None
         self._last_key: dict[str, str] = {}  # model name -> key a slot last loaded for it
         self._told: frozenset[str] | None = None
-        self._counters = {
-            "loads_reported": 0,
-            "loading_s": 0.0,
-            "polls": 0,
-            "poll_failures": 0,
-            "pins": 0,
-            "pin_failures": 0,
-        }
+        self._rng = rng or random.Random()
+        self._health = BackendHealth(LOCAL_BACKEND, since=clock.now())
+        self._tally = SwapTally()
+        self._starting: dict[str, tuple[str, bool]] = {}  # slot -> (key, its call swaps)
+        self._pin_warned: set[str] = set()  # pins whose failure was logged as a warning
+        self._counters = {"polls": 0, "poll_failures": 0, "pins": 0, "pin_failures": 0}
 
     def on_start(self) -> None:
-        """Start the worker, pin the configured models, poll once, tell the arbiter."""
+        """Start the worker, pin the configured models, poll once, tell the arbiter (its
+        health too: a tracker restarted during an outage starts by assuming up)."""
         if self._backend is not None:
             self._worker = WorkerThread("gpulane-residency")
             self._pin_missing()
             self._poll()
+        self._tell_health()
         self._publish()
 
     def on_stop(self) -> None:
@@ -124,30 +145,28 @@ class ResidencyTracker(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         """Dispatch on the message type."""
         match message:
-            case ModelLoaded(slot_id=slot_id, model_key=key, load_s=load_s):
-                newly_loaded = key not in self.resident()
-                self._by_slot[slot_id] = (key, self._clock.now())
-                self._last_key[model_of_key(key)] = key
-                self._counters["loads_reported"] += 1
-                self._counters["loading_s"] += load_s
-                if newly_loaded:
-                    self._poll_after_load()
-            case ModelEvicted(slot_id=slot_id, model_key=key):
-                self._on_evicted(slot_id, key)
+            case CallStarting(slot_id=slot_id, model_key=key, evicted=evicted):
+                if evicted is not None:
+                    self._on_evicted(slot_id, evicted)
+                self._on_call_starting(slot_id, key)
+            case ModelLoaded(slot_id=slot_id, model_key=key):
+                self._on_loaded(slot_id, key)
+            case CallEnded():
+                self._on_call_ended(message)
+            case BackendUnreachable(error=error, started_at=started_at):
+                if self._health.is_stale(started_at):
+                    log.debug("stale_outage_report", slot=message.slot_id, error=error)
+                else:
+                    self._went_down(error)
             case PollResidency():
                 self._next_poll = None
-                self._poll()
+                self._on_poll_due()
             case ResidencyPolled(models=models, asked_at=asked_at):
                 self._on_polled(models, asked_at)
-            case ResidencyPollFailed(error=error):
-                self._polling = False
-                self._counters["poll_failures"] += 1
-                self._evicted_meanwhile.clear()
-                log.warning("residency_poll_failed", error=error)
-                self._schedule_poll()
-                self._poll_again_if_asked()
-            case PinFinished(model=model, error=error):
-                self._on_pinned(model, error)
+            case ResidencyPollFailed():
+                self._on_poll_failed(message)
+            case PinFinished():
+                self._on_pinned(message)
             case ApplyResidency(settings=settings):
                 self._settings = settings
                 if self._next_poll is not None:
@@ -172,6 +191,77 @@ class ResidencyTracker(SupervisedActor):
             if model.expires_at is None or model.expires_at > now
         )
         return frozenset(keys)
+
+    def _on_call_starting(self, slot_id: str, key: str) -> None:
+        """A call for ``key`` begins: it swaps if the model is not resident and no other
+        slot's call is loading it already."""
+        loading = any(k == key and swaps for k, swaps in self._starting.values())
+        self._starting[slot_id] = (key, key not in self.resident() and not loading)
+
+    def _on_loaded(self, slot_id: str, key: str) -> None:
+        newly_loaded = key not in self.resident()
+        self._by_slot[slot_id] = (key, self._clock.now())
+        self._last_key[model_of_key(key)] = key
+        if newly_loaded:
+            self._poll_after_load()
+
+    def _on_call_ended(self, ended: CallEnded) -> None:
+        """Count the slot's busy time, and the swap if its call loaded a model it lacked."""
+        self._tally.busy(ended.busy_s)
+        starting = self._starting.pop(ended.slot_id, None)
+        if not ended.loaded:
+            return
+        if starting == (ended.model_key, True):
+            self._tally.swapped(ended.model_key, ended.load_s, self._clock.now())
+        self._on_loaded(ended.slot_id, ended.model_key)
+
+    def _went_down(self, error: str) -> None:
+        """The backend cannot be reached: stop polling, arm a probe, tell the arbiter (again,
+        if it was down already: a restarted arbiter may not know)."""
+        if self._health.went_down(error, self._clock.now()):
+            log.warning("backend_down", backend=self._health.name, error=error)
+            if self._next_poll is not None:
+                self._next_poll.cancel()
+                self._next_poll = None
+            self._schedule_poll()
+        self._tell_health()
+
+    def _came_up(self) -> None:
+        down_for = self._health.came_up(self._clock.now())
+        if down_for is None:
+            return
+        log.info(
+            "backend_up", backend=self._health.name, down_s=round(down_for, 3),
+            probes=self._health.probes,
+        )  # fmt: skip
+        self._tell_health()
+
+    def _tell_health(self) -> None:
+        if self._arbiter is not None:
+            health = self._health
+            self._arbiter.tell(BackendHealthChanged(health.name, health.up, health.since))
+
+    def _on_poll_due(self) -> None:
+        """The poll timer fired: poll (a probe, while down); with no backend to ask, a
+        probe is blind and the backend counts as up again."""
+        if self._backend is None:
+            self._came_up()
+        else:
+            self._poll()
+
+    def _on_poll_failed(self, failed: ResidencyPollFailed) -> None:
+        self._polling = False
+        self._evicted_meanwhile.clear()
+        if not self._health.up:
+            self._health.probe_failed(failed.error)
+            log.info("backend_probe_failed", backend=self._health.name, error=failed.error)
+        elif failed.outage:
+            self._went_down(failed.error)
+        else:
+            self._counters["poll_failures"] += 1
+            log.warning("residency_poll_failed", error=failed.error)
+        self._schedule_poll()
+        self._poll_again_if_asked()
 
     def _key_for(self, name: str) -> str:
         model = normalise_model_name(name)
@@ -198,6 +288,8 @@ class ResidencyTracker(SupervisedActor):
     def _on_polled(self, models: tuple[LoadedModel, ...], asked_at: float) -> None:
         self._polling = False
         self._counters["polls"] += 1
+        if asked_at >= self._health.since:  # an answer to a probe sent during the outage
+            self._came_up()
         self._polled = {self._key_for(m.name): m for m in models}
         for key in self._evicted_meanwhile:
             self._polled.pop(key, None)
@@ -216,16 +308,27 @@ class ResidencyTracker(SupervisedActor):
             self._poll_again = False
             self._poll()
 
-    def _on_pinned(self, model: str, error: str | None) -> None:
+    def _on_pinned(self, pinned: PinFinished) -> None:
+        """A pin ended: a load (a swap) on success; a failure is warned of once per model
+        until a pin of it succeeds, and an unreachable backend is marked down."""
+        model, error = pinned.model, pinned.error
         self._pinning.discard(model)
         if error is not None:
             self._counters["pin_failures"] += 1
-            log.warning("pin_failed", model=model, error=error)
+            warn = model not in self._pin_warned
+            self._pin_warned.add(model)
+            (log.warning if warn else log.debug)("pin_failed", model=model, error=error)
+            if pinned.outage and self._health.up:
+                self._went_down(error)
             return
+        self._pin_warned.discard(model)
         self._counters["pins"] += 1
         key = normalise_model_name(model)
         self._last_key.setdefault(key, key)
-        self._polled[self._key_for(model)] = LoadedModel(name=key)
+        resident_key = self._key_for(model)
+        self._polled[resident_key] = LoadedModel(name=key)
+        self._tally.busy(pinned.load_s)
+        self._tally.swapped(resident_key, pinned.load_s, self._clock.now())
 
     def _poll(self) -> None:
         backend, worker = self._backend, self._worker
@@ -238,37 +341,45 @@ class ResidencyTracker(SupervisedActor):
             try:
                 reply: Any = ResidencyPolled(backend.loaded_models(), asked_at)
             except Exception as exc:  # any failure of the poll is reported, never raised here
-                reply = ResidencyPollFailed(repr(exc), asked_at)
+                reply = ResidencyPollFailed(_describe(exc), asked_at, _is_outage(exc))
             _tell_quietly(me, reply)
 
         worker.submit(ask)
 
     def _schedule_poll(self) -> None:
-        if self._backend is None or self._next_poll is not None:
+        """Arm the next poll: after the poll interval while up, after the probe back-off
+        while down (also with no backend, for the blind probe)."""
+        health = self._health
+        if self._next_poll is not None or (self._backend is None and health.up):
             return
-        self._next_poll = self._timers.send_after(
-            self._settings.poll_interval_s, self.actor_ref, PollResidency()
-        )
+        if health.up:
+            delay = self._settings.poll_interval_s
+        else:
+            delay = self._settings.probe_delay(health.failed_probes, self._rng.random())
+            health.probing(self._clock.now() + delay)
+        self._next_poll = self._timers.send_after(delay, self.actor_ref, PollResidency())
 
     def _pin_missing(self) -> None:
         backend, worker = self._backend, self._worker
-        if backend is None or worker is None:
+        if backend is None or worker is None or not self._health.up:
             return
         loaded = {model_of_key(key) for key in self.resident()}
         keep_alive = self._settings.pin_keep_alive_s
-        me = self.actor_ref
+        me, clock = self.actor_ref, self._clock
         for model in self._settings.pinned:
             if normalise_model_name(model) in loaded or model in self._pinning:
                 continue
             self._pinning.add(model)
+            embedding = model == self._settings.embedding_model
 
-            def pin(model: str = model) -> None:
+            def pin(model: str = model, embedding: bool = embedding) -> None:
+                began = clock.now()
                 try:
-                    backend.load(model, keep_alive=keep_alive)
+                    backend.load(model, keep_alive=keep_alive, embedding=embedding)
                 except Exception as exc:  # a failed pin is reported and retried at the next poll
-                    _tell_quietly(me, PinFinished(model, repr(exc)))
+                    _tell_quietly(me, PinFinished(model, _describe(exc), 0.0, _is_outage(exc)))
                 else:
-                    _tell_quietly(me, PinFinished(model, None))
+                    _tell_quietly(me, PinFinished(model, None, clock.now() - began))
 
             worker.submit(pin)
 
@@ -279,6 +390,7 @@ class ResidencyTracker(SupervisedActor):
         self._told = resident
 
     def _snapshot(self) -> Any:
+        now = self._clock.now()
         return MappingProxyType(
             {
                 "resident": tuple(sorted(self.resident())),
@@ -289,8 +401,19 @@ class ResidencyTracker(SupervisedActor):
                 "polled_at": self._polled_at,
                 "pinned": self._settings.pinned,
                 "counters": MappingProxyType(dict(self._counters)),
+                "swaps": self._tally.snapshot(now),
+                "health": MappingProxyType({self._health.name: self._health.snapshot(now)}),
             }
         )
+
+
+def _is_outage(exc: Exception) -> bool:
+    return isinstance(exc, BackendError) and exc.outage
+
+
+def _describe(exc: Exception) -> str:
+    """A failure as a log line says it: a BackendError's own words, else its repr."""
+    return str(exc) if isinstance(exc, BackendError) else repr(exc)
 
 
 def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -186,7 +186,9 @@ class GpuLane:
             gpu = backend_slots(backend, settings.slot_join_s)
         # With ``gpu`` alone (a fake GPU) the tracker learns from the slots only.
         if backend is not None:
-            self._embedder = EmbeddingExecutor(backend, config.backend.embed_workers)
+            self._embedder = EmbeddingExecutor(
+                backend, config.backend.embed_workers, lambda: self._config.residency
+            )
         if cloud is None and config.cloud.enabled:
             cloud = self._own(cloud_backend(config.cloud))
         self._carriers = (backend, cloud)
@@ -449,7 +451,7 @@ class GpuLane:
                 "backend", "the backend cannot change while running", allowed="a restart"
             )
         self._config = config  # first, so an actor that restarts meanwhile starts with it
-        message = ApplyPolicy(config.scheduling, config.retry)
+        message = ApplyPolicy(config.scheduling, config.retry, config.residency)
         self._tell_arbiter(message)
         for child_id, update in (
             *((slot_id, message) for slot_id in self._slot_ids),

@@ -37,7 +37,7 @@ from actors.runtime import (
     WhileRestarting,
 )
 from actors.sinks import SinkRegistry
-from protocol import Job, RetryPolicy, SchedulingPolicy, ValidationError
+from protocol import Job, ResidencySettings, RetryPolicy, SchedulingPolicy, ValidationError
 
 __all__ = [
     "CHILD_ORDER",
@@ -64,7 +64,8 @@ class SlotWiring:
     timers: Timers
     policy: SchedulingPolicy
     retry: RetryPolicy
-    residency: ActorAddress | None = None  # the ResidencyTracker, told of loads and switches
+    residency: ActorAddress | None = None  # the ResidencyTracker (None on cloud slots)
+    pins: ResidencySettings = ResidencySettings()  # a pinned model's calls carry its keep_alive
 
 
 GpuFactory = Callable[[SlotWiring], pykka.ActorRef[Any]]
@@ -132,6 +133,7 @@ def backend_slots(backend: Backend, join_s: float = 5.0) -> GpuFactory:
             rng=random.Random(),
             shutdown_timeout_s=join_s,
             residency=wiring.residency,
+            pins=wiring.pins,
         )
 
     return start
@@ -275,7 +277,10 @@ def _bind_slot(gpu: GpuFactory, slot_id: str, wiring: LaneWiring) -> Callable[[]
                 timers=wiring.timers,
                 policy=config.scheduling,
                 retry=config.retry,
-                residency=wiring.refs.ref_for("residency"),
+                residency=None
+                if slot_id in wiring.cloud_slot_ids
+                else wiring.refs.ref_for("residency"),
+                pins=config.residency,
             )
         )
 

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from protocol.errors import ValidationError
+from protocol.spec import normalise_model_name
 
 __all__ = [
     "ActiveHours",
@@ -22,6 +23,7 @@ __all__ = [
     "RetryPolicy",
     "SchedulingPolicy",
     "StoreSettings",
+    "backoff_delay",
 ]
 
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
@@ -98,8 +100,14 @@ class RetryPolicy:
 
     def delay(self, attempts: int, draw: float) -> float:
         """Seconds to wait before attempt ``attempts + 1``; ``draw`` is uniform in [0, 1)."""
-        raw = min(self.max_delay_s, self.base_delay_s * float(2 ** max(0, attempts - 1)))
-        return raw * (1 - self.jitter * draw)
+        return backoff_delay(self.base_delay_s, self.max_delay_s, self.jitter, attempts, draw)
+
+
+def backoff_delay(base_s: float, cap_s: float, jitter: float, count: int, draw: float) -> float:
+    """Capped exponential back-off with jitter: ``base_s * 2**(count - 1)``, at most ``cap_s``,
+    less up to ``jitter`` of it (``draw`` is uniform in [0, 1)), so waiters spread out."""
+    raw = min(cap_s, base_s * float(2 ** max(0, count - 1)))
+    return raw * (1 - jitter * draw)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -219,15 +227,40 @@ class ResidencySettings:
 
     ``chat_model`` and ``embedding_model`` (empty: none) are loaded at start and kept
     with ``pin_keep_alive_s`` (negative: forever, as Ollama reads it): two-slot residency.
+    While the backend is down the tracker probes it (a poll) after ``probe_initial_s``,
+    doubling each time up to ``probe_max_s``, less up to ``probe_jitter`` of it
+    (docs/architecture.md section 13).
     """
 
     poll_interval_s: float = 10.0
     chat_model: str = ""
     embedding_model: str = ""
     pin_keep_alive_s: float = -1.0
+    probe_initial_s: float = 1.0
+    probe_max_s: float = 30.0
+    probe_jitter: float = 0.2
 
     def __post_init__(self) -> None:
         _require(self.poll_interval_s > 0, "residency.poll_interval_s", "must be more than 0")
+        _require(self.probe_initial_s > 0, "residency.probe_initial_s", "must be more than 0")
+        _require(
+            self.probe_max_s >= self.probe_initial_s,
+            "residency.probe_max_s",
+            "must be at least probe_initial_s",
+        )
+        _require(0 <= self.probe_jitter < 1, "residency.probe_jitter", "must be 0 or more, below 1")
+
+    def probe_delay(self, failed_probes: int, draw: float) -> float:
+        """Seconds until the next probe after ``failed_probes`` failed ones in this outage."""
+        return backoff_delay(
+            self.probe_initial_s, self.probe_max_s, self.probe_jitter, failed_probes + 1, draw
+        )
+
+    def pin_keep_alive(self, model: str) -> float | None:
+        """The pin's keep_alive if ``model`` (any spelling Ollama accepts) is pinned, else None:
+        a job for a pinned model carries it instead of its own, so no request shortens it."""
+        pinned = {normalise_model_name(m) for m in self.pinned}
+        return self.pin_keep_alive_s if normalise_model_name(model) in pinned else None
 
     @property
     def pinned(self) -> tuple[str, ...]:

@@ -17,9 +17,13 @@ __all__ = [
     "ApplyLimits",
     "ApplyPolicy",
     "ApplyResidency",
+    "BackendHealthChanged",
+    "BackendUnreachable",
     "CallCancelled",
+    "CallEnded",
     "CallFailed",
     "CallFinished",
+    "CallStarting",
     "CallStreaming",
     "CancelCall",
     "CancelQueued",
@@ -36,7 +40,6 @@ __all__ = [
     "LimiterSnapshot",
     "ListJobs",
     "LoadQueuedJobs",
-    "ModelEvicted",
     "ModelLoaded",
     "PauseDispatch",
     "PinFinished",
@@ -193,15 +196,16 @@ class SlotIdle:
 
     ``incarnation`` names the slot actor instance: a new one means the slot restarted,
     and the arbiter checks the job it had given the old one against the store.
-    ``healthy`` is False when its last call ended in a transient failure (the backend
-    may be down), which sends cloud-eligible jobs to the cloud. ``ended`` is the job
-    whose call just ended (None when a fresh slot instance announces itself).
+    ``outage_at`` is set when its last call (begun then) met a backend outage: the
+    arbiter stops dispatching to the backend until the tracker says it is up again
+    (docs/architecture.md section 13). ``ended`` is the job whose call just ended (None
+    when a fresh slot instance announces itself).
     """
 
     slot_id: str
     model_key: str | None
     incarnation: str = ""
-    healthy: bool = True
+    outage_at: float | None = None
     ended: str | None = None
 
 
@@ -242,10 +246,11 @@ class ResumeDispatch:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApplyPolicy:
-    """New scheduling and retry settings; queues are kept."""
+    """New scheduling, retry and residency settings (slots read the pins); queues are kept."""
 
     scheduling: SchedulingPolicy
     retry: RetryPolicy
+    residency: ResidencySettings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -301,11 +306,12 @@ class CallFinished:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallFailed:
-    """The backend call failed."""
+    """The backend call failed; ``outage``: the backend's fault, before any output."""
 
     call_id: int
     error: str
     transient: bool
+    outage: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -390,22 +396,53 @@ class LimiterSnapshot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelLoaded:
-    """Slot ``slot_id`` has ``model_key`` loaded (its call produced output or finished).
-
-    ``load_s`` is the load time the backend reported for the call (0 when not known yet).
-    """
+    """Slot ``slot_id`` has ``model_key`` loaded (its call produced output)."""
 
     slot_id: str
     model_key: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallStarting:
+    """Slot ``slot_id`` starts a call for ``model_key``; ``evicted`` is the model it held
+    before, if it switched (loading the new one may push that one out)."""
+
+    slot_id: str
+    model_key: str
+    evicted: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallEnded:
+    """Slot ``slot_id``'s call for ``model_key`` ended after ``busy_s``; ``loaded``: it
+    produced output or an answer (so the model is loaded), with ``load_s`` the load time
+    the backend reported (0 when unknown)."""
+
+    slot_id: str
+    model_key: str
+    busy_s: float
+    loaded: bool
     load_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ModelEvicted:
-    """Slot ``slot_id`` no longer holds ``model_key`` (it switched to another model)."""
+class BackendUnreachable:
+    """A slot's call begun at ``started_at`` met a backend outage (docs/architecture.md
+    section 13): the tracker marks the backend down, unless it came up after that call
+    began."""
 
     slot_id: str
-    model_key: str
+    error: str
+    started_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackendHealthChanged:
+    """The tracker's word on a backend's health, told to the arbiter: ``up`` since ``at``."""
+
+    backend: str
+    up: bool
+    at: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -423,18 +460,22 @@ class ResidencyPolled:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ResidencyPollFailed:
-    """Asking the backend for its loaded models failed."""
+    """Asking the backend for its loaded models failed; ``outage``: it was unreachable."""
 
     error: str
     asked_at: float
+    outage: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PinFinished:
-    """Loading pinned ``model`` with keep_alive ended; ``error`` is None on success."""
+    """Loading pinned ``model`` with keep_alive ended after ``load_s``; ``error`` is None
+    on success; ``outage``: the backend was unreachable."""
 
     model: str
     error: str | None
+    load_s: float = 0.0
+    outage: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

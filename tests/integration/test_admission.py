@@ -25,7 +25,8 @@ from protocol import (
     StoreSettings,
 )
 from protocol.messages import (
-    ModelEvicted,
+    CallEnded,
+    CallStarting,
     ModelLoaded,
     ResidencyChanged,
     ResidencySnapshot,
@@ -190,17 +191,18 @@ def test_the_tracker_pins_the_chat_and_embedding_models_with_keep_alive(
     tracker_kit: Any,
 ) -> None:
     backend, recorder, start = tracker_kit
-    loads: list[tuple[str, object]] = []
+    loads: list[tuple[str, object, bool]] = []
     real_load = backend.load
 
-    def load(model: str, keep_alive: object = None) -> None:
-        loads.append((model, keep_alive))
-        real_load(model, keep_alive)
+    def load(model: str, keep_alive: object = None, *, embedding: bool = False) -> None:
+        loads.append((model, keep_alive, embedding))
+        real_load(model, keep_alive, embedding=embedding)
 
     backend.load = load
     tracker = start(chat_model="llama3.2", embedding_model="nomic-embed-text:latest")
     wait_until(lambda: len(loads) == 2)
-    assert sorted(loads) == [("llama3.2", -1.0), ("nomic-embed-text:latest", -1.0)]
+    # The embedding model is loaded as Ollama loads one (an empty embed), the chat model not.
+    assert sorted(loads) == [("llama3.2", -1.0, False), ("nomic-embed-text:latest", -1.0, True)]
     wait_until(lambda: _resident(tracker) == ("llama3.2", "nomic-embed-text"))
     wait_until(lambda: recorder.ask("seen")[-1] == frozenset({"llama3.2", "nomic-embed-text"}))
 
@@ -227,15 +229,17 @@ def test_a_polled_model_maps_to_the_key_a_slot_last_loaded_with_reload_options(
     backend, _, start = tracker_kit
     tracker = start(poll_interval_s=5.0)
     wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["polls"] == 1)
-    tracker.tell(ModelLoaded("gpu0", "llama3.2|num_ctx=8192", load_s=2.5))
+    tracker.tell(CallStarting("gpu0", "llama3.2|num_ctx=8192"))
+    tracker.tell(CallEnded("gpu0", "llama3.2|num_ctx=8192", 4.0, loaded=True, load_s=2.5))
     wait_until(lambda: _resident(tracker) == ("llama3.2|num_ctx=8192",))
     wait_until(lambda: _polls(tracker) == 2)  # the poll a newly loaded model prompts
     backend.loaded["llama3.2"] = LoadedModel(name="llama3.2:latest")
-    tracker.tell(ModelEvicted("gpu0", "llama3.2|num_ctx=8192"))
+    tracker.tell(CallStarting("gpu0", "other", evicted="llama3.2|num_ctx=8192"))
     manual_clock.advance(5.0)
     wait_until(lambda: _polls(tracker) == 3)
     assert _resident(tracker) == ("llama3.2|num_ctx=8192",)
-    assert tracker.ask(ResidencySnapshot())["counters"]["loading_s"] == 2.5
+    swaps = tracker.ask(ResidencySnapshot())["swaps"]
+    assert swaps["swaps"] == 1 and swaps["loading_s"] == 2.5 and swaps["busy_s"] == 4.0
 
 
 def _switched_from_a(tracker_kit: Any) -> pykka.ActorRef[Any]:
@@ -246,7 +250,7 @@ def _switched_from_a(tracker_kit: Any) -> pykka.ActorRef[Any]:
     tracker = start(poll_interval_s=600.0)
     wait_until(lambda: _resident(tracker) == ("a",))
     tracker.tell(ModelLoaded("gpu0", "a"))
-    tracker.tell(ModelEvicted("gpu0", "a"))
+    tracker.tell(CallStarting("gpu0", "b", evicted="a"))
     return tracker
 
 
@@ -297,7 +301,7 @@ def test_a_poll_out_while_a_slot_switches_models_does_not_revive_the_old_one(
     wait_until(lambda: _resident(tracker) == ("a",))
     manual_clock.advance(10.0)
     assert asked.wait(5)
-    tracker.tell(ModelEvicted("gpu0", "a"))
+    tracker.tell(CallStarting("gpu0", "b", evicted="a"))
     backend.loaded.clear()
     backend.loaded["b"] = LoadedModel(name="b")
     tracker.tell(ModelLoaded("gpu0", "b"))

@@ -1,9 +1,9 @@
 """The status view: ``GpuLane.status()`` assembled from the actors' own snapshots.
 
 Each actor answers for what it owns (the arbiter its queue, each slot its call, the
-tracker the resident models, the limiter its admissions, the store its counts); this
-module joins those answers into one read-only mapping for hosts, ``/status``,
-``gpulane top`` and the status page.
+tracker the resident models, the swap tally and the backends' health, the limiter its
+admissions, the store its counts); this module joins those answers into one read-only
+mapping for hosts, ``/status``, ``gpulane top`` and the status page.
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ def lane_status(
     facade_counters: Mapping[str, Any],
     supervision: SupervisorSnapshot | None,
 ) -> Mapping[str, Any]:
-    """Queue depth per lane and priority, the slots' calls, resident models, counters and
-    the supervision tree, as one read-only mapping."""
+    """Queue depth per lane and priority, the slots' calls, resident models, swaps, backend
+    health, counters and the supervision tree, as one read-only mapping.
+
+    ``counters["swaps"]`` and ``counters["loading_s"]`` are the tracker's swap tally (a
+    model that was not resident became resident), not the arbiter's guess at dispatch,
+    which is ``counters["dispatched_cold"]``."""
+    swaps: Mapping[str, Any] = residency["swaps"]
     counters: dict[str, Any] = dict(facade_counters)
     counters.update(queue["counters"])
-    counters["loading_s"] = residency["counters"]["loading_s"]
+    counters["swaps"] = swaps["swaps"]
+    counters["loading_s"] = swaps["loading_s"]
     return MappingProxyType(
         {
             "paused": queue["paused"],
@@ -45,6 +51,8 @@ def lane_status(
                 )
             ),
             "residency": residency,
+            "swaps": swaps,
+            "health": residency["health"],
             "admission": admission,
             "jobs": jobs,
             "counters": MappingProxyType(counters),

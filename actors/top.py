@@ -1,9 +1,10 @@
 """``gpulane top``: a live terminal view of a running gateway.
 
 It polls the gateway's ``GET /status`` (the picture the status page at ``/`` shows)
-and redraws with rich: the GPU slots and the job each runs, resident models, the
-queue by lane and priority, unfinished jobs per caller, and recent swaps and
-preemptions. ``render`` draws one picture, so ``make run`` shows the same view.
+and redraws with rich: each backend's health, the GPU slots and the job each runs,
+resident models and the swap figures, the queue by lane and priority, unfinished jobs
+per caller, and recent swaps and preemptions. ``render`` draws one picture, so
+``make run`` shows the same view.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["GatewayUnreachable", "describe_event", "fetch_status", "render", "run_top"]
+__all__ = [
+    "GatewayUnreachable",
+    "describe_event",
+    "describe_health",
+    "fetch_status",
+    "render",
+    "run_top",
+]
 
 
 class GatewayUnreachable(Exception):
@@ -57,7 +65,7 @@ def describe_event(event: Mapping[str, Any]) -> str:
     """One line for a swap or a preemption, naming jobs only where the viewer may see them."""
     if event["kind"] == "swap":
         if event["slot"] is None:
-            return f"{event['count']} more swap(s) between two looks"
+            return f"{event['count']} more swap(s) between two looks: {', '.join(event['models'])}"
         job = event["job"]
         return f"swap {event['slot']}: {event['from'] or 'nothing'} → {event['to']}" + (
             f" for {_who(job)}" if job else ""
@@ -71,6 +79,44 @@ def describe_event(event: Mapping[str, Any]) -> str:
     return text
 
 
+def describe_health(name: str, backend: Mapping[str, Any], at: float) -> str:
+    """One line for a backend at ``at``: up, or down since when, the next probe and the last
+    error (None for a viewer without a key: it may name the backend's address)."""
+    if backend["state"] == "up":
+        down = backend["down_s_total"]
+        return f"backend {name} up" + (f" (down {_seconds(down)} since start)" if down else "")
+    text = f"backend {name} DOWN"
+    if backend["since"] is not None:
+        since = backend["since"]
+        text += (
+            f" since {time.strftime('%H:%M:%S', time.localtime(since))} ({_seconds(at - since)})"
+        )
+    if backend["next_probe_at"] is not None:
+        text += f" · next probe in {_seconds(max(0.0, backend['next_probe_at'] - at))}"
+    text += f" · {backend['probes']} probe(s) so far"
+    if backend["last_error"]:
+        text += f" · last error: {backend['last_error']}"
+    return text
+
+
+def _overhead(picture: Mapping[str, Any]) -> str:
+    """``, 12.5% loading``: the share of busy time spent loading models (none before a
+    slot has run a call)."""
+    ratio = picture["overhead_ratio"]
+    return "" if ratio is None else f", {ratio:.1%} loading"
+
+
+def _health(picture: Mapping[str, Any]) -> Text:
+    """Each backend's health on one line: dim while up, bold red while down."""
+    line = Text()
+    for name, backend in picture["health"].items():
+        if line:
+            line.append("   ")
+        style = "dim" if backend["state"] == "up" else "bold red"
+        line.append(describe_health(name, backend, picture["at"]), style=style)
+    return line
+
+
 def _header(picture: Mapping[str, Any], source: str) -> Text:
     jobs, counters = picture["jobs"], picture["counters"]
     viewer = picture["viewer"]
@@ -82,7 +128,8 @@ def _header(picture: Mapping[str, Any], source: str) -> Text:
     header.append(
         f"  queued {picture['queued']} · running {jobs['loading'] + jobs['running']}"
         f" · succeeded {jobs['succeeded']} · failed {jobs['failed']}"
-        f" · swaps {counters['swaps']} · preemptions {counters['preemptions']}"
+        f" · swaps {counters['swaps']} ({picture['swaps_per_hour']:.1f}/h{_overhead(picture)})"
+        f" · preemptions {counters['preemptions']}"
     )
     who = "aggregates only" if viewer["caller"] is None else f"as {viewer['caller']}"
     header.append(f"   {who}{' (admin)' if viewer['admin'] else ''}", style="dim")
@@ -109,7 +156,10 @@ def _gpu(picture: Mapping[str, Any]) -> Table:
             _who(slot["next"]) or ("(not yours)" if slot["has_next"] else ""),
         )
     resident = ", ".join(picture["resident_models"]) or "none"
-    table.caption = f"resident models: {resident} · {picture['loading_s']:.1f}s spent loading"
+    table.caption = (
+        f"resident models: {resident} · {picture['loading_s']:.1f}s of"
+        f" {picture['busy_s']:.1f}s busy spent loading models"
+    )
     table.caption_justify = "left"
     return table
 
@@ -177,12 +227,18 @@ def render(picture: Mapping[str, Any], *, source: str = "", footer: str = "") ->
     """One frame of the view for one ``/status`` picture."""
     counters = picture["counters"]
     totals = Text(
-        f"submitted {counters['submitted']} · dispatched {counters['dispatched']} · "
+        f"submitted {counters['submitted']} · dispatched {counters['dispatched']}"
+        f" ({counters['dispatched_cold']} for a model not loaded) · "
         f"retries asked {counters['retries_requested']} · cancels {counters['cancel_requests']}"
         + (f" · refused {sum(picture['rejections'].values())}" if picture["rejections"] else ""),
         style="dim",
     )
-    parts: list[RenderableType] = [_header(picture, source), _Panes(picture), totals]
+    parts: list[RenderableType] = [
+        _header(picture, source),
+        _health(picture),
+        _Panes(picture),
+        totals,
+    ]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)

@@ -1,9 +1,12 @@
 """Prometheus metrics: the queue as ``GpuLane.status`` reports it, and the jobs the gateway saw end.
 
-Gauges and counters that the facade keeps (queue depth per lane and priority, slots,
-preemptions, dispatches, retries requested) are read at scrape time; histograms of
-wait, run and load time are fed from every job this gateway saw finish. Each app has
-its own registry, so several gateways (or tests) in one process do not collide.
+Gauges and counters that the lane keeps (queue depth per lane and priority, slots,
+preemptions, dispatches, retries requested, the swap tally, each backend's health) are
+read at scrape time, the load-time histogram per model too: it is the tally's, so it
+counts swaps only (a model that was not resident became resident), not the small
+``load_duration`` Ollama reports on warm calls. Histograms of wait and run time are fed
+from every job this gateway saw finish. Each app has its own registry, so several
+gateways (or tests) in one process do not collide.
 """
 
 from __future__ import annotations
@@ -12,20 +15,27 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
+from actors.residency import model_of_key
+from actors.swap_tally import LOAD_BUCKETS
 from protocol import Job, Lane, Priority
 
 __all__ = ["GatewayMetrics"]
-
-_TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 # Status counters exported as ``gpulane_<name>_total``, with what each counts.
 _COUNTERS: Mapping[str, str] = {
     "submitted": "Jobs submitted through the facade since start",
     "dispatched": "Jobs the arbiter sent to a GPU slot",
-    "swaps": "Jobs that started on a GPU slot holding another model (the model had to load)",
+    "dispatched_cold": "Jobs dispatched for a model the arbiter did not see resident",
+    "swaps": "Model swaps: a model that was not resident became resident (it was loaded)",
     "recalls": "Jobs handed to a busy slot ahead of time (prefetch) and taken back unstarted",
     "preemptions": "External calls taken off the GPU for internal work",
     "cancel_requests": "Cancels asked for (users and callers who went away)",
@@ -70,6 +80,66 @@ class _StatusCollector(Collector):
         for name, help_text in _COUNTERS.items():
             if name in counters:
                 yield CounterMetricFamily(f"gpulane_{name}", help_text, value=counters[name])
+        yield from _swap_metrics(status["swaps"])
+        yield from _health_metrics(status["health"])
+
+
+def _swap_metrics(swaps: Mapping[str, Any]) -> Iterator[Metric]:
+    """The swap tally: load time per model (swaps only), busy time, overhead, swaps/hour."""
+    loads = HistogramMetricFamily(
+        "gpulane_model_load_seconds",
+        "Load time of each model swap (a model that was not resident became resident)",
+        labels=["model"],
+    )
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
+    for key, tally in swaps["by_model"].items():  # keys with runner options count as the model
+        by_model.setdefault(model_of_key(key), []).append(tally)
+    for model, tallies in sorted(by_model.items()):
+        buckets = [  # ``le`` written as the client writes its own histograms' (1 -> "1.0")
+            (_le(bound), float(sum(t["buckets"][i][1] for t in tallies)))
+            for i, bound in enumerate(LOAD_BUCKETS)
+        ]
+        count = float(sum(t["count"] for t in tallies))
+        loads.add_metric([model], [*buckets, ("+Inf", count)], sum(t["sum_s"] for t in tallies))
+    yield loads
+    yield CounterMetricFamily(
+        "gpulane_busy_seconds", "Time GPU slots spent running calls, loading included",
+        value=swaps["busy_s"],
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "gpulane_swaps_per_hour", "Model swaps per hour, over the last hour",
+        value=swaps["swaps_per_hour"],
+    )  # fmt: skip
+    overhead = GaugeMetricFamily(
+        "gpulane_swap_overhead_ratio",
+        "Time loading models over time busy since start (no sample until a slot has been busy)",
+    )
+    if swaps["overhead_ratio"] is not None:
+        overhead.add_metric([], swaps["overhead_ratio"])
+    yield overhead
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as the client writes ``le`` (its function is untyped)."""
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _health_metrics(health: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """Each backend's health: up or down, the time spent down, the probes sent."""
+    up = GaugeMetricFamily("gpulane_backend_up", "1 while the backend is up", labels=["backend"])
+    down = CounterMetricFamily(
+        "gpulane_backend_down_seconds", "Time the backend spent down since start",
+        labels=["backend"],
+    )  # fmt: skip
+    probes = CounterMetricFamily(
+        "gpulane_backend_probes", "Probes sent to a backend that was down", labels=["backend"]
+    )
+    for name, backend in sorted(health.items()):
+        up.add_metric([name], float(backend["state"] == "up"))
+        down.add_metric([name], backend["down_s_total"])
+        probes.add_metric([name], float(backend["probes"]))
+    yield from (up, down, probes)
 
 
 class GatewayMetrics:
@@ -80,15 +150,11 @@ class GatewayMetrics:
         self.registry.register(_StatusCollector(status))
         self.wait = Histogram(
             "gpulane_job_wait_seconds", "Time from submit to the last start",
-            ["lane", "model"], buckets=_TIME_BUCKETS, registry=self.registry,
+            ["lane", "model"], buckets=LOAD_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.run = Histogram(
             "gpulane_job_run_seconds", "Time from the last start to the end",
-            ["lane", "model"], buckets=_TIME_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.load = Histogram(
-            "gpulane_model_load_seconds", "Model load time reported by the backend (a swap)",
-            ["model"], buckets=_TIME_BUCKETS, registry=self.registry,
+            ["lane", "model"], buckets=LOAD_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.finished = Counter(
             "gpulane_jobs_finished", "Jobs seen ending by the gateway, per lane and state",
@@ -108,7 +174,7 @@ class GatewayMetrics:
         )  # fmt: skip
         self.embeds = Histogram(
             "gpulane_embed_seconds", "Embedding requests answered (they bypass the queue)",
-            ["model"], buckets=_TIME_BUCKETS, registry=self.registry,
+            ["model"], buckets=LOAD_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
     def job_ended(self, job: Job) -> None:
@@ -121,8 +187,6 @@ class GatewayMetrics:
             self.wait.labels(lane, model).observe(max(0.0, job.wait_seconds))
         if job.run_seconds is not None:
             self.run.labels(lane, model).observe(max(0.0, job.run_seconds))
-        if job.metrics is not None and job.metrics.load_duration_ns > 0:
-            self.load.labels(model).observe(job.metrics.load_duration_ns / 1e9)
 
     def embedded(self, model: str, seconds: float) -> None:
         """Record an embedding request the model server answered."""

@@ -2,8 +2,9 @@
 browsers; other clients get Ollama's ``Ollama is running`` there).
 
 ``/status`` answers the picture ``gpulane top`` draws (see :mod:`actors.gateway.watch`):
-the GPU slots and their running jobs, resident models, the queue by lane and priority,
-unfinished jobs per caller, job counts, counters and recent swaps and preemptions.
+each backend's health, the GPU slots and their running jobs, resident models, the swap
+figures, the queue by lane and priority, unfinished jobs per caller, job counts,
+counters and recent swaps and preemptions.
 
 The page is static HTML with a small script that fetches ``/status`` every second and
 redraws (no framework, no external assets: it works on an air-gapped host). A browser
@@ -40,6 +41,7 @@ header h1{font-size:1.2rem;margin:0;letter-spacing:.02em}
 .good{background:#2e7d32;color:#fff}.bad{background:#c62828;color:#fff}
 #updated{margin-left:auto;font-size:.85rem;color:#b8c2cc}
 #error{display:none;background:#c62828;color:#fff;padding:.5rem 1.5rem}
+#down{background:#c62828;color:#fff}#down div{padding:.5rem 1.5rem;font-weight:600}
 .stats{display:flex;gap:1rem;flex-wrap:wrap;padding:1rem 1.5rem 0}
 .stat{background:#fff;border-radius:.5rem;padding:.6rem 1rem;min-width:8.5rem;
  box-shadow:0 1px 2px #0002}
@@ -92,10 +94,23 @@ function num(id, value) {
 function stat(label, value, id) {
   return el("div", {className: "stat"}, el("b", {id: id}, value), el("span", {}, label));
 }
+function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+function percent(ratio) { return ratio === null ? "\u2013" : (100 * ratio).toFixed(1) + " %"; }
+function downLine(name, b, at) {
+  let text = "backend " + name + " down since " + clock(b.since) + " (" + secs(at - b.since) + ")";
+  if (b.next_probe_at !== null) {
+    text += " \u00b7 next probe in " + secs(Math.max(0, b.next_probe_at - at));
+  }
+  text += " \u00b7 " + b.probes + " probe(s) so far";
+  if (b.last_error) text += " \u00b7 last error: " + b.last_error;
+  return el("div", {id: "down-" + name}, text);
+}
 function describe(e) {
   if (e.kind === "swap") {
-    if (e.slot === null) return [el("span", {className: "swap"}, "swap"),
-                                 " \u00d7" + e.count + " between two looks"];
+    if (e.slot === null) {
+      return [el("span", {className: "swap"}, "swap"),
+              " \u00d7" + e.count + " between two looks: " + e.models.join(", ")];
+    }
     return [el("span", {className: "swap"}, "swap"), " " + e.slot + ": " +
             (e.from || "nothing") + " \u2192 " + e.to + (e.job ? " for " + who(e.job) : "")];
   }
@@ -108,6 +123,12 @@ function render(p) {
   const state = document.getElementById("state");
   state.textContent = p.paused ? "paused" : "dispatching";
   state.className = "pill " + (p.paused ? "bad" : "good");
+  const backends = Object.entries(p.health);
+  fill("health", ...backends.map(([name, b]) => el("span",
+    {id: "health-" + name, className: "pill " + (b.state === "up" ? "good" : "bad")},
+    name + " " + b.state)));
+  fill("down", ...backends.filter(([, b]) => b.state !== "up")
+                          .map(([name, b]) => downLine(name, b, p.at)));
   const busy = p.slots.filter(s => s.busy).length;
   fill("stats",
     stat("queued", p.queued, "queued"),
@@ -116,6 +137,8 @@ function render(p) {
     stat("succeeded", p.jobs.succeeded || 0, "succeeded"),
     stat("failed", p.jobs.failed || 0, "failed"),
     stat("swaps", p.counters.swaps, "swaps"),
+    stat("swaps / hour", p.swaps_per_hour.toFixed(1), "swaps-per-hour"),
+    stat("busy time loading", percent(p.overhead_ratio), "overhead"),
     stat("preemptions", p.counters.preemptions, "preemptions"));
   const prios = Object.keys(Object.values(p.depth)[0] || {});
   fill("queue",
@@ -154,13 +177,16 @@ function render(p) {
                             el("td", {}, ...describe(e))))
     : [row(el("td", {className: "muted"}, "no swaps or preemptions seen yet"))]));
   const c = p.counters;
-  fill("counters", ...["submitted", "dispatched", "retries_requested", "cancel_requests",
-                       "cancelled_queued"].map(k => row(el("td", {}, k.replaceAll("_", " ")),
-                                                      num("k-" + k, c[k]))),
-       row(el("td", {}, "seconds loading models"), num("k-loading", p.loading_s.toFixed(1))));
+  fill("counters", ...["submitted", "dispatched", "dispatched_cold", "retries_requested",
+                       "cancel_requests", "cancelled_queued"].map(
+         k => row(el("td", {}, k.replaceAll("_", " ")), num("k-" + k, c[k]))),
+       row(el("td", {}, "seconds loading models"), num("k-loading", p.loading_s.toFixed(1))),
+       row(el("td", {}, "seconds busy"), num("k-busy", p.busy_s.toFixed(1))),
+       ...backends.map(([name, b]) => row(el("td", {}, "seconds " + name + " was down"),
+                                          num("k-down-" + name, b.down_s_total.toFixed(1)))));
   const viewer = p.viewer.caller === null ? "aggregates only" :
     "as " + p.viewer.caller + (p.viewer.admin ? " (admin)" : "");
-  fill("updated", "updated " + new Date(p.at * 1000).toLocaleTimeString() + " \u00b7 " + viewer);
+  fill("updated", "updated " + clock(p.at) + " \u00b7 " + viewer);
 }
 async function tick() {
   const banner = document.getElementById("error");
@@ -187,8 +213,8 @@ PAGE = f"""<!doctype html>
 <title>gpulane</title><style>{_STYLE}</style></head>
 <body>
 <header><h1>gpulane</h1><span id="state" class="pill">connecting</span>
-<span id="updated"></span></header>
-<div id="error"></div>
+<span id="health"></span><span id="updated"></span></header>
+<div id="error"></div><div id="down"></div>
 <noscript><p>This page needs JavaScript; the same data is at <a href="status">/status</a>.</p>
 </noscript>
 <div class="stats" id="stats"></div>

@@ -4,15 +4,19 @@ One sample of ``GpuLane.status()``, with the jobs running on the slots, is share
 every viewer and taken at most every ``max_age`` seconds, so ten open pages cost the
 actors what one does, and nothing is sampled while nobody watches.
 
-Consecutive samples are compared to name recent events: a slot that changed model
-(a swap: the call had to load its model) and a job that was running at the last
-sample and has since been charged one more preemption. Events are therefore seen
-only while someone watches, and two that happen between samples can merge; the
-totals in ``counters`` are the arbiter's own and exact.
+Consecutive samples are compared to name recent events: a slot that changed to a model
+not resident at the last sample (a swap: the call has to load its model) and a job that
+was running at the last sample and has since been charged one more preemption. Events
+are therefore seen only while someone watches, and two that happen between samples can
+merge. The totals are exact: ``counters["swaps"]`` is the residency tracker's swap tally
+(a model that was not resident became resident), and swaps it counted that no slot
+showed (a model loaded and replaced between two samples, a pin restored) become one
+event naming the models.
 
 Who may see what: an admin sees everything; a caller sees the aggregates plus its
 own jobs and its own count; an anonymous viewer (a browser on a gateway with keys)
-sees aggregates only, no job ids, callers or prompts. Prompts never appear.
+sees aggregates only, no job ids, callers or prompts, nor a backend's last error (it may
+name the backend's address). Prompts never appear.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ Runner = Callable[[Callable[[], dict[str, Any]]], Awaitable[dict[str, Any]]]
 COUNTERS = (
     "submitted",
     "dispatched",
+    "dispatched_cold",
     "swaps",
     "preemptions",
     "retries_requested",
@@ -75,7 +80,9 @@ class LaneWatch:
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self._running: dict[str, Job] = {}
         self._models: dict[str, str | None] = {}
-        self._swaps = 0
+        self._resident: frozenset[str] = frozenset()
+        self._tallied: dict[str, int] = {}  # swaps per model key the tally had counted
+        self._shown_ahead: collections.Counter[str] = collections.Counter()
         self._sampled = False
         self._picture: dict[str, Any] | None = None
         self._taken_at = 0.0
@@ -106,14 +113,15 @@ class LaneWatch:
                 running[slot_id] = lane.get(slot["job_id"])
             if slot["next_job_id"] is not None:
                 handed_over[slot_id] = lane.get(slot["next_job_id"])
-        swaps = int(status["counters"].get("swaps", 0))
+        tallied = {key: int(m["count"]) for key, m in status["swaps"]["by_model"].items()}
         if self._sampled:
             self._note_preemptions(running, now)
-            self._note_swaps(status["slots"], running, swaps - self._swaps, now)
+            self._note_swaps(status["slots"], running, tallied, now)
         self._sampled = True
-        self._swaps = swaps
+        self._tallied = tallied
         self._running = running
         self._models = {slot_id: slot["model_key"] for slot_id, slot in status["slots"].items()}
+        self._resident = frozenset(status["resident_models"])
         return self._build(status, running, handed_over, now)
 
     def _note_preemptions(self, running: Mapping[str, Job], now: float) -> None:
@@ -137,16 +145,19 @@ class LaneWatch:
         self,
         slots: Mapping[str, Mapping[str, Any]],
         running: Mapping[str, Job],
-        counted: int,
+        tallied: Mapping[str, int],
         now: float,
     ) -> None:
-        """A swap per slot that changed model; swaps the arbiter ``counted`` beyond those
-        (a model loaded and replaced between two samples) become one event without a slot."""
-        seen = 0
+        """A swap per slot that changed to a model not resident at the last sample; the
+        tally's new swaps that no slot showed become one event naming their models.
+
+        A slot shows its new model at dispatch and the tally counts the swap once the
+        model is loaded, often a sample later: a swap shown is kept as owed by its model
+        (``_shown_ahead``) and settles the tally's next count for that model."""
         for slot_id, slot in slots.items():
             before, after = self._models.get(slot_id), slot["model_key"]
-            if after is not None and after != before:
-                seen += 1
+            if after is not None and after != before and after not in self._resident:
+                self._shown_ahead[after] += 1
                 self._events.appendleft(
                     {
                         "at": now,
@@ -156,9 +167,18 @@ class LaneWatch:
                         "to": _model(after),
                         "job": _brief(running.get(slot_id)),
                         "count": 1,
+                        "models": [_model(after)],
                     }
                 )
-        if counted > seen:
+        unseen: collections.Counter[str] = collections.Counter()
+        for key, count in tallied.items():
+            had = self._tallied.get(key, 0)
+            new = count - had if count >= had else count  # a restarted tracker counts anew
+            settled = min(new, self._shown_ahead[key])
+            self._shown_ahead[key] -= settled
+            unseen[key] = new - settled
+        unseen = +unseen  # only the models with swaps left over
+        if unseen:
             self._events.appendleft(
                 {
                     "at": now,
@@ -167,7 +187,8 @@ class LaneWatch:
                     "from": None,
                     "to": None,
                     "job": None,
-                    "count": counted - seen,
+                    "count": sum(unseen.values()),
+                    "models": sorted({model_of_key(key) for key in unseen}),
                 }
             )
 
@@ -203,6 +224,7 @@ class LaneWatch:
         ]
         callers.sort(key=lambda c: (-c["unfinished"], c["caller"]))
         counters = dict(status["counters"])
+        swaps = status["swaps"]
         return {
             "at": now,
             "paused": bool(status["paused"]),
@@ -216,7 +238,11 @@ class LaneWatch:
             "callers": callers,
             "jobs": {str(state): int(n) for state, n in dict(status["jobs"]).items()},
             "counters": {name: int(counters.get(name, 0)) for name in COUNTERS},
-            "loading_s": float(counters.get("loading_s", 0.0)),
+            "loading_s": float(swaps["loading_s"]),  # the swaps' load time, as their count
+            "busy_s": float(swaps["busy_s"]),
+            "overhead_ratio": swaps["overhead_ratio"],  # None until a slot has run a call
+            "swaps_per_hour": float(swaps["swaps_per_hour"]),
+            "health": {name: dict(health) for name, health in sorted(status["health"].items())},
             "rejections": {str(k): int(v) for k, v in dict(admission["rejections"]).items()},
             "events": list(self._events),
         }
@@ -239,6 +265,8 @@ def view_for(picture: Mapping[str, Any], caller: Caller | None) -> dict[str, Any
         dict(slot, job=mine(slot["job"]), next=mine(slot["next"])) for slot in picture["slots"]
     ]
     out["callers"] = [c for c in picture["callers"] if caller and c["caller"] == caller.name]
+    if caller is None:
+        out["health"] = {name: dict(h, last_error=None) for name, h in picture["health"].items()}
     out["events"] = [
         dict(event, job=mine(event["job"]), **({"by": mine(event["by"])} if "by" in event else {}))
         for event in picture["events"]

@@ -1,24 +1,31 @@
 """The live views against a real gateway on loopback: ``GET /status``, ``gpulane top``, the
-status page in headless Chromium, ``gpulane queue clear`` and the demo behind ``make run``."""
+status page in headless Chromium, ``gpulane queue clear`` and the demo behind ``make run``;
+the swap figures and the backend's health on them, and on ``/metrics``."""
 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from gateway_kit import ADMIN, ALICE, BOB, BOT, HELLO, Stack, running_stack
+from gateway_kit import ADMIN, ALICE, BOB, BOT, HELLO, KEYS, Running, Stack, running_stack
 from rich.console import Console
 
+from actors import Config, GpuLane
+from actors.backends.ollama import OllamaBackend
 from actors.backends.simulated import FaultKind
+from actors.config import GatewaySettings
 from actors.demo import run_demo
+from actors.gateway import GatewayServer, create_app
 from actors.testing import wait_until
 from actors.top import describe_event, fetch_status, render
-from protocol import JobState
+from protocol import JobState, StoreSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -54,6 +61,30 @@ def status_until(
     except AssertionError:
         raise AssertionError(f"/status never matched: {pictures[-1]}") from None
     return pictures[-1]
+
+
+@contextmanager
+def stack_without_a_model_server(tmp_path: Path) -> Iterator[Running]:
+    """A gateway whose model server is not there (a loopback port nobody listens on): the
+    tracker's first poll is refused, so the backend is down from the start."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    settings = GatewaySettings(api_keys=KEYS)
+    store = StoreSettings(path=str(tmp_path / "jobs.sqlite3"), synchronous="NORMAL")
+    backend = OllamaBackend(url, timeout=5.0)
+    lane = GpuLane.start(Config(store=store, gateway=settings), backend=backend)
+    try:
+        with GatewayServer(create_app(lane, settings, upstream=url)) as server:
+            yield Running(lane, server)
+    finally:
+        lane.stop()
+        backend.close()
+
+
+def one_line(frame: str) -> str:
+    """A rendered frame with its line breaks and runs of spaces as single spaces."""
+    return " ".join(frame.split())
 
 
 def paused_queue(stack: Stack) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -114,13 +145,17 @@ def test_status_names_the_preempted_job_the_urgent_job_that_took_the_gpu_and_the
         )
         with stack.client(ALICE) as alice:
             mine = alice.get("/status").json()
+        # The tracker counts a swap when its call ends (the load time is in the call's last
+        # answer): endless's when it was preempted, tiny's once the urgent call is done.
+        counted = status_until(admin, lambda p: p["counters"]["swaps"] >= 2)
         stack.lane.cancel(victim["id"])
     preemption = next(e for e in picture["events"] if e["kind"] == "preemption")
     assert preemption["job"]["seq"] == victim["seq"] and preemption["job"]["preemptions"] == 1
     assert preemption["by"]["seq"] == urgent["seq"] and preemption["by"]["lane"] == "internal"
     swap = next(e for e in picture["events"] if e["kind"] == "swap" and e["to"] == "tiny")
     assert swap["from"] == "endless" and swap["job"]["caller"] == "bot"
-    assert picture["counters"]["preemptions"] == 1 and picture["counters"]["swaps"] >= 2
+    assert picture["counters"]["preemptions"] == 1 and counted["counters"]["preemptions"] == 1
+    assert counted["loading_s"] > 0 and counted["overhead_ratio"] is not None
     seen_by_alice = next(e for e in mine["events"] if e["kind"] == "preemption")
     assert seen_by_alice["job"]["seq"] == victim["seq"] and seen_by_alice["by"] is None
     assert describe_event(preemption) == (
@@ -182,6 +217,53 @@ def test_top_in_a_narrow_terminal_stacks_the_tables_and_keeps_the_figures(stack:
     assert max(len(line) for line in frame.splitlines()) <= 80
     assert re.search(r"succeeded\s+4", frame) and "swap gpu0: nothing → tiny" in frame
     assert "resident models: tiny" in frame
+    assert "backend local up" in frame
+    assert re.search(r"swaps 1 \(1\.0/h, \d+\.\d% loading\)", one_line(frame))
+
+
+# --- swaps and backend health ---------------------------------------------------------------
+
+
+def test_status_and_metrics_count_one_swap_though_every_call_reported_a_load_duration(
+    stack: Stack,
+) -> None:
+    jobs = [submit(stack, ALICE) for _ in range(3)]
+    done = [stack.lane.wait(job["id"], timeout=10) for job in jobs]
+    # warm calls report a load_duration too, as Ollama does (its scheduling time)
+    assert all(job.metrics is not None and job.metrics.load_duration_ns > 0 for job in done)
+    assert stack.sim.stats().loads == 1
+    with stack.client(ADMIN) as admin:
+        picture = status_until(admin, lambda p: p["counters"]["swaps"] == 1)
+        text = admin.get("/metrics").text
+    assert picture["swaps_per_hour"] == 1.0 and picture["counters"]["dispatched_cold"] == 1
+    assert 0 < picture["loading_s"] <= picture["busy_s"]
+    assert picture["overhead_ratio"] == pytest.approx(picture["loading_s"] / picture["busy_s"])
+    assert "gpulane_swaps_total 1.0" in text and "gpulane_swaps_per_hour 1.0" in text
+    assert 'gpulane_model_load_seconds_count{model="tiny"} 1.0' in text
+    assert 'gpulane_model_load_seconds_bucket{le="+Inf",model="tiny"} 1.0' in text
+    assert re.search(r"\ngpulane_swap_overhead_ratio 0\.\d+", text)
+    assert 'gpulane_backend_up{backend="local"} 1.0' in text
+    assert 'gpulane_backend_down_seconds_total{backend="local"} 0.0' in text
+
+
+def test_status_top_and_metrics_show_a_model_server_that_cannot_be_reached_as_down(
+    tmp_path: Path,
+) -> None:
+    with stack_without_a_model_server(tmp_path) as down, down.client(ADMIN) as admin:
+        picture = status_until(admin, lambda p: p["health"]["local"]["state"] == "down")
+        anonymous = httpx.get(down.url + "/status").json()
+        text = admin.get("/metrics").text
+    local = picture["health"]["local"]
+    assert local["since"] is not None and local["since"] <= picture["at"]
+    assert local["last_error"] and local["changes"] == 1
+    assert anonymous["health"]["local"]["state"] == "down"
+    assert anonymous["health"]["local"]["last_error"] is None
+    console = Console(record=True, width=200)
+    console.print(render(picture))
+    frame = one_line(console.export_text())
+    assert "backend local DOWN since" in frame and "last error:" in frame
+    assert 'gpulane_backend_up{backend="local"} 0.0' in text
+    assert re.search(r'gpulane_backend_probes_total\{backend="local"\} \d+\.0', text)
 
 
 # --- the status page in a real browser ------------------------------------------------------
@@ -227,6 +309,9 @@ def test_the_status_page_shows_the_queue_after_its_script_ran_in_chromium(
     assert cell(dom, "q-internal-high") == "1" and cell(dom, "q-external") == "3"
     assert cell(dom, "busy") == "0 / 1" and "aggregates only" in dom
     assert "alice" not in dom and first["id"] not in dom
+    assert cell(dom, "health-local") == "local up" and cell(dom, "down") == ""
+    assert cell(dom, "swaps") == "0" and cell(dom, "swaps-per-hour") == "0.0"
+    assert cell(dom, "overhead") == "\u2013"  # no call has run yet
 
 
 @needs_chromium
@@ -237,6 +322,18 @@ def test_the_status_page_opened_with_an_admin_key_shows_each_caller_in_chromium(
     dom = render_in_chromium(f"{stack.url}/#key={ADMIN}", tmp_path)
     assert cell(dom, "c-alice") == "3" and cell(dom, "c-bot") == "1"
     assert "as ops (admin)" in dom and ADMIN not in dom.split("<body")[1]
+
+
+@needs_chromium
+def test_the_status_page_shows_a_model_server_that_cannot_be_reached_as_down_in_chromium(
+    tmp_path: Path,
+) -> None:
+    with stack_without_a_model_server(tmp_path) as down, down.client(ADMIN) as admin:
+        status_until(admin, lambda p: p["health"]["local"]["state"] == "down")
+        dom = render_in_chromium(f"{down.url}/#key={ADMIN}", tmp_path)
+    assert cell(dom, "health-local") == "local down"
+    line = cell(dom, "down-local")
+    assert line.startswith("backend local down since ") and "last error: " in line
 
 
 # --- gpulane queue clear --------------------------------------------------------------------

@@ -4,19 +4,26 @@ Embedding calls are short and the embedding model stays resident beside the chat
 (docs/architecture.md section 3), so they run concurrently on a small thread pool
 (``backend.embed_workers``) instead of waiting behind a long chat call. Each call has a
 cancel token, so a time-out or the lane's stop drops its connection.
+
+An embedding for a pinned model (``residency.embedding_model`` or ``chat_model``) carries
+the pin's keep_alive, read from the settings in force at each call (a reload changes it),
+so that an embed that loads the model again, after the server restarted, keeps it as
+the pin does instead of for Ollama's default five minutes (server/sched.go sets a
+runner's duration from any request that carries keep_alive, and the default only on a
+load). An embedding for any other model carries none: the server leaves it as it is.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
 
 from actors.backends.base import Backend, CancelToken
-from protocol import EmbedResult, SystemStoppedError, ValidationError, freeze
+from protocol import EmbedResult, ResidencySettings, SystemStoppedError, ValidationError, freeze
 from protocol.spec import check_json_data, check_text
 
 __all__ = ["EmbeddingExecutor", "embed_request"]
@@ -44,11 +51,15 @@ def embed_request(
 
 
 class EmbeddingExecutor:
-    """Runs embedding calls on ``workers`` threads (started on first use) until stopped."""
+    """Runs embedding calls on ``workers`` threads (started on first use) until stopped;
+    ``residency`` gives the residency settings in force, whose pins a call keeps."""
 
-    def __init__(self, backend: Backend, workers: int) -> None:
+    def __init__(
+        self, backend: Backend, workers: int, residency: Callable[[], ResidencySettings]
+    ) -> None:
         self._backend = backend
         self._workers = workers
+        self._residency = residency
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._calls: set[CancelToken] = set()
@@ -61,7 +72,9 @@ class EmbeddingExecutor:
         options: Mapping[str, Any],
         timeout: float | None,
     ) -> EmbedResult:
-        """Embed ``texts``; after ``timeout`` seconds cancel the call and raise TimeoutError."""
+        """Embed ``texts`` (with the pin's keep_alive if ``model`` is pinned); after
+        ``timeout`` seconds cancel the call and raise TimeoutError."""
+        keep_alive = self._residency().pin_keep_alive(model)
         token = CancelToken()
         with self._lock:
             if self._stopped:
@@ -71,7 +84,9 @@ class EmbeddingExecutor:
                     self._workers, thread_name_prefix="gpulane-embed"
                 )
             self._calls.add(token)
-            future = self._pool.submit(self._backend.embed, model, texts, options, token)
+            future = self._pool.submit(
+                self._backend.embed, model, texts, options, token, keep_alive=keep_alive
+            )
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:

@@ -49,7 +49,7 @@ from actors.backends.http import (
     int_field,
     iter_sse,
     new_client,
-    status_error,
+    raise_for_status,
 )
 from actors.backends.translate import (
     Collector,
@@ -582,16 +582,12 @@ class _Reader:
 def _raise_for_status(response: httpx.Response) -> None:
     """Raise BackendError with the API's own message for an error status (see _OUTAGES
     for which are the API's outage)."""
-    status = response.status_code
-    if status < 400:
-        return
-    response.read()
-    message = ""
-    try:
-        data = response.json()
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict):
-            message = f"{error.get('type', 'error')}: {error.get('message', '')}"
-    except ValueError:
-        message = response.text.strip()
-    raise status_error(status, message or f"HTTP {status} {response.reason_phrase}", _OUTAGES)
+    raise_for_status(response, _error_message, _OUTAGES)
+
+
+def _error_message(data: object) -> str:
+    """The API's ``{"error": {"type", "message"}}`` as ``type: message``."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    return f"{error.get('type', 'error')}: {error.get('message', '')}"

@@ -15,7 +15,7 @@ touching its socket once its response is closed, before the pool hands the conne
 to another call. :func:`guarded` wires a CancelToken to that and turns every failure
 into ``protocol.BackendError`` with ``transient`` set as docs/architecture.md section 3 says,
 and ``outage`` for a failure that belongs to the server, not to the request
-(:func:`transport_error`, :func:`status_error`; docs/architecture.md section 13).
+(:func:`transport_error`, :func:`raise_for_status`; docs/architecture.md section 13).
 
 Server-sent events (OpenAI and Anthropic streams) are parsed by :func:`iter_sse`.
 """
@@ -28,7 +28,7 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpcore
@@ -49,7 +49,7 @@ __all__ = [
     "is_transient_status",
     "iter_sse",
     "new_client",
-    "status_error",
+    "raise_for_status",
     "transport_error",
 ]
 
@@ -303,13 +303,27 @@ def transport_error(exc: httpx.HTTPError, base_url: str, server: str) -> Backend
     return BackendError(f"connection to {where} failed: {detail}", transient=True)
 
 
-def status_error(
-    status: int, message: str, outages: frozenset[int] = OUTAGE_STATUSES
-) -> BackendError:
-    """The BackendError for an error status with the server's own ``message``: transient
-    as :func:`is_transient_status` says, the server's outage for a status in ``outages``."""
-    return BackendError(
-        message, transient=is_transient_status(status), status=status, outage=status in outages
+def raise_for_status(
+    response: httpx.Response,
+    message_of: Callable[[object], str],
+    outages: frozenset[int] = OUTAGE_STATUSES,
+) -> None:
+    """Raise the BackendError for an error status (nothing below 400), with the server's
+    own message (``message_of`` its JSON body, else its text): transient as
+    :func:`is_transient_status` says, the server's outage for a status in ``outages``."""
+    status = response.status_code
+    if status < 400:
+        return
+    response.read()
+    try:
+        message = message_of(response.json())
+    except ValueError:
+        message = response.text.strip()
+    raise BackendError(
+        message or f"HTTP {status} {response.reason_phrase}",
+        transient=is_transient_status(status),
+        status=status,
+        outage=status in outages,
     )
 
 

@@ -28,7 +28,7 @@ from actors.backends.http import (
     guarded,
     int_field,
     new_client,
-    status_error,
+    raise_for_status,
 )
 from protocol import (
     REQUEST_FEATURES,
@@ -305,18 +305,13 @@ def _piece(part: Mapping[str, Any], kind: JobKind, path: str) -> Chunk:
 def _raise_for_status(response: httpx.Response) -> None:
     """Raise BackendError with Ollama's own message for an error status; a 503 (the
     scheduler's ErrMaxQueue, "server busy", server/sched.go) is the server's outage."""
-    status = response.status_code
-    if status < 400:
-        return
-    response.read()
-    message = ""
-    try:
-        data = response.json()
-        if isinstance(data, dict) and isinstance(data.get("error"), str):
-            message = data["error"]
-    except ValueError:
-        message = response.text.strip()
-    raise status_error(status, message or f"HTTP {status} {response.reason_phrase}")
+    raise_for_status(response, _error_message)
+
+
+def _error_message(data: object) -> str:
+    """Ollama's ``{"error": "..."}``."""
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, str) else ""
 
 
 def _metrics(part: Mapping[str, Any]) -> JobMetrics:

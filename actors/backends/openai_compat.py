@@ -66,7 +66,7 @@ from actors.backends.http import (
     int_field,
     iter_sse,
     new_client,
-    status_error,
+    raise_for_status,
 )
 from actors.backends.translate import (
     Collector,
@@ -262,9 +262,8 @@ class OpenAICompatBackend:
     def load(
         self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
     ) -> None:
-        """Check that the server serves ``model``: these servers load at start-up, so there
-        is nothing to load, whatever the kind of model; an unknown one is a permanent
-        error (404)."""
+        """Check that the server serves ``model`` (of any kind): these servers load at
+        start-up, so there is nothing to load; an unknown model is a permanent error (404)."""
         served = {m.name for m in self.loaded_models()}
         if model not in served:
             raise BackendError(
@@ -559,9 +558,11 @@ def _context_length(model: Mapping[str, Any]) -> int | None:
     return int_field(value) or None
 
 
-def _error_message(data: Mapping[str, Any]) -> str:
+def _error_message(data: object) -> str:
     """The server's own message: ``{"error": {"message"}}`` (OpenAI, llama.cpp),
     ``{"message"}`` (vLLM) or ``{"detail"}`` (FastAPI servers)."""
+    if not isinstance(data, dict):
+        return ""
     error = data.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
@@ -576,21 +577,14 @@ def _error_message(data: Mapping[str, Any]) -> str:
 def _raise_for_status(response: httpx.Response) -> None:
     """Raise BackendError with the server's own message for an error status: transient
     as the status says, except a 5xx that reports this request's body as invalid, which
-    is the permanent 400 it should have been (see :func:`_refuses_the_body`). A 503 is the
-    server's outage (llama.cpp's server answers "Loading model" with it until its model
-    is loaded), as are a proxy's 502 and 504 (``http.status_error``)."""
-    status = response.status_code
-    if status < 400:
-        return
-    response.read()
+    is the permanent 400 it should have been (see :func:`_refuses_the_body`); a 503
+    (llama.cpp's "Loading model") and a proxy's 502 or 504 are the server's outage."""
     try:
-        data = response.json()
-        message = _error_message(data) if isinstance(data, dict) else ""
-    except ValueError:
-        message = response.text.strip()
-    if status >= 500 and _refuses_the_body(message):
-        raise BackendError(message, transient=False, status=400)
-    raise status_error(status, message or f"HTTP {status} {response.reason_phrase}")
+        raise_for_status(response, _error_message)
+    except BackendError as exc:
+        if exc.status is not None and exc.status >= 500 and _refuses_the_body(exc.message):
+            raise BackendError(exc.message, transient=False, status=400) from None
+        raise
 
 
 # llama-cpp-python's server answers every exception with a 500, the request validation

@@ -157,9 +157,10 @@ def test_when_the_local_backend_fails_cloud_jobs_go_to_the_cloud_at_once(
     lane, gpu, cloud = cloud_lane(tmp_path, anthropic, max_local_wait_s=600.0, assumed_run_s=1.0)
     try:
         lane.submit(JobSpec.chat(model="llama3.2", messages=QUESTION), detach=True)
-        gpu.next_call().fail("connection refused", transient=True)
-        quiesce()  # the failed call is back in the queue and the slot idle
+        gpu.next_call().fail("connection refused", outage=True)
+        quiesce()  # the failed call is back in the queue, no attempt charged, the slot idle
         assert lane.status()["slots"]["gpu0"]["job_id"] is None
+        assert lane.status()["health"]["local"]["state"] == "down"
         flies = lane.submit(JobSpec.chat(model="llama3.2", messages=QUESTION, allow_cloud=True))
         assert flies.result(timeout=5) and lane.get(flies.job_id).state is JobState.SUCCEEDED
         assert lane.status()["counters"]["dispatched_cloud"] == 1

@@ -372,7 +372,7 @@ def _print_summary(summary: Mapping[str, Any], console: Console) -> None:
     console.print(table)
     console.print(
         f"preemptions: {summary['preemptions']}   retries: {summary['retries']}   "
-        f"swaps the arbiter made: {summary['swaps']}   model loads the simulated GPU did: "
+        f"swaps gpulane counted: {summary['swaps']}   model loads the simulated GPU did: "
         f"{summary['model_loads']}   requests refused or failed: {summary['refused']}"
     )
 

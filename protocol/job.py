@@ -9,6 +9,7 @@ from typing import Any
 from protocol.enums import JobState
 from protocol.output import Answer, Output
 from protocol.spec import JobSpec
+from protocol.webhook import WebhookStatus
 
 __all__ = ["Job", "JobMetrics"]
 
@@ -47,7 +48,8 @@ class Job:
     logprobs, done reason, context), both set when the job succeeds. ``partial_output`` is
     the text a preempted or retried job has produced so far; ``segments`` holds the metrics
     of each call whose output is part of the answer, and ``metrics`` their sum
-    (docs/architecture.md section 3, "Preempt").
+    (docs/architecture.md section 3, "Preempt"). ``webhook`` is the delivery of an ended
+    job's webhook as the store's outbox has it (None before the job ends, or without one).
     """
 
     id: str
@@ -67,6 +69,7 @@ class Job:
     metrics: JobMetrics | None = None
     output: Output | None = None
     segments: tuple[JobMetrics, ...] = ()
+    webhook: WebhookStatus | None = None
 
     def replace(self, **changes: Any) -> Job:
         """A copy with some fields changed."""
@@ -92,8 +95,9 @@ class Job:
         return self.finished_at - self.started_at
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (used by the gateway and the CLI)."""
-        return {
+        """A JSON-ready dict (used by the gateway and the CLI); ``webhook`` only for a job
+        that names one (``waiting`` until it ends)."""
+        out = {
             "id": self.id,
             "seq": self.seq,
             "spec": self.spec.to_dict(),
@@ -112,3 +116,6 @@ class Job:
             "output": None if self.output is None else self.output.to_dict(),
             "segments": [segment.to_dict() for segment in self.segments],
         }
+        if self.spec.webhook is not None:
+            out["webhook"] = (self.webhook or WebhookStatus(self.spec.webhook)).to_dict()
+        return out

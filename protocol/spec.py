@@ -23,6 +23,7 @@ from protocol.jsondata import (
     is_int,
 )
 from protocol.tools import Tool, ToolCall, parse_tool_calls, parse_tools
+from protocol.webhook import check_webhook_url
 
 __all__ = [
     "JSON_DATA",
@@ -165,7 +166,8 @@ class JobSpec:
     Build one with :meth:`chat` or :meth:`generate`; every field is checked and
     a ValidationError names the first bad one. ``tools`` are for chat jobs; ``images``,
     ``raw``, ``suffix``, ``template`` and ``context`` are /api/generate's; ``think``,
-    ``format``, ``logprobs`` and ``top_logprobs`` are for both.
+    ``format``, ``logprobs`` and ``top_logprobs`` are for both. ``webhook`` is a URL the
+    job's end is posted to, signed (docs/operations.md, "Webhooks").
     """
 
     kind: JobKind
@@ -195,6 +197,7 @@ class JobSpec:
     context: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    webhook: str | None = None  # posted, signed, when the job ends (protocol.webhook)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -246,6 +249,8 @@ class JobSpec:
         if isinstance(self.keep_alive, str):
             check_text("keep_alive", self.keep_alive)
             _check_duration(self.keep_alive)
+        if self.webhook is not None:
+            check_webhook_url(self.webhook)
         self._check_model_fields()
 
     def _check_model_fields(self) -> None:
@@ -329,8 +334,8 @@ class JobSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (used by the store and the gateway); the fields #14 added are
-        left out at their defaults, so a spec without them has its old form."""
+        """A JSON-ready dict (used by the store and the gateway); the fields #14 added and
+        ``webhook`` are left out at their defaults, so a spec without them has its old form."""
         out = {
             "kind": self.kind.value,
             "model": self.model,
@@ -353,7 +358,7 @@ class JobSpec:
         }
         if self.tools:
             out["tools"] = [tool.to_dict() for tool in self.tools]
-        for name in ("think", "suffix", "template"):
+        for name in ("think", "suffix", "template", "webhook"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         for name in ("images", "context"):

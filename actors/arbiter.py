@@ -25,12 +25,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import structlog
 
-from actors.cloud import CloudPolicy, LocalOutlook, cloud_deadline, send_to_cloud
+from actors.cloud import (
+    CloudPolicy,
+    LocalOutlook,
+    cloud_deadline,
+    queued_ahead,
+    send_to_cloud,
+)
+from actors.outage_suspects import OutageSuspects
 from actors.runtime import (
     ActorAddress,
     ChildUnavailableError,
@@ -41,7 +47,7 @@ from actors.runtime import (
     ask_while_up,
 )
 from actors.scheduling import ReadyQueue, SlotView, choose_preemption, displaces
-from actors.slot_state import SlotState
+from actors.slot_state import SlotState, arbiter_view
 from protocol import CancelReason, Job, JobState, RetryPolicy, SchedulingPolicy
 from protocol.messages import (
     ApplyPolicy,
@@ -133,6 +139,7 @@ class PriorityArbiter(SupervisedActor):
         self._fresh: set[str] = set()
         self._local_down = False  # the local backend is down: no local dispatch
         self._local_up_since = float("-inf")  # outage reports of calls begun before are stale
+        self._suspects = OutageSuspects()
 
     def on_start(self) -> None:
         """Rebuild the ready queues from the store (after a crash or a restart).
@@ -181,9 +188,8 @@ class PriorityArbiter(SupervisedActor):
             case ResumeDispatch():
                 self._paused = False
                 self._dispatch()
-            case BackendUnreachable(slot_id=slot_id, started_at=started_at):
-                if not self._slots[slot_id].cloud and started_at >= self._local_up_since:
-                    self._set_local_down(True)
+            case BackendUnreachable(slot_id=slot_id, job_id=job_id, started_at=started_at):
+                self._on_backend_unreachable(self._slots[slot_id], job_id, started_at)
             case BackendHealthChanged(up=up, at=at):
                 if up:
                     self._local_up_since = at
@@ -238,6 +244,16 @@ class PriorityArbiter(SupervisedActor):
             self._call_ended(slot)
         self._dispatch()
 
+    def _on_backend_unreachable(self, slot: SlotState, job_id: str, started_at: float) -> None:
+        """A local call met an outage: stop local dispatch, unless the call began before the
+        backend last came back; a job whose call is the first to find it gone is a suspect."""
+        slot.outage_met = True
+        if slot.cloud or started_at < self._local_up_since:
+            return
+        if not self._local_down:
+            self._suspects.first_to_meet(job_id)
+        self._set_local_down(True)
+
     def _set_local_down(self, down: bool) -> None:
         """Stop local dispatch (and recall what local slots hold next), or resume it."""
         if down == self._local_down:
@@ -254,6 +270,9 @@ class PriorityArbiter(SupervisedActor):
         ended, slot.job, slot.preempting = slot.job, None, False
         slot.preempted_for, slot.keeps_its_call = None, False
         assert ended is not None
+        if not slot.outage_met:
+            self._suspects.ran_without_outage(ended.id)
+        slot.outage_met = False
         slot.last_chain = ended.spec.chain_id
         if not slot.cloud and ended.started_at is not None:
             ran = max(0.0, self._clock.now() - ended.started_at)
@@ -432,7 +451,9 @@ class PriorityArbiter(SupervisedActor):
         ):
             self._queue.add(job, now)  # it wants a GPU now, which this slot will not give
             return False
-        if not self._tell_slot(slot, Dispatch(job, next(self._call_ids), slot.incarnation)):
+        charge = self._suspects.charge(job.id, job.spec.max_attempts)
+        dispatch = Dispatch(job, next(self._call_ids), slot.incarnation, charge_outage=charge)
+        if not self._tell_slot(slot, dispatch):
             # The slot cannot take messages: keep the job; a new instance reports idle.
             self._queue.add(job, now)
             slot.known = False
@@ -460,21 +481,13 @@ class PriorityArbiter(SupervisedActor):
         idle = [s for s in self._slots.values() if s.cloud and s.known and s.job is None]
         local = [s for s in self._slots.values() if not s.cloud]
         busy_local = sum(s.job is not None for s in local)
-        down = self._local_down
         depths = self._queue.depths()
         dispatched = False
         next_due: float | None = None
         for job_id, job in list(self._cloud_jobs.items()):
             holder = None  # the local slot holding it as its next job, if one does
             if job_id in self._queue:
-                rank = (job.spec.lane.rank, job.spec.priority.rank)
-                ahead = (
-                    busy_local
-                    - 1
-                    + sum(  # - 1: not the job itself
-                        n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank
-                    )
-                )
+                ahead = busy_local + queued_ahead(job, depths)
             else:
                 holder = next(
                     (s for s in local if s.next is not None and s.next.id == job_id), None
@@ -483,7 +496,7 @@ class PriorityArbiter(SupervisedActor):
                     del self._cloud_jobs[job_id]  # running locally, or cancelled meanwhile
                     continue
                 ahead = busy_local  # only the calls running now are ahead of it
-            outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
+            outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, self._local_down)
             if idle and send_to_cloud(job, now, outlook, self._cloud):
                 if holder is not None:
                     self._recall(holder)  # back to the queue first, then to the cloud
@@ -502,9 +515,8 @@ class PriorityArbiter(SupervisedActor):
                 next_due = due
         if self._cloud_wakeup is not None:
             self._cloud_wakeup.cancel()
-            self._cloud_wakeup = None
-        if next_due is not None:
-            self._cloud_wakeup = self._timers.send_at(next_due, self.actor_ref, TimersDue())
+        due, me = next_due, self.actor_ref
+        self._cloud_wakeup = None if due is None else self._timers.send_at(due, me, TimersDue())
         return dispatched
 
     def _maybe_preempt(self, incoming: Job, now: float) -> None:
@@ -566,24 +578,8 @@ class PriorityArbiter(SupervisedActor):
         self._wakeup = self._timers.send_at(due, self.actor_ref, TimersDue())
 
     def _snapshot(self) -> Mapping[str, Any]:
-        # A job handed to a busy slot as its next one is still waiting (queued in the store).
-        handed = [slot.next for slot in self._slots.values() if slot.next is not None]
-        depths = self._queue.depths()
-        for job in handed:
-            depths[(job.spec.lane, job.spec.priority)] += 1
-        return MappingProxyType(
-            {
-                "paused": self._paused,
-                "local_backend_up": not self._local_down,
-                "queued": len(self._queue) + len(handed),
-                "recalling": sum(slot.recalling for slot in self._slots.values()),
-                "resident": tuple(sorted(self._resident())),
-                "depth": MappingProxyType(
-                    {f"{lane.value}.{prio.name.lower()}": n for (lane, prio), n in depths.items()}
-                ),
-                "slots": MappingProxyType(
-                    {slot_id: slot.view() for slot_id, slot in self._slots.items()}
-                ),
-                "counters": MappingProxyType(dict(self._counters)),
-            }
-        )
+        return arbiter_view(
+            self._slots, self._queue.depths(), len(self._queue),
+            paused=self._paused, local_up=not self._local_down,
+            resident=self._resident(), counters=self._counters,
+        )  # fmt: skip

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from protocol import Job, ValidationError
+from collections.abc import Mapping
 
-__all__ = ["CloudPolicy", "LocalOutlook", "cloud_deadline", "send_to_cloud"]
+from protocol import Job, Lane, Priority, ValidationError
+
+__all__ = ["CloudPolicy", "LocalOutlook", "cloud_deadline", "queued_ahead", "send_to_cloud"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +48,15 @@ class LocalOutlook:
     def expected_wait_s(self) -> float:
         """Seconds until a local slot would start the job."""
         return self.jobs_ahead * self.mean_run_s / max(1, self.local_slots)
+
+
+def queued_ahead(job: Job, depths: Mapping[tuple[Lane, Priority], int]) -> int:
+    """Queued jobs of an equal or more important class than ``job`` (an upper bound on
+    those that run before it), not counting ``job`` itself; ``depths`` per lane and
+    priority, as the ReadyQueue counts them."""
+    rank = (job.spec.lane.rank, job.spec.priority.rank)
+    same_or_better = (n for (lane, prio), n in depths.items() if (lane.rank, prio.rank) <= rank)
+    return sum(same_or_better) - 1
 
 
 def send_to_cloud(job: Job, now: float, local: LocalOutlook, policy: CloudPolicy) -> bool:

@@ -208,13 +208,14 @@ class GpuSlot(SupervisedActor):
         """Dispatch on the message type."""
         match message:
             case Dispatch(job=job, call_id=call_id, incarnation=incarnation):
+                call = SlotCall(job, call_id, self._request_for(job), message.charge_outage)
                 if incarnation and incarnation != self.actor_urn:
                     # Meant for the instance before this one; the arbiter recovers the job.
                     log.info("stale_dispatch_dropped", slot=self.slot_id, job_id=job.id)
                 elif self._call is None:
-                    self._start_call(SlotCall(job, call_id, self._request_for(job)))
+                    self._start_call(call)
                 else:
-                    self._set_next(SlotCall(job, call_id, self._request_for(job)))
+                    self._set_next(call)
             case Recall(job_id=job_id):
                 self._recall(job_id)
             case CallStreaming(call_id=call_id) if self._is_current(call_id):
@@ -498,15 +499,22 @@ class GpuSlot(SupervisedActor):
         )
 
     def _backend_unreachable(self, error: str) -> None:
-        """The call met a backend outage before any output: the job goes back to its place
-        in the queue with no attempt charged, the next job back unstarted, and the tracker
-        and the arbiter hear of it, so no more work comes until the backend is up."""
-        call = self._end_call()
-        news = BackendUnreachable(self.slot_id, error, call.started_at)
+        """The call met a backend outage before any output: the tracker and the arbiter
+        hear of it, so no more work comes until the backend is up, and the next job goes
+        back unstarted. The job goes back to its place in the queue with no attempt
+        charged, unless it is suspected of causing the outages (``charge_outage``): then
+        it is charged like a failure of its own."""
+        call = self._call
+        assert call is not None
+        news = BackendUnreachable(self.slot_id, call.job.id, error, call.started_at)
         self._tell_residency(news)
         self._arbiter.tell(news)  # first, so it dispatches nothing more to this backend
-        self._requeue(call, count_preemption=False, why="its backend was unreachable", error=error)
         self._give_back_next()
+        if call.charge_outage:
+            self._fail(f"{error} (charged: its calls met every outage of late first)", True)
+            return
+        self._end_call()
+        self._requeue(call, count_preemption=False, why="its backend was unreachable", error=error)
         self._idle(call.job)
         log.info("job_requeued_backend_unreachable", slot=self.slot_id, job_id=call.job.id)
 

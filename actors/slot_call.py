@@ -56,6 +56,7 @@ class SlotCall:
     job: Job
     call_id: int
     request: BackendRequest  # built on the actor's thread, so the worker starts at once
+    charge_outage: bool = False  # an outage on this call counts against the job
     token: CancelToken = dataclasses.field(default_factory=CancelToken)
     started_at: float = 0.0
     chunks: list[Chunk] = dataclasses.field(default_factory=list)

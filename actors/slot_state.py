@@ -12,9 +12,9 @@ from types import MappingProxyType
 from typing import Any
 
 from actors.runtime import ActorAddress
-from protocol import Job
+from protocol import Job, Lane, Priority
 
-__all__ = ["SlotState"]
+__all__ = ["SlotState", "arbiter_view"]
 
 
 @dataclasses.dataclass
@@ -34,6 +34,7 @@ class SlotState:
     last_chain: str | None = None
     incarnation: str = ""  # the slot actor instance that last reported idle
     cloud: bool = False  # a cloud slot: takes only jobs that send_to_cloud routes to it
+    outage_met: bool = False  # its running call met a backend outage
 
     def view(self) -> Mapping[str, Any]:
         """The slot as the arbiter's snapshot shows it."""
@@ -46,3 +47,35 @@ class SlotState:
                 "preempting": self.preempting,
             }
         )
+
+
+def arbiter_view(
+    slots: Mapping[str, SlotState],
+    depths: dict[tuple[Lane, Priority], int],
+    queued: int,
+    *,
+    paused: bool,
+    local_up: bool,
+    resident: frozenset[str],
+    counters: Mapping[str, int],
+) -> Mapping[str, Any]:
+    """The arbiter's snapshot: its queue (``depths`` and ``queued`` from the ready queue,
+    plus the jobs handed to busy slots as their next, which are still waiting), its
+    slots, the resident models and its counters."""
+    handed = [slot.next for slot in slots.values() if slot.next is not None]
+    for job in handed:
+        depths[(job.spec.lane, job.spec.priority)] += 1
+    return MappingProxyType(
+        {
+            "paused": paused,
+            "local_backend_up": local_up,
+            "queued": queued + len(handed),
+            "recalling": sum(slot.recalling for slot in slots.values()),
+            "resident": tuple(sorted(resident)),
+            "depth": MappingProxyType(
+                {f"{lane.value}.{prio.name.lower()}": n for (lane, prio), n in depths.items()}
+            ),
+            "slots": MappingProxyType({slot_id: slot.view() for slot_id, slot in slots.items()}),
+            "counters": MappingProxyType(dict(counters)),
+        }
+    )

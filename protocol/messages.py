@@ -274,11 +274,14 @@ class Dispatch:
 
     ``incarnation`` is the slot instance it is meant for (from its SlotIdle); a new
     instance drops a Dispatch meant for the one before it, which the arbiter recovers.
+    ``charge_outage``: an outage on this call counts against the job (it is suspected
+    of taking the server down: ``actors.outage_suspects``).
     """
 
     job: Job
     call_id: int
     incarnation: str = ""
+    charge_outage: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -427,11 +430,12 @@ class CallEnded:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BackendUnreachable:
-    """A slot's call begun at ``started_at`` met a backend outage (docs/architecture.md
-    section 13): the tracker marks the backend down, unless it came up after that call
-    began."""
+    """A slot's call for ``job_id``, begun at ``started_at``, met a backend outage
+    (docs/architecture.md section 13): the tracker marks the backend down, unless it came
+    up after that call began."""
 
     slot_id: str
+    job_id: str
     error: str
     started_at: float
 

@@ -210,3 +210,38 @@ def test_a_call_that_began_before_the_backend_came_back_does_not_take_it_down_ag
     assert health["state"] == "up" and health["changes"] == 2
     fake_gpu.next_call().finish("after all")  # requeued without a charge, and run at once
     assert old.result(timeout=5) == "after all" and lane.get(old.job_id).attempts == 0
+
+
+def test_a_job_whose_calls_keep_taking_the_server_down_is_charged_after_max_attempts_firsts(
+    start_lane: Any, fake_gpu: FakeGpu
+) -> None:
+    lane = start_lane(
+        residency=ResidencySettings(probe_initial_s=1.0, probe_jitter=0.0),
+        retry=RetryPolicy(base_delay_s=30.0, max_delay_s=30.0, jitter=0.0),
+        scheduling=SchedulingPolicy(prefetch=False),  # one call at a time, in a known order
+    )
+    poison, other = lane.submit(job(1).replace(max_attempts=2)), lane.submit(job(2))
+    crash = "Ollama at http://127.0.0.1:11434 cut the response: Server disconnected"
+
+    def next_call_for(number: int) -> FakeCall:
+        call = fake_gpu.next_call()
+        assert call.request.messages[0].content == f"job {number:04d}"
+        return call
+
+    for _ in range(2):  # the server dies under it, comes back, and it runs first again
+        next_call_for(1).fail(crash, outage=True)
+        quiesce()
+        assert lane.get(poison.job_id).attempts == 0
+        fake_gpu.clock.advance(1.0)  # type: ignore[attr-defined]
+        quiesce()
+    next_call_for(1).fail(crash, outage=True)  # the third time it counts against the job
+    quiesce()
+    assert lane.get(poison.job_id).attempts == 1
+    assert lane.status()["health"]["local"]["state"] == "down", "the server still went down"
+    fake_gpu.clock.advance(1.0)  # type: ignore[attr-defined]
+    next_call_for(2).finish("the rest of the queue runs meanwhile")
+    assert other.result(timeout=5) == "the rest of the queue runs meanwhile"
+    fake_gpu.clock.advance(29.0)  # type: ignore[attr-defined]
+    next_call_for(1).fail(crash, outage=True)
+    with pytest.raises(Exception, match="after 2 attempt"):
+        poison.result(timeout=5)

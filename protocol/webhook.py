@@ -175,7 +175,9 @@ def webhook_host(url: str) -> str:
 
 def _host_of(authority: str, field: str) -> str:
     parts = _HOST_PORT.fullmatch(authority)
-    if parts is None or not (parts["v6"] or parts["name"]):
+    if parts is None:
+        raise ValidationError(field, f"bad host or port in {authority!r}", "host[:port]")
+    if not (parts["v6"] or parts["name"]):
         raise ValidationError(field, "has no host", "a URL such as https://example.com/hook")
     if parts["port"] is not None and not 0 < int(parts["port"]) <= 65535:
         raise ValidationError(field, f"port {parts['port']} is out of range", "1 to 65535")

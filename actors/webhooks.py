@@ -132,7 +132,7 @@ class WebhookDelivery(SupervisedActor):
         timers: Timers,
         transport: httpx.BaseTransport | None = None,
         rng: random.Random | None = None,
-        shutdown_timeout_s: float = 10.0,
+        shutdown_timeout_s: float = 5.0,
     ) -> None:
         super().__init__()
         self._store = store
@@ -159,6 +159,9 @@ class WebhookDelivery(SupervisedActor):
                 due: tuple[tuple[int, float], ...] = ask_while_up(store, PendingWebhooks())
             except ChildUnavailableError:
                 return  # the store restarts, and this actor after it (rest_for_one)
+            except Exception as exc:  # reported, never raised here: the worker lives on
+                log.error("webhooks_unreadable", error=repr(exc))
+                return
             _tell_quietly(me, WebhooksFound(due))
 
         worker.submit(find)
@@ -273,7 +276,10 @@ class WebhookDelivery(SupervisedActor):
             if delivery is None:
                 _tell_quietly(me, WebhookAttempted(seq, None))
                 return
-            attempt = _post(client, config(), clock, delivery)
+            try:
+                attempt = _post(client, config(), clock, delivery)
+            except Exception as exc:  # a failure of ours, not the receiver's: an attempt too
+                attempt = WebhookAttempt(at=clock.now(), error=repr(exc)[:_MAX_ERROR])
             report = WebhookAttempted(seq, attempt, delivery.created_at, delivery.attempts + 1)
             _tell_quietly(me, report)
 

@@ -4,12 +4,17 @@ loopback, which checks every post with the verifier docs/operations.md gives rec
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import httpx
+import pykka
 import pytest
 from webhook_receiver import Post, WebhookReceiver, documented_verifier, verified
 
 from actors import GpuLane
 from actors.testing import FakeGpu, InjectedFault, quiesce, wait_until
+from actors.tree import LaneWiring
+from actors.webhooks import WebhookDelivery
 from protocol import Job, JobSpec, JobState, Limits, ValidationError
 from protocol.config import WebhookSettings
 from protocol.messages import PruneJobs
@@ -233,3 +238,63 @@ def test_twelve_jobs_ending_together_are_each_delivered_once(
         ticket.job_id for ticket in tickets
     )
     assert all(lane.get(t.job_id).state is JobState.SUCCEEDED for t in tickets)
+
+
+def test_a_receiver_that_is_down_is_an_attempt_without_a_status_and_tried_again(
+    start_lane: StartLane, fake_gpu: FakeGpu, receiver: WebhookReceiver
+) -> None:
+    clock = fake_gpu.clock
+    lane = start_lane(webhooks=SETTINGS)
+    ticket = lane.submit(ask(receiver))
+    receiver.refuse_connections()
+    fake_gpu.next_call().finish("hello")
+    job = delivery_settles(lane, ticket.job_id, WebhookState.PENDING, 1)
+    assert job.webhook is not None and job.webhook.next_attempt_at is not None
+    (refused,) = job.webhook.deliveries
+    assert refused.status is None and refused.error is not None
+    assert refused.error.startswith("ConnectError")
+    receiver.accept_connections()
+    clock.advance(job.webhook.next_attempt_at - clock.now())
+    (post,) = receiver.posts(1)
+    job = delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    check_signed(post, job, "job.succeeded")
+
+
+def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(
+    start_lane: StartLane, fake_gpu: FakeGpu
+) -> None:
+    """Through the delivery actor's transport seam (``httpx.MockTransport``, the stand-in
+    httpx provides): GitHub and Stripe do not follow a webhook's redirect either."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(301, headers={"Location": "http://127.0.0.1:9/elsewhere"})
+        return httpx.Response(204)
+
+    def mocked(wiring: LaneWiring) -> pykka.ActorRef[Any]:
+        return WebhookDelivery.start(
+            store=wiring.refs.ref_for("store"),
+            config=wiring.config,
+            clock=wiring.clock,
+            timers=wiring.timers,
+            transport=httpx.MockTransport(answer),
+        )
+
+    clock = fake_gpu.clock
+    lane = start_lane(webhooks=SETTINGS, factories={"webhooks": mocked})
+    spec = JobSpec.chat(
+        model="m", messages=[{"role": "user", "content": "hi"}], webhook="http://127.0.0.1:8/h"
+    )
+    ticket = lane.submit(spec)
+    fake_gpu.next_call().finish("hello")
+    job = delivery_settles(lane, ticket.job_id, WebhookState.PENDING, 1)
+    assert job.webhook is not None and job.webhook.next_attempt_at is not None
+    assert [(a.status, a.error) for a in job.webhook.deliveries] == [
+        (301, "HTTP 301 Moved Permanently")
+    ]
+    clock.advance(job.webhook.next_attempt_at - clock.now())
+    job = delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    assert [str(request.url) for request in seen] == ["http://127.0.0.1:8/h"] * 2
+    assert seen[1].headers[TIMESTAMP_HEADER] == str(int(clock.now()))

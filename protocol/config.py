@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -14,15 +15,19 @@ from typing import Any
 
 from protocol.errors import ValidationError
 from protocol.spec import normalise_model_name
+from protocol.webhook import check_secret, parse_hosts
 
 __all__ = [
+    "ALERT_FORMATS",
     "ActiveHours",
+    "AlertSettings",
     "CallerLimits",
     "Limits",
     "ResidencySettings",
     "RetryPolicy",
     "SchedulingPolicy",
     "StoreSettings",
+    "WebhookSettings",
     "backoff_delay",
 ]
 
@@ -112,12 +117,19 @@ def backoff_delay(base_s: float, cap_s: float, jitter: float, count: int, draw: 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """Where and how durably jobs are kept (docs/architecture.md section 6)."""
+    """Where and how durably jobs are kept, and for how long (docs/architecture.md section 6).
+
+    Every ``prune_interval_s`` the store deletes terminal jobs that finished more than
+    ``prune_after_s`` ago, ``prune_batch`` at a time, one batch per turn of its mailbox
+    (docs/operations.md, "Pruning").
+    """
 
     path: str = "gpulane.sqlite3"
     synchronous: str = "FULL"
     prune_after_s: float = 7 * 24 * 3600.0
     max_batch: int = 1000
+    prune_interval_s: float = 3600.0
+    prune_batch: int = 500
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "synchronous", str(self.synchronous).upper())
@@ -127,8 +139,22 @@ class StoreSettings:
             f"unknown mode {self.synchronous!r}",
             allowed=("FULL", "NORMAL"),
         )
-        _require(self.prune_after_s > 0, "store.prune_after_s", "must be more than 0")
-        _require(self.max_batch >= 1, "store.max_batch", "must be 1 or more")
+        for name in ("prune_after_s", "prune_interval_s"):
+            seconds = getattr(self, name)
+            _require(
+                isinstance(seconds, (int, float))
+                and not isinstance(seconds, bool)
+                and 0 < seconds < math.inf,
+                f"store.{name}",
+                f"must be a number of seconds more than 0, got {seconds!r}",
+            )
+        for name in ("max_batch", "prune_batch"):
+            count = getattr(self, name)
+            _require(
+                isinstance(count, int) and not isinstance(count, bool) and count >= 1,
+                f"store.{name}",
+                f"must be an integer of 1 or more, got {count!r}",
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -266,6 +292,145 @@ class ResidencySettings:
     def pinned(self) -> tuple[str, ...]:
         """The models to keep loaded, chat model first."""
         return tuple(m for m in (self.chat_model, self.embedding_model) if m)
+
+
+#: How an alert webhook's body is written (docs/operations.md, "Alerts").
+ALERT_FORMATS = ("json", "slack", "discord")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """Debounced alerts (docs/operations.md, "Alerts"); hot-reloadable.
+
+    Each rule's threshold of 0 turns that rule off. The Alerter samples the lane every
+    ``sample_s``; an alert of a lasting condition still firing is announced again after
+    ``remind_s`` (0: never). Notices go to the log and, with a ``webhook_url``, are posted
+    there as ``webhook_format`` says, each tried up to ``webhook_attempts`` times.
+    """
+
+    sample_s: float = 5.0
+    remind_s: float = 3600.0
+    queue_depth: int = 200  # more queued jobs than this ...
+    queue_depth_for_s: float = 300.0  # ... for this long
+    swap_overhead_pct: float = 50.0  # time loading models, in percent of busy time ...
+    swap_overhead_window_s: float = 900.0  # ... over this trailing window
+    job_preemptions: int = 3  # a job preempted this many times
+    backend_down_for_s: float = 30.0  # the backend down this long
+    child_restarts: int = 1  # a child of the tree exiting this many times ...
+    child_restarts_window_s: float = 600.0  # ... within this window
+    caller_rejections: int = 30  # one caller refused admission this many times ...
+    caller_rejections_window_s: float = 60.0  # ... within this window
+    webhook_url: str = ""
+    webhook_format: str = "json"
+    webhook_timeout_s: float = 5.0
+    webhook_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        for name in (
+            "sample_s",
+            "webhook_timeout_s",
+            "swap_overhead_window_s",
+            "child_restarts_window_s",
+            "caller_rejections_window_s",
+        ):
+            value = getattr(self, name)
+            _require(
+                _is_seconds(value, above=0),
+                f"alerts.{name}",
+                f"must be a number of seconds above 0, not {value!r}",
+            )
+        for name in ("remind_s", "queue_depth_for_s", "backend_down_for_s"):
+            value = getattr(self, name)
+            _require(
+                _is_seconds(value),
+                f"alerts.{name}",
+                f"must be a number of seconds, 0 or more, not {value!r}",
+            )
+        for name in ("queue_depth", "job_preemptions", "child_restarts", "caller_rejections"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"alerts.{name}",
+                f"must be an integer of 0 (rule off) or more, not {value!r}",
+            )
+        pct = self.swap_overhead_pct
+        _require(
+            _is_seconds(pct) and pct <= 100,
+            "alerts.swap_overhead_pct",
+            f"must be a percentage from 0 (rule off) to 100, not {pct!r}",
+        )
+        attempts = self.webhook_attempts
+        _require(
+            isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1,
+            "alerts.webhook_attempts",
+            f"must be an integer of 1 or more, not {attempts!r}",
+        )
+        url = self.webhook_url
+        _require(
+            isinstance(url, str) and (not url or url.startswith(("http://", "https://"))),
+            "alerts.webhook_url",
+            f"not an http(s) URL: {url!r}",
+            allowed="an http:// or https:// URL, or empty for no webhook",
+        )
+        _require(
+            self.webhook_format in ALERT_FORMATS,
+            "alerts.webhook_format",
+            f"unknown format {self.webhook_format!r}",
+            allowed=ALERT_FORMATS,
+        )
+
+
+def _is_seconds(value: Any, *, above: float | None = None) -> bool:
+    """True for a finite number (not a bool) of at least 0, or above ``above`` if given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not math.isfinite(value):
+        return False
+    return value > above if above is not None else value >= 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Completion webhooks (docs/operations.md, "Webhooks"): how a delivery is retried, and
+    the signer of jobs no API key stands for (in-process jobs, an open gateway's).
+
+    A failed post is tried again after ``base_delay_s``, doubling up to ``max_delay_s``,
+    less up to ``jitter`` of it, for ``retry_for_s`` after the job ended; each post waits
+    ``timeout_s`` for an answer, and ``workers`` posts run at once. ``secret`` signs, and
+    ``allowed_hosts`` limits, the jobs of callers without an API key of their own.
+    """
+
+    secret: str = ""
+    allowed_hosts: tuple[str, ...] = ()
+    retry_for_s: float = 24 * 3600.0
+    base_delay_s: float = 5.0
+    max_delay_s: float = 600.0
+    jitter: float = 0.5
+    timeout_s: float = 10.0
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        hosts = parse_hosts("webhooks.allowed_hosts", self.allowed_hosts)
+        object.__setattr__(self, "allowed_hosts", hosts)
+        check_secret("webhooks.secret", self.secret, needed=bool(hosts))
+        _require(self.retry_for_s >= 0, "webhooks.retry_for_s", "must be 0 or more")
+        _require(self.base_delay_s > 0, "webhooks.base_delay_s", "must be more than 0")
+        _require(
+            self.max_delay_s >= self.base_delay_s,
+            "webhooks.max_delay_s",
+            "must be at least base_delay_s",
+        )
+        _require(0 <= self.jitter <= 1, "webhooks.jitter", "must be between 0 and 1")
+        _require(self.timeout_s > 0, "webhooks.timeout_s", "must be more than 0")
+        _require(
+            isinstance(self.workers, int) and self.workers >= 1,
+            "webhooks.workers",
+            f"must be an integer of 1 or more, got {self.workers!r}",
+        )
+
+    def retry_delay(self, attempts: int, draw: float) -> float:
+        """Seconds from a delivery's ``attempts``-th failed post to its next one."""
+        return backoff_delay(self.base_delay_s, self.max_delay_s, self.jitter, attempts, draw)
 
 
 def _require(ok: bool, field: str, problem: str, allowed: Any = None) -> None:

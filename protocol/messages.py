@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from protocol.backend import BackendResult, LoadedModel
-from protocol.config import Limits, ResidencySettings, RetryPolicy, SchedulingPolicy
+from protocol.config import (
+    AlertSettings,
+    Limits,
+    ResidencySettings,
+    RetryPolicy,
+    SchedulingPolicy,
+)
 from protocol.enums import CancelReason, JobState, Lane
 from protocol.job import Job, JobMetrics
 from protocol.output import Output
 from protocol.spec import JobSpec
+from protocol.webhook import WebhookAttempt, WebhookState
 
 __all__ = [
     "Admit",
     "Admitted",
+    "AdmittedJobs",
+    "ApplyAlerts",
     "ApplyLimits",
     "ApplyPolicy",
     "ApplyResidency",
@@ -27,6 +38,7 @@ __all__ = [
     "CallStreaming",
     "CancelCall",
     "CancelQueued",
+    "ContinueLoad",
     "CountJobs",
     "Dispatch",
     "ExecTimedOut",
@@ -36,31 +48,43 @@ __all__ = [
     "JobEnded",
     "JobQueued",
     "JobStats",
+    "LaneSampled",
     "LaneStats",
     "LimiterSnapshot",
     "ListJobs",
+    "LoadQueue",
     "LoadQueuedJobs",
     "ModelLoaded",
     "PauseDispatch",
+    "PendingWebhooks",
     "PinFinished",
     "PollResidency",
     "PreemptionDeclined",
+    "PreemptionsCommitted",
+    "PruneDue",
     "PruneJobs",
+    "QueueChunk",
     "QueueSnapshot",
+    "ReadWebhook",
     "Recall",
     "Recalled",
+    "RecordWebhookAttempt",
     "ReleaseAdmission",
     "ResidencyChanged",
     "ResidencyPollFailed",
     "ResidencyPolled",
     "ResidencySnapshot",
     "ResumeDispatch",
+    "SampleLane",
     "SlotIdle",
     "SlotSnapshot",
     "SlotStarted",
     "StoreSnapshot",
     "TimersDue",
     "Transition",
+    "WebhookAttempted",
+    "WebhookDue",
+    "WebhooksFound",
 ]
 
 # --- JobStore -------------------------------------------------------------------------
@@ -161,10 +185,76 @@ class LoadQueuedJobs:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LoadQueue:
+    """Ask for the queued jobs in the order the arbiter serves them, ``chunk`` at a time
+    (a QueueChunk), so a deep queue is not decoded in one go before the first dispatch.
+
+    With ``first`` a new load begins: after recovering loading/running jobs when
+    ``recover`` (as LoadQueuedJobs), the store notes which jobs are queued now, in that
+    order (lane, priority, jobs coming back from a preemption, sequence number); asks
+    without it take the next chunk of that load. Jobs queued later are not in it: their
+    JobQueued tells the arbiter.
+    """
+
+    chunk: int
+    first: bool = False
+    recover: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueChunk:
+    """The store's answer to LoadQueue: the next jobs of the load still queued, and how
+    many of the load are left to hand out."""
+
+    jobs: tuple[Job, ...]
+    remaining: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdmittedJobs:
+    """Ask for the ids of every job that is not terminal, as (caller, lane, ids), read
+    from their columns without decoding a spec: what the RateLimiter counts at its start."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PruneJobs:
-    """Delete terminal jobs that finished more than ``older_than_s`` seconds ago."""
+    """Delete one batch (``store.prune_batch``, oldest first) of terminal jobs that
+    finished more than ``older_than_s`` seconds ago; the reply is how many went. Ask again
+    while a full batch comes back: each ask is one turn of the store's mailbox, so the
+    submits that arrive meanwhile are not held behind a big delete."""
 
     older_than_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PruneDue:
+    """The store's prune timer (``store.prune_interval_s``), or its note to itself to take
+    the next batch after a full one."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingWebhooks:
+    """Ask for the outbox's pending deliveries as (sequence number, next attempt time),
+    the soonest due first."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadWebhook:
+    """Ask for the delivery of the job with sequence number ``seq`` (a PendingDelivery), or
+    None if it is not pending (any more)."""
+
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordWebhookAttempt:
+    """Record a post of the delivery of job ``seq``: the attempt, the delivery's state after
+    it, and when the next attempt is due if it stays pending (told by the delivery actor)."""
+
+    seq: int
+    attempt: WebhookAttempt
+    state: WebhookState
+    next_attempt_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,6 +346,13 @@ class ApplyPolicy:
 @dataclasses.dataclass(frozen=True, slots=True)
 class TimersDue:
     """A timer fired: jobs whose ``not_before`` has passed may now be ready."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContinueLoad:
+    """The arbiter's note to itself to take the next chunk of the queue from the store
+    (LoadQueue), one chunk per turn of its mailbox, so it dispatches while a deep queue
+    loads."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -499,3 +596,64 @@ class ResidencyChanged:
     """The tracker's resident model keys changed (told to the arbiter)."""
 
     resident: frozenset[str]
+
+
+# --- Alerter --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SampleLane:
+    """The Alerter's timer: read the lane's state now."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LaneSampled:
+    """The Alerter's worker read the lane's state at ``at``: the parts of ``GpuLane.status()``
+    the alert rules watch, as read-only mappings; a part it could not read is left out."""
+
+    at: float
+    status: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreemptionsCommitted:
+    """The store committed ``job``, which was preempted at least ``alerts.job_preemptions``
+    times (told by the commit listener, so the Alerter sees it queued again and ending)."""
+
+    job: Job
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyAlerts:
+    """New alert settings: thresholds, sampling, the webhook; alerts in progress are kept."""
+
+    settings: AlertSettings
+
+
+# --- WebhookDelivery ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookDue:
+    """The delivery of job ``seq`` is due: its job just ended (the commit listener) or its
+    retry's time came (a timer)."""
+
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhooksFound:
+    """The delivery actor's worker read the outbox at start: (sequence number, when due)."""
+
+    due: tuple[tuple[int, float], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookAttempted:
+    """A worker posted the delivery of job ``seq`` (``attempt``), its ``attempts``-th, for a
+    job that ended at ``created_at``; ``attempt`` None: it was not pending, nothing posted."""
+
+    seq: int
+    attempt: WebhookAttempt | None
+    created_at: float = 0.0
+    attempts: int = 0

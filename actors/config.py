@@ -12,7 +12,7 @@ import ipaddress
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -28,8 +28,19 @@ from protocol import (
     StoreSettings,
     ValidationError,
 )
+from protocol.config import AlertSettings, WebhookSettings
+from protocol.webhook import check_secret, parse_hosts
 
-__all__ = ["ApiKey", "BackendSettings", "CloudSettings", "Config", "GatewaySettings"]
+__all__ = [
+    "ApiKey",
+    "BackendSettings",
+    "CloudSettings",
+    "Config",
+    "GatewaySettings",
+    "ReloadRefusedError",
+    "check_reload",
+    "config_changes",
+]
 
 BACKEND_KINDS = ("ollama", "simulated", "openai")
 THINKING_MODES: tuple[str, ...] = get_args(ThinkingMode)  # cloud.thinking_mode
@@ -108,18 +119,27 @@ class CloudSettings:
         return CloudPolicy(self.max_local_wait_s, self.assumed_run_s)
 
 
+_KEY_FLAGS = ("internal", "admin", "cloud")  # the environment form's flags
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApiKey:
     """One gateway API key: the caller identity it stands for and what that caller may do.
 
     The caller identity comes from the key alone (never from a request field), so rate
-    limits and job visibility cannot be spoofed by a client.
+    limits and job visibility cannot be spoofed by a client. ``allow_cloud``: the key's
+    jobs may go to the cloud fallback (docs/gateway.md, "Cloud fallback").
+    ``webhook_hosts``: the hosts the caller's jobs may name a webhook on, signed with
+    ``webhook_secret`` (docs/operations.md, "Webhooks").
     """
 
     key: str
     caller: str
     allow_internal: bool = False
     admin: bool = False
+    allow_cloud: bool = False
+    webhook_hosts: tuple[str, ...] = ()
+    webhook_secret: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or len(self.key) < 8:
@@ -128,26 +148,28 @@ class ApiKey:
             )
         if not isinstance(self.caller, str) or not self.caller.strip():
             raise ValidationError("gateway.api_keys.caller", "must be a non-empty string")
-        for name in ("allow_internal", "admin"):
+        for name in ("allow_internal", "admin", "allow_cloud"):
             if not isinstance(getattr(self, name), bool):
                 raise ValidationError(f"gateway.api_keys.{name}", "must be true or false")
+        hosts = parse_hosts("gateway.api_keys.webhook_hosts", self.webhook_hosts)
+        object.__setattr__(self, "webhook_hosts", hosts)
+        check_secret("gateway.api_keys.webhook_secret", self.webhook_secret, needed=bool(hosts))
 
     @classmethod
     def parse(cls, value: ApiKey | Mapping[str, Any] | str) -> ApiKey:
-        """From a TOML table, or the environment form ``caller:key[:internal][:admin]``."""
+        """From a TOML table, or the environment form
+        ``caller:key[:internal][:admin][:cloud]``."""
         if isinstance(value, ApiKey):
             return value
         if isinstance(value, str):
             caller, _, rest = value.partition(":")
             key, *flags = rest.split(":")
-            unknown = sorted(set(flags) - {"internal", "admin"})
+            unknown = sorted(set(flags) - set(_KEY_FLAGS))
             if unknown:
                 raise ValidationError(
-                    "gateway.api_keys",
-                    f"unknown flag {unknown[0]!r}",
-                    allowed=("internal", "admin"),
+                    "gateway.api_keys", f"unknown flag {unknown[0]!r}", allowed=_KEY_FLAGS
                 )
-            return cls(key, caller, "internal" in flags, "admin" in flags)
+            return cls(key, caller, "internal" in flags, "admin" in flags, "cloud" in flags)
         if not isinstance(value, Mapping):
             raise ValidationError("gateway.api_keys", "each key must be a table")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -168,16 +190,23 @@ class GatewaySettings:
 
     With no ``api_keys`` the gateway is open to anyone who can reach it, as the local
     caller ``local`` with admin rights; that is allowed on a loopback address only.
+    The body and image limits are sized for images (docs/gateway.md, "Size limits"):
+    32 MiB holds one image at OpenAI's 20 MB limit base64-encoded, or several phone
+    photos, and is the Anthropic Messages API's own request limit.
     """
 
     host: str = "127.0.0.1"
     port: int = 11435
     api_keys: tuple[ApiKey, ...] = ()
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024  # one image, decoded
     max_messages: int = 200
     max_prompt_chars: int = 200_000
     log_prompts: bool = False
     heartbeat_s: float = 15.0  # tell a waiting client it waits after this long idle; 0: off
+    # After the supervision tree gives up, ``gpulane serve`` answers /readyz 503 this
+    # long (so a load balancer sees it leave), then exits non-zero; 0: at once.
+    exit_delay_s: float = 2.0
 
     def __post_init__(self) -> None:
         keys = self.api_keys
@@ -187,16 +216,25 @@ class GatewaySettings:
             raise ValidationError("gateway.api_keys", "must be a list of key tables")
         parsed = tuple(ApiKey.parse(k.strip() if isinstance(k, str) else k) for k in keys)
         seen: set[str] = set()
+        signers: dict[str, ApiKey] = {}  # a caller's jobs are signed with one secret
         for entry in parsed:
             if entry.key in seen:
                 raise ValidationError(
                     "gateway.api_keys", f"key for {entry.caller!r} is listed twice"
                 )
             seen.add(entry.key)
+            first = signers.setdefault(entry.caller, entry)
+            for name in ("webhook_hosts", "webhook_secret"):
+                if getattr(first, name) != getattr(entry, name):
+                    raise ValidationError(
+                        f"gateway.api_keys.{name}",
+                        f"the keys of caller {entry.caller!r} differ",
+                        "the same webhook_hosts and webhook_secret on every key of a caller",
+                    )
         object.__setattr__(self, "api_keys", parsed)
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValidationError("gateway.port", f"must be 0 to 65535, got {self.port!r}")
-        for name in ("max_body_bytes", "max_messages", "max_prompt_chars"):
+        for name in ("max_body_bytes", "max_image_bytes", "max_messages", "max_prompt_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValidationError(
@@ -204,17 +242,19 @@ class GatewaySettings:
                 )
         if not isinstance(self.log_prompts, bool):
             raise ValidationError("gateway.log_prompts", "must be true or false")
-        heartbeat = self.heartbeat_s
-        if (
-            not isinstance(heartbeat, (int, float))
-            or isinstance(heartbeat, bool)
-            or not 0 <= heartbeat < math.inf
-        ):
-            raise ValidationError(
-                "gateway.heartbeat_s",
-                f"must be a number of seconds, 0 or more, got {heartbeat!r}",
-                allowed="0 turns heartbeats off",
-            )
+        zero_means = {"heartbeat_s": "turns heartbeats off", "exit_delay_s": "exits at once"}
+        for name, zero in zero_means.items():
+            seconds = getattr(self, name)
+            if (
+                not isinstance(seconds, (int, float))
+                or isinstance(seconds, bool)
+                or not 0 <= seconds < math.inf
+            ):
+                raise ValidationError(
+                    f"gateway.{name}",
+                    f"must be a number of seconds, 0 or more, got {seconds!r}",
+                    allowed=f"0 {zero}",
+                )
         if not parsed and not self.is_loopback:
             raise ValidationError(
                 "gateway.api_keys",
@@ -242,6 +282,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "residency": ResidencySettings,
     "gateway": GatewaySettings,
     "cloud": CloudSettings,
+    "webhooks": WebhookSettings,
+    "alerts": AlertSettings,
 }
 
 
@@ -257,6 +299,8 @@ class Config:
     residency: ResidencySettings = ResidencySettings()
     gateway: GatewaySettings = GatewaySettings()
     cloud: CloudSettings = CloudSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -280,6 +324,55 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with whole sections replaced."""
         return dataclasses.replace(self, **changes)
+
+
+class ReloadRefusedError(ValidationError):
+    """A reload that changes settings which cannot change while running: names each key
+    (``section.key``) and nothing is applied."""
+
+    def __init__(self, keys: Sequence[str], why: str = "cannot change while running") -> None:
+        self.keys = tuple(keys)
+        sections = ", ".join(dict.fromkeys(key.partition(".")[0] for key in self.keys))
+        super().__init__(sections, f"{', '.join(self.keys)} {why}", allowed="a restart")
+
+
+# What a reload applies while running (``GpuLane.reload_config``): these whole sections,
+# and these keys of ``[cloud]``; a change to anything else is refused by name.
+RELOADED_SECTIONS = frozenset(
+    {"scheduling", "retry", "limits", "residency", "gateway", "alerts", "webhooks"}
+)
+CLOUD_BOUNDS_KEYS = frozenset({"cloud.max_local_wait_s", "cloud.assumed_run_s"})
+CLOUD_CLIENT_KEYS = frozenset(
+    f"cloud.{key}"
+    for key in ("url", "model", "api_key_env", "max_tokens", "request_timeout_s", "thinking_mode")
+)
+
+
+def check_reload(changes: Sequence[str], cloud_slots: bool, cloud_rebuilt: bool) -> None:
+    """ReloadRefusedError naming every changed key a running lane cannot apply: with
+    ``cloud_slots`` their number, and the client settings unless ``cloud_rebuilt`` (the
+    lane built the client from ``[cloud]``, so it can build another); ``cloud.enabled``."""
+
+    def applies(key: str) -> bool:
+        if key.partition(".")[0] in RELOADED_SECTIONS or key in CLOUD_BOUNDS_KEYS:
+            return True
+        if key in CLOUD_CLIENT_KEYS:
+            return cloud_rebuilt or not cloud_slots
+        return key == "cloud.slots" and not cloud_slots
+
+    refused = [key for key in changes if not applies(key)]
+    if refused:
+        raise ReloadRefusedError(refused)
+
+
+def config_changes(old: Config, new: Config) -> tuple[str, ...]:
+    """The keys (``section.key``) whose values differ between ``old`` and ``new``."""
+    return tuple(
+        f"{section}.{field.name}"
+        for section in _SECTIONS
+        for field in dataclasses.fields(getattr(old, section))
+        if getattr(getattr(old, section), field.name) != getattr(getattr(new, section), field.name)
+    )
 
 
 def _build(section: str, values: Mapping[str, Any]) -> Any:

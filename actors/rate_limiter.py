@@ -5,25 +5,28 @@ It owns the per-caller token buckets and the per-caller and per-lane queue count
 (thread-free). The facade asks ``Admit`` before the insert, then tells ``Admitted``
 (or ``ReleaseAdmission`` if the insert failed); the store's commit listener tells
 ``JobEnded`` for every job that reaches a terminal state, so the counts go down as
-jobs end.
+jobs end. Its snapshot counts refusals per limit and, for the alert on one caller's
+sustained refusals (``actors.alert_rules``), per caller.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from types import MappingProxyType
 from typing import Any
 
 import structlog
 
 from actors.runtime import ActorAddress, Clock, SupervisedActor
 from actors.token_bucket import Admissions
-from protocol import Job, Limits
+from protocol import Lane, Limits, QueueFullError, RateLimitedError
 from protocol.messages import (
     Admit,
     Admitted,
+    AdmittedJobs,
     ApplyLimits,
     JobEnded,
     LimiterSnapshot,
-    LoadQueuedJobs,
     ReleaseAdmission,
 )
 
@@ -40,21 +43,30 @@ class RateLimiter(SupervisedActor):
         self._clock = clock
         self._store = store
         self._admissions = Admissions(limits)
+        self._refused: Counter[str] = Counter()  # refusals per caller since this start
 
     def on_start(self) -> None:
-        """Count the jobs already queued (after a restart) against their callers' caps."""
+        """Count the jobs already admitted (after a restart: every job not yet ended)
+        against their callers' caps, from the store's columns: decoding each spec would
+        take seconds on a deep queue (docs/benchmarks.md, "Scale")."""
         if self._store is None:
             return
-        jobs: tuple[Job, ...] = self._store.ask(LoadQueuedJobs())
-        for job in jobs:
-            self._admissions.restore(job.id, job.spec.caller, job.spec.lane)
-        log.info("rate_limiter_started", queued=len(jobs))
+        admitted: tuple[tuple[str, Lane, tuple[str, ...]], ...] = self._store.ask(AdmittedJobs())
+        for caller, lane, job_ids in admitted:
+            self._admissions.restore(caller, lane, job_ids)
+        log.info("rate_limiter_started", admitted=sum(len(ids) for _, _, ids in admitted))
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch on the message type; a refused Admit raises to the asker."""
         match message:
             case Admit(caller=caller, lane=lane, embedding=embedding):
-                return self._admissions.admit(caller, lane, self._clock.now(), embedding=embedding)
+                try:
+                    return self._admissions.admit(
+                        caller, lane, self._clock.now(), embedding=embedding
+                    )
+                except (RateLimitedError, QueueFullError):
+                    self._refused[caller] += 1
+                    raise
             case Admitted(reservation=reservation, job_id=job_id):
                 self._admissions.bind(reservation, job_id)
             case ReleaseAdmission(reservation=reservation):
@@ -69,7 +81,12 @@ class RateLimiter(SupervisedActor):
             case ApplyLimits(limits=limits):
                 self._admissions.apply(limits, self._clock.now())
             case LimiterSnapshot():
-                return self._admissions.snapshot()
+                return MappingProxyType(
+                    {
+                        **self._admissions.snapshot(),
+                        "rejections_by_caller": MappingProxyType(dict(self._refused)),
+                    }
+                )
             case _:
                 raise TypeError(f"RateLimiter cannot handle {type(message).__name__}")
         return None

@@ -20,10 +20,12 @@ from typing import Any
 import pykka
 import structlog
 
+from actors.alerts import Alerting
 from actors.arbiter import CancelOutcome
-from actors.backend_factory import BuiltBackend, cloud_backend, local_backend
+from actors.backend_factory import BuiltBackend, ReplaceableBackend, cloud_backend, local_backend
 from actors.backends.base import Backend, refuse_unsupported
-from actors.config import Config
+from actors.cloud import ApplyCloudPolicy
+from actors.config import CLOUD_BOUNDS_KEYS, CLOUD_CLIENT_KEYS, Config, check_reload, config_changes
 from actors.embedding import EmbeddingExecutor, embed_request
 from actors.runtime import (
     ChildExitedError,
@@ -46,6 +48,7 @@ from actors.ticket import Ticket
 from actors.tree import (
     CHILD_ORDER,
     DEFAULT_FACTORIES,
+    WATCHERS,
     ChildFactory,
     GpuFactory,
     LaneWiring,
@@ -53,6 +56,7 @@ from actors.tree import (
     backend_slots,
     lane_tree,
 )
+from actors.webhooks import check_webhook
 from protocol import (
     BackendRequest,
     CancelReason,
@@ -67,6 +71,7 @@ from protocol import (
 from protocol.messages import (
     Admit,
     Admitted,
+    ApplyAlerts,
     ApplyLimits,
     ApplyPolicy,
     ApplyResidency,
@@ -80,6 +85,8 @@ from protocol.messages import (
     LimiterSnapshot,
     ListJobs,
     PauseDispatch,
+    PreemptionsCommitted,
+    PruneJobs,
     QueueSnapshot,
     ReleaseAdmission,
     ResidencySnapshot,
@@ -121,9 +128,11 @@ class GpuLane:
         self._root: pykka.ActorRef[Any] | None = None
         self._slot_ids: tuple[str, ...] = ()
         self._built: list[BuiltBackend] = []  # backends the lane made, closed at its end
+        self._cloud_client: ReplaceableBackend | None = None  # the cloud one, if made here
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
         self._embedder: EmbeddingExecutor | None = None
         self._carriers: tuple[Backend | None, Backend | None] = (None, None)  # local, cloud
+        self._alerting = Alerting(config.alerts, clock, timers, lambda: self._root)
 
     @classmethod
     def start(
@@ -150,9 +159,10 @@ class GpuLane:
         adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback).
         """
         config = config or Config()
-        unknown = sorted(set(factories or {}) - set(CHILD_ORDER))
+        children = (*CHILD_ORDER, *WATCHERS)
+        unknown = sorted(set(factories or {}) - set(children))
         if unknown:
-            raise ValidationError("factories", f"unknown child {unknown[0]!r}", allowed=CHILD_ORDER)
+            raise ValidationError("factories", f"unknown child {unknown[0]!r}", allowed=children)
         clock = clock or SystemClock()
         timers = Timers(clock).start()
         lane = cls(
@@ -190,7 +200,10 @@ class GpuLane:
                 backend, config.backend.embed_workers, lambda: self._config.residency
             )
         if cloud is None and config.cloud.enabled:
-            cloud = self._own(cloud_backend(config.cloud))
+            self._cloud_client = ReplaceableBackend(cloud_backend(config.cloud))
+            cloud = self._own(
+                BuiltBackend(self._cloud_client, config.cloud.url, (self._cloud_client.close,))
+            )
         self._carriers = (backend, cloud)
         slots: dict[str, GpuFactory] = {f"gpu{i}": gpu for i in range(config.backend.slots)}
         if cloud is not None:
@@ -208,6 +221,7 @@ class GpuLane:
             paused=lambda: self._paused,
             listener=self._committed,
             backend=backend,
+            alerting=self._alerting,
             cloud_slot_ids=cloud_slot_ids,
         )
         tree = lane_tree(wiring, settings, factories, slots)
@@ -256,6 +270,7 @@ class GpuLane:
         """
         spec = insert.spec
         self._refuse_uncarried(spec)
+        check_webhook(spec, self._config)
         reservation: int = self._ask("limiter", Admit(spec.caller, spec.lane))
         limiter = self._refs.ref_for("limiter")
         try:
@@ -277,11 +292,15 @@ class GpuLane:
                 refuse_unsupported(backend, BackendRequest.for_spec(spec))
 
     def _committed(self, job: Job) -> None:
-        """The store's commit listener: wake the job's caller; an ended job frees its place."""
+        """The store's commit listener: wake the job's caller; an ended job frees its place;
+        a job preempted ``alerts.job_preemptions`` times goes to the Alerter."""
         self._sinks.committed(job)
         if job.state.is_terminal:
             with contextlib.suppress(ChildUnavailableError, KeyError):
                 self._refs.ref_for("limiter").tell(JobEnded(job))
+        if job.preemptions >= self._config.alerts.job_preemptions > 0:
+            with contextlib.suppress(ChildUnavailableError, KeyError):
+                self._refs.ref_for("alerter").tell(PreemptionsCommitted(job))
 
     def _ticket_for(self, job: Job, detach: bool) -> Ticket:
         sink = self._sinks.register(job.id)
@@ -361,6 +380,23 @@ class GpuLane:
         jobs: tuple[Job, ...] = self._ask("store", ListJobs(**filters))
         return jobs
 
+    def prune(self, older_than_s: float | None = None) -> int:
+        """Delete the terminal jobs that finished more than ``older_than_s`` seconds ago
+        (default ``store.prune_after_s``), as the store's timer does, and return how many.
+
+        One batch (``store.prune_batch``) per ask, so submits are never held behind a big
+        delete (docs/operations.md, "Pruning"). ValidationError for a negative age.
+        """
+        store = self._config.store
+        older = store.prune_after_s if older_than_s is None else older_than_s
+        total = 0
+        while True:
+            deleted: int = self._ask("store", PruneJobs(older))
+            total += deleted
+            if deleted < store.prune_batch:
+                log.info("pruned", deleted=total, older_than_s=older)
+                return total
+
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until a job ends (for jobs submitted elsewhere, e.g. detached)."""
         sink = self._sinks.register(job_id)
@@ -436,20 +472,22 @@ class GpuLane:
         self._paused = False
         self._tell_arbiter(ResumeDispatch())
 
-    def reload_config(self, config: Config) -> None:
-        """Apply new scheduling (active hours), retry, limits and residency settings.
+    def reload_config(self, config: Config) -> tuple[str, ...]:
+        """Apply a new configuration, keeping the queue, the buckets' fill and the
+        counters; answers the keys (``section.key``) that changed.
 
-        The queue, the buckets' fill and the counters are kept.
+        Scheduling, retry, limits, residency, alerts, the cloud's routing bounds and client
+        (a new client takes the next cloud calls) apply at once; ``[gateway]`` is the
+        host's to apply. Anything else is refused before any change, naming every key
+        (``actors.config.check_reload``): the store, the backend, the cloud slots.
         """
         self._check_running()
-        if config.store != self._config.store:
-            raise ValidationError(
-                "store", "the store cannot change while running", allowed="a restart"
-            )
-        if config.backend != self._config.backend:
-            raise ValidationError(
-                "backend", "the backend cannot change while running", allowed="a restart"
-            )
+        changes = config_changes(self._config, config)
+        rebuilt = self._cloud_client is not None
+        check_reload(changes, self._carriers[1] is not None, rebuilt)
+        client = None
+        if rebuilt and CLOUD_CLIENT_KEYS.intersection(changes):
+            client = cloud_backend(config.cloud)  # a missing key raises before any change
         self._config = config  # first, so an actor that restarts meanwhile starts with it
         message = ApplyPolicy(config.scheduling, config.retry, config.residency)
         self._tell_arbiter(message)
@@ -457,11 +495,17 @@ class GpuLane:
             *((slot_id, message) for slot_id in self._slot_ids),
             ("limiter", ApplyLimits(config.limits)),
             ("residency", ApplyResidency(config.residency)),
+            ("alerter", ApplyAlerts(config.alerts)),
         ):
             # A child that is restarting reads the new config when it starts.
             with contextlib.suppress(ChildUnavailableError):
                 self._refs.ref_for(child_id).tell(update)
-        log.info("config_reloaded")
+        if CLOUD_BOUNDS_KEYS.intersection(changes):
+            self._tell_arbiter(ApplyCloudPolicy(config.cloud.policy))
+        if self._cloud_client is not None and client is not None:
+            self._cloud_client.replace(client)
+        log.info("config_reloaded", changed=list(changes))
+        return changes
 
     @property
     def config(self) -> Config:
@@ -520,6 +564,7 @@ class GpuLane:
         error = SystemStoppedError(f"gpulane stopped after a failure: {reason}")
         failed = self._sinks.fail_all(error)
         log.info("waiting_callers_failed", count=failed)
+        self._alerting.gave_up(reason)
         if self._on_failure is not None:
             try:
                 self._on_failure(reason)
@@ -528,11 +573,13 @@ class GpuLane:
         self._release()
 
     def _release(self) -> None:
-        """Stop the timer thread and what the lane owns (a backend, a simulated server)."""
+        """Stop the timer thread and what the lane owns (a backend, a simulated server);
+        the alerts' webhook first posts what it holds."""
         with self._lock:
             if self._released:
                 return
             self._released = True
+        self._alerting.close()
         self._timers.stop()
         for built in reversed(self._built):
             built.close()

@@ -5,11 +5,14 @@ wiring and the injected factories to the root supervisor's spec. It starts nothi
 facade hands the spec to ``Supervisor.start_spec``, and a test can check the tree's
 shape without a thread. The root is rest_for_one over store, limiter, residency and
 arbiter (each later child depends on the earlier ones), then a nested one_for_one
-``gpus`` supervisor for the slots, so one slot crashing does not restart its siblings.
+``gpus`` supervisor for the slots, so one slot crashing does not restart its siblings,
+then the watchers (the Alerter) and the webhook delivery actor, which read the others
+(the store) and so come last: their own crash restarts nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from collections.abc import Callable, Mapping
@@ -18,6 +21,7 @@ from typing import Any
 
 import pykka
 
+from actors.alerts import Alerter, Alerting
 from actors.arbiter import PriorityArbiter
 from actors.backends.base import Backend
 from actors.config import Config
@@ -29,6 +33,7 @@ from actors.runtime import (
     ActorAddress,
     Backoff,
     ChildSpec,
+    ChildUnavailableError,
     Clock,
     StableRefs,
     Strategy,
@@ -37,11 +42,14 @@ from actors.runtime import (
     WhileRestarting,
 )
 from actors.sinks import SinkRegistry
+from actors.webhooks import WebhookDelivery
 from protocol import Job, ResidencySettings, RetryPolicy, SchedulingPolicy, ValidationError
+from protocol.messages import WebhookDue
 
 __all__ = [
     "CHILD_ORDER",
     "DEFAULT_FACTORIES",
+    "WATCHERS",
     "ChildFactory",
     "GpuFactory",
     "LaneWiring",
@@ -88,6 +96,7 @@ class LaneWiring:
     paused: Callable[[], bool]
     listener: Callable[[Job], None]  # the store's commit listener
     backend: Backend | None  # what the ResidencyTracker polls and pins on (None: slots only)
+    alerting: Alerting  # the Alerter's rules and webhook, kept by the facade across restarts
     cloud_slot_ids: frozenset[str] = frozenset()  # slots on the cloud backend (cloud fallback)
 
 
@@ -142,8 +151,27 @@ def backend_slots(backend: Backend, join_s: float = 5.0) -> GpuFactory:
 def _start_store(wiring: LaneWiring) -> pykka.ActorRef[Any]:
     """The JobStore; recovery of loading/running jobs waits for the arbiter's ask."""
     return JobStore.start(
-        wiring.config().store, wiring.clock, listener=wiring.listener, recover_on_open=False
+        wiring.config().store,
+        wiring.clock,
+        listener=_and_webhooks(wiring),
+        recover_on_open=False,
+        timers=wiring.timers,
     )
+
+
+def _and_webhooks(wiring: LaneWiring) -> Callable[[Job], None]:
+    """The host's commit listener, then ``WebhookDue`` to the webhook delivery actor for an
+    ended job that names a webhook (its outbox row was committed with it). While that actor
+    cannot take it, the row waits in the outbox, read again when the actor starts."""
+    listener, refs = wiring.listener, wiring.refs
+
+    def committed(job: Job) -> None:
+        listener(job)
+        if job.spec.webhook is not None and job.state.is_terminal:
+            with contextlib.suppress(ChildUnavailableError, KeyError):
+                refs.ref_for("webhooks").tell(WebhookDue(job.seq))
+
+    return committed
 
 
 def _start_limiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
@@ -180,8 +208,32 @@ def _start_arbiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
     )
 
 
+def _start_alerter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
+    """The Alerter, with the alert settings in force now; its rules' state is the facade's."""
+    return Alerter.start(
+        alerting=wiring.alerting,
+        settings=wiring.config().alerts,
+        refs=wiring.refs,
+        clock=wiring.clock,
+        timers=wiring.timers,
+    )
+
+
+def _start_webhooks(wiring: LaneWiring) -> pykka.ActorRef[Any]:
+    """The WebhookDelivery actor; it reads the settings in force at each post."""
+    return WebhookDelivery.start(
+        store=wiring.refs.ref_for("store"),
+        config=wiring.config,
+        clock=wiring.clock,
+        timers=wiring.timers,
+    )
+
+
 #: The root's children before the GPU slots, in start order (rest_for_one).
 CHILD_ORDER: tuple[str, ...] = ("store", "limiter", "residency", "arbiter")
+#: The root's children after the GPU slots: they watch the others, or (the webhook
+#: delivery actor) serve what the store committed.
+WATCHERS: tuple[str, ...] = ("alerter", "webhooks")
 #: The factory each child starts with; ``GpuLane.start(factories=...)`` replaces some.
 DEFAULT_FACTORIES: Mapping[str, ChildFactory] = MappingProxyType(
     {
@@ -189,11 +241,14 @@ DEFAULT_FACTORIES: Mapping[str, ChildFactory] = MappingProxyType(
         "limiter": _start_limiter,
         "residency": _start_residency,
         "arbiter": _start_arbiter,
+        "alerter": _start_alerter,
+        "webhooks": _start_webhooks,
     }
 )
 # What a message to a child meets while it restarts: every child holds it for its next
 # instance (docs/supervision.md explains why). The store's hold covers reports from
-# every slot plus submits during its restart; a slot gets a dispatch, cancels, a policy.
+# every slot plus submits during its restart; a slot gets a dispatch, cancels, a policy;
+# a watcher, the jobs the commit listener tells the Alerter.
 HOLD_LIMIT = 100_000
 SLOT_HOLD_LIMIT = 1_000
 
@@ -204,13 +259,14 @@ def lane_tree(
     factories: Mapping[str, ChildFactory],
     slots: Mapping[str, GpuFactory],
 ) -> SupervisorSpec:
-    """The root supervisor's spec: the four core children, then the ``gpus`` supervisor.
+    """The root supervisor's spec: the four core children, the ``gpus`` supervisor, then
+    the watchers.
 
     ``factories`` gives each core child's factory by id (see :data:`DEFAULT_FACTORIES`);
     ``slots`` gives each slot id, in order, the GpuFactory it starts with. Pure: it
     declares, and starts nothing.
     """
-    missing = sorted(set(CHILD_ORDER) - set(factories))
+    missing = sorted({*CHILD_ORDER, *WATCHERS} - set(factories))
     if missing:
         raise ValidationError("factories", f"no factory for {missing[0]!r}", allowed=CHILD_ORDER)
     core = tuple(
@@ -222,6 +278,16 @@ def lane_tree(
             hold_limit=HOLD_LIMIT,
         )
         for child_id in CHILD_ORDER
+    )
+    watchers = tuple(
+        ChildSpec(
+            child_id,
+            _bind(factories[child_id], wiring),
+            shutdown_s=supervision.shutdown_s,
+            while_restarting=WhileRestarting.HOLD,
+            hold_limit=SLOT_HOLD_LIMIT,
+        )
+        for child_id in WATCHERS
     )
     gpus = SupervisorSpec(
         "gpus",
@@ -250,6 +316,7 @@ def lane_tree(
                 timers=wiring.timers,
                 shutdown_s=supervision.shutdown_s * (len(slots) + 1),
             ),
+            *watchers,
         ),
         intensity=supervision.intensity,
         period_s=supervision.period_s,

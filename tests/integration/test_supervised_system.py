@@ -136,7 +136,9 @@ def test_status_shows_each_child_state_and_restart_count(
     crash(lane, "gpu0")
     tree = lane.status()["supervision"]
     assert tree["state"] == "running"
-    assert set(tree["children"]) == {"store", "limiter", "residency", "arbiter", "gpus", "gpu0"}
+    assert set(tree["children"]) == {
+        "store", "limiter", "residency", "arbiter", "gpus", "gpu0", "alerter", "webhooks",
+    }  # fmt: skip
     assert tree["children"]["gpu0"]["restarts"] == 1
     assert tree["children"]["gpu0"]["last_exit"].startswith("crashed: TypeError")
     assert tree["children"]["store"] == {

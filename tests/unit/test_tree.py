@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from actors.alerts import Alerting
 from actors.config import Config
 from actors.runtime import ManualClock, RestartType, StableRefs, Strategy, Timers, WhileRestarting
 from actors.sinks import SinkRegistry
 from actors.tree import (
     CHILD_ORDER,
     DEFAULT_FACTORIES,
+    WATCHERS,
     LaneWiring,
     SlotWiring,
     SupervisionSettings,
@@ -23,16 +25,18 @@ from protocol import ValidationError
 
 def wiring(slot_ids: tuple[str, ...]) -> LaneWiring:
     clock = ManualClock()
+    timers = Timers(clock)  # never started: the tree only declares
     return LaneWiring(
         refs=StableRefs(),
         slot_ids=slot_ids,
         sinks=SinkRegistry(),
         clock=clock,
-        timers=Timers(clock),  # never started: the tree only declares
+        timers=timers,
         config=Config,
         paused=lambda: False,
         listener=lambda job: None,
         backend=None,
+        alerting=Alerting(Config().alerts, clock, timers, lambda: None),
     )
 
 
@@ -43,14 +47,15 @@ def never_started(slot: SlotWiring) -> Any:
 SLOTS = {"gpu0": never_started, "gpu1": never_started, "cloud0": never_started}
 
 
-def test_the_root_is_rest_for_one_over_the_core_children_then_the_gpus_supervisor() -> None:
+def test_the_root_is_rest_for_one_over_the_core_children_the_gpus_then_the_watchers() -> None:
     before = threading.active_count()
     settings = SupervisionSettings(intensity=7, period_s=12.0, shutdown_s=4.0, slot_join_s=2.0)
     root = lane_tree(wiring(tuple(SLOTS)), settings, DEFAULT_FACTORIES, SLOTS)
     assert (root.name, root.strategy) == ("gpulane", Strategy.REST_FOR_ONE)
     assert (root.intensity, root.period_s) == (7, 12.0)
-    assert tuple(child.id for child in root.children) == (*CHILD_ORDER, "gpus")
-    for child in root.children[:4]:
+    assert tuple(child.id for child in root.children) == (*CHILD_ORDER, "gpus", *WATCHERS)
+    assert WATCHERS == ("alerter", "webhooks"), "they come last: their crash restarts nothing else"
+    for child in (*root.children[:4], *root.children[5:]):
         assert child.tree is None
         assert child.restart is RestartType.PERMANENT
         assert child.while_restarting is WhileRestarting.HOLD
@@ -61,7 +66,7 @@ def test_the_root_is_rest_for_one_over_the_core_children_then_the_gpus_superviso
 def test_the_gpus_supervisor_is_one_for_one_over_every_slot_in_order() -> None:
     settings = SupervisionSettings(shutdown_s=4.0, slot_join_s=2.0)
     root = lane_tree(wiring(tuple(SLOTS)), settings, DEFAULT_FACTORIES, SLOTS)
-    gpus = root.children[-1]
+    gpus = root.children[len(CHILD_ORDER)]
     assert gpus.tree is not None
     assert gpus.tree.strategy is Strategy.ONE_FOR_ONE
     assert tuple(slot.id for slot in gpus.tree.children) == ("gpu0", "gpu1", "cloud0")

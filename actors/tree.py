@@ -6,8 +6,8 @@ facade hands the spec to ``Supervisor.start_spec``, and a test can check the tre
 shape without a thread. The root is rest_for_one over store, limiter, residency and
 arbiter (each later child depends on the earlier ones), then a nested one_for_one
 ``gpus`` supervisor for the slots, so one slot crashing does not restart its siblings,
-then the watchers (the Alerter) and the webhook delivery actor, which read the others
-(the store) and so come last: their own crash restarts nothing else.
+then the webhook delivery actor and the Alerter, which read the others and so come
+last; the Alerter, last of all, restarts nothing else when it crashes.
 """
 
 from __future__ import annotations
@@ -231,9 +231,10 @@ def _start_webhooks(wiring: LaneWiring) -> pykka.ActorRef[Any]:
 
 #: The root's children before the GPU slots, in start order (rest_for_one).
 CHILD_ORDER: tuple[str, ...] = ("store", "limiter", "residency", "arbiter")
-#: The root's children after the GPU slots: they watch the others, or (the webhook
-#: delivery actor) serve what the store committed.
-WATCHERS: tuple[str, ...] = ("alerter", "webhooks")
+#: The root's children after the GPU slots: they serve what the store committed (the
+#: webhook delivery actor) or watch the others (the Alerter, last, so its crash restarts
+#: nothing else).
+WATCHERS: tuple[str, ...] = ("webhooks", "alerter")
 #: The factory each child starts with; ``GpuLane.start(factories=...)`` replaces some.
 DEFAULT_FACTORIES: Mapping[str, ChildFactory] = MappingProxyType(
     {
@@ -268,7 +269,9 @@ def lane_tree(
     """
     missing = sorted({*CHILD_ORDER, *WATCHERS} - set(factories))
     if missing:
-        raise ValidationError("factories", f"no factory for {missing[0]!r}", allowed=CHILD_ORDER)
+        raise ValidationError(
+            "factories", f"no factory for {missing[0]!r}", allowed=(*CHILD_ORDER, *WATCHERS)
+        )
     core = tuple(
         ChildSpec(
             child_id,

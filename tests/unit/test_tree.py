@@ -54,7 +54,7 @@ def test_the_root_is_rest_for_one_over_the_core_children_the_gpus_then_the_watch
     assert (root.name, root.strategy) == ("gpulane", Strategy.REST_FOR_ONE)
     assert (root.intensity, root.period_s) == (7, 12.0)
     assert tuple(child.id for child in root.children) == (*CHILD_ORDER, "gpus", *WATCHERS)
-    assert WATCHERS == ("alerter", "webhooks"), "they come last: their crash restarts nothing else"
+    assert WATCHERS == ("webhooks", "alerter"), "the alerter last: its crash restarts no other"
     for child in (*root.children[:4], *root.children[5:]):
         assert child.tree is None
         assert child.restart is RestartType.PERMANENT

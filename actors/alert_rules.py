@@ -174,14 +174,23 @@ class AlertRules:
         return self._settings
 
     def apply(self, settings: AlertSettings, at: float) -> list[AlertNotice]:
-        """New thresholds; the alerts of a rule turned off are resolved now."""
+        """New thresholds; the alerts of a rule turned off are resolved now, and so are those
+        of jobs preempted fewer times than a raised ``job_preemptions`` (no sample would
+        end them; the other rules judge the new thresholds at the next sample)."""
         self._settings = settings
         notices = []
-        for (rule, subject), track in list(self._tracks.items()):
-            if self._threshold(rule) == 0:
-                del self._tracks[(rule, subject)]
-                if track.fired is not None:
-                    notices.append(_resolved(track.fired, at, "the rule was turned off"))
+        for key, track in list(self._tracks.items()):
+            limit = self._threshold(key[0])
+            fired = track.fired
+            if limit == 0:
+                why = "the rule was turned off"
+            elif key[0] == "job_preemptions" and fired is not None and (fired.value or 0) < limit:
+                why = f"the limit was raised to {limit}"
+            else:
+                continue
+            del self._tracks[key]
+            if fired is not None:
+                notices.append(_resolved(fired, at, why))
         return notices
 
     def sample(self, sample: LaneSample) -> list[AlertNotice]:

@@ -241,6 +241,15 @@ def test_a_rule_turned_off_by_a_reload_resolves_its_alerts() -> None:
     assert book.sample(LaneSample(T0 + 65, queued=9)) == []
 
 
+def test_raising_job_preemptions_past_a_firing_job_resolves_it() -> None:
+    book = rules(job_preemptions=2)
+    assert len(book.job(job(2), T0)) == 1
+    (resolved,) = book.apply(AlertSettings(job_preemptions=5), T0 + 10)
+    assert (resolved.subject, resolved.state) == ("01JOB", "resolved")
+    assert resolved.summary == "the limit was raised to 5; it lasted 10s"
+    assert book.job(job(2, JobState.SUCCEEDED), T0 + 20) == []
+
+
 def test_from_status_reads_the_shape_of_gpulane_status() -> None:
     status = {
         "queued": 7,

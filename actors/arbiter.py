@@ -4,8 +4,9 @@ The choices themselves are in :mod:`actors.scheduling` (thread-free); this actor
 feeds them the events: jobs queued, slots idle, timers, cancels, policy changes.
 
 It keeps nothing the store does not also know, so a restart loses nothing: on start
-it recovers and reloads the queued jobs from the store, and learns each slot's state
-from the slots themselves (they restart after it and announce ``SlotIdle``). When a
+it recovers and reloads the queued jobs from the store (a chunk per turn, best first), and
+learns each slot's state from the slots themselves (they restart after it and announce
+``SlotIdle``). When a
 slot comes back as a new incarnation, the jobs given to the old one are checked
 against the store, so a dispatch lost with a crashed slot is queued again.
 
@@ -23,6 +24,7 @@ jobs it handed ahead, until the tracker says the backend is up again.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Mapping
 from typing import Any
@@ -46,21 +48,23 @@ from actors.runtime import (
     Timers,
     ask_while_up,
 )
-from actors.scheduling import ReadyQueue, SlotView, choose_preemption, displaces
+from actors.scheduling import RELOAD_CHUNK, ReadyQueue, SlotView, choose_preemption, displaces
 from actors.slot_state import SlotState, arbiter_view
-from protocol import CancelReason, Job, JobState, RetryPolicy, SchedulingPolicy
+from protocol import CancelReason, Job, JobNotFoundError, JobState, RetryPolicy, SchedulingPolicy
 from protocol.messages import (
     ApplyPolicy,
     BackendHealthChanged,
     BackendUnreachable,
     CancelCall,
     CancelQueued,
+    ContinueLoad,
     Dispatch,
     GetJob,
     JobQueued,
-    LoadQueuedJobs,
+    LoadQueue,
     PauseDispatch,
     PreemptionDeclined,
+    QueueChunk,
     QueueSnapshot,
     Recall,
     Recalled,
@@ -118,6 +122,7 @@ class PriorityArbiter(SupervisedActor):
         self._clock = clock
         self._timers = timers
         self._queue = ReadyQueue()
+        self._unloaded = 0  # queued jobs of the reload still in the store
         self._paused = paused
         self._cancels: dict[str, CancelReason] = {}  # running jobs to cancel if they come back
         self._call_ids = itertools.count(1)
@@ -146,14 +151,13 @@ class PriorityArbiter(SupervisedActor):
 
         The store first puts loading/running jobs back to queued: no slot runs
         anything now (slots start after the arbiter) and their last reports, told
-        before they stopped, are already ahead of this ask in the store's mailbox.
+        before they stopped, are already ahead of this ask in the store's mailbox. Only
+        the first chunk comes now; the rest in turns of the mailbox (``ContinueLoad``).
         """
-        jobs: tuple[Job, ...] = ask_while_up(self._store, LoadQueuedJobs(recover=True))
-        now = self._clock.now()
-        for job in jobs:
-            self._queue.add(job, now)
-        self._arm_wakeup()
-        log.info("arbiter_started", queued=len(jobs))
+        first = LoadQueue(RELOAD_CHUNK, first=True, recover=True)
+        chunk: QueueChunk = ask_while_up(self._store, first)
+        self._take_chunk(chunk)
+        log.info("arbiter_started", queued=len(chunk.jobs) + chunk.remaining)
 
     def on_stop(self) -> None:
         """Drop the pending wake-up timers."""
@@ -166,6 +170,9 @@ class PriorityArbiter(SupervisedActor):
         match message:
             case JobQueued(job=job):
                 self._on_job_queued(job)
+            case ContinueLoad():
+                # Waits on the store, as on_start does: one chunk, decoded in its turn.
+                self._take_chunk(ask_while_up(self._store, LoadQueue(RELOAD_CHUNK)))
             case SlotIdle():
                 self._on_slot_idle(message)
             case SlotStarted(slot_id=slot_id, job_id=job_id):
@@ -206,21 +213,36 @@ class PriorityArbiter(SupervisedActor):
                 raise TypeError(f"PriorityArbiter cannot handle {type(message).__name__}")
         return None
 
-    def _on_job_queued(self, job: Job) -> None:
+    def _on_job_queued(self, job: Job, *, dispatch: bool = True) -> bool:
+        """Queue a job told, given back or reloaded; False if it is not queued after all."""
         reason = self._cancels.pop(job.id, None)
-        if reason is not None:  # cancelled while it ran; it came back instead of ending
+        if reason is not None:  # cancelled while it ran (or loaded); it came back instead
             self._cancel_in_store(job.id, reason)
-            return
+            return False
         now = self._clock.now()
         if not self._queue.add(job, now):
-            return  # already queued (e.g. recovered from the store and told again)
+            return False  # already queued (e.g. recovered from the store and told again)
         if job.spec.allow_cloud and any(s.cloud for s in self._slots.values()):
             self._cloud_jobs[job.id] = job
         self._arm_wakeup()
         if job.not_before is None or job.not_before <= now:
             self._recall_displaced(job)
-        if not self._dispatch() and job.not_before is None:
+        if dispatch and not self._dispatch() and job.not_before is None:
             self._maybe_preempt(job, now)
+        return True
+
+    def _take_chunk(self, chunk: QueueChunk) -> None:
+        """Queue a chunk of the reload as told jobs, dispatching once; a job a slot holds
+        (told since) may read as queued if the slot's report is behind our ask: skipped."""
+        held = {job.id for s in self._slots.values() for job in (s.job, s.next) if job}
+        new = [j for j in chunk.jobs if j.id not in held and self._on_job_queued(j, dispatch=False)]
+        self._unloaded = chunk.remaining
+        if chunk.remaining:
+            self.actor_ref.tell(ContinueLoad())
+        if not self._dispatch():
+            for job in new:
+                if job.id in self._queue and job.not_before is None:
+                    self._maybe_preempt(job, self._clock.now())
 
     def _on_slot_idle(self, idle: SlotIdle) -> None:
         """A slot's call ended (``idle.ended``), or a slot instance announced itself."""
@@ -390,6 +412,11 @@ class PriorityArbiter(SupervisedActor):
                 # back, or at once if it started meanwhile.
                 self._cancels[job_id] = reason
                 self._recall(slot)
+                return CancelOutcome.QUEUED
+        queued = JobState.QUEUED
+        with contextlib.suppress(JobNotFoundError):  # a chunk of the reload may hold it
+            if self._unloaded and ask_while_up(self._store, GetJob(job_id)).state is queued:
+                self._cancels[job_id] = reason  # cancelled when it comes
                 return CancelOutcome.QUEUED
         return CancelOutcome.NOT_FOUND
 
@@ -579,7 +606,7 @@ class PriorityArbiter(SupervisedActor):
 
     def _snapshot(self) -> Mapping[str, Any]:
         return arbiter_view(
-            self._slots, self._queue.depths(), len(self._queue),
+            self._slots, self._queue.depths(), len(self._queue) + self._unloaded,
             paused=self._paused, local_up=not self._local_down,
             resident=self._resident(), counters=self._counters,
         )  # fmt: skip

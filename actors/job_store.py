@@ -13,6 +13,12 @@ Under a supervisor the store is the source of truth the other actors rebuild fro
 it is a SupervisedActor, asks arrive through a StableRef (and still join batches),
 and when it crashes it first applies the reports already in its mailbox (salvage),
 so what GPU slots told it is not lost with the instance.
+
+Given the lane's Timers it also prunes (docs/operations.md, "Pruning"): once at start and
+then every ``store.prune_interval_s``, it deletes terminal jobs older than
+``store.prune_after_s``, ``store.prune_batch`` at a time, and after a full batch it tells
+itself to take the next one, so the submits that arrived meanwhile go first: a prune of
+any size holds a submit back by one batch at most.
 """
 
 from __future__ import annotations
@@ -23,20 +29,34 @@ from typing import Any, ClassVar
 
 import structlog
 
-from actors.runtime import BatchingInbox, Clock, Delivery, Mailbox, SupervisedActor
+from actors.runtime import (
+    BatchingInbox,
+    Clock,
+    Delivery,
+    Mailbox,
+    SupervisedActor,
+    TimerHandle,
+    Timers,
+)
 from actors.stores import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
 from protocol.config import StoreSettings
-from protocol.errors import IllegalTransitionError, JobNotFoundError
+from protocol.errors import IllegalTransitionError, JobNotFoundError, StoreError
 from protocol.job import Job
 from protocol.messages import (
+    AdmittedJobs,
     CountJobs,
     GetJob,
     GetJobBySeq,
     InsertJob,
     JobStats,
     ListJobs,
+    LoadQueue,
     LoadQueuedJobs,
+    PendingWebhooks,
+    PruneDue,
     PruneJobs,
+    ReadWebhook,
+    RecordWebhookAttempt,
     StoreSnapshot,
     Transition,
 )
@@ -97,8 +117,14 @@ class JobStore(SupervisedActor):
     - GetJob, GetJobBySeq → Job or JobNotFoundError
     - ListJobs → tuple[Job, ...]; LoadQueuedJobs → every queued Job in sequence order
       (after recovering loading/running jobs when ``recover`` is set)
+    - LoadQueue → QueueChunk: the queue in serving order, a chunk at a time (the arbiter's
+      rebuild); AdmittedJobs → (id, caller, lane) of every job not terminal (the limiter's)
     - CountJobs → read-only {state: count}; JobStats → tuple[LaneStats, ...]
-    - PruneJobs → number of terminal jobs deleted
+    - PruneJobs → number of terminal jobs deleted (one batch); PruneDue (told, by its timer
+      or itself) → a batch of the regular prune
+    - PendingWebhooks → the outbox's pending deliveries as (seq, when due); ReadWebhook →
+      a PendingDelivery or None; RecordWebhookAttempt (told) → one attempt recorded in a
+      transaction of its own (``actors.stores._outbox``)
     - StoreSnapshot → read-only mapping of the file, schema version and commit counters
       (``volatile_commits``: the commits that held only moves into loading or running
       and so ran at ``synchronous=NORMAL``, without an fsync; see ``actors.stores.is_volatile``)
@@ -113,13 +139,19 @@ class JobStore(SupervisedActor):
         listener: Callable[[Job], None] | None = None,
         *,
         recover_on_open: bool = True,
+        timers: Timers | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
         self._listener = listener
+        self._timers = timers  # None: no regular prune (a store on its own, in tests)
+        self._prune_timer: TimerHandle | None = None
+        self._pruned = 0
         self._stale = 0
         self._recovery = Recovery(requeued=0, queued=0)
         self._db = JobDB.open(settings.path, clock, synchronous=settings.synchronous)
+        if self._db.vacuumed_s is not None:
+            log.info("job_store.vacuumed", path=settings.path, seconds=self._db.vacuumed_s)
         if recover_on_open:
             try:
                 self._recover()
@@ -143,8 +175,15 @@ class JobStore(SupervisedActor):
             queued=recovery.queued,
         )
 
+    def on_start(self) -> None:
+        """Prune once now (a service that restarts often still prunes), then by the timer."""
+        if self._timers is not None:
+            self.actor_ref.tell(PruneDue())
+
     def on_stop(self) -> None:
-        """Close the database, releasing its lock."""
+        """Drop the prune timer and close the database, releasing its lock."""
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
         self._db.close()
 
     def on_failure(
@@ -154,6 +193,8 @@ class JobStore(SupervisedActor):
         traceback: TracebackType | None,
     ) -> None:
         """Apply what is already in the mailbox, then close the database for the next store."""
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
         try:
             self._salvage()
         finally:
@@ -177,6 +218,12 @@ class JobStore(SupervisedActor):
             return db.get_by_seq(message.seq)
         if isinstance(message, ListJobs):
             return db.list_jobs(message)
+        if isinstance(message, LoadQueue):
+            if message.first and message.recover:
+                self._recover()
+            return db.load_queue(message.chunk, first=message.first)
+        if isinstance(message, AdmittedJobs):
+            return db.admitted()
         if isinstance(message, LoadQueuedJobs):
             if message.recover:
                 self._recover()
@@ -186,12 +233,48 @@ class JobStore(SupervisedActor):
         if isinstance(message, JobStats):
             return db.lane_stats()
         if isinstance(message, PruneJobs):
-            deleted = db.prune(message.older_than_s)
+            deleted = db.prune(message.older_than_s, self._settings.prune_batch)
+            self._pruned += deleted
             log.info("job_store.pruned", deleted=deleted, older_than_s=message.older_than_s)
             return deleted
+        if isinstance(message, PruneDue):
+            self._prune_turn()
+            return None
+        if isinstance(message, PendingWebhooks):
+            return db.outbox.pending()
+        if isinstance(message, ReadWebhook):
+            return db.outbox.read(message.seq)
+        if isinstance(message, RecordWebhookAttempt):
+            if not db.outbox.record(message):
+                log.info("job_store.webhook_attempt_dropped", seq=message.seq)
+            return None
         if isinstance(message, StoreSnapshot):
             return self._snapshot()
         raise TypeError(f"JobStore cannot handle {type(message).__name__}")
+
+    def _prune_turn(self) -> None:
+        """One batch of the regular prune; then the next batch (a full one may have left
+        more), behind whatever arrived meanwhile, or the timer for the next prune.
+
+        A prune that fails is logged and tried again by the timer: the store's writes
+        report their own failures, and a background chore is no reason to restart the
+        tree behind the store.
+        """
+        settings = self._settings
+        try:
+            deleted = self._db.prune(settings.prune_after_s, settings.prune_batch)
+        except StoreError as error:
+            log.error("job_store.prune_failed", error=str(error))
+            deleted = 0
+        self._pruned += deleted
+        if deleted:
+            log.info("job_store.pruned", deleted=deleted, older_than_s=settings.prune_after_s)
+        if deleted == settings.prune_batch:
+            self.actor_ref.tell(PruneDue())
+        elif self._timers is not None:
+            self._prune_timer = self._timers.send_after(
+                settings.prune_interval_s, self.actor_ref, PruneDue()
+            )
 
     def _write(self, first: WriteMessage) -> Job | None:
         """Commit ``first`` with the asked writes queued behind it; answer them after COMMIT.
@@ -279,5 +362,6 @@ class JobStore(SupervisedActor):
                 "recovered_requeued": self._recovery.requeued,
                 "recovered_queued": self._recovery.queued,
                 "stale_transitions": self._stale,
+                "pruned": self._pruned,
             }
         )

@@ -25,9 +25,13 @@ from collections.abc import Iterator
 
 from protocol import Job, Lane, Priority, SchedulingPolicy
 
-__all__ = ["ReadyQueue", "SlotView", "choose_preemption", "displaces"]
+__all__ = ["RELOAD_CHUNK", "ReadyQueue", "SlotView", "choose_preemption", "displaces"]
 
 ClassKey = tuple[int, int]  # (lane rank, priority rank): lower is served first
+# Jobs per chunk when the arbiter reloads the queue from the store after a restart: the
+# first dispatch waits for one chunk, and each later one holds the arbiter for the store's
+# time to decode it (about 40 ms here; docs/benchmarks.md, "Scale").
+RELOAD_CHUNK = 1000
 CLASS_ORDER: tuple[ClassKey, ...] = tuple(
     (lane.rank, prio.rank)
     for lane in (Lane.INTERNAL, Lane.EXTERNAL)
@@ -35,9 +39,10 @@ CLASS_ORDER: tuple[ClassKey, ...] = tuple(
 )
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Entry:
-    """A queued job's place in the indexes; ``alive`` goes False once taken or removed."""
+    """A queued job's place in the indexes; ``alive`` goes False once taken or removed.
+    Slots: there is one per queued job, and a ``__dict__`` would double its size."""
 
     job: Job
     alive: bool = True

@@ -26,7 +26,17 @@ SinkEvent = tuple[str, object]  # ("chunk", Chunk) | ("end", Job) | ("error", Gp
 
 
 class Sink:
-    """One caller's view of one job: chunks so far, and the final job once it ends."""
+    """One caller's view of one job: chunks so far, and the final job once it ends.
+
+    Every queued job has one while its caller may wait (a detached submit too), so it is
+    kept small: slots, and a lock held until the job ends as the latch waiters block on,
+    instead of an Event (a Condition, a lock and a deque: a kilobyte a job at depth).
+    """
+
+    __slots__ = (
+        "_chunks", "_done", "_end", "_error", "_held", "_late", "_listeners", "_lock",
+        "_outcome_listeners", "_watched", "job_id",
+    )  # fmt: skip
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -34,7 +44,8 @@ class Sink:
         self._chunks: list[Chunk] = []
         self._end: Job | None = None
         self._error: GpulaneError | None = None
-        self._done = threading.Event()
+        self._done = threading.Lock()  # released once, when the job ends or cannot
+        self._done.acquire()
         self._listeners: list[Callable[[SinkEvent], None]] = []  # every event
         self._outcome_listeners: list[Callable[[SinkEvent], None]] = []  # the end only
         self._watched = False  # a chunk listener has subscribed: it may have seen chunks
@@ -56,7 +67,8 @@ class Sink:
 
         Raises the sink's error if the system stopped for good before the job ended.
         """
-        self._done.wait(timeout)
+        if self._done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._done.release()  # open for every other waiter too
         if self._end is None and self._error is not None:
             raise self._error
         return self._end
@@ -68,7 +80,7 @@ class Sink:
                 return
             self._error = error
             listeners = self._take_all_listeners()
-        self._done.set()
+            self._done.release()
         for listener in listeners:
             listener(("error", error))
 
@@ -126,9 +138,10 @@ class Sink:
         with self._lock:
             if self._end is not None:
                 return
+            if self._error is None:  # else the latch opened when it failed
+                self._done.release()
             self._end = job
             listeners = self._take_all_listeners()
-        self._done.set()
         for listener in listeners:
             listener(("end", job))
 

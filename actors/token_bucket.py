@@ -15,7 +15,7 @@ import dataclasses
 import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -87,6 +87,7 @@ class Admissions:
         self._embeddings: dict[str, TokenBucket] = {}
         self._reserved: dict[int, _Place] = {}
         self._jobs: dict[str, _Place] = {}
+        self._places: dict[tuple[str, Lane], _Place] = {}  # one per (caller, lane), shared
         self._per_caller: Counter[tuple[str, Lane]] = Counter()
         self._per_lane: Counter[Lane] = Counter()
         self._reservations = itertools.count(1)
@@ -115,7 +116,7 @@ class Admissions:
             self._check_caps(caller, lane, limits)
             self._draw(self._requests, caller, limits, now, embedding=False)
         reservation = next(self._reservations)
-        self._add(self._reserved, reservation, _Place(caller, lane))
+        self._add(self._reserved, reservation, self._place(caller, lane))
         return reservation
 
     def bind(self, reservation: int, job_id: str) -> None:
@@ -130,10 +131,14 @@ class Admissions:
         if place is not None:
             self._drop(place)
 
-    def restore(self, job_id: str, caller: str, lane: Lane) -> None:
-        """Count a job that was queued before this limiter started (rebuilt from the store)."""
-        if job_id not in self._jobs:
-            self._add(self._jobs, job_id, _Place(caller, lane))
+    def restore(self, caller: str, lane: Lane, job_ids: Iterable[str]) -> None:
+        """Count ``caller``'s jobs in ``lane`` admitted before this limiter started (rebuilt
+        from the store); one place for them all, so a deep queue recounts in a moment."""
+        place = self._place(caller, lane)
+        new = [job_id for job_id in job_ids if job_id not in self._jobs]
+        self._jobs.update(dict.fromkeys(new, place))
+        self._per_caller[(caller, lane)] += len(new)
+        self._per_lane[lane] += len(new)
 
     def ended(self, job_id: str, run_s: float | None) -> None:
         """``job_id`` reached a terminal state; ``run_s`` feeds the retry-after estimate."""
@@ -218,6 +223,14 @@ class Admissions:
 
     def _capped_lanes(self) -> tuple[Lane, ...]:
         return tuple(Lane) if self._limits.limit_internal else (Lane.EXTERNAL,)
+
+    def _place(self, caller: str, lane: Lane) -> _Place:
+        """The (shared, immutable) place of ``caller``'s jobs in ``lane``; as many as the
+        per-caller counts, which keep an entry for each (caller, lane) too."""
+        place = self._places.get((caller, lane))
+        if place is None:
+            place = self._places[(caller, lane)] = _Place(caller, lane)
+        return place
 
     def _add(self, book: dict[Any, _Place], key: Any, place: _Place) -> None:
         book[key] = place

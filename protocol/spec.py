@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
+_ROLE_NAMES = {role: role for role in ROLES}
 
 # Ollama runner options that force a model reload when they change: part of the residency key.
 RELOAD_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "use_mmap", "num_thread")
@@ -97,6 +99,7 @@ class ChatMessage:
         role = value.get("role")
         if role not in ROLES:
             raise ValidationError(f"{field}.role", f"unknown role {role!r}", allowed=ROLES)
+        role = _ROLE_NAMES[role]  # one copy of each role's name, not one per message
         content = value.get("content")
         content = _text(f"{field}.content", "" if content is None else content)
         if len(value) == 1 + ("content" in value):  # only a role and its text: no more to do
@@ -206,6 +209,11 @@ class JobSpec:
         set_(self, "priority", Priority.parse(self.priority))
         _check_name("model", self.model, MAX_MODEL_NAME)
         _check_name("caller", self.caller, MAX_CALLER)
+        # A deep queue holds a few models and callers many times over: one copy of each.
+        for name in ("model", "caller"):
+            value = getattr(self, name)
+            if type(value) is str:  # sys.intern takes no subclass
+                set_(self, name, sys.intern(value))
         for name in ("task_type", "task_id", "chain_id"):
             value = getattr(self, name)
             if value is not None:
@@ -228,7 +236,9 @@ class JobSpec:
             raise ValidationError("messages", "a generate job takes a prompt, not messages")
         if not isinstance(self.options, Mapping):
             raise ValidationError("options", "must be an object of runner options")
-        set_(self, "options", frozen_json("options", self.options))
+        set_(
+            self, "options", frozen_json("options", self.options) if self.options else EMPTY_MAPPING
+        )
         set_(self, "format", _parse_format(self.format))
         if self.max_tokens is not None and (
             not is_int(self.max_tokens) or not 1 <= self.max_tokens <= 1_000_000

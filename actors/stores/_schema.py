@@ -10,8 +10,10 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
+from actors.stores._pruning import set_incremental_vacuum
 from protocol.enums import JobState
 from protocol.errors import StoreError
+from protocol.webhook import WebhookState
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate"]
 
@@ -65,8 +67,51 @@ def _answer_parts_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN segments TEXT")
 
 
+def _incremental_vacuum_v3(conn: sqlite3.Connection) -> None:
+    """Version 3 (#16): the file in ``auto_vacuum = INCREMENTAL`` mode, so each prune can
+    give its free pages back (``_pruning.py``). SQLite applies the mode to a file that has
+    tables only through a VACUUM, which cannot run inside this transaction: the opener
+    runs it right after the commit (``finish_incremental_vacuum``), and again at the next
+    open if it was cut short."""
+    set_incremental_vacuum(conn)
+
+
+_OUTBOX_STATES = tuple(s.value for s in WebhookState if s is not WebhookState.WAITING)
+_V4_OUTBOX = (
+    f"""CREATE TABLE webhook_outbox (
+        job_seq INTEGER PRIMARY KEY,
+        url TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in _OUTBOX_STATES)})),
+        created_at REAL NOT NULL,
+        next_at REAL,
+        ended_at REAL,
+        attempts TEXT NOT NULL DEFAULT '[]'
+    )""",
+    "CREATE INDEX webhook_outbox_pending ON webhook_outbox (next_at) WHERE state = 'pending'",
+    """CREATE TRIGGER webhook_outbox_leaves_with_its_job AFTER DELETE ON jobs
+    BEGIN DELETE FROM webhook_outbox WHERE job_seq = OLD.seq; END""",
+)
+
+
+def _webhook_outbox_v4(conn: sqlite3.Connection) -> None:
+    """Version 4 (#16): the webhook outbox (``stores/_outbox.py``), one row per ended job
+    that names a webhook: the URL, the body to post, the delivery's state, when it is next
+    due, its attempts (JSON). A trigger deletes a job's row with the job, so pruning needs
+    no second statement. The job's webhook URL stays in its spec (the jobs table is
+    unchanged). Nothing here depends on version 3, so it applies to a file of version 2
+    or 3 alike."""
+    for statement in _V4_OUTBOX:
+        conn.execute(statement)
+
+
 # MIGRATIONS[i] turns a schema of version i into version i + 1; version 0 is an empty file.
-MIGRATIONS: tuple[Migration, ...] = (_create_v1, _answer_parts_v2)
+MIGRATIONS: tuple[Migration, ...] = (
+    _create_v1,
+    _answer_parts_v2,
+    _incremental_vacuum_v3,
+    _webhook_outbox_v4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,8 +6,9 @@ one thread does at a time. Tests use it directly, without an actor.
 
 from __future__ import annotations
 
-import os
+import math
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -15,6 +16,10 @@ from typing import Any
 from ulid import ULID
 
 from actors.runtime import Clock
+from actors.stores._files import check_location, explain, sync_mode
+from actors.stores._outbox import Outbox
+from actors.stores._pruning import finish_incremental_vacuum, prune_batch
+from actors.stores._queue_load import QueueLoad, admitted_rows
 from actors.stores._rows import (
     BatchOutcome,
     Recovery,
@@ -37,7 +42,7 @@ from protocol.errors import (
 )
 from protocol.job import Job
 from protocol.lifecycle import check_transition
-from protocol.messages import InsertJob, LaneStats, ListJobs, Transition
+from protocol.messages import InsertJob, LaneStats, ListJobs, QueueChunk, Transition
 from protocol.spec import JobSpec
 
 __all__ = ["BUSY_TIMEOUT_S", "JobDB"]
@@ -46,7 +51,6 @@ __all__ = ["BUSY_TIMEOUT_S", "JobDB"]
 BUSY_TIMEOUT_S = 1.0
 
 
-_TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL_STATES))
 _ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
 
 _COLUMNS = (
@@ -82,13 +86,21 @@ class JobDB:
     """
 
     def __init__(
-        self, conn: sqlite3.Connection, path: str, clock: Clock, *, synchronous: str = "FULL"
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        clock: Clock,
+        *,
+        synchronous: str = "FULL",
+        vacuumed_s: float | None = None,
     ) -> None:
         self._conn = conn
         self.path = path
+        self.vacuumed_s = vacuumed_s  # how long open's one VACUUM took, if it ran one
+        self._load: QueueLoad | None = None  # the queue being handed to the arbiter
         self._clock = clock
         # Only a FULL store has an fsync to save on a batch of volatile writes.
-        self._relax_volatile = _sync_mode(synchronous) == "FULL"
+        self._relax_volatile = sync_mode(synchronous) == "FULL"
         self.commits = 0
         self.volatile_commits = 0
         self.writes = 0
@@ -96,6 +108,7 @@ class JobDB:
         self._live: dict[str, Job] = {}  # committed jobs not yet terminal, by id
         self._staged: dict[str, Job] = {}  # the open batch's transitions, until it commits
         self._next_seq = self._load_next_seq()
+        self.outbox = Outbox(conn, self._store_error)  # webhook deliveries (#16)
 
     @classmethod
     def open(
@@ -107,32 +120,34 @@ class JobDB:
         busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> JobDB:
         """Open or create the database at ``path``; raise StoreError naming the file and cause."""
-        _check_location(path)
+        check_location(path)
         try:
             conn = sqlite3.connect(
                 path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open job database {path}: {_explain(exc)}") from exc
+            raise StoreError(f"cannot open job database {path}: {explain(exc)}") from exc
         try:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"job database {path}: cannot switch to WAL mode (got {mode})")
-            conn.execute(f"PRAGMA synchronous = {_sync_mode(synchronous)}")
+            conn.execute(f"PRAGMA synchronous = {sync_mode(synchronous)}")
             conn.execute("BEGIN IMMEDIATE")
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise StoreError(f"job database {path} is corrupt: {'; '.join(problems)}")
             migrate(conn, path)
             conn.execute("COMMIT")
+            started = time.monotonic()
+            vacuumed_s = time.monotonic() - started if finish_incremental_vacuum(conn) else None
         except StoreError:
             conn.close()
             raise
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"cannot use job database {path}: {_explain(exc)}") from exc
-        return cls(conn, path, clock, synchronous=synchronous)
+            raise StoreError(f"cannot use job database {path}: {explain(exc)}") from exc
+        return cls(conn, path, clock, synchronous=synchronous, vacuumed_s=vacuumed_s)
 
     def close(self) -> None:
         """Close the connection (and release the file lock)."""
@@ -338,7 +353,7 @@ class JobDB:
         replaced on every move (None clears it) and may be non-None only on a move to
         queued, the one state where it means anything. ``partial_output``, ``result``,
         ``error``, ``metrics``, ``output`` and ``segments`` are replaced when given and
-        kept otherwise.
+        kept otherwise. A job that names a webhook gets its outbox row with its terminal move.
         """
         target = message.target
         if message.not_before is not None and target is not JobState.QUEUED:
@@ -366,25 +381,26 @@ class JobDB:
             output=given(message.output, job.output),
             segments=given(message.segments, job.segments),
         )
-        self._conn.execute(
-            _UPDATE,
-            (
-                target.value,
-                now,
-                changed.started_at,
-                changed.finished_at,
-                changed.not_before,
-                changed.attempts,
-                changed.preemptions,
-                changed.partial_output,
-                changed.result,
-                changed.error,
-                None if changed.metrics is None else to_json(changed.metrics.to_dict()),
-                output_json(changed.output),
-                segments_json(changed.segments),
-                job.seq,
-            ),
+        params = (
+            target.value,
+            now,
+            changed.started_at,
+            changed.finished_at,
+            changed.not_before,
+            changed.attempts,
+            changed.preemptions,
+            changed.partial_output,
+            changed.result,
+            changed.error,
+            None if changed.metrics is None else to_json(changed.metrics.to_dict()),
+            output_json(changed.output),
+            segments_json(changed.segments),
+            job.seq,
         )
+        if target.is_terminal and changed.spec.webhook is not None:
+            changed = self.outbox.write_terminal(changed, _UPDATE, params)
+        else:
+            self._conn.execute(_UPDATE, params)
         self._staged[changed.id] = changed
         return changed
 
@@ -407,19 +423,21 @@ class JobDB:
         self._live.clear()  # their states changed under the copies
         return Recovery(requeued=requeued, queued=int(queued))
 
-    def prune(self, older_than_s: float) -> int:
-        """Delete terminal jobs that finished more than ``older_than_s`` seconds ago."""
-        if not isinstance(older_than_s, (int, float)) or older_than_s < 0:
-            raise ValidationError("older_than_s", f"must be 0 or more, got {older_than_s!r}")
-        cutoff = self._clock.now() - older_than_s
-        try:
-            cursor = self._conn.execute(
-                "DELETE FROM jobs WHERE finished_at < ? AND state IN (?, ?, ?)",
-                (cutoff, *_TERMINAL_VALUES),
+    def prune(self, older_than_s: float, limit: int) -> int:
+        """Delete up to ``limit`` terminal jobs that finished more than ``older_than_s``
+        seconds ago, oldest first, and give the freed pages back (``_pruning.py``)."""
+        if (
+            not isinstance(older_than_s, (int, float))
+            or isinstance(older_than_s, bool)
+            or not 0 <= older_than_s < math.inf
+        ):
+            raise ValidationError(
+                "older_than_s", f"must be a number of seconds, 0 or more, got {older_than_s!r}"
             )
+        try:
+            return prune_batch(self._conn, self._clock.now() - older_than_s, limit)
         except sqlite3.Error as exc:
             raise self._store_error("cannot prune", exc) from exc
-        return cursor.rowcount
 
     # --- reads ----------------------------------------------------------------------
 
@@ -431,14 +449,14 @@ class JobDB:
         row = self._read_one(_SELECT_BY_ID, job_id)
         if row is None:
             raise JobNotFoundError(job_id)
-        return job_from_row(row)
+        return self.outbox.attach(job_from_row(row))
 
     def get_by_seq(self, seq: int) -> Job:
         """The job with this sequence number, or JobNotFoundError."""
         row = self._read_one(_SELECT_BY_SEQ, seq)
         if row is None:
             raise JobNotFoundError(seq)
-        return job_from_row(row)
+        return self.outbox.attach(job_from_row(row))
 
     def list_jobs(self, query: ListJobs) -> tuple[Job, ...]:
         """Jobs matching every filter in ``query``, newest first unless ``oldest_first``."""
@@ -464,7 +482,7 @@ class JobDB:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY seq {'ASC' if query.oldest_first else 'DESC'} LIMIT ?"
         params.append(query.limit)
-        return tuple(job_from_row(row) for row in self._read_all(sql, params))
+        return tuple(self.outbox.attach(job_from_row(row)) for row in self._read_all(sql, params))
 
     def count_by_state(self) -> Mapping[str, int]:
         """The number of jobs in each state, every state present."""
@@ -495,6 +513,33 @@ class JobDB:
             f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY seq", ()
         )
         return tuple(job_from_row(row) for row in rows)
+
+    def load_queue(self, chunk: int, *, first: bool) -> QueueChunk:
+        """The next ``chunk`` queued jobs in serving order (``_queue_load.py``); ``first``
+        begins a new load. Asking for more with no load begun is a ValidationError."""
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValidationError("chunk", f"must be an integer of 1 or more, got {chunk!r}")
+        try:
+            if first:
+                self._load = QueueLoad.begin(self._conn)
+            load = self._load
+            if load is None:
+                raise ValidationError(
+                    "first", "no load of the queue has begun", allowed="first=True to begin one"
+                )
+            jobs = tuple(job_from_row(row) for row in load.take(self._conn, _COLUMNS, chunk))
+        except sqlite3.Error as exc:
+            raise self._store_error("cannot read", exc) from exc
+        if not load.remaining:
+            self._load = None
+        return QueueChunk(jobs, load.remaining)
+
+    def admitted(self) -> tuple[tuple[str, Lane, tuple[str, ...]], ...]:
+        """The ids of every job that is not terminal, by (caller, lane), from the columns."""
+        try:
+            return admitted_rows(self._conn)
+        except sqlite3.Error as exc:
+            raise self._store_error("cannot read", exc) from exc
 
     def schema_version(self) -> int:
         """The schema version stored in the file."""
@@ -533,54 +578,6 @@ class JobDB:
             raise self._store_error("cannot read", exc) from exc
 
     def _store_error(self, what: str, exc: sqlite3.Error) -> StoreError:
-        error = StoreError(f"job database {self.path}: {what}: {_explain(exc)}")
+        error = StoreError(f"job database {self.path}: {what}: {explain(exc)}")
         error.__cause__ = exc
         return error
-
-
-def _sync_mode(synchronous: str) -> str:
-    mode = str(synchronous).upper()
-    if mode not in ("FULL", "NORMAL"):
-        raise ValidationError(
-            "store.synchronous", f"unknown mode {synchronous!r}", ("FULL", "NORMAL")
-        )
-    return mode
-
-
-def _check_location(path: str) -> None:
-    """Refuse a path SQLite could not use, with the reason in words."""
-    if path == ":memory:" or path.startswith("file:"):
-        raise StoreError(f"job database {path!r}: store.path must name a file on disk")
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise StoreError(f"cannot open job database {path}: it is a directory, not a file")
-    if not os.path.isdir(directory):
-        what = "does not exist" if not os.path.exists(directory) else "is not a directory"
-        raise StoreError(f"cannot open job database {path}: the directory {directory} {what}")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise StoreError(
-            f"cannot open job database {path}: the directory {directory} is not writable "
-            "(WAL mode needs to create files next to the database)"
-        )
-    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
-        raise StoreError(f"cannot open job database {path}: the file is not readable and writable")
-
-
-_CAUSES = {
-    "SQLITE_NOTADB": "the file is not an SQLite database (corrupt, or some other kind of file)",
-    "SQLITE_CORRUPT": "the database file is corrupt",
-    "SQLITE_BUSY": "the database is locked by another process (is another gpulane using it?)",
-    "SQLITE_LOCKED": "the database is locked by another connection",
-    "SQLITE_CANTOPEN": "the file cannot be opened or created",
-    "SQLITE_READONLY": "the file or its directory is read-only",
-    "SQLITE_FULL": "the disk is full",
-    "SQLITE_IOERR": "an I/O error occurred",
-    "SQLITE_PERM": "permission denied",
-}
-
-
-def _explain(exc: sqlite3.Error) -> str:
-    """SQLite's error plus, where we know it, the cause in plain words."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    cause = _CAUSES.get("_".join(name.split("_")[:2]))  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
-    return f"{cause} ({exc})" if cause else str(exc)

@@ -677,7 +677,7 @@ def test_a_read_only_directory_is_refused_at_start(
     def access(path: Any, mode: int, **kw: Any) -> bool:  # root ignores chmod, so pretend
         return False if str(path) == str(directory) else real_access(path, mode, **kw)
 
-    monkeypatch.setattr("actors.stores._sqlite.os.access", access)
+    monkeypatch.setattr("actors.stores._files.os.access", access)
     assert_refused(StoreSettings(path=str(directory / "jobs.sqlite3")), "not writable")
 
 

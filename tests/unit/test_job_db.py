@@ -187,7 +187,7 @@ def test_a_batch_larger_than_one_insert_statement_is_written_whole(db: JobDB) ->
 
 
 def test_a_new_file_gets_the_current_schema_version(db: JobDB) -> None:
-    assert db.schema_version() == SCHEMA_VERSION == 2
+    assert db.schema_version() == SCHEMA_VERSION == 4
     assert db.durability() == ("wal", "FULL")
 
 
@@ -266,7 +266,7 @@ def test_a_version_one_file_is_migrated_and_its_jobs_read_back(tmp_path: Path) -
     write_version_one_file(path)
     db = JobDB.open(path, ManualClock())
     try:
-        assert db.schema_version() == SCHEMA_VERSION == 2
+        assert db.schema_version() == SCHEMA_VERSION == 4
         done = db.get("01OLDDONE")
         assert (done.state, done.result, done.output, done.segments) == (
             JobState.SUCCEEDED, "Hello there", None, (),

@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from actors.cloud import (
+    ApplyCloudPolicy,
     CloudPolicy,
     LocalOutlook,
     cloud_deadline,
@@ -207,6 +208,9 @@ class PriorityArbiter(SupervisedActor):
             case ApplyPolicy(scheduling=scheduling, retry=retry):
                 self._policy, self._retry = scheduling, retry
                 self._dispatch()
+            case ApplyCloudPolicy(policy=policy):
+                self._cloud = policy
+                self._dispatch()  # the cloud deadlines follow the new bound
             case QueueSnapshot():
                 return self._snapshot()
             case _:

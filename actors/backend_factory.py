@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Any, cast
 
-from actors.backends.base import Backend
+from actors.backends.base import Backend, CancelToken, ChunkSink, carried_features
 from actors.config import BackendSettings, CloudSettings
-from protocol import ValidationError
+from protocol import BackendRequest, BackendResult, EmbedResult, LoadedModel, ValidationError
 
-__all__ = ["BuiltBackend", "cloud_backend", "local_backend"]
+__all__ = ["BuiltBackend", "ReplaceableBackend", "cloud_backend", "local_backend"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,3 +80,81 @@ def cloud_backend(settings: CloudSettings, environ: Mapping[str, str] = os.envir
         timeout=settings.request_timeout_s,
     )
     return BuiltBackend(cloud, settings.url, (cloud.close,))
+
+
+class ReplaceableBackend:
+    """A backend whose client a reload replaces: the cloud's, when ``[cloud]`` changes.
+
+    Each call goes to the client in force when it starts; a call in flight finishes on
+    the client it began on, so a replaced client is closed only with this one (reloads
+    are an operator's, and rare).
+    """
+
+    def __init__(self, built: BuiltBackend) -> None:
+        self._lock = threading.Lock()
+        self._current = built
+        self._retired: list[BuiltBackend] = []
+        self.name = built.backend.name
+
+    def replace(self, built: BuiltBackend) -> None:
+        """Send new calls to ``built``'s client."""
+        with self._lock:
+            self._retired.append(self._current)
+            self._current = built
+            self.name = built.backend.name
+
+    @property
+    def current(self) -> Backend:
+        """The client new calls go to."""
+        with self._lock:
+            return self._current.backend
+
+    @property
+    def carries(self) -> frozenset[str]:
+        """The request features the current client carries."""
+        return carried_features(self.current)
+
+    def check_request(self, request: BackendRequest) -> None:
+        """The current client's own check of ``request``, if it has one."""
+        check = getattr(self.current, "check_request", None)
+        if check is not None:
+            check(request)
+
+    def complete(
+        self, request: BackendRequest, on_chunk: ChunkSink, cancel: CancelToken
+    ) -> BackendResult:
+        """Run the call on the current client."""
+        return self.current.complete(request, on_chunk, cancel)
+
+    def embed(
+        self,
+        model: str,
+        inputs: tuple[str, ...],
+        options: Mapping[str, Any],
+        cancel: CancelToken,
+        *,
+        keep_alive: str | float | None = None,
+    ) -> EmbedResult:
+        """Embed on the current client."""
+        return self.current.embed(model, inputs, options, cancel, keep_alive=keep_alive)
+
+    def loaded_models(self) -> tuple[LoadedModel, ...]:
+        """The current client's resident models."""
+        return self.current.loaded_models()
+
+    def load(
+        self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
+    ) -> None:
+        """Load on the current client."""
+        self.current.load(model, keep_alive, embedding=embedding)
+
+    def unload(self, model: str) -> None:
+        """Unload on the current client."""
+        self.current.unload(model)
+
+    def close(self) -> None:
+        """Close every client this one has held (what each started stops too)."""
+        with self._lock:
+            held, self._retired = [*self._retired, self._current], []
+        for built in reversed(held):
+            built.close()

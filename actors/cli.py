@@ -1,6 +1,7 @@
-"""The ``gpulane`` command line: ``demo``, ``serve``, ``top`` and ``queue ...``.
+"""The ``gpulane`` command line: ``demo``, ``serve``, ``reload``, ``top`` and ``queue ...``.
 
     gpulane serve --config gpulane.toml          # the gateway (Ollama API on 127.0.0.1:11435)
+    gpulane reload                                # re-read its config file (admin keys only)
     gpulane top                                   # a live view of a running gateway
     gpulane queue ls                              # your jobs, newest first
     gpulane queue show 42                         # one job, by sequence number or id
@@ -9,8 +10,9 @@
     gpulane queue stats                           # depth per lane and priority, the GPU slots
     gpulane queue pause | resume                  # admin keys only
 
-``top`` and ``queue`` find the gateway with ``--url`` (or ``GPULANE_URL``) and
-authenticate with ``--key`` (or ``GPULANE_API_KEY``).
+``reload``, ``top`` and ``queue`` find the gateway with ``--url`` (or ``GPULANE_URL``)
+and authenticate with ``--key`` (or ``GPULANE_API_KEY``). ``serve`` exits with status 0
+when stopped (SIGTERM, SIGINT) and 1 when its supervision tree gave up.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, json=args.log_json)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per catalog request
     config = Config.load(args.config) if args.config else Config.from_mapping({})
-    serve(config, config_path=args.config, host=args.host, port=args.port)
-    return 0
+    return serve(config, config_path=args.config, host=args.host, port=args.port)
 
 
 def _request(args: argparse.Namespace, method: str, path: str) -> Any:
@@ -117,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default: gateway.port, 11435)")
     serve.add_argument("--log-level", default="info", help="debug, info, warning or error")
     serve.add_argument("--log-json", action="store_true", help="log JSON lines")
+    reload = sub.add_parser(
+        "reload",
+        help="make a running gateway re-read its config file (admin keys only)",
+        description="Ask a running `gpulane serve` to re-read its config file, as SIGHUP "
+        "and POST /admin/reload do. Prints the keys that changed. A change that cannot "
+        "apply while running (the store, the backend, the cloud slots, the listen "
+        "address) is refused naming each key, and nothing changes.",
+    )
+    _gateway_options(reload)
     top = sub.add_parser(
         "top",
         help="a live view of a running gateway: GPU, models, queue, callers, swaps, preemptions",
@@ -171,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "reload":
+        print(json.dumps(_request(args, "POST", "/admin/reload"), indent=2))
+        return 0
     if args.command == "top":
         from actors.top import run_top
 

@@ -13,12 +13,18 @@ mean local run time, shared among the local slots.
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Mapping
 
 from protocol import Job, Lane, Priority, ValidationError
 
-__all__ = ["CloudPolicy", "LocalOutlook", "cloud_deadline", "queued_ahead", "send_to_cloud"]
+__all__ = [
+    "ApplyCloudPolicy",
+    "CloudPolicy",
+    "LocalOutlook",
+    "cloud_deadline",
+    "queued_ahead",
+    "send_to_cloud",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,6 +39,16 @@ class CloudPolicy:
             raise ValidationError("cloud.max_local_wait_s", "must be 0 or more")
         if self.assumed_run_s <= 0:
             raise ValidationError("cloud.assumed_run_s", "must be more than 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyCloudPolicy:
+    """New routing bounds for the arbiter (a reload of ``[cloud]``); queued jobs are kept.
+
+    A message beside its value rather than in ``protocol.messages``, which cannot name
+    CloudPolicy (protocol imports nothing from actors)."""
+
+    policy: CloudPolicy
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -7,18 +7,27 @@ for the model server's catalog and the watchers of detached jobs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.config import GatewaySettings
-from actors.gateway import catalog, jobs_api, model_admin, ollama_api, openai_api, status_page
+from actors.gateway import (
+    catalog,
+    health,
+    jobs_api,
+    model_admin,
+    ollama_api,
+    openai_api,
+    status_page,
+)
 from actors.gateway.core import CallerDep, Gateway, gateway_of
 from actors.gateway.errors import GatewayError, install_error_handlers, render
 from actors.system import GpuLane
@@ -103,17 +112,20 @@ def create_app(
     upstream: str | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     config_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """An app serving ``lane``; ``upstream`` is the model server URL for the catalog and
     model-management routes (spoken as ``lane.config.backend.kind`` says), reached through
     ``upstream_transport`` when given (tests); ``config_path`` the file ``/admin/reload``
-    re-reads."""
+    re-reads, and ``overrides`` the ``[gateway]`` keys the command line set, which a
+    reload keeps."""
     gateway = Gateway(
         lane,
         settings or lane.config.gateway,
         upstream=upstream,
         upstream_transport=upstream_transport,
         config_path=None if config_path is None else Path(config_path),
+        overrides=overrides,
     )
 
     @asynccontextmanager
@@ -133,7 +145,7 @@ def create_app(
     app.state.gateway = gateway
     routers = (
         ollama_api.router, openai_api.router, catalog.router, model_admin.router,
-        jobs_api.router, status_page.router,
+        jobs_api.router, status_page.router, health.router,
     )  # fmt: skip
     install_error_handlers(
         app, lambda error: gateway.metrics.rejected(error.reason), (*routers, app.router)
@@ -154,9 +166,5 @@ def create_app(
         gateway = gateway_of(request)
         body = await gateway.call(gateway.metrics.render)
         return Response(body, media_type=METRICS_TYPE)
-
-    @app.get("/healthz", tags=["ops"], summary="Liveness")
-    async def healthz() -> JSONResponse:
-        return JSONResponse({"ok": True})
 
     return app

@@ -25,6 +25,7 @@ class Caller:
     name: str
     allow_internal: bool = False
     admin: bool = False
+    allow_cloud: bool = False
 
     @property
     def default_lane(self) -> Lane:
@@ -42,6 +43,17 @@ class Caller:
                 reason="forbidden",
             )
         return lane
+
+    def cloud_for(self, asked: bool | None, field: str) -> bool:
+        """Whether a job may go to the cloud: as ``asked`` (the request's ``field``), or the
+        key's ``allow_cloud`` when it did not ask; 403 naming ``field`` when it asks for the
+        cloud and the key may not use it."""
+        if asked and not self.allow_cloud:
+            raise GatewayError(
+                403, "this API key may not send work to the cloud", field=field,
+                allowed="a key with allow_cloud = true", reason="forbidden",
+            )  # fmt: skip
+        return self.allow_cloud if asked is None else asked
 
     def require_admin(self) -> None:
         """403 unless this caller may administer the queue."""
@@ -68,8 +80,7 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._by_digest = {
-            _digest(k.key): Caller(k.caller, allow_internal=k.allow_internal, admin=k.admin)
-            for k in keys
+            _digest(k.key): Caller(k.caller, k.allow_internal, k.admin, k.allow_cloud) for k in keys
         }
 
     @property

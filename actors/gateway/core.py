@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -22,7 +23,7 @@ import httpx
 import structlog
 from fastapi import Depends, Request
 
-from actors.config import Config, GatewaySettings
+from actors.config import Config, GatewaySettings, ReloadRefusedError
 from actors.gateway.auth import Caller, KeyRing
 from actors.gateway.errors import GatewayError
 from actors.gateway.metrics import GatewayMetrics
@@ -30,7 +31,17 @@ from actors.gateway.watch import LaneWatch
 from actors.slot_call import SEEN
 from actors.system import GpuLane
 from actors.ticket import Ticket
-from protocol import BackendError, EmbedResult, Job, JobKind, JobSpec, JobState, Lane
+from protocol import (
+    BackendError,
+    EmbedResult,
+    Job,
+    JobKind,
+    JobSpec,
+    JobState,
+    Lane,
+    SystemStoppedError,
+    ValidationError,
+)
 from protocol.spec import check_text
 
 __all__ = ["CallerDep", "Gateway", "ViewerDep", "caller_of", "gateway_of", "viewer_of"]
@@ -55,6 +66,7 @@ class Gateway:
         upstream: str | None = None,
         upstream_transport: httpx.AsyncBaseTransport | None = None,
         config_path: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.lane = lane
         self.settings = settings
@@ -63,6 +75,7 @@ class Gateway:
         self.upstream_kind = lane.config.backend.kind  # "openai" speaks no Ollama routes
         self._upstream_transport = upstream_transport
         self.config_path = config_path
+        self.overrides = dict(overrides or {})  # [gateway] keys the command line set
         self.metrics = GatewayMetrics(lane.status)
         self.watch = LaneWatch(lane)
         self.http: httpx.AsyncClient | None = None
@@ -101,11 +114,26 @@ class Gateway:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
-    async def submit(self, spec: JobSpec, *, detach: bool) -> Ticket:
-        """Check the size limits, log the request, and submit it durably."""
+    async def submit(
+        self, spec: JobSpec, *, detach: bool, cloud_by_default: bool = False
+    ) -> Ticket:
+        """Check the size limits, log the request, and submit it durably.
+
+        ``cloud_by_default``: the request did not ask about the cloud, so ``allow_cloud``
+        is its API key's default. A default sends a job to the cloud only if the cloud
+        backend can carry it; a job it cannot carry is submitted without the cloud (a
+        request that asked for the cloud is refused instead, naming the field).
+        """
         self.check_limits(spec)
         self.log_submit(spec)
-        ticket = await self.call(self.lane.submit, spec, detach=detach)
+        try:
+            ticket = await self.call(self.lane.submit, spec, detach=detach)
+        except ValidationError as exc:
+            if not (cloud_by_default and spec.allow_cloud):
+                raise
+            log.info("gateway_local_only", caller=spec.caller, field=exc.field)
+            spec = dataclasses.replace(spec, allow_cloud=False)
+            ticket = await self.call(self.lane.submit, spec, detach=detach)
         if detach:
             self.track(ticket)
         return ticket
@@ -172,8 +200,10 @@ class Gateway:
         try:
             with contextlib.suppress(Exception):
                 await ticket
-            if ticket.done():
-                self.metrics.job_ended(ticket.job(timeout=0))
+            # A lane that stopped before the job ended has no job to count.
+            with contextlib.suppress(SystemStoppedError):
+                if ticket.done():
+                    self.metrics.job_ended(ticket.job(timeout=0))
         finally:
             self._tickets.pop(ticket.job_id, None)
 
@@ -217,25 +247,41 @@ class Gateway:
             fields["messages"] = [m.to_dict() for m in spec.messages]
         log.info("gateway_submit", **fields)
 
-    def reload(self) -> Config:
-        """Re-read the config file; apply scheduling, retry and gateway keys and limits."""
+    def reload(self) -> tuple[Config, tuple[str, ...]]:
+        """Re-read the config file and apply it: the lane's sections
+        (``GpuLane.reload_config``), then the gateway's keys and limits; answers the config
+        in force and the keys that changed.
+
+        The command line's overrides (``--host``, ``--port``) stay in force and are not
+        compared with the file. A change that cannot apply while running (the listen
+        address from the file, the store, the backend, the cloud slots) is a 409 naming
+        every such key, and nothing changes.
+        """
         if self.config_path is None:
             raise GatewayError(
                 409, "the gateway was started without a config file", field="config",
                 allowed="gpulane serve --config FILE", reason="conflict",
             )  # fmt: skip
-        config = Config.load(self.config_path)
-        new = config.gateway
-        for name in ("host", "port"):
-            if getattr(new, name) != getattr(self.settings, name):
-                raise GatewayError(
-                    409, "cannot change while running", field=f"gateway.{name}",
-                    allowed="a restart", reason="conflict",
-                )  # fmt: skip
-        self.lane.reload_config(config)
+        try:
+            config = Config.load(self.config_path)
+        except OSError as exc:
+            raise GatewayError(
+                409, f"cannot read {self.config_path}: {exc.strerror}", field="config",
+                reason="conflict",
+            ) from None  # fmt: skip
+        new = dataclasses.replace(config.gateway, **self.overrides)
+        moved = [
+            f"gateway.{key}"
+            for key in ("host", "port")
+            if getattr(new, key) != getattr(self.settings, key)
+        ]
+        if moved:
+            raise ReloadRefusedError(moved)
+        config = config.replace(gateway=new)
+        changes = self.lane.reload_config(config)
         self.settings = new
         self.keys = KeyRing(new.api_keys)
-        return config
+        return config, changes
 
 
 def gateway_of(request: Request) -> Gateway:

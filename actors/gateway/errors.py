@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route, Router
 
+from actors.config import ReloadRefusedError
 from protocol import (
     JobNotFoundError,
     QueueFullError,
@@ -29,7 +30,7 @@ from protocol import (
     ValidationError,
 )
 
-__all__ = ["GatewayError", "install_error_handlers"]
+__all__ = ["GatewayError", "as_gateway_error", "install_error_handlers"]
 
 
 class GatewayError(Exception):
@@ -74,6 +75,10 @@ def as_gateway_error(exc: Exception) -> GatewayError:
     """Map a gpulane or request-validation error onto its HTTP form."""
     if isinstance(exc, GatewayError):
         return exc
+    if isinstance(exc, ReloadRefusedError):
+        return GatewayError(
+            409, exc.problem, field=exc.field, allowed=exc.allowed, reason="conflict"
+        )
     if isinstance(exc, ValidationError):
         allowed = list(exc.allowed) if isinstance(exc.allowed, tuple) else exc.allowed
         return GatewayError(400, exc.problem, field=exc.field, allowed=allowed)

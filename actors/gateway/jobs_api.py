@@ -1,9 +1,10 @@
 """The asynchronous job surface and the queue's administration.
 
 ``POST /jobs`` returns the job's id at once (the job is detached: it runs whether or
-not anyone waits); ``GET /jobs/{ref}`` (an id or a sequence number), ``POST
-/jobs/{ref}/cancel``, ``POST /jobs/{ref}/retry`` and ``GET /jobs/{ref}/events`` (server-
-sent events: queue position while waiting, then chunks, then the end) follow it. A
+not anyone waits; a ``webhook`` hears when it ends); ``GET /jobs/{ref}`` (an id or a
+sequence number), ``POST /jobs/{ref}/cancel``, ``POST /jobs/{ref}/retry`` and ``GET
+/jobs/{ref}/events`` (server-sent events: queue position while waiting, then chunks,
+then the end) follow it. A
 caller sees and steers only its own jobs; an admin key sees all, and may pause,
 resume and reload the configuration.
 """
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.arbiter import CancelOutcome as Outcome
 from actors.gateway.core import CallerDep, Gateway, gateway_of
-from actors.gateway.ollama_api import OllamaMessage
+from actors.gateway.ollama_api import OllamaMessage, checked_images, ollama_messages
 from protocol import Job, JobCancelledError, JobFailedError, JobSpec, JobState, Lane, Priority
 
 __all__ = ["router"]
@@ -57,6 +58,9 @@ class JobRequest(BaseModel):
     chain_id: str | None = Field(default=None, min_length=1, max_length=200)
     max_attempts: int = Field(default=3, ge=1, le=100)
     keep_alive: str | float | None = None
+    # May the job go to the cloud fallback: true asks (the key needs allow_cloud), false
+    # keeps it local, none takes the key's allow_cloud.
+    allow_cloud: bool | None = None
     # The rest of the request as Ollama takes it; the JobSpec checks each and names a bad one.
     tools: list[dict[str, Any]] | None = None
     think: bool | str | None = None
@@ -67,11 +71,15 @@ class JobRequest(BaseModel):
     suffix: str | None = None  # generate
     template: str | None = None  # generate
     context: list[int] | None = None  # generate
+    # Posted, signed, when the job ends; its host must be one the key's webhook_hosts allow
+    # (docs/operations.md, "Webhooks").
+    webhook: str | None = None
 
 
 # JobRequest fields that go to the JobSpec as they are, when the caller gave them.
 _PASSED_AS_GIVEN = (
     "tools", "think", "logprobs", "top_logprobs", "images", "raw", "suffix", "template", "context",
+    "webhook",
 )  # fmt: skip
 
 
@@ -106,7 +114,11 @@ async def submit(body: JobRequest, request: Request, caller: CallerDep) -> Submi
     """Queue a job durably and answer its id at once."""
     gateway = gateway_of(request)
     lane = caller.check_lane(Lane.parse(body.lane) if body.lane else caller.default_lane)
+    max_image_bytes = gateway.settings.max_image_bytes
+    if body.images is not None:
+        checked_images("images", body.images, max_image_bytes)
     fields: dict[str, Any] = {
+        "allow_cloud": caller.cloud_for(body.allow_cloud, "allow_cloud"),
         "model": body.model,
         "system": body.system,
         "options": body.options or {},
@@ -128,11 +140,10 @@ async def submit(body: JobRequest, request: Request, caller: CallerDep) -> Submi
         },
     }
     if body.kind == "chat":
-        messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        spec = JobSpec.chat(messages=messages, **fields)
+        spec = JobSpec.chat(messages=ollama_messages(body.messages, max_image_bytes), **fields)
     else:
         spec = JobSpec.generate(prompt=body.prompt, **fields)
-    ticket = await gateway.submit(spec, detach=True)
+    ticket = await gateway.submit(spec, detach=True, cloud_by_default=body.allow_cloud is None)
     return _submitted(ticket.submitted)
 
 
@@ -302,8 +313,9 @@ async def resume(request: Request, caller: CallerDep) -> dict[str, bool]:
 
 @router.post("/admin/reload", summary="Re-read the config file (admin)")
 async def reload(request: Request, caller: CallerDep) -> dict[str, Any]:
-    """Scheduling, retry, API keys and limits change; store, backend, host and port do not."""
+    """Apply the file: each changed key applies, or the reload is a 409 naming each key
+    that cannot change while running and nothing changes (docs/configuration.md)."""
     caller.require_admin()
     gateway = gateway_of(request)
-    config = await gateway.call(gateway.reload)
-    return {"reloaded": True, "api_keys": len(config.gateway.api_keys)}
+    config, changed = await gateway.call(gateway.reload)
+    return {"reloaded": True, "changed": list(changed), "api_keys": len(config.gateway.api_keys)}

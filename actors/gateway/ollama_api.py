@@ -45,10 +45,22 @@ from protocol import (
     ToolCall,
 )
 
-__all__ = ["GATEWAY_VERSION", "rfc3339", "rfc3339_now", "router", "scheduling"]
+__all__ = [
+    "CLOUD_HEADER",
+    "GATEWAY_VERSION",
+    "checked_images",
+    "cloud_asked",
+    "ollama_messages",
+    "rfc3339",
+    "rfc3339_now",
+    "router",
+    "scheduling",
+]
 
 GATEWAY_VERSION = "0.1.0"
 NDJSON = "application/x-ndjson"
+CLOUD_HEADER = "x-gpulane-cloud"
+CLOUD_CHOICES = {"allow": True, "never": False}
 
 router = APIRouter(tags=["ollama"])
 
@@ -168,6 +180,20 @@ def scheduling(request: Request, caller: Caller) -> tuple[Lane, Priority]:
     return caller.check_lane(lane), priority
 
 
+def cloud_asked(request: Request) -> bool | None:
+    """What ``X-Gpulane-Cloud`` asks: ``allow`` (True), ``never`` (False), or nothing (None:
+    the API key's ``allow_cloud`` decides)."""
+    raw = request.headers.get(CLOUD_HEADER)
+    if raw is None:
+        return None
+    choice = CLOUD_CHOICES.get(raw.strip().lower())
+    if choice is None:
+        raise GatewayError(
+            400, f"unknown value {raw!r}", field=CLOUD_HEADER, allowed=list(CLOUD_CHOICES)
+        )
+    return choice
+
+
 def rfc3339_now() -> str:
     """Now as Go's RFC3339Nano in UTC, as Ollama stamps ``created_at``."""
     return rfc3339(time.time_ns())
@@ -258,7 +284,8 @@ def _ended_badly(job: Job) -> JSONResponse:
 
 async def _respond(request: Request, gateway: Gateway, spec: JobSpec, kind: str) -> Response:
     started = time.monotonic_ns()
-    ticket = await gateway.submit(spec, detach=False)
+    by_default = cloud_asked(request) is None
+    ticket = await gateway.submit(spec, detach=False, cloud_by_default=by_default)
     if not spec.stream:
 
         def whole(job: Job) -> Response:
@@ -290,6 +317,7 @@ def _spec_fields(body: _Common, request: Request, caller: Caller) -> dict[str, A
     body.refuse_uncarried()
     lane, priority = scheduling(request, caller)
     return {
+        "allow_cloud": caller.cloud_for(cloud_asked(request), CLOUD_HEADER),
         "model": body.model,
         "options": body.options or {},
         "format": body.format or None,
@@ -304,30 +332,36 @@ def _spec_fields(body: _Common, request: Request, caller: Caller) -> dict[str, A
     }
 
 
-def _images(field: str, images: list[str] | None) -> tuple[str, ...]:
-    return tuple(check_image(f"{field}[{i}]", image) for i, image in enumerate(images or ()))
+def checked_images(field: str, images: list[str] | None, max_bytes: int) -> tuple[str, ...]:
+    """Each image checked: base64, at most ``max_bytes`` decoded."""
+    return tuple(
+        check_image(f"{field}[{i}]", image, max_bytes) for i, image in enumerate(images or ())
+    )
 
 
-def _message(index: int, message: OllamaMessage) -> dict[str, Any]:
-    """A message as JobSpec takes it, its images checked first."""
-    _images(f"messages[{index}].images", message.images)
-    return message.model_dump(exclude_none=True)
+def ollama_messages(messages: list[OllamaMessage], max_image_bytes: int) -> list[dict[str, Any]]:
+    """The messages as JobSpec takes them, their images checked first."""
+    for index, message in enumerate(messages):
+        checked_images(f"messages[{index}].images", message.images, max_image_bytes)
+    return [message.model_dump(exclude_none=True) for message in messages]
 
 
 @router.post("/api/chat", summary="Chat (Ollama): queued as a job; NDJSON stream or one object")
 async def chat(body: ChatRequest, request: Request, caller: CallerDep) -> Response:
     """Ollama's ``/api/chat``: tools, thinking, structured output, images and logprobs."""
+    gateway = gateway_of(request)
     spec = JobSpec.chat(
-        messages=[_message(i, m) for i, m in enumerate(body.messages)],
+        messages=ollama_messages(body.messages, gateway.settings.max_image_bytes),
         tools=tuple(body.tools or ()),
         **_spec_fields(body, request, caller),
     )
-    return await _respond(request, gateway_of(request), spec, "chat")
+    return await _respond(request, gateway, spec, "chat")
 
 
 @router.post("/api/generate", summary="Generate (Ollama): queued as a job")
 async def generate(body: GenerateRequest, request: Request, caller: CallerDep) -> Response:
     """Ollama's ``/api/generate``: images, raw, suffix, template, system and context too."""
+    gateway = gateway_of(request)
     spec = JobSpec.generate(
         prompt=body.prompt,
         system=body.system,
@@ -335,10 +369,10 @@ async def generate(body: GenerateRequest, request: Request, caller: CallerDep) -
         template=body.template,
         context=tuple(body.context or ()),
         raw=body.raw,
-        images=_images("images", body.images),
+        images=checked_images("images", body.images, gateway.settings.max_image_bytes),
         **_spec_fields(body, request, caller),
     )
-    return await _respond(request, gateway_of(request), spec, "generate")
+    return await _respond(request, gateway, spec, "generate")
 
 
 @router.post("/api/embed", summary="Embed (Ollama): straight to the model server, not queued")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
-from actors.gateway.ollama_api import scheduling
+from actors.gateway.ollama_api import CLOUD_HEADER, cloud_asked, scheduling
 from actors.gateway.openai_chat import (
     ChatAnswers,
     ChatMessageIn,
@@ -92,6 +92,7 @@ class _Sampling(BaseModel):
         refuse_uncarried([("logit_bias", bool(self.logit_bias), "Ollama has no logit bias")])
         lane, priority = scheduling(request, caller)
         return {
+            "allow_cloud": caller.cloud_for(cloud_asked(request), CLOUD_HEADER),
             "model": self.model,
             "options": self.options(),
             "stream": self.stream,
@@ -268,7 +269,8 @@ async def _answer(
     """Run ``spec`` as a job and answer it as ``answers(job_id)`` spells it, whole or as
     events."""
     gateway = gateway_of(request)
-    ticket = await gateway.submit(spec, detach=False)
+    by_default = cloud_asked(request) is None
+    ticket = await gateway.submit(spec, detach=False, cloud_by_default=by_default)
     wire = answers(ticket.job_id)
     completion_id = f"{wire.id_prefix}{ticket.job_id}"
     created = int(time.time())
@@ -333,7 +335,11 @@ async def chat_completions(
     body.refuse_uncarried()
     gateway = gateway_of(request)
     spec = JobSpec.chat(
-        messages=chat_messages(body.messages, name_tools=gateway.upstream_kind != "openai"),
+        messages=chat_messages(
+            body.messages,
+            name_tools=gateway.upstream_kind != "openai",
+            max_image_bytes=gateway.settings.max_image_bytes,
+        ),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         format=response_format(body.response_format),
         tools=tools_for(body.tools, body.tool_choice),

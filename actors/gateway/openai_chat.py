@@ -131,10 +131,13 @@ class ResponseFormat(BaseModel):
 # --------------------------------------------------------------------------- request
 
 
-def chat_messages(messages: list[ChatMessageIn], *, name_tools: bool) -> list[dict[str, Any]]:
+def chat_messages(
+    messages: list[ChatMessageIn], *, name_tools: bool, max_image_bytes: int
+) -> list[dict[str, Any]]:
     """The messages as JobSpec takes them. ``name_tools``: give a ``tool`` message the name
     of the call it answers (found by ``tool_call_id``), as Ollama's own OpenAI layer does
-    for the Ollama models whose templates show a tool result under its tool's name."""
+    for the Ollama models whose templates show a tool result under its tool's name; an
+    image over ``max_image_bytes`` (decoded) is a 413 naming its part."""
     called: dict[str, str] = {}  # tool call id -> function name, the latest call winning
     out = []
     for index, message in enumerate(messages):
@@ -150,7 +153,7 @@ def chat_messages(messages: list[ChatMessageIn], *, name_tools: bool) -> list[di
                  "the deprecated function calling; send tool_calls"),
             )
         )  # fmt: skip
-        text, images = _content(field, message)
+        text, images = _content(field, message, max_image_bytes)
         turn: dict[str, Any] = {
             "role": "system" if message.role == "developer" else message.role,
             "content": text,
@@ -174,7 +177,7 @@ def chat_messages(messages: list[ChatMessageIn], *, name_tools: bool) -> list[di
     return out
 
 
-def _content(field: str, message: ChatMessageIn) -> tuple[str, list[str]]:
+def _content(field: str, message: ChatMessageIn, max_image_bytes: int) -> tuple[str, list[str]]:
     """A message's text (text parts joined by line breaks, as vLLM joins them) and images."""
     content = message.content
     if content is None or isinstance(content, str):
@@ -187,7 +190,7 @@ def _content(field: str, message: ChatMessageIn) -> tuple[str, list[str]]:
             texts.append(part.text or "")
         elif part.type == "image_url" and part.image_url is not None:
             url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-            images.append(_image(f"{where}.image_url", url))
+            images.append(_image(f"{where}.image_url", url, max_image_bytes))
         elif part.type == "image_url":
             raise GatewayError(400, "is missing", field=f"{where}.image_url")
         else:
@@ -198,7 +201,7 @@ def _content(field: str, message: ChatMessageIn) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
-def _image(field: str, url: str) -> str:
+def _image(field: str, url: str, max_bytes: int) -> str:
     """The base64 image of a ``data:`` URL (``data:image/png;base64,...``, or with no
     media type, as Ollama takes it); a remote URL is refused: gpulane fetches nothing."""
     allowed = "a data URL, data:image/png;base64,..."
@@ -214,7 +217,7 @@ def _image(field: str, url: str) -> str:
         raise GatewayError(
             400, "is not a base64 data URL of an image", field=field, allowed=allowed
         )
-    return check_image(field, data)
+    return check_image(field, data, max_bytes)
 
 
 def _call(field: str, call: ToolCallIn) -> dict[str, Any]:

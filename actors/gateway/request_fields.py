@@ -1,5 +1,5 @@
-"""Request-side checks the Ollama and OpenAI routes share: images, and the fields a client
-may send that gpulane recognises but cannot carry (refused by name, never dropped)."""
+"""Request-side checks the Ollama, OpenAI and job routes share: images, and the fields a
+client may send that gpulane recognises but cannot carry (refused by name, never dropped)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,21 @@ from actors.gateway.errors import GatewayError
 __all__ = ["check_image", "refuse_uncarried"]
 
 
-def check_image(field: str, data: str) -> str:
+def check_image(field: str, data: str, max_bytes: int) -> str:
     """``data`` if it is base64, as Ollama reads an image (Go's standard encoding, padded,
-    line breaks skipped); otherwise a 400 naming ``field``, before the model server sees it."""
+    line breaks skipped), of at most ``max_bytes`` decoded; otherwise a 400 (not base64) or
+    a 413 (too large) naming ``field``, before the model server sees it."""
     try:
-        b64decode(data.replace("\r", "").replace("\n", ""), validate=True)
+        size = len(b64decode(data.replace("\r", "").replace("\n", ""), validate=True))
     except (binascii.Error, ValueError):
         raise GatewayError(
             400, "is not base64 image data", field=field, allowed="base64 (standard, padded)"
         ) from None
+    if size > max_bytes:
+        raise GatewayError(
+            413, f"is an image of {size} bytes; the limit is {max_bytes}", field=field,
+            allowed=f"gateway.max_image_bytes = {max_bytes}", reason="too_large",
+        )  # fmt: skip
     return data
 
 

@@ -1,12 +1,22 @@
 """Running the gateway: ``serve`` (the ``gpulane serve`` command, in the foreground) and
-``GatewayServer`` (uvicorn on its own thread and event loop, for tests, benchmarks and hosts)."""
+``GatewayServer`` (uvicorn on its own thread and event loop, for tests, benchmarks and hosts).
+
+``serve`` is what a service manager runs (docs/operations.md, "Running it as a
+service"): SIGTERM or SIGINT stops it with status 0, SIGHUP reloads the config file,
+and when the supervision tree gives up it answers ``/readyz`` 503 for
+``gateway.exit_delay_s``, lets the responses in flight end, and exits with
+``EXIT_FAILED``, so ``Restart=on-failure`` starts it again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,11 +28,16 @@ from fastapi import FastAPI
 from actors.backend_factory import local_backend
 from actors.config import Config
 from actors.gateway.app import create_app
+from actors.gateway.core import Gateway
+from actors.gateway.errors import GatewayError, as_gateway_error
 from actors.system import GpuLane
+from protocol import GpulaneError
 
-__all__ = ["GatewayServer", "serve"]
+__all__ = ["EXIT_FAILED", "GatewayServer", "serve"]
 
 log = structlog.get_logger("actors.gateway")
+
+EXIT_FAILED = 1  # ``gpulane serve``'s status after the supervision tree gave up
 
 
 class GatewayServer:
@@ -81,40 +96,109 @@ class GatewayServer:
         self.stop()
 
 
+class _Foreground(uvicorn.Server):
+    """uvicorn in the foreground with gpulane's signals and its exit after a failure.
+
+    SIGTERM and SIGINT stop it (a second SIGINT stops at once) without re-raising the
+    signal afterwards, as uvicorn's own handling does, so the lane stops cleanly and the
+    status is gpulane's. SIGHUP reloads the config file. Once ``failed`` is set, it keeps
+    serving (``/readyz`` answers 503) for ``exit_delay_s``, then stops.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, gateway: Gateway, failed: threading.Event, exit_delay_s: float
+    ) -> None:
+        super().__init__(config)
+        self._gateway = gateway
+        self._failed = failed
+        self._exit_delay_s = exit_delay_s
+        self._failed_at: float | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Handle SIGTERM, SIGINT and SIGHUP on the event loop while serving."""
+        loop = asyncio.get_running_loop()
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop, self._stop, stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        try:
+            yield
+        finally:
+            for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(handled)
+
+    def _stop(self, signum: signal.Signals) -> None:
+        log.info("gateway_stopping", signal=signum.name)
+        self.force_exit = self.should_exit and signum is signal.SIGINT
+        self.should_exit = True
+
+    def _reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_file())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_file(self) -> None:
+        """Reload on SIGHUP as ``POST /admin/reload`` does; the log says what happened."""
+        gateway = self._gateway
+        try:
+            _, changed = await gateway.call(gateway.reload)
+        except (GatewayError, GpulaneError) as exc:
+            error = as_gateway_error(exc)
+            log.warning("config_reload_refused", field=error.field, problem=error.problem)
+            return
+        log.info("config_reloaded_on_sighup", changed=list(changed))
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick (every 0.1 s); also stops ``exit_delay_s`` after a failure."""
+        if self._failed.is_set():
+            now = time.monotonic()
+            if self._failed_at is None:
+                self._failed_at = now
+                log.error("gateway_unready", exit_in_s=self._exit_delay_s, status=EXIT_FAILED)
+            if now - self._failed_at >= self._exit_delay_s:
+                return True
+        return await super().on_tick(counter)
+
+
 def serve(
     config: Config,
     *,
     config_path: str | Path | None = None,
     host: str | None = None,
     port: int | None = None,
-) -> None:
-    """Start a GpuLane on the configured backend and serve it until interrupted.
+) -> int:
+    """Start a GpuLane on the configured backend and serve it until stopped; answers the
+    exit status: 0 after SIGTERM or SIGINT, ``EXIT_FAILED`` after the tree gave up.
 
     The backend is the one ``[backend]`` names (``actors.backend_factory``); with
     ``kind = "simulated"`` a simulated Ollama server is started on loopback first, so
-    the gateway can be tried without a GPU.
+    the gateway can be tried without a GPU. ``host`` and ``port`` override the file's,
+    and a reload keeps them.
     """
-    settings = dataclasses.replace(
-        config.gateway,
-        host=config.gateway.host if host is None else host,
-        port=config.gateway.port if port is None else port,
-    )
+    overrides: dict[str, Any] = {
+        key: value for key, value in (("host", host), ("port", port)) if value is not None
+    }
+    settings = dataclasses.replace(config.gateway, **overrides)
     config = config.replace(gateway=settings)
+    failed = threading.Event()
     releases: list[Callable[[], None]] = []
     try:
         built = local_backend(config.backend)
         releases.append(built.close)
         backend, url = built.backend, built.url
-        lane = GpuLane.start(config, backend=backend)
+        lane = GpuLane.start(config, backend=backend, on_failure=lambda _: failed.set())
         releases.append(lane.stop)
-        app = create_app(lane, settings, upstream=url, config_path=config_path)
+        app = create_app(lane, settings, upstream=url, config_path=config_path, overrides=overrides)
         log.info(
             "gateway_listening", url=f"http://{settings.host}:{settings.port}", backend=url,
             open=not settings.api_keys,
         )  # fmt: skip
-        uvicorn.Server(
-            uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
-        ).run()
+        server_config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level="warning"
+        )
+        _Foreground(server_config, app.state.gateway, failed, settings.exit_delay_s).run()
     finally:
         for release in reversed(releases):
             release()
+    return EXIT_FAILED if failed.is_set() else 0

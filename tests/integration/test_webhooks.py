@@ -3,6 +3,7 @@ loopback, which checks every post with the verifier docs/operations.md gives rec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -298,3 +299,26 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(
     job = delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
     assert [str(request.url) for request in seen] == ["http://127.0.0.1:8/h"] * 2
     assert seen[1].headers[TIMESTAMP_HEADER] == str(int(clock.now()))
+
+
+def test_a_reloaded_secret_signs_the_next_attempt(
+    start_lane: StartLane, fake_gpu: FakeGpu, receiver: WebhookReceiver
+) -> None:
+    clock = fake_gpu.clock
+    lane = start_lane(webhooks=SETTINGS)
+    receiver.answer(500)
+    ticket = lane.submit(ask(receiver))
+    fake_gpu.next_call().finish("hello")
+    job = delivery_settles(lane, ticket.job_id, WebhookState.PENDING, 1)
+    rotated = "rotated-webhook-secret-01"
+    changed = lane.reload_config(
+        lane.config.replace(webhooks=dataclasses.replace(SETTINGS, secret=rotated))
+    )
+    assert changed == ("webhooks.secret",)
+    assert job.webhook is not None and job.webhook.next_attempt_at is not None
+    clock.advance(job.webhook.next_attempt_at - clock.now())
+    first, second = receiver.posts(2)
+    delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    now = int(second.headers[TIMESTAMP_HEADER])
+    assert verified(first, SECRET, now=now) and not verified(first, rotated, now=now)
+    assert verified(second, rotated, now=now) and not verified(second, SECRET, now=now)

@@ -9,6 +9,7 @@
     gpulane queue clear                           # cancel your queued jobs (admins: everyone's)
     gpulane queue stats                           # depth per lane and priority, the GPU slots
     gpulane queue pause | resume                  # admin keys only
+    gpulane queue prune [--older-than SECONDS]    # delete old ended jobs now (admin keys only)
 
 ``reload``, ``top`` and ``queue`` find the gateway with ``--url`` (or ``GPULANE_URL``)
 and authenticate with ``--key`` (or ``GPULANE_API_KEY``). ``serve`` exits with status 0
@@ -91,6 +92,9 @@ def _queue(args: argparse.Namespace) -> int:
     elif action == "clear":
         query = f"?of={quote(args.of)}" if args.of else ""
         body = _request(args, "POST", "/queue/clear" + query)
+    elif action == "prune":
+        query = "" if args.older_than is None else f"?older_than_s={args.older_than}"
+        body = _request(args, "POST", "/admin/prune" + query)
     else:
         body = _request(args, "POST", f"/admin/{action}")
     print(json.dumps(body, indent=2))
@@ -144,16 +148,22 @@ def _parser() -> argparse.ArgumentParser:
         description="Talk to a running gateway. ls: your jobs; show/cancel/retry JOB: one "
         "job by id or sequence number; clear: cancel all your queued jobs (an admin key "
         "clears everyone's, or one caller's with --of); stats: the queue and the GPU slots; "
-        "pause/resume: stop or restart dispatch (admin keys only).",
+        "pause/resume: stop or restart dispatch; prune: delete the jobs that ended more "
+        "than --older-than seconds ago (default store.prune_after_s) now (admin keys only).",
     )
     queue.add_argument(
-        "action", choices=("ls", "show", "cancel", "retry", "clear", "stats", "pause", "resume")
+        "action",
+        choices=("ls", "show", "cancel", "retry", "clear", "stats", "pause", "resume", "prune"),
     )
     queue.add_argument("job", nargs="?", help="a job id or sequence number")
     _gateway_options(queue)
     queue.add_argument("--state", action="append", help="ls: only jobs in this state (repeatable)")
     queue.add_argument("--limit", type=int, default=50, help="ls: at most this many (default 50)")
     queue.add_argument("--of", metavar="CALLER", help="clear, admin keys: only this caller's jobs")
+    queue.add_argument(
+        "--older-than", type=float, metavar="SECONDS",
+        help="prune: jobs that ended more than this long ago (default: store.prune_after_s)",
+    )  # fmt: skip
     return parser
 
 

@@ -6,7 +6,7 @@ sequence number), ``POST /jobs/{ref}/cancel``, ``POST /jobs/{ref}/retry`` and ``
 /jobs/{ref}/events`` (server-sent events: queue position while waiting, then chunks,
 then the end) follow it. A
 caller sees and steers only its own jobs; an admin key sees all, and may pause,
-resume and reload the configuration.
+resume, prune ended jobs and reload the configuration.
 """
 
 from __future__ import annotations
@@ -309,6 +309,30 @@ async def resume(request: Request, caller: CallerDep) -> dict[str, bool]:
     gateway = gateway_of(request)
     await gateway.call(gateway.lane.resume)
     return {"paused": False}
+
+
+class Pruned(BaseModel):
+    """What ``POST /admin/prune`` answers: how many ended jobs it deleted, and how old."""
+
+    deleted: int
+    older_than_s: float
+
+
+@router.post("/admin/prune", response_model=Pruned, summary="Delete old ended jobs (admin)")
+async def prune(
+    request: Request,
+    caller: CallerDep,
+    older_than_s: Annotated[
+        float | None, Query(ge=0, description="default: store.prune_after_s")
+    ] = None,
+) -> Pruned:
+    """Delete now, as the store's timer does, the jobs that ended more than
+    ``older_than_s`` seconds ago (queued and running jobs are never pruned)."""
+    caller.require_admin()
+    gateway = gateway_of(request)
+    deleted = await gateway.call(gateway.lane.prune, older_than_s)
+    older = gateway.lane.config.store.prune_after_s if older_than_s is None else older_than_s
+    return Pruned(deleted=deleted, older_than_s=older)
 
 
 @router.post("/admin/reload", summary="Re-read the config file (admin)")

@@ -11,6 +11,8 @@ import pytest
 from gateway_kit import ADMIN, ALICE, HELLO, running_stack
 
 from actors.cli import main
+from actors.testing import wait_until
+from protocol import JobNotFoundError, JobState
 
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d")
 
@@ -70,6 +72,30 @@ def test_queue_clear_and_top_once_work_against_a_running_gateway(
         assert stack.lane.status()["queued"] == 0
 
 
+def test_queue_prune_deletes_old_ended_jobs_for_an_admin_and_keeps_the_queued_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_stack(tmp_path) as stack, stack.client(ALICE) as alice:
+        ended = alice.post("/jobs", json={"model": "tiny", "messages": HELLO}).json()["id"]
+        wait_until(lambda: stack.lane.get(ended).state is JobState.SUCCEEDED)
+        stack.lane.pause()
+        queued = alice.post("/jobs", json={"model": "tiny", "messages": HELLO}).json()["id"]
+        refused = alice.post("/admin/prune", params={"older_than_s": 0})
+        assert refused.status_code == 403 and refused.json()["field"] == "authorization"
+        with stack.client(ADMIN) as admin:
+            kept = admin.post("/admin/prune").json()  # the default age: a week
+            assert kept == {"deleted": 0, "older_than_s": stack.lane.config.store.prune_after_s}
+            bad = admin.post("/admin/prune", params={"older_than_s": -1})
+            assert bad.status_code == 400 and bad.json()["field"] == "query.older_than_s"
+        capsys.readouterr()
+        prune = ["queue", "prune", "--older-than", "0"]
+        assert main([*prune, "--url", stack.url, "--key", ADMIN]) == 0
+        assert printed_json(capsys) == {"deleted": 1, "older_than_s": 0.0}
+        with pytest.raises(JobNotFoundError):
+            stack.lane.get(ended)
+        assert stack.lane.get(queued).state is JobState.QUEUED
+
+
 def test_top_says_when_it_cannot_reach_the_gateway(tmp_path: Path) -> None:
     with running_stack(tmp_path) as stack:
         url = stack.url
@@ -82,7 +108,7 @@ def test_queue_commands_say_when_the_key_is_wrong(tmp_path: Path) -> None:
         main(["queue", "ls", "--url", stack.url, "--key", "wrong-key-0000"])
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["queue"], ["top"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["queue"], ["top"], ["reload"]])
 def test_help_explains_each_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main([*command, "--help"])
@@ -94,5 +120,6 @@ def test_help_explains_each_command(command: list[str], capsys: pytest.CaptureFi
         ("serve",): "--config",
         ("queue",): "sequence number",
         ("top",): "preemptions",
+        ("reload",): "SIGHUP",
     }[tuple(command)]
     assert expected in out

@@ -37,7 +37,7 @@ GPU), a probe is blind: the backend counts as up once its delay has passed.
 from __future__ import annotations
 
 import random
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import pykka
@@ -141,6 +141,15 @@ class ResidencyTracker(SupervisedActor):
             self._next_poll.cancel()
         if self._worker is not None:
             self._worker.stop(self._shutdown_timeout_s)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Crashed: the same, so the next instance's timer and worker are the only ones."""
+        self.on_stop()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch on the message type."""

@@ -328,3 +328,15 @@ def test_a_failed_poll_is_counted_and_polling_goes_on(
     manual_clock.advance(1.0)
     wait_until(lambda: tracker.ask(ResidencySnapshot())["counters"]["poll_failures"] == 2)
     assert len(calls) == 2
+
+
+def test_a_crashed_tracker_joins_its_worker_so_the_next_instance_has_the_only_one(
+    tracker_kit: Any,
+) -> None:
+    _, _, start = tracker_kit
+    tracker = start(poll_interval_s=10.0)
+    wait_until(lambda: _polls(tracker) == 1)
+    assert any(t.name == "gpulane-residency" for t in threading.enumerate())
+    tracker.tell("not a message")  # it cannot handle it: it crashes
+    wait_until(lambda: not tracker.is_alive())
+    wait_until(lambda: not any(t.name == "gpulane-residency" for t in threading.enumerate()))

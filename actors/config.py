@@ -192,7 +192,7 @@ class GatewaySettings:
     caller ``local`` with admin rights; that is allowed on a loopback address only.
     The body and image limits are sized for images (docs/gateway.md, "Size limits"):
     32 MiB holds one image at OpenAI's 20 MB limit base64-encoded, or several phone
-    photos, and is the Anthropic Messages API's own request limit.
+    photos, and is about the Anthropic Messages API's own request limit (32 MB).
     """
 
     host: str = "127.0.0.1"

@@ -30,7 +30,7 @@ from protocol import (
     ValidationError,
 )
 
-__all__ = ["GatewayError", "as_gateway_error", "install_error_handlers"]
+__all__ = ["GatewayError", "install_error_handlers"]
 
 
 class GatewayError(Exception):

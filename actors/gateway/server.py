@@ -29,7 +29,7 @@ from actors.backend_factory import local_backend
 from actors.config import Config
 from actors.gateway.app import create_app
 from actors.gateway.core import Gateway
-from actors.gateway.errors import GatewayError, as_gateway_error
+from actors.gateway.errors import GatewayError
 from actors.system import GpuLane
 from protocol import GpulaneError
 
@@ -102,16 +102,14 @@ class _Foreground(uvicorn.Server):
     SIGTERM and SIGINT stop it (a second SIGINT stops at once) without re-raising the
     signal afterwards, as uvicorn's own handling does, so the lane stops cleanly and the
     status is gpulane's. SIGHUP reloads the config file. Once ``failed`` is set, it keeps
-    serving (``/readyz`` answers 503) for ``exit_delay_s``, then stops.
+    serving (``/readyz`` answers 503) for ``gateway.exit_delay_s`` (as in force: a reload
+    changes it), then stops.
     """
 
-    def __init__(
-        self, config: uvicorn.Config, gateway: Gateway, failed: threading.Event, exit_delay_s: float
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, gateway: Gateway, failed: threading.Event) -> None:
         super().__init__(config)
         self._gateway = gateway
         self._failed = failed
-        self._exit_delay_s = exit_delay_s
         self._failed_at: float | None = None
         self._reloads: set[asyncio.Task[None]] = set()
 
@@ -143,20 +141,20 @@ class _Foreground(uvicorn.Server):
         gateway = self._gateway
         try:
             _, changed = await gateway.call(gateway.reload)
-        except (GatewayError, GpulaneError) as exc:
-            error = as_gateway_error(exc)
-            log.warning("config_reload_refused", field=error.field, problem=error.problem)
+        except (GatewayError, GpulaneError) as exc:  # as the route's 4xx would say it
+            log.warning("config_reload_refused", error=str(exc))
             return
         log.info("config_reloaded_on_sighup", changed=list(changed))
 
     async def on_tick(self, counter: int) -> bool:
         """uvicorn's tick (every 0.1 s); also stops ``exit_delay_s`` after a failure."""
+        delay = self._gateway.settings.exit_delay_s
         if self._failed.is_set():
             now = time.monotonic()
             if self._failed_at is None:
                 self._failed_at = now
-                log.error("gateway_unready", exit_in_s=self._exit_delay_s, status=EXIT_FAILED)
-            if now - self._failed_at >= self._exit_delay_s:
+                log.error("gateway_unready", exit_in_s=delay, status=EXIT_FAILED)
+            if now - self._failed_at >= delay:
                 return True
         return await super().on_tick(counter)
 
@@ -197,7 +195,7 @@ def serve(
         server_config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level="warning"
         )
-        _Foreground(server_config, app.state.gateway, failed, settings.exit_delay_s).run()
+        _Foreground(server_config, app.state.gateway, failed).run()
     finally:
         for release in reversed(releases):
             release()

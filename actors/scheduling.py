@@ -199,6 +199,9 @@ class ReadyQueue:
         self._classes: dict[ClassKey, _ClassQueue] = {key: _ClassQueue() for key in CLASS_ORDER}
         self._entries: dict[str, _Entry] = {}
         self._delayed: list[tuple[float, int, _Entry]] = []
+        # Queued jobs per (lane, priority), kept as they come and go: a snapshot (the
+        # status, the alerts' samples, cloud routing) must not walk a deep queue.
+        self._depths = {(lane, prio): 0 for lane in Lane for prio in Priority}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -212,6 +215,7 @@ class ReadyQueue:
             return False
         entry = _Entry(job)
         self._entries[job.id] = entry
+        self._depths[(job.spec.lane, job.spec.priority)] += 1
         if job.not_before is not None and job.not_before > now:
             entry.delayed = True
             heapq.heappush(self._delayed, (job.not_before, job.seq, entry))
@@ -225,6 +229,7 @@ class ReadyQueue:
         if entry is None:
             return None
         entry.alive = False
+        self._depths[(entry.job.spec.lane, entry.job.spec.priority)] -= 1
         if not entry.delayed:
             self._class_of(entry.job).forget(entry)
         return entry.job
@@ -274,16 +279,14 @@ class ReadyQueue:
                 entry = queue.choose(now, chains, resident, policy.max_swap_defer_s)
                 entry.alive = False
                 del self._entries[entry.job.id]
+                self._depths[(entry.job.spec.lane, entry.job.spec.priority)] -= 1
                 queue.forget(entry)
                 return entry.job
         return None
 
     def depths(self) -> dict[tuple[Lane, Priority], int]:
         """Ready jobs per (lane, priority); delayed ones are counted under their class too."""
-        out = {(lane, prio): 0 for lane in Lane for prio in Priority}
-        for entry in self._entries.values():
-            out[(entry.job.spec.lane, entry.job.spec.priority)] += 1
-        return out
+        return dict(self._depths)
 
     def jobs(self) -> Iterator[Job]:
         """Every queued job, in no particular order."""

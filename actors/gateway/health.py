@@ -51,7 +51,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 def readiness(lane: GpuLane) -> Mapping[str, Any]:
     """Each check's outcome (``ok`` and a short ``detail``), which failed, and whether all
-    passed. Blocks for at most about ``2 * READY_TIMEOUT_S`` (run it off the event loop)."""
+    passed. Blocking (run it off the event loop): the store's and the tracker's answers
+    are bounded by ``READY_TIMEOUT_S`` each; the root supervisor's snapshot is its own
+    state, answered at once."""
     snapshot = None if lane.failure is not None else lane.supervision()
     checks = {
         "tree": _tree(lane, snapshot),

@@ -463,31 +463,11 @@ class GpuSlot(SupervisedActor):
             )
             return
         not_before = self._clock.now() + self._retry.delay(attempts, self._rng.random())
-        self._store.tell(
-            Transition(
-                job.id,
-                JobState.QUEUED,
-                expected=_ACTIVE,
-                charge_attempt=True,
-                error=error,
-                partial_output=carry.partial_output,
-                segments=carry.segments,
-                not_before=not_before,
-                stale_ok=True,
-            )
+        transition, queued = carry.requeue(
+            job, error=error, charge_attempt=True, not_before=not_before
         )
-        self._arbiter.tell(
-            JobQueued(
-                job.replace(
-                    state=JobState.QUEUED,
-                    attempts=attempts,
-                    error=error,
-                    partial_output=carry.partial_output,
-                    segments=carry.segments,
-                    not_before=not_before,
-                )
-            )
-        )
+        self._store.tell(transition)
+        self._arbiter.tell(JobQueued(queued))
         # After the job is back, so a cancel waiting for it finds it there.
         self._idle(job)
         log.info(
@@ -562,34 +542,13 @@ class GpuSlot(SupervisedActor):
     ) -> None:
         """Put the job back in the queue with what it carries over (and ``error``, if it
         met one); if its client has seen output no new call could continue, it fails."""
-        job = call.job
         carry = self._carry_over(call)
         if carry is None:
             self._give_up(call, f"{why}, and {SEEN}")
             return
-        self._store.tell(
-            Transition(
-                job.id,
-                JobState.QUEUED,
-                expected=_ACTIVE,
-                count_preemption=count_preemption,
-                error=error,
-                partial_output=carry.partial_output,
-                segments=carry.segments,
-                stale_ok=True,
-            )
-        )
-        self._arbiter.tell(
-            JobQueued(
-                job.replace(
-                    state=JobState.QUEUED,
-                    preemptions=job.preemptions + int(count_preemption),
-                    error=job.error if error is None else error,
-                    partial_output=carry.partial_output,
-                    segments=carry.segments,
-                )
-            )
-        )
+        transition, queued = carry.requeue(call.job, error=error, count_preemption=count_preemption)
+        self._store.tell(transition)
+        self._arbiter.tell(JobQueued(queued))
 
     def _cancel(self, job_id: str, reason: CancelReason) -> None:
         call = self._call

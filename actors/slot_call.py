@@ -45,6 +45,40 @@ class Carry:
     partial_output: str
     segments: tuple[JobMetrics, ...]
 
+    def requeue(
+        self,
+        job: Job,
+        *,
+        error: str | None = None,
+        charge_attempt: bool = False,
+        count_preemption: bool = False,
+        not_before: float | None = None,
+    ) -> tuple[Transition, Job]:
+        """The store's move of ``job`` back to queued, carrying this, and the job as the
+        arbiter gets it back (``JobQueued``): the same change, told to both."""
+        transition = Transition(
+            job.id,
+            JobState.QUEUED,
+            expected=_ACTIVE,
+            charge_attempt=charge_attempt,
+            count_preemption=count_preemption,
+            error=error,
+            partial_output=self.partial_output,
+            segments=self.segments,
+            not_before=not_before,
+            stale_ok=True,
+        )
+        queued = job.replace(
+            state=JobState.QUEUED,
+            attempts=job.attempts + int(charge_attempt),
+            preemptions=job.preemptions + int(count_preemption),
+            error=job.error if error is None else error,
+            partial_output=self.partial_output,
+            segments=self.segments,
+            not_before=job.not_before if not_before is None else not_before,
+        )
+        return transition, queued
+
 
 @dataclasses.dataclass
 class SlotCall:

@@ -23,14 +23,16 @@ from protocol import Chunk, GpulaneError, Job
 __all__ = ["Sink", "SinkEvent", "SinkRegistry"]
 
 SinkEvent = tuple[str, object]  # ("chunk", Chunk) | ("end", Job) | ("error", GpulaneError)
+Listener = Callable[[SinkEvent], None]
 
 
 class Sink:
     """One caller's view of one job: chunks so far, and the final job once it ends.
 
     Every queued job has one while its caller may wait (a detached submit too), so it is
-    kept small: slots, and a lock held until the job ends as the latch waiters block on,
-    instead of an Event (a Condition, a lock and a deque: a kilobyte a job at depth).
+    kept small: slots, its lists made when first needed, and the latch a waiter blocks on
+    made by the first waiter (a lock held until the job ends; an Event would be a
+    Condition, a lock and a deque: a kilobyte a job at depth).
     """
 
     __slots__ = (
@@ -41,16 +43,15 @@ class Sink:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self._lock = threading.Lock()
-        self._chunks: list[Chunk] = []
+        self._chunks: list[Chunk] | None = None
         self._end: Job | None = None
         self._error: GpulaneError | None = None
-        self._done = threading.Lock()  # released once, when the job ends or cannot
-        self._done.acquire()
-        self._listeners: list[Callable[[SinkEvent], None]] = []  # every event
-        self._outcome_listeners: list[Callable[[SinkEvent], None]] = []  # the end only
+        self._done: threading.Lock | None = None  # held until the job ends or cannot
+        self._listeners: list[Listener] | None = None  # every event
+        self._outcome_listeners: list[Listener] | None = None  # the end only
         self._watched = False  # a chunk listener has subscribed: it may have seen chunks
         self._held = False
-        self._late: list[Callable[[SinkEvent], None]] = []  # chunk listeners since the hold
+        self._late: list[Listener] | None = None  # chunk listeners since the hold
 
     @property
     def final(self) -> Job | None:
@@ -67,8 +68,15 @@ class Sink:
 
         Raises the sink's error if the system stopped for good before the job ended.
         """
-        if self._done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            self._done.release()  # open for every other waiter too
+        latch = None
+        with self._lock:
+            if self._end is None and self._error is None:
+                if self._done is None:
+                    self._done = threading.Lock()
+                    self._done.acquire()
+                latch = self._done
+        if latch is not None and latch.acquire(timeout=-1 if timeout is None else max(0, timeout)):
+            latch.release()  # open for every other waiter too
         if self._end is None and self._error is not None:
             raise self._error
         return self._end
@@ -80,7 +88,7 @@ class Sink:
                 return
             self._error = error
             listeners = self._take_all_listeners()
-            self._done.release()
+            self._open_latch()
         for listener in listeners:
             listener(("error", error))
 
@@ -96,8 +104,10 @@ class Sink:
         with self._lock:
             if self._end is not None or self._error is not None:
                 return
+            if self._chunks is None:
+                self._chunks = []
             self._chunks.append(piece)
-            if self._held:
+            if self._held or not self._listeners:
                 return
             listeners = list(self._listeners)
         for listener in listeners:
@@ -116,9 +126,9 @@ class Sink:
         """The job starts over: forget its chunks; listeners that subscribed while the sink
         was held hear the new ones."""
         with self._lock:
-            self._chunks.clear()
+            self._chunks = None
             self._held = False
-            self._late.clear()
+            self._late = None
 
     def release(self) -> None:
         """The job did not start over: the listeners that subscribed while the sink was held
@@ -127,8 +137,8 @@ class Sink:
             if not self._held:
                 return
             self._held = False
-            late, self._late = self._late, []
-            backlog = list(self._chunks)
+            late, self._late = self._late or [], None
+            backlog = list(self._chunks or ())
         for listener in late:
             for piece in backlog:
                 listener(("chunk", piece))
@@ -139,18 +149,23 @@ class Sink:
             if self._end is not None:
                 return
             if self._error is None:  # else the latch opened when it failed
-                self._done.release()
+                self._open_latch()
             self._end = job
             listeners = self._take_all_listeners()
         for listener in listeners:
             listener(("end", job))
 
-    def _take_all_listeners(self) -> list[Callable[[SinkEvent], None]]:
-        listeners = self._listeners + self._outcome_listeners
-        self._listeners, self._outcome_listeners = [], []
+    def _open_latch(self) -> None:
+        """Wake the waiters (under ``_lock``; once: the job ended or it never will)."""
+        if self._done is not None:
+            self._done.release()
+
+    def _take_all_listeners(self) -> list[Listener]:
+        listeners = [*(self._listeners or ()), *(self._outcome_listeners or ())]
+        self._listeners = self._outcome_listeners = None
         return listeners
 
-    def subscribe(self, listener: Callable[[SinkEvent], None], *, chunks: bool = True) -> None:
+    def subscribe(self, listener: Listener, *, chunks: bool = True) -> None:
         """Replay what happened so far to ``listener``, then forward every new event.
 
         With ``chunks=False`` it hears only the end (or the error): a caller waiting
@@ -158,29 +173,31 @@ class Sink:
         """
         with self._lock:
             shown = chunks and not self._held
-            backlog: list[SinkEvent] = [("chunk", c) for c in self._chunks] if shown else []
+            backlog: list[SinkEvent] = [("chunk", c) for c in self._chunks or ()] if shown else []
             self._watched = self._watched or chunks
             if self._end is not None:
                 backlog.append(("end", self._end))
             elif self._error is not None:
                 backlog.append(("error", self._error))
+            elif chunks:
+                self._listeners = [*(self._listeners or ()), listener]
+                if self._held:
+                    self._late = [*(self._late or ()), listener]
             else:
-                (self._listeners if chunks else self._outcome_listeners).append(listener)
-                if chunks and self._held:
-                    self._late.append(listener)
+                self._outcome_listeners = [*(self._outcome_listeners or ()), listener]
         for event in backlog:
             listener(event)
 
-    def unsubscribe(self, listener: Callable[[SinkEvent], None]) -> None:
+    def unsubscribe(self, listener: Listener) -> None:
         """Stop forwarding events to ``listener``."""
         with self._lock:
             for listeners in (self._listeners, self._outcome_listeners, self._late):
-                if listener in listeners:
+                if listeners is not None and listener in listeners:
                     listeners.remove(listener)
 
     def subscribe_async(
         self, loop: asyncio.AbstractEventLoop, *, chunks: bool = True
-    ) -> tuple[asyncio.Queue[SinkEvent], Callable[[SinkEvent], None]]:
+    ) -> tuple[asyncio.Queue[SinkEvent], Listener]:
         """An asyncio queue fed from any thread via ``loop.call_soon_threadsafe``."""
         events: asyncio.Queue[SinkEvent] = asyncio.Queue()
 

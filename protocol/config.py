@@ -129,7 +129,7 @@ class StoreSettings:
     prune_after_s: float = 7 * 24 * 3600.0
     max_batch: int = 1000
     prune_interval_s: float = 3600.0
-    prune_batch: int = 500
+    prune_batch: int = 100
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "synchronous", str(self.synchronous).upper())

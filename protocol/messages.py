@@ -174,11 +174,12 @@ class JobStats:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoadQueuedJobs:
-    """Ask for every queued job in sequence order (the arbiter rebuilds from this).
+    """Ask for every queued job in sequence order, all at once (the arbiter, which must
+    not wait for a deep queue, takes it in chunks instead: LoadQueue).
 
     With ``recover``, jobs left in loading or running go back to queued first (no
-    attempt charged): the arbiter asks this when it (re)starts, a moment when no GPU
-    slot runs anything and every slot's last report has reached the store.
+    attempt charged), as LoadQueue's: safe when no GPU slot runs anything and every
+    slot's last report has reached the store, as when the arbiter (re)starts.
     """
 
     recover: bool = False

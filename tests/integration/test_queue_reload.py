@@ -23,7 +23,7 @@ from actors import Config, GpuLane, arbiter
 from actors.job_store import JobStore
 from actors.runtime import Clock, ManualClock
 from actors.stores import JobDB
-from actors.testing import FakeCall, FakeGpu, quiesce
+from actors.testing import FakeCall, FakeGpu, InjectedFault, quiesce
 from actors.tree import LaneWiring
 from protocol import (
     CancelReason,
@@ -189,3 +189,29 @@ def test_the_limiter_counts_jobs_left_running_as_well_as_queued_after_a_restart(
     with pytest.raises(QueueFullError, match="queued_per_caller"):
         lane.submit(make_spec(3))
     assert lane.status()["admission"]["queued_by_caller"] == {"alice": 2}
+
+
+def test_an_arbiter_that_crashes_in_the_middle_of_the_reload_starts_it_over_and_loses_nothing(
+    path: Path, gated: StartLane, fake_gpu: FakeGpu, gates: dict[int, threading.Event]
+) -> None:
+    ids = fill(path, [make_spec(n) for n in range(20)], fake_gpu.clock)
+    lane = gated(limits=Limits.off())
+    # Behind the slot's SlotIdle, ahead of chunk 3: the arbiter dispatches, then crashes.
+    lane.ref_for("arbiter").tell(InjectedFault())
+    gates[1].set()
+    gates[2].set()
+    quiesce()  # crashed, restarted (the slots with it), reloaded from the start
+    answered: list[str] = []
+    stopped: list[str] = []
+    while not all(lane.get(job_id).state is JobState.SUCCEEDED for job_id in ids):
+        call = fake_gpu.next_call()
+        if call.token.cancelled:  # the call the crash stopped: its job runs again
+            stopped.append(question(call))
+        else:
+            call.finish("ok")
+            answered.append(question(call))
+        quiesce()
+    assert stopped == ["question 0"]
+    assert sorted(answered) == sorted(f"question {n}" for n in range(20))
+    supervision = lane.supervision()
+    assert supervision is not None and supervision.child("arbiter").restarts == 1

@@ -42,7 +42,6 @@ from actors.cloud import (
 from actors.outage_suspects import OutageSuspects
 from actors.runtime import (
     ActorAddress,
-    ChildUnavailableError,
     Clock,
     SupervisedActor,
     TimerHandle,
@@ -50,7 +49,7 @@ from actors.runtime import (
     ask_while_up,
 )
 from actors.scheduling import RELOAD_CHUNK, ReadyQueue, SlotView, choose_preemption, displaces
-from actors.slot_state import SlotState, arbiter_view
+from actors.slot_state import SlotState, arbiter_view, local_resident, recall, running_chains
 from protocol import CancelReason, Job, JobNotFoundError, JobState, RetryPolicy, SchedulingPolicy
 from protocol.messages import (
     ApplyPolicy,
@@ -67,7 +66,6 @@ from protocol.messages import (
     PreemptionDeclined,
     QueueChunk,
     QueueSnapshot,
-    Recall,
     Recalled,
     ResidencyChanged,
     ResumeDispatch,
@@ -192,7 +190,7 @@ class PriorityArbiter(SupervisedActor):
             case PauseDispatch():
                 self._paused = True
                 for slot in self._slots.values():
-                    self._recall(slot)
+                    recall(slot)
             case ResumeDispatch():
                 self._paused = False
                 self._dispatch()
@@ -288,7 +286,7 @@ class PriorityArbiter(SupervisedActor):
         if down:
             for slot in self._slots.values():
                 if not slot.cloud:
-                    self._recall(slot)
+                    recall(slot)
         self._dispatch()
 
     def _call_ended(self, slot: SlotState) -> None:
@@ -317,7 +315,7 @@ class PriorityArbiter(SupervisedActor):
         self._count_start(slot.next_swaps)
         reason = self._cancels.get(job_id)
         if reason is not None:  # cancelled while handed over, and the recall came too late
-            self._tell_slot(slot, CancelCall(job_id, reason))
+            slot.tell(CancelCall(job_id, reason))
         self._dispatch()
 
     def _forget_displaced(self, slot: SlotState, job: Job) -> None:
@@ -352,7 +350,7 @@ class PriorityArbiter(SupervisedActor):
         if waiting is None:
             return
         if slot.next is not None and slot.next.id == waiting.id:
-            self._recall(slot)  # back in the queue, it looks for another victim
+            recall(slot)  # back in the queue, it looks for another victim
         elif waiting.id in self._queue:
             self._maybe_preempt(waiting, self._clock.now())
 
@@ -364,22 +362,13 @@ class PriorityArbiter(SupervisedActor):
         self._counters["recalls"] += 1
         self._on_job_queued(job)
 
-    def _recall(self, slot: SlotState) -> None:
-        """Ask ``slot`` to give its next job back, unless it is already being asked."""
-        if (
-            slot.next is not None
-            and not slot.recalling
-            and self._tell_slot(slot, Recall(slot.next.id))
-        ):
-            slot.recalling = True
-
     def _recall_displaced(self, job: Job) -> None:
         """Recall next jobs that ``job``, ready now, should run before."""
         for slot in self._slots.values():
             if slot.next is not None and displaces(
                 job, slot.next, None if slot.job is None else slot.job.spec.chain_id
             ):
-                self._recall(slot)
+                recall(slot)
 
     def _recover_dispatch(self, slot_id: str, given: Job) -> None:
         """A slot restarted while it had ``given``: make sure that job is not lost.
@@ -409,13 +398,13 @@ class PriorityArbiter(SupervisedActor):
             if slot.job is not None and slot.job.id == job_id:
                 # If the slot restarts instead, the job comes back (JobQueued): cancel it then.
                 self._cancels[job_id] = reason
-                self._tell_slot(slot, CancelCall(job_id, reason))
+                slot.tell(CancelCall(job_id, reason))
                 return CancelOutcome.RUNNING
             if slot.next is not None and slot.next.id == job_id:
                 # Handed to a busy slot but not started: cancelled when the slot gives it
                 # back, or at once if it started meanwhile.
                 self._cancels[job_id] = reason
-                self._recall(slot)
+                recall(slot)
                 return CancelOutcome.QUEUED
         queued = JobState.QUEUED
         with contextlib.suppress(JobNotFoundError):  # a chunk of the reload may hold it
@@ -435,15 +424,6 @@ class PriorityArbiter(SupervisedActor):
             ),
         )
         self._counters["cancelled_queued"] += 1
-
-    def _tell_slot(self, slot: SlotState, message: Any) -> bool:
-        """Tell a slot; False if it cannot take messages (its hold buffer is full, or stopped)."""
-        try:
-            slot.ref.tell(message)
-        except ChildUnavailableError as error:
-            log.info("slot_unavailable", slot=error.child_id, message=type(message).__name__)
-            return False
-        return True
 
     def _dispatch(self) -> bool:
         """Give work to every free slot, then a next job to every busy local one (prefetch);
@@ -472,7 +452,9 @@ class PriorityArbiter(SupervisedActor):
         declined a preemption gets no such job, which waits for another slot instead.
         """
         resident = self._resident()
-        job = self._queue.pop(now, self._policy, chains=self._chains(), resident=resident)
+        job = self._queue.pop(
+            now, self._policy, chains=running_chains(self._slots.values()), resident=resident
+        )
         if job is None:
             return False
         if (
@@ -484,7 +466,7 @@ class PriorityArbiter(SupervisedActor):
             return False
         charge = self._suspects.charge(job.id, job.spec.max_attempts)
         dispatch = Dispatch(job, next(self._call_ids), slot.incarnation, charge_outage=charge)
-        if not self._tell_slot(slot, dispatch):
+        if not slot.tell(dispatch):
             # The slot cannot take messages: keep the job; a new instance reports idle.
             self._queue.add(job, now)
             slot.known = False
@@ -530,7 +512,7 @@ class PriorityArbiter(SupervisedActor):
             outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, self._local_down)
             if idle and send_to_cloud(job, now, outlook, self._cloud):
                 if holder is not None:
-                    self._recall(holder)  # back to the queue first, then to the cloud
+                    recall(holder)  # back to the queue first, then to the cloud
                     continue
                 self._queue.remove(job_id)
                 del self._cloud_jobs[job_id]
@@ -570,33 +552,18 @@ class PriorityArbiter(SupervisedActor):
     def _preempt(self, slot_id: str, slot: SlotState, incoming: Job) -> None:
         """Cancel the slot's running call so ``incoming`` can have the GPU."""
         assert slot.job is not None
-        if not self._tell_slot(slot, CancelCall(slot.job.id, CancelReason.PREEMPTED)):
+        if not slot.tell(CancelCall(slot.job.id, CancelReason.PREEMPTED)):
             return
         slot.preempting, slot.preempted_for = True, incoming
         self._counters["preemptions"] += 1
         log.info("preempting", victim=slot.job.id, slot=slot_id, for_job=incoming.id)
-
-    def _chains(self) -> frozenset[str]:
-        chains = set()
-        for slot in self._slots.values():
-            chain = slot.job.spec.chain_id if slot.job is not None else slot.last_chain
-            if chain is not None:
-                chains.add(chain)
-        return frozenset(chains)
 
     def _local_slots(self) -> list[tuple[str, SlotState]]:
         """The local slots that have announced themselves (so can take work)."""
         return [(i, s) for i, s in self._slots.items() if s.known and not s.cloud]
 
     def _resident(self) -> frozenset[str]:
-        """Model keys loaded on the local GPU now (the tracker's word, else what the local
-        slots last ran), plus the models of the local calls running now: a job for one of
-        those needs no swap. Cloud slots hold no local model."""
-        local = [s for s in self._slots.values() if not s.cloud]
-        running = {s.job.spec.model_key for s in local if s.job is not None}
-        if self._tracked is not None:
-            return self._tracked | self._fresh | running
-        return frozenset({s.model_key for s in local if s.model_key is not None} | running)
+        return local_resident(self._slots.values(), self._tracked, self._fresh)
 
     def _arm_wakeup(self) -> None:
         due = self._queue.next_due()

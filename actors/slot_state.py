@@ -7,14 +7,19 @@ Owned by the arbiter alone (docs/architecture.md section 2); plain state, no thr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from actors.runtime import ActorAddress
-from protocol import Job, Lane, Priority
+import structlog
 
-__all__ = ["SlotState", "arbiter_view"]
+from actors.runtime import ActorAddress, ChildUnavailableError
+from protocol import Job, Lane, Priority
+from protocol.messages import Recall
+
+__all__ = ["SlotState", "arbiter_view", "local_resident", "recall", "running_chains"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclasses.dataclass
@@ -36,6 +41,16 @@ class SlotState:
     cloud: bool = False  # a cloud slot: takes only jobs that send_to_cloud routes to it
     outage_met: bool = False  # its running call met a backend outage
 
+    def tell(self, message: Any) -> bool:
+        """Tell the slot; False if it cannot take messages (its hold buffer is full, or it
+        stopped)."""
+        try:
+            self.ref.tell(message)
+        except ChildUnavailableError as error:
+            log.info("slot_unavailable", slot=error.child_id, message=type(message).__name__)
+            return False
+        return True
+
     def view(self) -> Mapping[str, Any]:
         """The slot as the arbiter's snapshot shows it."""
         return MappingProxyType(
@@ -47,6 +62,33 @@ class SlotState:
                 "preempting": self.preempting,
             }
         )
+
+
+def recall(slot: SlotState) -> None:
+    """Ask ``slot`` to give its next job back, unless it is already being asked."""
+    if slot.next is not None and not slot.recalling and slot.tell(Recall(slot.next.id)):
+        slot.recalling = True
+
+
+def running_chains(slots: Iterable[SlotState]) -> frozenset[str]:
+    """The chains the slots' jobs (running, else last run) belong to: their next jobs go
+    first (docs/architecture.md section 4)."""
+    chains = (s.job.spec.chain_id if s.job is not None else s.last_chain for s in slots)
+    return frozenset(chain for chain in chains if chain is not None)
+
+
+def local_resident(
+    slots: Iterable[SlotState], tracked: frozenset[str] | None, fresh: set[str]
+) -> frozenset[str]:
+    """Model keys loaded on the local GPU now (the tracker's word, ``tracked``, plus the
+    models slots reported idle on since, ``fresh``; else what the local slots last ran),
+    plus the models of the local calls running now: a job for one of those needs no
+    swap. Cloud slots hold no local model."""
+    local = [s for s in slots if not s.cloud]
+    running = {s.job.spec.model_key for s in local if s.job is not None}
+    if tracked is not None:
+        return tracked | fresh | running
+    return frozenset({s.model_key for s in local if s.model_key is not None} | running)
 
 
 def arbiter_view(

@@ -8,13 +8,37 @@ mapping for hosts, ``/status``, ``gpulane top`` and the status page.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from actors.runtime import ChildSnapshot, ChildState, SupervisorSnapshot
+import pykka
+import structlog
 
-__all__ = ["all_started", "lane_status", "slot_placeholder", "supervision_view"]
+from actors.runtime import (
+    ChildSnapshot,
+    ChildState,
+    ChildUnavailableError,
+    ExitReason,
+    GetSnapshot,
+    StableRef,
+    SupervisorSnapshot,
+)
+from protocol import SystemStoppedError
+from protocol.messages import SlotSnapshot
+
+__all__ = [
+    "all_started",
+    "lane_status",
+    "root_snapshot",
+    "slot_placeholder",
+    "slot_status",
+    "supervision_view",
+    "wait_until_started",
+]
+
+log = structlog.get_logger(__name__)
 
 
 def lane_status(
@@ -61,6 +85,28 @@ def lane_status(
     )
 
 
+def slot_status(ref: StableRef, timeout: float, state_if_gone: str) -> Mapping[str, Any]:
+    """A slot's own snapshot, or a placeholder in ``state_if_gone`` while it cannot answer
+    (``restarting``, or ``stopped`` once the lane is)."""
+    try:
+        snapshot: Mapping[str, Any] = ref.ask(SlotSnapshot(), timeout=timeout)
+    except ChildUnavailableError as error:
+        log.debug("slot_status_unavailable", slot=ref.child_id, error=str(error))
+        return slot_placeholder(ref.child_id, state_if_gone)
+    return MappingProxyType({**snapshot, "state": "running"})
+
+
+def root_snapshot(root: pykka.ActorRef[Any] | None, timeout: float) -> SupervisorSnapshot | None:
+    """The root supervisor's snapshot (children, states, restart counts); None once stopped."""
+    if root is None:
+        return None
+    try:
+        snapshot: SupervisorSnapshot = root.ask(GetSnapshot(), block=True, timeout=timeout)
+    except (pykka.ActorDeadError, pykka.Timeout):
+        return None
+    return snapshot
+
+
 def slot_placeholder(slot_id: str, state: str) -> Mapping[str, Any]:
     """What the view shows for a slot that cannot answer (``restarting`` or ``stopped``)."""
     return MappingProxyType(
@@ -73,6 +119,26 @@ def slot_placeholder(slot_id: str, state: str) -> Mapping[str, Any]:
             "state": state,
         }
     )
+
+
+def wait_until_started(
+    snapshot: Callable[[], SupervisorSnapshot | None],
+    failure: Callable[[], ExitReason | None],
+    timeout: float,
+) -> None:
+    """Block until each child of the tree has started once; SystemStoppedError if the tree
+    gave up (``failure``) or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reason = failure()
+        if reason is not None:
+            raise SystemStoppedError(f"gpulane failed to start: {reason}")
+        tree = snapshot()
+        if tree is not None and all_started(tree):
+            return
+        if time.monotonic() > deadline:
+            raise SystemStoppedError("gpulane did not start in time")
+        time.sleep(0.005)  # a start takes milliseconds; a bounded poll, not a pause
 
 
 def all_started(snapshot: SupervisorSnapshot) -> bool:

@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import pykka
@@ -33,7 +33,6 @@ from actors.runtime import (
     ChildUnavailableError,
     Clock,
     ExitReason,
-    GetSnapshot,
     HoldBufferFullError,
     StableRef,
     StableRefs,
@@ -43,7 +42,7 @@ from actors.runtime import (
     Timers,
 )
 from actors.sinks import SinkRegistry
-from actors.status_view import all_started, lane_status, slot_placeholder
+from actors.status_view import lane_status, root_snapshot, slot_status, wait_until_started
 from actors.ticket import Ticket
 from actors.tree import (
     CHILD_ORDER,
@@ -91,7 +90,6 @@ from protocol.messages import (
     ReleaseAdmission,
     ResidencySnapshot,
     ResumeDispatch,
-    SlotSnapshot,
 )
 
 __all__ = ["GpuLane"]
@@ -243,16 +241,8 @@ class GpuLane:
 
     def _wait_until_started(self) -> None:
         """Block until each child has started once (or the tree gave up, which raises)."""
-        deadline = time.monotonic() + self._supervision.call_timeout_s
-        while True:
-            if self._failure is not None:
-                raise SystemStoppedError(f"gpulane failed to start: {self._failure}")
-            snapshot = self.supervision()
-            if snapshot is not None and all_started(snapshot):
-                return
-            if time.monotonic() > deadline:
-                raise SystemStoppedError("gpulane did not start in time")
-            time.sleep(0.005)
+        timeout = self._supervision.call_timeout_s
+        wait_until_started(self.supervision, lambda: self._failure, timeout)
 
     # --- the public surface ---------------------------------------------------------
 
@@ -412,7 +402,9 @@ class GpuLane:
         """Queue depth per lane and priority, the running jobs, resident models, counters,
         and the supervision tree (each child's state and restart count)."""
         queue: Mapping[str, Any] = self._ask("arbiter", QueueSnapshot())
-        slots = {slot_id: self._slot_status(slot_id) for slot_id in self._slot_ids}
+        gone = "stopped" if self._failure or self._stopped else "restarting"
+        timeout = self._supervision.call_timeout_s
+        slots = {s: slot_status(self._refs.ref_for(s), timeout, gone) for s in self._slot_ids}
         residency: Mapping[str, Any] = self._ask("residency", ResidencySnapshot())
         admission: Mapping[str, Any] = self._ask("limiter", LimiterSnapshot())
         with self._lock:
@@ -427,30 +419,9 @@ class GpuLane:
             supervision=self.supervision(),
         )
 
-    def _slot_status(self, slot_id: str) -> Mapping[str, Any]:
-        """A slot's own snapshot, or a placeholder while it restarts."""
-        try:
-            snapshot: Mapping[str, Any] = self._refs.ref_for(slot_id).ask(
-                SlotSnapshot(), timeout=self._supervision.call_timeout_s
-            )
-        except ChildUnavailableError as error:
-            state = "stopped" if self._failure or self._stopped else "restarting"
-            log.debug("slot_status_unavailable", slot=slot_id, error=str(error))
-            return slot_placeholder(slot_id, state)
-        return MappingProxyType({**snapshot, "state": "running"})
-
     def supervision(self) -> SupervisorSnapshot | None:
         """The root supervisor's snapshot (children, states, restart counts); None once stopped."""
-        root = self._root
-        if root is None:
-            return None
-        try:
-            snapshot: SupervisorSnapshot = root.ask(
-                GetSnapshot(), block=True, timeout=self._supervision.call_timeout_s
-            )
-        except (pykka.ActorDeadError, pykka.Timeout):
-            return None
-        return snapshot
+        return root_snapshot(self._root, self._supervision.call_timeout_s)
 
     def ref_for(self, child_id: str) -> StableRef:
         """The stable address of a child ("store", "arbiter", "gpu0", ...).

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
 
-from protocol.backend import BackendResult, LoadedModel
+from protocol._residency_messages import (
+    ApplyResidency,
+    BackendHealthChanged,
+    BackendUnreachable,
+    CallEnded,
+    CallStarting,
+    ModelLoaded,
+    PinFinished,
+    PollResidency,
+    ResidencyChanged,
+    ResidencyPolled,
+    ResidencyPollFailed,
+    ResidencySnapshot,
+)
+from protocol._watcher_messages import (
+    ApplyAlerts,
+    LaneSampled,
+    PreemptionsCommitted,
+    SampleLane,
+    WebhookAttempted,
+    WebhookDue,
+    WebhooksFound,
+)
+from protocol.backend import BackendResult
 from protocol.config import (
-    AlertSettings,
     Limits,
     ResidencySettings,
     RetryPolicy,
@@ -490,171 +510,3 @@ class ApplyLimits:
 @dataclasses.dataclass(frozen=True, slots=True)
 class LimiterSnapshot:
     """Ask the RateLimiter for its counts and counters (replies with a read-only mapping)."""
-
-
-# --- ResidencyTracker -----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ModelLoaded:
-    """Slot ``slot_id`` has ``model_key`` loaded (its call produced output)."""
-
-    slot_id: str
-    model_key: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallStarting:
-    """Slot ``slot_id`` starts a call for ``model_key``; ``evicted`` is the model it held
-    before, if it switched (loading the new one may push that one out)."""
-
-    slot_id: str
-    model_key: str
-    evicted: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallEnded:
-    """Slot ``slot_id``'s call for ``model_key`` ended after ``busy_s``; ``loaded``: it
-    produced output or an answer (so the model is loaded), with ``load_s`` the load time
-    the backend reported (0 when unknown)."""
-
-    slot_id: str
-    model_key: str
-    busy_s: float
-    loaded: bool
-    load_s: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BackendUnreachable:
-    """A slot's call for ``job_id``, begun at ``started_at``, met a backend outage
-    (docs/architecture.md section 13): the tracker marks the backend down, unless it came
-    up after that call began."""
-
-    slot_id: str
-    job_id: str
-    error: str
-    started_at: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BackendHealthChanged:
-    """The tracker's word on a backend's health, told to the arbiter: ``up`` since ``at``."""
-
-    backend: str
-    up: bool
-    at: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PollResidency:
-    """Timer tick: ask the backend which models are loaded (off the tracker's thread)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ResidencyPolled:
-    """The backend's loaded models, as asked at ``asked_at``."""
-
-    models: tuple[LoadedModel, ...]
-    asked_at: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ResidencyPollFailed:
-    """Asking the backend for its loaded models failed; ``outage``: it was unreachable."""
-
-    error: str
-    asked_at: float
-    outage: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PinFinished:
-    """Loading pinned ``model`` with keep_alive ended after ``load_s``; ``error`` is None
-    on success; ``outage``: the backend was unreachable."""
-
-    model: str
-    error: str | None
-    load_s: float = 0.0
-    outage: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ApplyResidency:
-    """New residency settings (poll interval, pinned models)."""
-
-    settings: ResidencySettings
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ResidencySnapshot:
-    """Ask the tracker what is loaded where and until when (a read-only mapping)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ResidencyChanged:
-    """The tracker's resident model keys changed (told to the arbiter)."""
-
-    resident: frozenset[str]
-
-
-# --- Alerter --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SampleLane:
-    """The Alerter's timer: read the lane's state now."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LaneSampled:
-    """The Alerter's worker read the lane's state at ``at``: the parts of ``GpuLane.status()``
-    the alert rules watch, as read-only mappings; a part it could not read is left out."""
-
-    at: float
-    status: Mapping[str, Any]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PreemptionsCommitted:
-    """The store committed ``job``, which was preempted at least ``alerts.job_preemptions``
-    times (told by the commit listener, so the Alerter sees it queued again and ending)."""
-
-    job: Job
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ApplyAlerts:
-    """New alert settings: thresholds, sampling, the webhook; alerts in progress are kept."""
-
-    settings: AlertSettings
-
-
-# --- WebhookDelivery ------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WebhookDue:
-    """The delivery of job ``seq`` is due: its job just ended (the commit listener) or its
-    retry's time came (a timer)."""
-
-    seq: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WebhooksFound:
-    """The delivery actor's worker read the outbox at start: (sequence number, when due)."""
-
-    due: tuple[tuple[int, float], ...]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WebhookAttempted:
-    """A worker posted the delivery of job ``seq`` (``attempt``), its ``attempts``-th, for a
-    job that ended at ``created_at``; ``attempt`` None: it was not pending, nothing posted."""
-
-    seq: int
-    attempt: WebhookAttempt | None
-    created_at: float = 0.0
-    attempts: int = 0

@@ -269,11 +269,8 @@ def test_reload_rereads_the_api_keys_from_the_config_file(tmp_path: Path) -> Non
     path.write_text(table.format(key=ADMIN, caller="ops"))
     with running_stack(tmp_path, config_path=path) as stack, stack.client(ADMIN) as admin:
         path.write_text(table.format(key="carol-key-005", caller="carol"))
-        assert admin.post("/admin/reload").json() == {
-            "reloaded": True,
-            "changed": ["gateway.api_keys"],
-            "api_keys": 1,
-        }
+        reloaded = {"reloaded": True, "changed": ["gateway.api_keys"], "api_keys": 1}
+        assert admin.post("/admin/reload").json() == reloaded
         assert admin.get("/queue").status_code == 401
         with stack.client("carol-key-005") as carol:
             assert carol.get("/queue").status_code == 200

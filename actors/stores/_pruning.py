@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from actors.stores._counts import StateCounts
 from actors.stores._outbox import KEEPS_PENDING
 from protocol.enums import TERMINAL_STATES
 
@@ -55,16 +56,18 @@ def finish_incremental_vacuum(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def prune_batch(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+def prune_batch(conn: sqlite3.Connection, cutoff: float, limit: int, counts: StateCounts) -> int:
     """Delete up to ``limit`` terminal jobs that finished before ``cutoff``, oldest first,
     in a transaction of its own, then give the file's free pages back; returns how many.
+    ``counts`` loses the deleted jobs as soon as their DELETE commits, before the vacuum.
 
     ``PRAGMA incremental_vacuum`` frees one page per step of its statement, and Python's
     ``execute`` steps a statement without columns only once, so it runs through
     ``executescript``, which steps it to the end (and would first commit an open
     transaction: there is none here).
     """
-    deleted = conn.execute(_DELETE, (cutoff, limit)).rowcount
+    deleted = [row[0] for row in conn.execute(_DELETE + " RETURNING state", (cutoff, limit))]
+    counts.deleted(deleted)
     if deleted:
         conn.executescript("PRAGMA incremental_vacuum")
-    return int(deleted)
+    return len(deleted)

@@ -10,13 +10,13 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 from ulid import ULID
 
 from actors.runtime import Clock
-from actors.stores._files import check_location, explain, sync_mode
+from actors.stores._counts import StateCounts
+from actors.stores._files import check_edges, check_location, explain, sync_mode
 from actors.stores._outbox import Outbox
 from actors.stores._pruning import finish_incremental_vacuum, prune_batch
 from actors.stores._queue_load import QueueLoad, admitted_rows
@@ -82,7 +82,9 @@ class JobDB:
     Because nothing else can write the file, the jobs that are not yet terminal are also
     kept in memory as committed (``_live``): a transition reads the job it moves from
     there instead of reading and re-validating its row (two thirds of a transition's
-    cost). A batch's changes are staged and join ``_live`` only when it commits.
+    cost). A batch's changes are staged and join ``_live`` only when it commits. For the
+    same reason the jobs per state are counted once at open and then kept as commits land
+    (``_counts.py``), so a status read does not walk the state index.
     """
 
     def __init__(
@@ -107,7 +109,11 @@ class JobDB:
         self.largest_batch = 0
         self._live: dict[str, Job] = {}  # committed jobs not yet terminal, by id
         self._staged: dict[str, Job] = {}  # the open batch's transitions, until it commits
+        self._moved: dict[str, JobState] = {}  # their jobs' committed states before the batch
         self._next_seq = self._load_next_seq()
+        self._counts = StateCounts(
+            self._read_all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        )
         self.outbox = Outbox(conn, self._store_error)  # webhook deliveries (#16)
 
     @classmethod
@@ -134,9 +140,7 @@ class JobDB:
                 raise StoreError(f"job database {path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {sync_mode(synchronous)}")
             conn.execute("BEGIN IMMEDIATE")
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                raise StoreError(f"job database {path} is corrupt: {'; '.join(problems)}")
+            check_edges(conn, path)
             migrate(conn, path)
             conn.execute("COMMIT")
             started = time.monotonic()
@@ -147,7 +151,11 @@ class JobDB:
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot use job database {path}: {explain(exc)}") from exc
-        return cls(conn, path, clock, synchronous=synchronous, vacuumed_s=vacuumed_s)
+        try:
+            return cls(conn, path, clock, synchronous=synchronous, vacuumed_s=vacuumed_s)
+        except StoreError:
+            conn.close()
+            raise
 
     def close(self) -> None:
         """Close the connection (and release the file lock)."""
@@ -275,11 +283,19 @@ class JobDB:
     def _forget_batch(self) -> None:
         """Drop the rolled-back batch's staged jobs; sequence numbers reload from the file."""
         self._staged.clear()
+        self._moved.clear()
         self._next_seq = self._load_next_seq()
 
     def _keep_live(self, outcomes: list[BatchOutcome]) -> None:
-        """After a commit: the batch's jobs, in order, become the live copies (or leave)."""
+        """After a commit: the batch's jobs, in order, become the live copies (or leave),
+        and the counts per state take the batch in (a Job not moved is an insert)."""
+        moved = self._moved
+        self._counts.committed(
+            sum(isinstance(o, Job) and o.id not in moved for o in outcomes),
+            [(before, self._staged[job_id].state) for job_id, before in moved.items()],
+        )
         self._staged.clear()
+        self._moved.clear()
         for outcome in outcomes:
             if not isinstance(outcome, Job):
                 continue
@@ -402,6 +418,7 @@ class JobDB:
         else:
             self._conn.execute(_UPDATE, params)
         self._staged[changed.id] = changed
+        self._moved.setdefault(changed.id, job.state)
         return changed
 
     def recover(self) -> Recovery:
@@ -421,6 +438,7 @@ class JobDB:
                 self._conn.execute("ROLLBACK")
             raise self._store_error("cannot recover jobs", exc) from exc
         self._live.clear()  # their states changed under the copies
+        self._counts.recovered(int(queued))
         return Recovery(requeued=requeued, queued=int(queued))
 
     def prune(self, older_than_s: float, limit: int) -> int:
@@ -435,7 +453,7 @@ class JobDB:
                 "older_than_s", f"must be a number of seconds, 0 or more, got {older_than_s!r}"
             )
         try:
-            return prune_batch(self._conn, self._clock.now() - older_than_s, limit)
+            return prune_batch(self._conn, self._clock.now() - older_than_s, limit, self._counts)
         except sqlite3.Error as exc:
             raise self._store_error("cannot prune", exc) from exc
 
@@ -485,11 +503,8 @@ class JobDB:
         return tuple(self.outbox.attach(job_from_row(row)) for row in self._read_all(sql, params))
 
     def count_by_state(self) -> Mapping[str, int]:
-        """The number of jobs in each state, every state present."""
-        counts = dict.fromkeys((s.value for s in JobState), 0)
-        for state, count in self._read_all("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-            counts[state] = int(count)
-        return MappingProxyType(counts)
+        """The number of jobs in each state, every state present: kept in memory, O(1)."""
+        return self._counts.snapshot()
 
     def lane_stats(self) -> tuple[LaneStats, ...]:
         """Average wait (start - creation) and run (finish - start) of finished jobs, per lane."""

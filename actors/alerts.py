@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -143,17 +143,9 @@ class Alerter(SupervisedActor):
         self._worker = WorkerThread("gpulane-alerter")
         self._sample()
 
-    def on_stop(self) -> None:
-        """Drop the timer and join the worker (a sample in progress gives up)."""
-        self._wind_up()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Crashed: wind up like a stop, so no thread outlives this instance."""
+    def on_end(self) -> None:
+        """Stopped or crashed: drop the timer and join the worker (a sample in progress gives
+        up), so no thread outlives this instance."""
         self._wind_up()
 
     def _wind_up(self) -> None:

@@ -158,8 +158,8 @@ class PriorityArbiter(SupervisedActor):
         self._take_chunk(chunk)
         log.info("arbiter_started", queued=len(chunk.jobs) + chunk.remaining)
 
-    def on_stop(self) -> None:
-        """Drop the pending wake-up timers."""
+    def on_end(self) -> None:
+        """Stopped or crashed: drop the pending wake-up timers."""
         for timer in (self._wakeup, self._cloud_wakeup):
             if timer is not None:
                 timer.cancel()

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 import pykka
@@ -149,17 +149,9 @@ class GpuSlot(SupervisedActor):
         self._worker = WorkerThread(f"gpulane-slot-{self.slot_id}")
         self._idle()
 
-    def on_stop(self) -> None:
-        """Stop the running call, join the worker, and report the job (see :meth:`_wind_up`)."""
-        self._wind_up()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Crashed: wind up like a stop, so the next instance starts clean."""
+    def on_end(self) -> None:
+        """Stopped or crashed: stop the running call, join the worker, and report the job
+        (see :meth:`_wind_up`), so the next instance starts clean."""
         self._wind_up()
 
     def _wind_up(self) -> None:

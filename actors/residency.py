@@ -37,7 +37,7 @@ GPU), a probe is blind: the backend counts as up once its delay has passed.
 from __future__ import annotations
 
 import random
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 import pykka
@@ -135,21 +135,13 @@ class ResidencyTracker(SupervisedActor):
         self._tell_health()
         self._publish()
 
-    def on_stop(self) -> None:
-        """Drop the poll timer and join the worker."""
+    def on_end(self) -> None:
+        """Stopped or crashed: drop the poll timer and join the worker, so the next
+        instance's are the only ones."""
         if self._next_poll is not None:
             self._next_poll.cancel()
         if self._worker is not None:
             self._worker.stop(self._shutdown_timeout_s)
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Crashed: the same, so the next instance's timer and worker are the only ones."""
-        self.on_stop()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch on the message type."""

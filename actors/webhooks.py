@@ -24,7 +24,6 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -166,17 +165,9 @@ class WebhookDelivery(SupervisedActor):
 
         worker.submit(find)
 
-    def on_stop(self) -> None:
-        """Drop the timers, let the posts in flight finish (within the shutdown time)."""
-        self._wind_down()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """As on stop: no worker, timer or connection outlives the instance."""
+    def on_end(self) -> None:
+        """Stopped or crashed: drop the timers, let the posts in flight finish (within the
+        shutdown time), so no worker, timer or connection outlives the instance."""
         self._wind_down()
 
     def on_receive(self, message: Any) -> None:

@@ -118,6 +118,12 @@ class SupervisedActor(HookedActor):
     ) -> None:
         """Nothing to clean up by default."""
 
+    def on_end(self) -> None:
+        """Release what this instance holds (worker threads, timers, connections), however
+        it ends: called after its on_stop, or after its on_failure when it crashed, before
+        its exit is announced, so the next instance starts with nothing left over.
+        Nothing by default."""
+
     def on_receive(self, message: Any) -> Any:
         """pykka's default: log an unexpected message."""
         return super().on_receive(message)
@@ -216,6 +222,7 @@ def _wrap_on_stop(hook: Callable[[SupervisedActor], None]) -> Callable[[Supervis
             return hook(self)
         try:
             hook(self)
+            self.on_end()
         except BaseException as error:
             self._announce_exit(ExitReason.from_exception(ExitKind.STOP_FAILED, error))
             if isinstance(error, Exception):
@@ -243,7 +250,10 @@ def _wrap_on_failure(hook: _FailureHook) -> _FailureHook:
         if not _outermost(self, "on_failure", on_failure):
             return hook(self, exception_type, exception_value, traceback)
         try:
-            hook(self, exception_type, exception_value, traceback)
+            try:
+                hook(self, exception_type, exception_value, traceback)
+            finally:
+                self.on_end()
         except BaseException:  # a BaseException here would escape pykka's loop entirely
             log.exception("on_failure_failed", actor=str(self))
         finally:

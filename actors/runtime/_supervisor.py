@@ -15,7 +15,6 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any
 
 import pykka
@@ -221,17 +220,9 @@ class Supervisor(SupervisedActor):
         self._start_queue = list(self._children)
         self._start_next()
 
-    def on_stop(self) -> None:
-        """Stop every child, last started first."""
-        self._shutdown()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """The supervisor itself crashed (a bug): still take the children down."""
+    def on_end(self) -> None:
+        """Stop every child, last started first: on a stop, and on a crash of the
+        supervisor itself (a bug), which must still take the children down."""
         self._shutdown()
 
     def on_receive(self, message: Any) -> Any:

@@ -503,7 +503,7 @@ class GpuSlot(SupervisedActor):
         self._arbiter.tell(Recalled(self.slot_id, call.job.id))
 
     def _give_up(self, call: SlotCall, error: str) -> None:
-        self._store.tell(call.failed(error, self._sinks))
+        self._store.tell(call.failed(error, self._sinks, self._clock.now()))
 
     def _cancelled(self) -> None:
         call = self._call

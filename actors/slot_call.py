@@ -180,10 +180,12 @@ class SlotCall:
             stale_ok=True,
         )
 
-    def failed(self, error: str, sinks: SinkRegistry) -> Transition:
-        """The move to failed with ``error``, keeping the text so far."""
+    def failed(self, error: str, sinks: SinkRegistry, now: float) -> Transition:
+        """The move to failed with ``error``, keeping the text so far and the usage of
+        every call, this one's too (a token per piece it streamed, the time it ran)."""
         if self.restart:
             sinks.release(self.job.id)
+        segments = (*self.job.segments, self.interrupted(now))
         return Transition(
             self.job.id,
             JobState.FAILED,
@@ -191,5 +193,7 @@ class SlotCall:
             charge_attempt=True,
             error=error,
             partial_output=self.text_so_far,
+            metrics=JobMetrics.total(segments),
+            segments=segments,
             stale_ok=True,
         )

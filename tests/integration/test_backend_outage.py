@@ -245,3 +245,25 @@ def test_a_job_whose_calls_keep_taking_the_server_down_is_charged_after_max_atte
     next_call_for(1).fail(crash, outage=True)
     with pytest.raises(Exception, match="after 2 attempt"):
         poison.result(timeout=5)
+
+
+def test_a_failed_job_keeps_the_usage_of_every_call_the_last_one_too(
+    start_lane: Any, fake_gpu: FakeGpu
+) -> None:
+    lane = start_lane(retry=RetryPolicy(base_delay_s=1.0, max_delay_s=1.0, jitter=0.0))
+    ticket = lane.submit(job(1).replace(max_attempts=2))
+    first = fake_gpu.next_call()
+    first.emit("One")
+    first.emit(" two")
+    first.fail("the model runner crashed", status=500)
+    quiesce()
+    fake_gpu.clock.advance(1.0)  # type: ignore[attr-defined]
+    last = fake_gpu.next_call()
+    last.emit(" three")
+    last.fail("the model runner crashed", status=500)
+    with pytest.raises(Exception, match="after 2 attempt"):
+        ticket.result(timeout=5)
+    failed = lane.get(ticket.job_id)
+    assert failed.partial_output == "One two three"
+    assert [segment.eval_count for segment in failed.segments] == [2, 1]
+    assert failed.metrics is not None and failed.metrics.eval_count == 3

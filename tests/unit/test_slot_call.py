@@ -90,9 +90,10 @@ def test_a_call_whose_client_has_seen_a_tool_call_is_not_preempted() -> None:
     call.deliver(Chunk(thinking="more"), sinks)  # it runs on as before
     assert [v.tool_calls for _, v in seen] == [(CALL,), ()]  # type: ignore[attr-defined]
     assert call.carry_over(sinks, 100.0) is None, "after a failure it cannot go on either"
-    failed = call.failed(f"backend failed; not retried: {SEEN}", sinks)
+    failed = call.failed(f"backend failed; not retried: {SEEN}", sinks, 100.0)
     assert failed.target is JobState.FAILED and failed.error is not None
     assert "could not continue exactly" in failed.error
+    assert failed.segments is not None and failed.segments[-1].eval_count == call.tokens
 
 
 def test_an_answer_sums_the_usage_of_every_call_that_produced_it() -> None:

@@ -41,7 +41,7 @@ from actors.runtime import (
     Timers,
     WhileRestarting,
 )
-from actors.testing import wait_until
+from actors.testing import quiesce, wait_until
 
 
 @pytest.fixture
@@ -402,6 +402,7 @@ def test_a_fail_fast_child_raises_child_restarting_error_while_it_restarts(
         ref.tell(Note(1))
     with pytest.raises(ChildRestartingError):
         ref.ask(Echo(1), timeout=WAIT_S)
+    quiesce()  # the supervisor marks the child restarting before it arms the restart timer
     clock.advance(5)
     wait_until(lambda: ref.state is ChildState.RUNNING)
     assert ref.ask(Echo(2), timeout=WAIT_S) == 2
@@ -419,6 +420,7 @@ def test_holding_more_than_the_hold_limit_raises_hold_buffer_full_error(
     ref.tell(Note(2))
     with pytest.raises(HoldBufferFullError):
         ref.tell(Note(3))
+    quiesce()  # the supervisor marks the child restarting before it arms the restart timer
     clock.advance(5)
     tree.recorder.wait_count("a:got:2", 1)
     assert tree.recorder.count("a:got:3") == 0
@@ -464,6 +466,7 @@ def test_a_restart_waits_for_its_backoff_with_jitter_on_the_manual_clock(
         shortest, longest = backoff.bounds(attempt)
         tree.ref("a").tell(Crash())
         wait_until(lambda: tree.ref("a").state is ChildState.RESTARTING)
+        quiesce()  # the supervisor marks the child restarting before it arms the timer
         clock.advance(shortest - 0.001)
         assert snapshot(supervisor).child("a").state is ChildState.RESTARTING
         assert tree.recorder.count("a:init") == attempt

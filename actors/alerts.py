@@ -4,7 +4,8 @@
 the webhook (``actors.alert_webhook``), so a restart of the Alerter neither forgets what
 is firing nor sends it twice, and the tree giving up (which stops the Alerter) is still
 announced. Each notice goes to the log (``alert_firing``, a warning; ``alert_resolved``)
-and to the webhook, if one is configured.
+and to the webhook, if one is configured; :meth:`Alerting.firing` answers the alerts
+announced and not yet resolved, for ``GpuLane.status()["alerts"]``.
 
 :class:`Alerter` is the last child of the tree (``actors.tree``), after the actors it
 reads, so a crash of its own restarts nothing else. Every ``alerts.sample_s`` on the lane
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -82,12 +83,18 @@ class Alerting:
         self.root = root
         self._lock = threading.Lock()
         self._rules = AlertRules(settings)
+        self._firing: dict[tuple[str, str], AlertNotice] = {}  # the last firing notice of each
         self._webhook = AlertWebhook(settings, timers, transport=transport)
 
     def observe(self, decide: Callable[[AlertRules], list[AlertNotice]]) -> None:
         """Ask the rules (one caller at a time) and deliver the notices they answer."""
         with self._lock:
             notices = decide(self._rules)
+            for notice in notices:
+                if notice.firing:
+                    self._firing[notice.rule, notice.subject] = notice
+                else:
+                    self._firing.pop((notice.rule, notice.subject), None)
         for notice in notices:
             fields = notice.to_dict()
             del fields["source"], fields["state"]
@@ -96,6 +103,27 @@ class Alerting:
             else:
                 log.info("alert_resolved", **fields)
             self._webhook.send(notice)
+
+    def firing(self) -> tuple[Mapping[str, Any], ...]:
+        """The alerts firing now, oldest first: each one's rule, subject, ``since`` (when its
+        condition began), ``last_notice_at`` (its latest firing notice, a reminder included),
+        ``summary`` (that notice's text), ``value`` and ``threshold``. Lane clock times."""
+        with self._lock:
+            notices = sorted(self._firing.values(), key=lambda n: (n.since, n.rule, n.subject))
+        return tuple(
+            MappingProxyType(
+                {
+                    "rule": n.rule,
+                    "subject": n.subject,
+                    "since": n.since,
+                    "last_notice_at": n.at,
+                    "summary": n.summary,
+                    "value": n.value,
+                    "threshold": n.threshold,
+                }
+            )
+            for n in notices
+        )
 
     def apply(self, settings: AlertSettings) -> None:
         """New settings; a rule turned off resolves its alerts."""

@@ -2,14 +2,15 @@
 
 Each actor answers for what it owns (the arbiter its queue, each slot its call, the
 tracker the resident models, the swap tally and the backends' health, the limiter its
-admissions, the store its counts); this module joins those answers into one read-only
-mapping for hosts, ``/status``, ``gpulane top`` and the status page.
+admissions, the store its counts; the facade's ``Alerting`` what is firing); this module
+joins those answers into one read-only mapping for hosts, ``/status``, ``gpulane top``
+and the status page.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -50,9 +51,11 @@ def lane_status(
     jobs: Mapping[str, int],
     facade_counters: Mapping[str, Any],
     supervision: SupervisorSnapshot | None,
+    alerts: Sequence[Mapping[str, Any]] = (),
 ) -> Mapping[str, Any]:
     """Queue depth per lane and priority, the slots' calls, resident models, swaps, backend
-    health, counters and the supervision tree, as one read-only mapping.
+    health, counters, the supervision tree and the alerts firing (``Alerting.firing()``),
+    as one read-only mapping.
 
     ``counters["swaps"]`` and ``counters["loading_s"]`` are the tracker's swap tally (a
     model that was not resident became resident), not the arbiter's guess at dispatch,
@@ -81,6 +84,7 @@ def lane_status(
             "jobs": jobs,
             "counters": MappingProxyType(counters),
             "supervision": supervision_view(supervision),
+            "alerts": tuple(alerts),
         }
     )
 

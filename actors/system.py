@@ -417,6 +417,7 @@ class GpuLane:
             jobs=self._ask("store", CountJobs()),
             facade_counters=counters,
             supervision=self.supervision(),
+            alerts=self._alerting.firing(),
         )
 
     def supervision(self) -> SupervisorSnapshot | None:

@@ -1,10 +1,10 @@
 """``gpulane top``: a live terminal view of a running gateway.
 
 It polls the gateway's ``GET /status`` (the picture the status page at ``/`` shows)
-and redraws with rich: each backend's health, the GPU slots and the job each runs,
-resident models and the swap figures, the queue by lane and priority, unfinished jobs
-per caller, and recent swaps and preemptions. ``render`` draws one picture, so
-``make run`` shows the same view.
+and redraws with rich: the alerts firing (a red line each), each backend's health, the
+GPU slots and the job each runs, resident models and the swap figures, the queue by lane
+and priority, unfinished jobs per caller, and recent swaps and preemptions. ``render``
+draws one picture, so ``make run`` shows the same view.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from rich.text import Text
 
 __all__ = [
     "GatewayUnreachable",
+    "describe_alert",
     "describe_event",
     "describe_health",
     "fetch_status",
@@ -97,6 +98,18 @@ def describe_health(name: str, backend: Mapping[str, Any], at: float) -> str:
     if backend["last_error"]:
         text += f" · last error: {backend['last_error']}"
     return text
+
+
+def describe_alert(alert: Mapping[str, Any]) -> str:
+    """One line for a firing alert: its rule, its subject, how long it has fired and the text
+    of its latest notice (the subject and text are None where the viewer may not see them)."""
+    text = f"ALERT {alert['rule']}"
+    if alert["subject"] is not None:
+        text += f" on {alert['subject']}"
+    text += f" firing for {_seconds(alert['firing_s'])}"
+    if alert["summary"] is None:
+        return text + " (details need another key)"
+    return text + f": {alert['summary']}"
 
 
 def _overhead(picture: Mapping[str, Any]) -> str:
@@ -235,6 +248,7 @@ def render(picture: Mapping[str, Any], *, source: str = "", footer: str = "") ->
     )
     parts: list[RenderableType] = [
         _header(picture, source),
+        *(Text(describe_alert(alert), style="bold red") for alert in picture["alerts"]),
         _health(picture),
         _Panes(picture),
         totals,

@@ -4,7 +4,8 @@ Gauges and counters that the lane keeps (queue depth per lane and priority, slot
 preemptions, dispatches, retries requested, the swap tally, each backend's health) are
 read at scrape time, the load-time histogram per model too: it is the tally's, so it
 counts swaps only (a model that was not resident became resident), not the small
-``load_duration`` Ollama reports on warm calls. Histograms of wait and run time are fed
+``load_duration`` Ollama reports on warm calls. ``gpulane_alerts_firing`` counts the alerts
+firing per rule (every rule has a sample, 0 when quiet). Histograms of wait and run time are fed
 from every job this gateway saw finish. Each app has its own registry, so several
 gateways (or tests) in one process do not collide.
 """
@@ -24,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from actors.alert_rules import RULES
 from actors.residency import model_of_key
 from actors.swap_tally import LOAD_BUCKETS
 from protocol import Job, Lane, Priority
@@ -82,6 +84,13 @@ class _StatusCollector(Collector):
                 yield CounterMetricFamily(f"gpulane_{name}", help_text, value=counters[name])
         yield from _swap_metrics(status["swaps"])
         yield from _health_metrics(status["health"])
+        firing = GaugeMetricFamily(
+            "gpulane_alerts_firing", "Alerts firing now (one per subject), per rule",
+            labels=["rule"],
+        )  # fmt: skip
+        for rule in RULES:
+            firing.add_metric([rule], float(sum(a["rule"] == rule for a in status["alerts"])))
+        yield firing
 
 
 def _swap_metrics(swaps: Mapping[str, Any]) -> Iterator[Metric]:

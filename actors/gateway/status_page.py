@@ -2,9 +2,10 @@
 browsers; other clients get Ollama's ``Ollama is running`` there).
 
 ``/status`` answers the picture ``gpulane top`` draws (see :mod:`actors.gateway.watch`):
-each backend's health, the GPU slots and their running jobs, resident models, the swap
-figures, the queue by lane and priority, unfinished jobs per caller, job counts,
-counters and recent swaps and preemptions.
+the alerts firing (a red line each on the page, none when quiet), each backend's health,
+the GPU slots and their running jobs, resident models, the swap figures, the queue by
+lane and priority, unfinished jobs per caller, job counts, counters and recent swaps and
+preemptions.
 
 The page is static HTML with a small script that fetches ``/status`` every second and
 redraws (no framework, no external assets: it works on an air-gapped host). A browser
@@ -42,6 +43,7 @@ header h1{font-size:1.2rem;margin:0;letter-spacing:.02em}
 #updated{margin-left:auto;font-size:.85rem;color:#b8c2cc}
 #error{display:none;background:#c62828;color:#fff;padding:.5rem 1.5rem}
 #down{background:#c62828;color:#fff}#down div{padding:.5rem 1.5rem;font-weight:600}
+#alerts{background:#8e1b1b;color:#fff}#alerts div{padding:.5rem 1.5rem;font-weight:600}
 .stats{display:flex;gap:1rem;flex-wrap:wrap;padding:1rem 1.5rem 0}
 .stat{background:#fff;border-radius:.5rem;padding:.6rem 1rem;min-width:8.5rem;
  box-shadow:0 1px 2px #0002}
@@ -105,6 +107,12 @@ function downLine(name, b, at) {
   if (b.last_error) text += " \u00b7 last error: " + b.last_error;
   return el("div", {id: "down-" + name}, text);
 }
+function alertLine(a, i) {
+  let text = "alert " + a.rule + (a.subject === null ? "" : " on " + a.subject) +
+             " firing for " + secs(a.firing_s);
+  text += a.summary === null ? " (details need another key)" : ": " + a.summary;
+  return el("div", {id: "alert-" + i}, text);
+}
 function describe(e) {
   if (e.kind === "swap") {
     if (e.slot === null) {
@@ -123,6 +131,7 @@ function render(p) {
   const state = document.getElementById("state");
   state.textContent = p.paused ? "paused" : "dispatching";
   state.className = "pill " + (p.paused ? "bad" : "good");
+  fill("alerts", ...p.alerts.map(alertLine));
   const backends = Object.entries(p.health);
   fill("health", ...backends.map(([name, b]) => el("span",
     {id: "health-" + name, className: "pill " + (b.state === "up" ? "good" : "bad")},
@@ -214,7 +223,7 @@ PAGE = f"""<!doctype html>
 <body>
 <header><h1>gpulane</h1><span id="state" class="pill">connecting</span>
 <span id="health"></span><span id="updated"></span></header>
-<div id="error"></div><div id="down"></div>
+<div id="error"></div><div id="alerts"></div><div id="down"></div>
 <noscript><p>This page needs JavaScript; the same data is at <a href="status">/status</a>.</p>
 </noscript>
 <div class="stats" id="stats"></div>
@@ -245,7 +254,8 @@ async def status_page(request: Request) -> Response:
 
 @router.get("/status", summary="The live views' picture (key optional: aggregates without)")
 async def status(request: Request, viewer: ViewerDep) -> dict[str, Any]:
-    """Slots, resident models, queue by lane and priority, callers, counters, recent events."""
+    """Alerts firing, slots, resident models, queue by lane and priority, callers, counters,
+    recent events."""
     gateway = gateway_of(request)
     picture = await gateway.watch.picture(gateway.call)
     return view_for(picture, viewer)

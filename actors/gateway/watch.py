@@ -16,7 +16,10 @@ event naming the models.
 Who may see what: an admin sees everything; a caller sees the aggregates plus its
 own jobs and its own count; an anonymous viewer (a browser on a gateway with keys)
 sees aggregates only, no job ids, callers or prompts, nor a backend's last error (it may
-name the backend's address). Prompts never appear.
+name the backend's address). Prompts never appear. Every viewer sees which alerts fire
+and for how long; what one is about (its subject and text) is shown as the rest is: a
+job's preemptions to an admin, a caller's refusals to that caller, a child's exits (the
+text names the error) to a key holder, the queue, the swaps and a backend to anyone.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ COUNTERS = (
     "cancelled_queued",
 )
 PRIORITIES = tuple(p.name.lower() for p in sorted(Priority, reverse=True))
+_OPEN_ALERTS = frozenset({"queue_depth", "swap_overhead", "backend_down"})  # about no one
 
 
 def _brief(job: Job | None) -> dict[str, Any] | None:
@@ -244,6 +248,9 @@ class LaneWatch:
             "swaps_per_hour": float(swaps["swaps_per_hour"]),
             "health": {name: dict(health) for name, health in sorted(status["health"].items())},
             "rejections": {str(k): int(v) for k, v in dict(admission["rejections"]).items()},
+            "alerts": [
+                {**alert, "firing_s": max(0.0, now - alert["since"])} for alert in status["alerts"]
+            ],
             "events": list(self._events),
         }
 
@@ -271,4 +278,17 @@ def view_for(picture: Mapping[str, Any], caller: Caller | None) -> dict[str, Any
         dict(event, job=mine(event["job"]), **({"by": mine(event["by"])} if "by" in event else {}))
         for event in picture["events"]
     ]
+    out["alerts"] = [_alert_for(alert, caller) for alert in picture["alerts"]]
     return out
+
+
+def _alert_for(alert: Mapping[str, Any], caller: Caller | None) -> dict[str, Any]:
+    """A firing alert as a viewer who is not an admin may see it (module docstring): its
+    subject and text withheld (None) where they would name a job, a caller or an error."""
+    rule = alert["rule"]
+    shown = (
+        rule in _OPEN_ALERTS
+        or (rule == "supervision" and caller is not None)
+        or (rule == "caller_rejections" and caller is not None and alert["subject"] == caller.name)
+    )
+    return dict(alert) if shown else dict(alert, subject=None, summary=None, value=None)

@@ -1,11 +1,13 @@
-"""The swap figures and backend health on every surface (the live views' picture, ``gpulane
-top``, ``/metrics``), from status mappings built as the residency tracker builds them: a
-real ``SwapTally`` and the tracker's health mapping, joined by the real status view. A
-stub lane serves them, so each test says exactly what changed between two looks."""
+"""The swap figures, backend health and firing alerts on every surface (the live views'
+picture, ``gpulane top``, ``/metrics``), from status mappings built as the lane builds them:
+a real ``SwapTally``, the tracker's health mapping and a real ``Alerting`` fed by its real
+rules, joined by the real status view. A stub lane serves them, so each test says exactly
+what changed between two looks."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -14,15 +16,18 @@ from typing import Any, cast
 import pytest
 from rich.console import Console
 
+from actors.alert_rules import AlertRules, LaneSample
+from actors.alerts import Alerting
 from actors.gateway.auth import Caller
 from actors.gateway.metrics import GatewayMetrics
 from actors.gateway.watch import LaneWatch, view_for
-from actors.runtime import ManualClock
+from actors.runtime import ManualClock, Timers
 from actors.status_view import lane_status
 from actors.swap_tally import SwapTally
 from actors.system import GpuLane
-from actors.top import describe_event, describe_health, render
+from actors.top import describe_alert, describe_event, describe_health, render
 from protocol import Job, JobMetrics, JobSpec, JobState
+from protocol.config import AlertSettings
 
 ADMIN = Caller("ops", admin=True)
 ALICE = Caller("alice")
@@ -52,11 +57,13 @@ def down(since: float, now: float, *, probes: int = 3, error: str = "") -> Mappi
 
 class StubLane:
     """What ``LaneWatch`` asks of a ``GpuLane``: ``status()``, ``get()`` and ``clock``; the
-    test sets the slots, resident keys, swap tally and health between two looks."""
+    test sets the slots, resident keys, swap tally, health and alerts between two looks."""
 
     def __init__(self) -> None:
         self.clock = ManualClock()
         self.tally = SwapTally()
+        settings = AlertSettings(queue_depth=2, queue_depth_for_s=0, job_preemptions=1)
+        self.alerting = Alerting(settings, self.clock, Timers(self.clock), lambda: None)
         self.health: Mapping[str, Any] = up()
         self.resident: tuple[str, ...] = ()
         self.slot_model: str | None = None
@@ -107,7 +114,17 @@ class StubLane:
                   "failed": 0},
             facade_counters={"submitted": 3},
             supervision=None,
+            alerts=self.alerting.firing(),
         )  # fmt: skip
+
+    def alert(self, decide: Callable[[AlertRules], list[Any]]) -> None:
+        """Feed the rules one observation, as the Alerter does."""
+        self.alerting.observe(decide)
+
+    def queued(self, count: int) -> None:
+        """A sample that sees ``count`` jobs queued (the queue_depth rule's limit is 2)."""
+        sample = LaneSample(self.clock.now(), queued=count)
+        self.alert(lambda rules: rules.sample(sample))
 
 
 async def _run_here(sample: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -301,3 +318,67 @@ def test_metrics_show_each_backends_health_its_time_down_and_its_probes(lane: St
     text = GatewayMetrics(lane.status).render().decode()
     assert 'gpulane_backend_up{backend="local"} 1.0' in text
     assert 'gpulane_backend_down_seconds_total{backend="local"} 30.0' in text
+
+
+# --- firing alerts --------------------------------------------------------------------------
+
+
+def test_a_firing_alert_shows_on_every_surface_with_how_long_it_fired_and_goes_when_it_clears(
+    lane: StubLane, watch: LaneWatch
+) -> None:
+    quiet = look(watch)
+    assert quiet["alerts"] == [] and lane.status()["alerts"] == ()
+    console = Console(record=True, width=200)
+    console.print(render(view_for(quiet, ADMIN)))
+    assert "ALERT" not in console.export_text()
+    started = lane.clock.now()
+    lane.queued(5)
+    lane.clock.advance(65)
+    (alert,) = lane.status()["alerts"]
+    assert dict(alert) == {
+        "rule": "queue_depth", "subject": "queue", "since": started, "last_notice_at": started,
+        "summary": "5 jobs queued, over 2 for 0s", "value": 5, "threshold": 2,
+    }  # fmt: skip
+    picture = view_for(look(watch), None)
+    assert picture["alerts"] == [{**alert, "firing_s": 65.0}]
+    line = "ALERT queue_depth on queue firing for 65.0s: 5 jobs queued, over 2 for 0s"
+    assert describe_alert(picture["alerts"][0]) == line
+    console = Console(record=True, width=200)
+    console.print(render(picture))
+    assert line in console.export_text()
+    text = GatewayMetrics(lane.status).render().decode()
+    assert 'gpulane_alerts_firing{rule="queue_depth"} 1.0' in text
+    assert 'gpulane_alerts_firing{rule="backend_down"} 0.0' in text
+    lane.queued(1)
+    assert lane.status()["alerts"] == () and look(watch)["alerts"] == []
+    text = GatewayMetrics(lane.status).render().decode()
+    assert 'gpulane_alerts_firing{rule="queue_depth"} 0.0' in text
+
+
+def test_an_alert_about_a_job_or_a_caller_shows_what_it_is_about_only_to_who_may_see_it(
+    lane: StubLane, watch: LaneWatch
+) -> None:
+    lane.run("llama3.2", caller="bob")
+    assert lane.job is not None
+    job = dataclasses.replace(lane.job, preemptions=1)
+    now = lane.clock.now()
+    lane.alert(lambda rules: rules.job(job, now))
+    lane.alert(lambda rules: rules.sample(LaneSample(now, rejections={"alice": 0})))
+    lane.alert(lambda rules: rules.sample(LaneSample(now, rejections={"alice": 30})))
+    picture = look(watch)
+    assert sorted((a["rule"], a["subject"]) for a in picture["alerts"]) == [
+        ("caller_rejections", "alice"), ("job_preemptions", "job-1"),
+    ]  # fmt: skip
+    seen = {
+        who: {a["rule"]: a["subject"] for a in view_for(picture, caller)["alerts"]}
+        for who, caller in (("admin", ADMIN), ("alice", ALICE), ("anonymous", None))
+    }
+    assert seen == {
+        "admin": {"caller_rejections": "alice", "job_preemptions": "job-1"},
+        "alice": {"caller_rejections": "alice", "job_preemptions": None},
+        "anonymous": {"caller_rejections": None, "job_preemptions": None},
+    }
+    hidden = view_for(picture, None)["alerts"]
+    assert all(a["summary"] is None and a["value"] is None for a in hidden)
+    assert "bob" not in str(hidden) and "job-1" not in str(hidden)
+    assert describe_alert(hidden[0]).endswith("firing for 0.0s (details need another key)")

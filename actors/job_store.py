@@ -119,7 +119,8 @@ class JobStore(SupervisedActor):
       (after recovering loading/running jobs when ``recover`` is set)
     - LoadQueue → QueueChunk: the queue in serving order, a chunk at a time (the arbiter's
       rebuild); AdmittedJobs → (id, caller, lane) of every job not terminal (the limiter's)
-    - CountJobs → read-only {state: count}; JobStats → tuple[LaneStats, ...]
+    - CountJobs → read-only {state: count}, kept in memory (O(1));
+      JobStats → tuple[LaneStats, ...]
     - PruneJobs → number of terminal jobs deleted (one batch); PruneDue (told, by its timer
       or itself) → a batch of the regular prune
     - PendingWebhooks → the outbox's pending deliveries as (seq, when due); ReadWebhook →

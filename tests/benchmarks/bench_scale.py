@@ -14,6 +14,10 @@ gpulane on a fake GPU (calls that take real time) with its durable store
 - resident memory per queued job: the process's RSS growth over the queue, once in the
   process that took the submits (each job's Ticket dropped, its Sink kept, as a gateway's
   ``POST /jobs`` leaves it) and once in the restarted process after its reload;
+- opening the deep file (``JobDB.open``: its check of each b-tree's edges) against the
+  ``PRAGMA quick_check`` open ran before, on the same file, and the seconds per GB of each;
+- a status read at depth (``count_by_state``, the store's kept counts, what ``CountJobs``
+  answers) against the ``SELECT state, COUNT(*)`` it ran before;
 - the worst submit latency (and p99) while the store's timer prunes terminal jobs (100,000;
   quick 20,000, with an answer of 1,000 characters each) against the same submitters
   without a prune.
@@ -187,6 +191,43 @@ def restart(path: Path, depth: int) -> dict[str, float]:
     return figures
 
 
+def open_and_status(path: Path, reads: int = 200) -> dict[str, float]:
+    """Open the file with the deep queue (best of 3) and read its counts per state; the
+    same file's ``quick_check`` and ``GROUP BY`` count, what open and ``CountJobs`` ran
+    before, measured on the open connection for comparison."""
+    opens: list[float] = []
+    for _ in range(3):
+        started = time.perf_counter()
+        db = JobDB.open(str(path), ManualClock(), synchronous="NORMAL")
+        opens.append(time.perf_counter() - started)
+        if len(opens) < 3:
+            db.close()
+    gb = path.stat().st_size / 1e9
+    try:
+        conn = db._conn
+        started = time.perf_counter()
+        conn.execute("PRAGMA quick_check").fetchall()
+        quick_check = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(reads):
+            db.count_by_state()
+        kept = (time.perf_counter() - started) / reads
+        started = time.perf_counter()
+        for _ in range(reads // 20):
+            conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        walked = (time.perf_counter() - started) / (reads // 20)
+    finally:
+        db.close()
+    return {
+        "file_mb": gb * 1000,
+        "open_s": min(opens),
+        "open_s.quick_check_before": quick_check,
+        "open_s_per_gb.quick_check_before": quick_check / gb,
+        "status_read_us": kept * 1e6,
+        "status_read_us.group_by_before": walked * 1e6,
+    }
+
+
 def terminal_file(path: Path, count: int, ended_at: float) -> None:
     """A store file holding ``count`` succeeded jobs that ended at ``ended_at``."""
     db = JobDB.open(str(path), ManualClock(ended_at), synchronous="NORMAL")
@@ -294,6 +335,7 @@ def main() -> None:
             lane.stop()
         shallow = shallow_gaps(tmp)
         after = restart(tmp / "deep.sqlite3", depth)
+        results.update(open_and_status(tmp / "deep.sqlite3"))
         results.update(prune_latency(tmp, pruned))
     ms = 1000.0
     for name, gaps in (("deep", deep), ("shallow", shallow)):

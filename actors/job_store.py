@@ -181,25 +181,21 @@ class JobStore(SupervisedActor):
         if self._timers is not None:
             self.actor_ref.tell(PruneDue())
 
-    def on_stop(self) -> None:
-        """Drop the prune timer and close the database, releasing its lock."""
-        if self._prune_timer is not None:
-            self._prune_timer.cancel()
-        self._db.close()
-
     def on_failure(
         self,
         exception_type: type[BaseException] | None,
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Apply what is already in the mailbox, then close the database for the next store."""
+        """Crashed: apply what is already in the mailbox first (then :meth:`on_end`)."""
+        self._salvage()
+
+    def on_end(self) -> None:
+        """Stopped or crashed: drop the prune timer and close the database, releasing its
+        lock for the next store."""
         if self._prune_timer is not None:
             self._prune_timer.cancel()
-        try:
-            self._salvage()
-        finally:
-            self._db.close()
+        self._db.close()
 
     def _salvage(self) -> None:
         """Handle the writes and stable-reference asks that reached this instance before it

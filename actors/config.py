@@ -342,6 +342,12 @@ RELOADED_SECTIONS = frozenset(
     {"scheduling", "retry", "limits", "residency", "gateway", "alerts", "webhooks"}
 )
 CLOUD_BOUNDS_KEYS = frozenset({"cloud.max_local_wait_s", "cloud.assumed_run_s"})
+#: The store's upkeep, which a running store takes (``ApplyStoreUpkeep``); its file and
+#: its durability need a restart.
+STORE_UPKEEP_KEYS = frozenset(
+    f"store.{key}" for key in ("prune_after_s", "prune_interval_s", "prune_batch")
+)
+LIVE_KEYS = CLOUD_BOUNDS_KEYS | STORE_UPKEEP_KEYS  # keys that apply, outside whole sections
 CLOUD_CLIENT_KEYS = frozenset(
     f"cloud.{key}"
     for key in ("url", "model", "api_key_env", "max_tokens", "request_timeout_s", "thinking_mode")
@@ -354,7 +360,7 @@ def check_reload(changes: Sequence[str], cloud_slots: bool, cloud_rebuilt: bool)
     lane built the client from ``[cloud]``, so it can build another); ``cloud.enabled``."""
 
     def applies(key: str) -> bool:
-        if key.partition(".")[0] in RELOADED_SECTIONS or key in CLOUD_BOUNDS_KEYS:
+        if key.partition(".")[0] in RELOADED_SECTIONS or key in LIVE_KEYS:
             return True
         if key in CLOUD_CLIENT_KEYS:
             return cloud_rebuilt or not cloud_slots

@@ -23,6 +23,7 @@ any size holds a submit back by one batch at most.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar
@@ -44,6 +45,7 @@ from protocol.errors import IllegalTransitionError, JobNotFoundError, StoreError
 from protocol.job import Job
 from protocol.messages import (
     AdmittedJobs,
+    ApplyStoreUpkeep,
     CountJobs,
     GetJob,
     GetJobBySeq,
@@ -237,6 +239,9 @@ class JobStore(SupervisedActor):
         if isinstance(message, PruneDue):
             self._prune_turn()
             return None
+        if isinstance(message, ApplyStoreUpkeep):
+            self._apply_upkeep(message.settings)
+            return None
         if isinstance(message, PendingWebhooks):
             return db.outbox.pending()
         if isinstance(message, ReadWebhook):
@@ -248,6 +253,25 @@ class JobStore(SupervisedActor):
         if isinstance(message, StoreSnapshot):
             return self._snapshot()
         raise TypeError(f"JobStore cannot handle {type(message).__name__}")
+
+    def _apply_upkeep(self, settings: StoreSettings) -> None:
+        """Take a reload's pruning settings (the file and durability stay as opened); a new
+        interval re-arms the timer from now."""
+        old, self._settings = (
+            self._settings,
+            dataclasses.replace(
+                self._settings,
+                prune_after_s=settings.prune_after_s,
+                prune_interval_s=settings.prune_interval_s,
+                prune_batch=settings.prune_batch,
+            ),
+        )
+        if old.prune_interval_s != settings.prune_interval_s and self._prune_timer is not None:
+            self._prune_timer.cancel()
+            if self._timers is not None:
+                self._prune_timer = self._timers.send_after(
+                    settings.prune_interval_s, self.actor_ref, PruneDue()
+                )
 
     def _prune_turn(self) -> None:
         """One batch of the regular prune; then the next batch (a full one may have left

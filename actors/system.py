@@ -74,6 +74,7 @@ from protocol.messages import (
     ApplyLimits,
     ApplyPolicy,
     ApplyResidency,
+    ApplyStoreUpkeep,
     CancelQueued,
     CountJobs,
     GetJob,
@@ -445,14 +446,12 @@ class GpuLane:
         self._tell_arbiter(ResumeDispatch())
 
     def reload_config(self, config: Config) -> tuple[str, ...]:
-        """Apply a new configuration, keeping the queue, the buckets' fill and the
-        counters; answers the keys (``section.key``) that changed.
-
-        Scheduling, retry, limits, residency, alerts, the cloud's routing bounds and client
-        (a new client takes the next cloud calls) apply at once; ``[gateway]`` is the
-        host's to apply. Anything else is refused before any change, naming every key
-        (``actors.config.check_reload``): the store, the backend, the cloud slots.
-        """
+        """Apply a new configuration, keeping the queue, the buckets' fill and the counters;
+        answers the keys (``section.key``) that changed. Scheduling, retry, limits,
+        residency, alerts, pruning, the cloud's routing bounds and client apply at once;
+        ``[gateway]`` is the host's to apply. Anything else is refused before any change,
+        naming every key (``actors.config.check_reload``): the store's file, the backend,
+        the cloud slots."""
         self._check_running()
         changes = config_changes(self._config, config)
         rebuilt = self._cloud_client is not None
@@ -468,6 +467,7 @@ class GpuLane:
             ("limiter", ApplyLimits(config.limits)),
             ("residency", ApplyResidency(config.residency)),
             ("alerter", ApplyAlerts(config.alerts)),
+            ("store", ApplyStoreUpkeep(config.store)),
         ):
             # A child that is restarting reads the new config when it starts.
             with contextlib.suppress(ChildUnavailableError):

@@ -33,6 +33,7 @@ from protocol.config import (
     ResidencySettings,
     RetryPolicy,
     SchedulingPolicy,
+    StoreSettings,
 )
 from protocol.enums import CancelReason, JobState, Lane
 from protocol.job import Job, JobMetrics
@@ -48,6 +49,7 @@ __all__ = [
     "ApplyLimits",
     "ApplyPolicy",
     "ApplyResidency",
+    "ApplyStoreUpkeep",
     "BackendHealthChanged",
     "BackendUnreachable",
     "CallCancelled",
@@ -235,6 +237,14 @@ class QueueChunk:
 class AdmittedJobs:
     """Ask for the ids of every job that is not terminal, as (caller, lane, ids), read
     from their columns without decoding a spec: what the RateLimiter counts at its start."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyStoreUpkeep:
+    """New pruning settings (``prune_after_s``, ``prune_interval_s``, ``prune_batch``) from a
+    reload; the store's file and durability stay as they opened."""
+
+    settings: StoreSettings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

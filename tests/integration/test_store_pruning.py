@@ -7,6 +7,7 @@ turn of its mailbox, each batch ending with an incremental vacuum.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +215,26 @@ def test_an_admin_prune_deletes_every_old_job_a_batch_per_ask_and_says_how_many(
 def test_a_bad_prune_setting_is_refused_by_name(key: str, value: object) -> None:
     with pytest.raises(ValidationError, match=f"store.{key}"):
         StoreSettings(**{key: value})  # type: ignore[arg-type]
+
+
+def test_a_reload_changes_the_pruning_of_a_running_store(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = StoreSettings(path=str(tmp_path / "jobs.sqlite3"), prune_after_s=100)
+    config = Config(store=store, limits=Limits.off())
+    with GpuLane.start(config, gpu=FakeGpu(clock), clock=clock) as lane:
+        lane.pause()
+        for n in range(3):
+            lane.cancel(lane.submit(make_spec(n), detach=True).job_id)
+        clock.advance(15)
+        quiesce()
+        assert lane.status()["jobs"]["cancelled"] == 3, "100 s and an hour: nothing due yet"
+        shorter = dataclasses.replace(store, prune_after_s=10, prune_interval_s=5, prune_batch=50)
+        changed = lane.reload_config(config.replace(store=shorter))
+        assert set(changed) == {f"store.{key}" for key in ("prune_after_s", "prune_interval_s")} | {
+            "store.prune_batch"
+        }
+        clock.advance(5)  # the new interval, counted from the reload
+        quiesce()
+        assert lane.status()["jobs"]["cancelled"] == 0
+        with pytest.raises(ValidationError, match=r"store\.path"):
+            lane.reload_config(config.replace(store=dataclasses.replace(shorter, path="x.sqlite3")))

@@ -47,6 +47,8 @@ def test_config_changes_name_each_changed_key_by_section() -> None:
         (("cloud.slots",), True, True, ("cloud.slots",)),
         (("cloud.enabled",), False, True, ("cloud.enabled",)),
         (("store.path", "limits.burst", "backend.url"), True, True, ("store.path", "backend.url")),
+        (("store.prune_after_s", "store.prune_interval_s", "store.prune_batch"), False, False, ()),
+        (("store.prune_batch", "store.synchronous"), False, False, ("store.synchronous",)),
     ],
 )  # fmt: skip
 def test_a_reload_refuses_exactly_the_keys_that_cannot_change_while_running(

@@ -233,6 +233,7 @@ def test_a_reload_changes_the_pruning_of_a_running_store(tmp_path: Path) -> None
         assert set(changed) == {f"store.{key}" for key in ("prune_after_s", "prune_interval_s")} | {
             "store.prune_batch"
         }
+        quiesce()  # the store has taken the new settings (a reload tells the actors)
         clock.advance(5)  # the new interval, counted from the reload
         quiesce()
         assert lane.status()["jobs"]["cancelled"] == 0

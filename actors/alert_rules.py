@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from protocol import Job
@@ -304,41 +304,48 @@ class AlertRules:
     def _supervision(
         self, at: float, exits: Mapping[str, tuple[int, str | None]]
     ) -> list[AlertNotice]:
-        limit, window_s = self._settings.child_restarts, self._settings.child_restarts_window_s
-        notices = []
-        for child_id, (count, last_exit) in exits.items():
-            (recent,) = self._grow(("supervision", child_id), at, (float(count),), window_s)
-            notices += self._level(
-                ("supervision", child_id),
-                limit > 0 and recent >= limit,
-                at,
-                since=at,
-                hold_s=0.0,
-                value=int(recent),
-                threshold=limit,
-                summary=f"child {child_id} exited {recent:.0f} times in the last "
-                f"{_span(window_s)} and was restarted (last: {last_exit})",
-            )
-        return notices
+        window_s = self._settings.child_restarts_window_s
+        counts = {child_id: count for child_id, (count, _) in exits.items()}
+        return self._in_window(
+            "supervision", counts, self._settings.child_restarts, window_s, at,
+            lambda child_id, recent: f"child {child_id} exited {recent:.0f} times in the last "
+            f"{_span(window_s)} and was restarted (last: {exits[child_id][1]})",
+        )  # fmt: skip
 
     def _caller_rejections(self, at: float, rejections: Mapping[str, int]) -> list[AlertNotice]:
         limit = self._settings.caller_rejections
         window_s = self._settings.caller_rejections_window_s
-        callers = set(rejections) | {s for r, s in self._series if r == "caller_rejections"}
+        seen = {s for r, s in self._series if r == "caller_rejections"}
+        counts = {caller: rejections.get(caller, 0) for caller in sorted(set(rejections) | seen)}
+        return self._in_window(
+            "caller_rejections", counts, limit, window_s, at,
+            lambda caller, recent: f"caller {caller} refused {recent:.0f} times in the last "
+            f"{_span(window_s)} (limit {limit})",
+        )  # fmt: skip
+
+    def _in_window(
+        self,
+        rule: str,
+        counts: Mapping[str, int],
+        limit: int,
+        window_s: float,
+        at: float,
+        summary: Callable[[str, float], str],
+    ) -> list[AlertNotice]:
+        """A rule on running counts per subject: it fires when a subject's count grew by
+        ``limit`` or more within ``window_s`` (0: the rule is off)."""
         notices = []
-        for caller in sorted(callers):
-            count = float(rejections.get(caller, 0))
-            (recent,) = self._grow(("caller_rejections", caller), at, (count,), window_s)
+        for subject, count in counts.items():
+            (recent,) = self._grow((rule, subject), at, (float(count),), window_s)
             notices += self._level(
-                ("caller_rejections", caller),
+                (rule, subject),
                 limit > 0 and recent >= limit,
                 at,
                 since=at,
                 hold_s=0.0,
                 value=int(recent),
                 threshold=limit,
-                summary=f"caller {caller} refused {recent:.0f} times in the last "
-                f"{_span(window_s)} (limit {limit})",
+                summary=summary(subject, recent),
             )
         return notices
 

@@ -54,6 +54,14 @@ def delivery_settles(lane: GpuLane, job_id: str, state: WebhookState, attempts: 
     return lane.get(job_id)
 
 
+def first_post_refused(lane: GpuLane, gpu: FakeGpu, receiver: WebhookReceiver) -> Job:
+    """A job that ended, whose first post the receiver answered with a 500: pending."""
+    receiver.answer(500)
+    ticket = lane.submit(ask(receiver))
+    gpu.next_call().finish("hello")
+    return delivery_settles(lane, ticket.job_id, WebhookState.PENDING, 1)
+
+
 def check_signed(post: Post, job: Job, event: str) -> None:
     assert post.path == "/hook"
     assert (post.headers[EVENT_HEADER], post.headers[DELIVERY_HEADER]) == (event, job.id)
@@ -91,11 +99,8 @@ def test_a_receivers_500_is_posted_again_after_the_back_off_and_both_attempts_sh
 ) -> None:
     clock = fake_gpu.clock
     lane = start_lane(webhooks=SETTINGS)
-    receiver.answer(500)
-    ticket = lane.submit(ask(receiver))
-    fake_gpu.next_call().finish("hello")
+    job = first_post_refused(lane, fake_gpu, receiver)
     receiver.posts(1)
-    job = delivery_settles(lane, ticket.job_id, WebhookState.PENDING, 1)
     assert job.webhook is not None and job.webhook.next_attempt_at is not None
     failed_at = clock.now()
     # The first retry comes base_delay_s later, less up to jitter of it.
@@ -103,7 +108,7 @@ def test_a_receivers_500_is_posted_again_after_the_back_off_and_both_attempts_sh
     assert len(receiver.stats()) == 1, "nothing is posted before the back-off has passed"
     clock.advance(job.webhook.next_attempt_at - clock.now())
     first, second = receiver.posts(2)
-    job = delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    job = delivery_settles(lane, job.id, WebhookState.DELIVERED, 2)
     assert job.webhook is not None
     assert [(a.status, a.error) for a in job.webhook.deliveries] == [
         (500, "HTTP 500 Internal Server Error"), (200, None),
@@ -208,10 +213,7 @@ def test_a_restarted_delivery_actor_reads_the_pending_deliveries_again(
 ) -> None:
     clock = fake_gpu.clock
     lane = start_lane(webhooks=SETTINGS)
-    receiver.answer(500)
-    ticket = lane.submit(ask(receiver))
-    fake_gpu.next_call().finish("hello")
-    job = delivery_settles(lane, ticket.job_id, WebhookState.PENDING, 1)
+    job = first_post_refused(lane, fake_gpu, receiver)
     lane.ref_for("webhooks").tell(InjectedFault())
     wait_until(lambda: lane.status()["supervision"]["children"]["webhooks"]["restarts"] == 1)
     wait_until(lambda: lane.status()["supervision"]["children"]["webhooks"]["state"] == "running")
@@ -220,7 +222,7 @@ def test_a_restarted_delivery_actor_reads_the_pending_deliveries_again(
     assert job.webhook is not None and job.webhook.next_attempt_at is not None
     clock.advance(job.webhook.next_attempt_at - clock.now())
     receiver.posts(2)
-    delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    delivery_settles(lane, job.id, WebhookState.DELIVERED, 2)
     assert fake_gpu.no_new_call()
 
 
@@ -257,7 +259,7 @@ def test_a_receiver_that_is_down_is_an_attempt_without_a_status_and_tried_again(
     receiver.accept_connections()
     clock.advance(job.webhook.next_attempt_at - clock.now())
     (post,) = receiver.posts(1)
-    job = delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    job = delivery_settles(lane, job.id, WebhookState.DELIVERED, 2)
     check_signed(post, job, "job.succeeded")
 
 
@@ -296,7 +298,7 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(
         (301, "HTTP 301 Moved Permanently")
     ]
     clock.advance(job.webhook.next_attempt_at - clock.now())
-    job = delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    job = delivery_settles(lane, job.id, WebhookState.DELIVERED, 2)
     assert [str(request.url) for request in seen] == ["http://127.0.0.1:8/h"] * 2
     assert seen[1].headers[TIMESTAMP_HEADER] == str(int(clock.now()))
 
@@ -306,10 +308,7 @@ def test_a_reloaded_secret_signs_the_next_attempt(
 ) -> None:
     clock = fake_gpu.clock
     lane = start_lane(webhooks=SETTINGS)
-    receiver.answer(500)
-    ticket = lane.submit(ask(receiver))
-    fake_gpu.next_call().finish("hello")
-    job = delivery_settles(lane, ticket.job_id, WebhookState.PENDING, 1)
+    job = first_post_refused(lane, fake_gpu, receiver)
     rotated = "rotated-webhook-secret-01"
     changed = lane.reload_config(
         lane.config.replace(webhooks=dataclasses.replace(SETTINGS, secret=rotated))
@@ -318,7 +317,7 @@ def test_a_reloaded_secret_signs_the_next_attempt(
     assert job.webhook is not None and job.webhook.next_attempt_at is not None
     clock.advance(job.webhook.next_attempt_at - clock.now())
     first, second = receiver.posts(2)
-    delivery_settles(lane, ticket.job_id, WebhookState.DELIVERED, 2)
+    delivery_settles(lane, job.id, WebhookState.DELIVERED, 2)
     now = int(second.headers[TIMESTAMP_HEADER])
     assert verified(first, SECRET, now=now) and not verified(first, rotated, now=now)
     assert verified(second, rotated, now=now) and not verified(second, SECRET, now=now)

@@ -54,7 +54,14 @@ from actors.runtime import (
     WorkerThread,
 )
 from actors.swap_tally import SwapTally
-from protocol import BackendError, LoadedModel, ResidencySettings, normalise_model_name
+from protocol import (
+    LOCAL_BACKEND,
+    BackendError,
+    LoadedModel,
+    ResidencySettings,
+    model_of_key,
+    normalise_model_name,
+)
 from protocol.messages import (
     ApplyResidency,
     BackendHealthChanged,
@@ -70,16 +77,9 @@ from protocol.messages import (
     ResidencySnapshot,
 )
 
-__all__ = ["LOCAL_BACKEND", "ResidencyTracker", "model_of_key"]
-
-LOCAL_BACKEND = "local"  # the one backend's name until several are configured
+__all__ = ["ResidencyTracker"]
 
 log = structlog.get_logger(__name__)
-
-
-def model_of_key(key: str) -> str:
-    """The model name part of a residency key (``llama3.2|num_ctx=8192`` → ``llama3.2``)."""
-    return key.partition("|")[0]
 
 
 class ResidencyTracker(SupervisedActor):

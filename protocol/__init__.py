@@ -8,6 +8,7 @@ from protocol.backend import (
     LoadedModel,
 )
 from protocol.config import (
+    LOCAL_BACKEND,
     ActiveHours,
     CallerLimits,
     Limits,
@@ -39,12 +40,14 @@ from protocol.spec import (
     THINK_LEVELS,
     ChatMessage,
     JobSpec,
+    model_of_key,
     normalise_model_name,
 )
 from protocol.tools import Tool, ToolCall
 
 __all__ = [
     "LEGAL_TRANSITIONS",
+    "LOCAL_BACKEND",
     "RELOAD_OPTIONS",
     "REQUEST_FEATURES",
     "TERMINAL_STATES",
@@ -91,6 +94,7 @@ __all__ = [
     "freeze",
     "is_deeply_immutable",
     "is_legal_transition",
+    "model_of_key",
     "normalise_model_name",
     "thaw",
 ]

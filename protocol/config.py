@@ -19,6 +19,7 @@ from protocol.webhook import check_secret, parse_hosts
 
 __all__ = [
     "ALERT_FORMATS",
+    "LOCAL_BACKEND",
     "ActiveHours",
     "AlertSettings",
     "CallerLimits",
@@ -30,6 +31,9 @@ __all__ = [
     "WebhookSettings",
     "backoff_delay",
 ]
+
+#: The one backend's name when ``[backend]`` configures it (docs/configuration.md).
+LOCAL_BACKEND = "local"
 
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 

@@ -36,6 +36,7 @@ __all__ = [
     "JobSpec",
     "check_json_data",
     "check_text",
+    "model_of_key",
     "normalise_model_name",
 ]
 
@@ -392,6 +393,11 @@ class JobSpec:
 def normalise_model_name(name: str) -> str:
     """One spelling per model: Ollama reports ``llama3.2`` as ``llama3.2:latest`` (``/api/ps``)."""
     return name[: -len(_DEFAULT_TAG)] if name.endswith(_DEFAULT_TAG) else name
+
+
+def model_of_key(key: str) -> str:
+    """The model name part of a residency key (``llama3.2|num_ctx=8192`` → ``llama3.2``)."""
+    return key.partition("|")[0]
 
 
 def _parse_kind(value: JobKind | str) -> JobKind:

@@ -26,9 +26,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from actors.alert_rules import RULES
-from actors.residency import model_of_key
 from actors.swap_tally import LOAD_BUCKETS
-from protocol import Job, Lane, Priority
+from protocol import Job, Lane, Priority, model_of_key
 
 __all__ = ["GatewayMetrics"]
 

@@ -30,9 +30,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from actors.gateway.auth import Caller
-from actors.residency import model_of_key
 from actors.system import GpuLane
-from protocol import Job, Lane, Priority
+from protocol import Job, Lane, Priority, model_of_key
 
 __all__ = ["COUNTERS", "LaneWatch", "view_for"]
 

@@ -23,6 +23,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 
+from actors.placement import ANY_HOST, HostFit
 from protocol import Job, Lane, Priority, SchedulingPolicy
 
 __all__ = ["RELOAD_CHUNK", "ReadyQueue", "SlotView", "choose_preemption", "displaces"]
@@ -64,6 +65,24 @@ def _peek_alive(heap: list[_Entry]) -> _Entry | None:
     while heap and not heap[0].alive:
         heapq.heappop(heap)
     return heap[0] if heap else None
+
+
+def _first_eligible(heap: list[_Entry], host: HostFit) -> _Entry | None:
+    """The oldest live entry of ``heap`` that ``host`` may run. Walks the heap when its head
+    is not one: used for preempted jobs, of which there are few."""
+    head = _peek_alive(heap)
+    if head is None or host.can_run(head.job.spec.model_key):
+        return head
+    runnable = [e for e in heap if e.alive and host.can_run(e.job.spec.model_key)]
+    return min(runnable, default=None)
+
+
+class _Declined:
+    """A host taking only warm work was offered a job that would swap: it takes nothing."""
+
+
+DECLINED = _Declined()
+_Candidate = tuple[float, int, "_ModelQueue", _Entry]
 
 
 class _ModelQueue:
@@ -119,8 +138,9 @@ class _ClassQueue:
         self.returning: list[_Entry] = []  # preempted jobs: back to the head of the class
         self.by_chain: dict[str, list[_Entry]] = {}
         self.by_model: dict[str, _ModelQueue] = {}
-        # The oldest job of the class while it waits for a swap, and since when.
-        self.passed_over: tuple[_Entry, float] | None = None
+        # Per backend, the oldest job of the class it may run while it waits for a swap
+        # there, and since when (the starvation bound holds per backend).
+        self.passed_over: dict[str, tuple[_Entry, float]] = {}
 
     def add(self, entry: _Entry) -> None:
         job = entry.job
@@ -146,50 +166,80 @@ class _ClassQueue:
             del self.by_chain[chain]
 
     def choose(
-        self, now: float, chains: frozenset[str], resident: frozenset[str], max_swap_defer_s: float
-    ) -> _Entry:
-        entry = _peek_alive(self.returning)
+        self,
+        now: float,
+        chains: frozenset[str],
+        resident: frozenset[str],
+        max_swap_defer_s: float,
+        host: HostFit,
+        warm_only: bool,
+    ) -> _Entry | _Declined | None:
+        """The entry ``host`` should take from this class: None if it may run none of them,
+        DECLINED if ``warm_only`` and the one it should take needs a swap there."""
+        entry = _first_eligible(self.returning, host)
+        if entry is None:
+            for chain in sorted(chains):
+                heap = self.by_chain.get(chain)
+                entry = _peek_alive(heap) if heap else None
+                if entry is not None and host.can_run(entry.job.spec.model_key):
+                    break
+                entry = None
         if entry is not None:
-            return entry
-        for chain in sorted(chains):
-            heap = self.by_chain.get(chain)
-            entry = _peek_alive(heap) if heap else None
-            if entry is not None:
-                return entry
-        return self._choose_by_model(now, resident, max_swap_defer_s)
+            warm = entry.job.spec.model_key in resident
+            return DECLINED if warm_only and not warm else entry
+        return self._choose_by_model(now, resident, max_swap_defer_s, host, warm_only)
 
     def _choose_by_model(
-        self, now: float, resident: frozenset[str], max_swap_defer_s: float
-    ) -> _Entry:
+        self,
+        now: float,
+        resident: frozenset[str],
+        max_swap_defer_s: float,
+        host: HostFit,
+        warm_only: bool,
+    ) -> _Entry | _Declined | None:
         """Residency with the starvation bound, then fair share inside the chosen model.
 
         The deferral clock of a job that needs a swap starts when it becomes the oldest
-        ready job of its class, i.e. at the moment FIFO would have run it, not at its
-        creation: under a backlog every job is older than ``max_swap_defer_s``, and a
-        clock started at creation would make every choice a swap (FIFO again).
-        Once it has been passed over for ``max_swap_defer_s``, that very job runs next.
+        ready job of its class that ``host`` may run, i.e. at the moment FIFO would have
+        run it there, not at its creation: under a backlog every job is older than
+        ``max_swap_defer_s``, and a clock started at creation would make every choice a
+        swap (FIFO again). Once it has been passed over for ``max_swap_defer_s`` on that
+        host, that very job runs next there. A host with nothing of its own loaded prefers
+        a model no other host has loaded (placement), under the same bound.
         """
-        oldest: tuple[float, int, _ModelQueue, _Entry] | None = None
-        oldest_resident: tuple[float, int, _ModelQueue, _Entry] | None = None
+        oldest: _Candidate | None = None
+        warm: _Candidate | None = None
+        lonely: _Candidate | None = None
         for key, queue in self.by_model.items():
+            if not host.can_run(key):
+                continue
             head = queue.oldest()
             assert head is not None, "a model queue with live jobs has an oldest one"
             candidate = (head.job.created_at, head.job.seq, queue, head)
             if oldest is None or candidate[:2] < oldest[:2]:
                 oldest = candidate
-            if key in resident and (oldest_resident is None or candidate[:2] < oldest_resident[:2]):
-                oldest_resident = candidate
-        assert oldest is not None, "choose is only called on a class with live jobs"
-        if oldest_resident is None or oldest_resident[2] is oldest[2]:
-            self.passed_over = None
+            if key in resident:
+                if warm is None or candidate[:2] < warm[:2]:
+                    warm = candidate
+            elif key not in host.elsewhere and (lonely is None or candidate[:2] < lonely[:2]):
+                lonely = candidate
+        if oldest is None:
+            return None
+        if warm is None and warm_only:
+            return DECLINED
+        pick = warm or lonely or oldest
+        if pick[2] is oldest[2]:
+            self.passed_over.pop(host.name, None)
             return oldest[2].next_fair()
         head = oldest[3]
-        if self.passed_over is None or self.passed_over[0] is not head:
-            self.passed_over = (head, now)  # its FIFO turn: from now on it is being deferred
-        if now - self.passed_over[1] >= max_swap_defer_s:
-            self.passed_over = None
+        deferred = self.passed_over.get(host.name)
+        if deferred is None or deferred[0] is not head:
+            deferred = (head, now)  # its FIFO turn: from now on it is being deferred
+            self.passed_over[host.name] = deferred
+        if now - deferred[1] >= max_swap_defer_s:
+            del self.passed_over[host.name]
             return head  # the starvation bound: this one has been deferred long enough
-        return oldest_resident[2].next_fair()
+        return pick[2].next_fair()
 
 
 class ReadyQueue:
@@ -267,21 +317,32 @@ class ReadyQueue:
         *,
         chains: frozenset[str] = frozenset(),
         resident: frozenset[str] = frozenset(),
+        host: HostFit = ANY_HOST,
+        warm_only: bool = False,
     ) -> Job | None:
-        """Take the next job to run, or None when nothing is ready.
+        """Take the next job to run on ``host``, or None when it should take nothing.
 
-        ``chains`` are the chain ids running now (continuation); ``resident`` the model
-        keys loaded now (residency).
+        ``chains`` are the chain ids running there now (continuation); ``resident`` the
+        model keys loaded there now (residency). Only jobs ``host`` may run are offered
+        (placement). With ``warm_only`` it takes nothing when the job it should take would
+        swap (the warm pass: a better host for it may be free); the class order holds
+        either way, so a host never takes a lower class's job while a better one waits.
         """
         self.promote_due(now)
+        bound = policy.max_swap_defer_s
         for queue in self._classes.values():
-            if queue.live:
-                entry = queue.choose(now, chains, resident, policy.max_swap_defer_s)
-                entry.alive = False
-                del self._entries[entry.job.id]
-                self._depths[(entry.job.spec.lane, entry.job.spec.priority)] -= 1
-                queue.forget(entry)
-                return entry.job
+            if not queue.live:
+                continue
+            entry = queue.choose(now, chains, resident, bound, host, warm_only)
+            if entry is None:
+                continue  # nothing in this class may run on this host
+            if isinstance(entry, _Declined):
+                return None
+            entry.alive = False
+            del self._entries[entry.job.id]
+            self._depths[(entry.job.spec.lane, entry.job.spec.priority)] -= 1
+            queue.forget(entry)
+            return entry.job
         return None
 
     def depths(self) -> dict[tuple[Lane, Priority], int]:
@@ -298,10 +359,13 @@ class ReadyQueue:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SlotView:
-    """What the preemption decision needs to know about one busy slot."""
+    """What the preemption decision needs to know about one busy slot: ``swaps``, its
+    backend would have to load the incoming job's model (a slot whose backend cannot run
+    that model at all is no candidate)."""
 
     slot_id: str
     job: Job
+    swaps: bool = False
 
 
 def choose_preemption(
@@ -323,8 +387,11 @@ def choose_preemption(
     ]
     if not victims:
         return None
-    # The least important external call, and among equals the one that started last.
-    return min(victims, key=lambda v: (-v.job.spec.priority.rank, -(v.job.started_at or 0.0)))
+    # The slot that best serves the incoming job (its model loaded there), then the least
+    # important external call, and among equals the one that started last.
+    return min(
+        victims, key=lambda v: (v.swaps, -v.job.spec.priority.rank, -(v.job.started_at or 0.0))
+    )
 
 
 def _class_key(job: Job) -> ClassKey:

@@ -1,0 +1,79 @@
+"""Placement: which backend may take a job, and which backend gives up its model first.
+
+Thread-free values and functions beside the arbiter (docs/architecture.md section 4,
+docs/scheduling.md "Placement"). A job may run only on a backend whose catalog lists its
+model; a backend takes jobs for the models it has loaded first (the warm pass), and
+when a backend must swap, the one whose loaded models nobody waits for, then the one
+used least recently, goes first (the cold pass), preferring a model loaded on no other
+backend, so each host drains its own model instead of all of them loading the same one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from protocol import LOCAL_BACKEND, model_of_key, normalise_model_name
+
+__all__ = ["ANY_HOST", "HostFit", "HostLoad", "cold_order", "placement_fit"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostFit:
+    """What one backend may take: its catalog against every backend's.
+
+    ``catalog`` is the normalised names the backend can run, None while unknown (with one
+    backend: it may run anything). ``listed`` is every backend's catalog together, None
+    while some backend's is unknown. A model no backend lists may run anywhere (the server
+    answers 404 as it would without gpulane), but only once every catalog is known, so a
+    job waits for the catalog of the host that may have its model. ``elsewhere`` is the
+    model keys other up backends have loaded: a cold backend leaves those to them.
+    """
+
+    name: str = LOCAL_BACKEND
+    catalog: frozenset[str] | None = None
+    listed: frozenset[str] | None = frozenset()
+    elsewhere: frozenset[str] = frozenset()
+
+    def can_run(self, model_key: str) -> bool:
+        """True if a job for ``model_key`` may run on this backend."""
+        if self.catalog is None:
+            return True
+        name = normalise_model_name(model_of_key(model_key))
+        return name in self.catalog or (self.listed is not None and name not in self.listed)
+
+
+#: One backend that may run anything: a lane with a single backend, or a test.
+ANY_HOST = HostFit()
+
+
+def placement_fit(
+    name: str,
+    catalogs: dict[str, frozenset[str] | None],
+    resident: dict[str, frozenset[str]],
+) -> HostFit:
+    """The HostFit of backend ``name`` among ``catalogs`` (every backend's, None while
+    unknown) and ``resident`` (the model keys each up backend has loaded)."""
+    known = [catalog for catalog in catalogs.values() if catalog is not None]
+    listed = frozenset().union(*known) if len(known) == len(catalogs) else None
+    elsewhere = frozenset().union(*(keys for other, keys in resident.items() if other != name))
+    catalog = catalogs.get(name)
+    if catalog is None and len(catalogs) > 1:
+        catalog = frozenset()  # one of several, not read yet: it takes nothing until it is
+    return HostFit(name, catalog, listed, elsewhere)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostLoad:
+    """What makes a swap on a backend cheap or dear: ``wanted``, queued jobs wait for a
+    model it has loaded (a swap would evict it); ``last_used``, when its last call began."""
+
+    name: str
+    wanted: bool
+    last_used: float
+
+
+def cold_order(hosts: Iterable[HostLoad]) -> list[str]:
+    """The backends that must swap, cheapest first: those whose loaded models nobody waits
+    for, then the least recently used, then by name (a stable order)."""
+    return [h.name for h in sorted(hosts, key=lambda h: (h.wanted, h.last_used, h.name))]

@@ -50,6 +50,8 @@ class Job:
     of each call whose output is part of the answer, and ``metrics`` their sum
     (docs/architecture.md section 3, "Preempt"). ``webhook`` is the delivery of an ended
     job's webhook as the store's outbox has it (None before the job ends, or without one).
+    ``backend`` and ``slot`` say where the job's last call ran (set by the slot's move to
+    loading; None for a job that never ran on a GPU slot).
     """
 
     id: str
@@ -70,6 +72,8 @@ class Job:
     output: Output | None = None
     segments: tuple[JobMetrics, ...] = ()
     webhook: WebhookStatus | None = None
+    backend: str | None = None
+    slot: str | None = None
 
     def replace(self, **changes: Any) -> Job:
         """A copy with some fields changed."""
@@ -115,6 +119,8 @@ class Job:
             "metrics": None if self.metrics is None else self.metrics.to_dict(),
             "output": None if self.output is None else self.output.to_dict(),
             "segments": [segment.to_dict() for segment in self.segments],
+            "backend": self.backend,
+            "slot": self.slot,
         }
         if self.spec.webhook is not None:
             out["webhook"] = (self.webhook or WebhookStatus(self.spec.webhook)).to_dict()

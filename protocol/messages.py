@@ -130,7 +130,9 @@ class Transition:
     a restart elsewhere): if the store refuses it, it logs and drops it instead of
     raising, so a stale report is never a crash of the store. ``output`` (with
     ``result``) belongs to a move to succeeded; ``segments`` replaces the job's
-    per-call metrics (an empty tuple clears them, for a job that starts over).
+    per-call metrics (an empty tuple clears them, for a job that starts over). ``backend``
+    and ``slot`` name where the job runs (the slot's move to loading carries them); kept
+    when not given.
     """
 
     job_id: str
@@ -146,6 +148,8 @@ class Transition:
     stale_ok: bool = False
     output: Output | None = None
     segments: tuple[JobMetrics, ...] | None = None
+    backend: str | None = None
+    slot: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ __all__ = [
     "given",
     "is_volatile",
     "job_from_row",
-    "output_json",
-    "segments_json",
+    "moved",
     "to_json",
+    "update_params",
 ]
 
 WriteMessage: TypeAlias = InsertJob | Transition
@@ -59,7 +59,10 @@ def is_volatile(message: WriteMessage) -> bool:
     attempt (docs/architecture.md section 6), so losing such a move changes nothing that
     recovery would not: the job is queued either way. A move that also records
     something (an attempt, a preemption, output, an error, metrics) is durable, as are
-    inserts, terminal moves and moves back to queued.
+    inserts, terminal moves and moves back to queued. Where the job runs (``backend``,
+    ``slot``) rides along without making the move durable: a job whose move to loading is
+    lost is queued again and told where it runs on its next move to loading, and the
+    next durable commit syncs the move with everything before it.
     """
     return (
         isinstance(message, Transition)
@@ -79,21 +82,65 @@ def given(value: Any, current: Any) -> Any:
     return current if value is None else value
 
 
-def output_json(output: Output | None) -> str | None:
-    """The ``output`` column's JSON for ``output``."""
-    return None if output is None else to_json(output.to_dict())
+def moved(job: Job, message: Transition, now: float) -> Job:
+    """``job`` after ``message`` at ``now`` (the engine checked that the move is legal).
+
+    Timestamps: ``started_at`` is set when a job enters loading or running from queued;
+    ``finished_at`` when it enters a terminal state. ``not_before`` is replaced on every
+    move (None clears it). ``partial_output``, ``result``, ``error``, ``metrics``,
+    ``output``, ``segments``, ``backend`` and ``slot`` are replaced when given and kept
+    otherwise.
+    """
+    target = message.target
+    return job.replace(
+        state=target,
+        updated_at=now,
+        started_at=now if target.is_active and not job.state.is_active else job.started_at,
+        finished_at=now if target.is_terminal else job.finished_at,
+        not_before=message.not_before,
+        attempts=job.attempts + int(message.charge_attempt),
+        preemptions=job.preemptions + int(message.count_preemption),
+        partial_output=given(message.partial_output, job.partial_output),
+        result=given(message.result, job.result),
+        error=given(message.error, job.error),
+        metrics=given(message.metrics, job.metrics),
+        output=given(message.output, job.output),
+        segments=given(message.segments, job.segments),
+        backend=given(message.backend, job.backend),
+        slot=given(message.slot, job.slot),
+    )
 
 
-def segments_json(segments: tuple[JobMetrics, ...]) -> str | None:
-    """The ``segments`` column's JSON (NULL for none, as a job of version 1 has)."""
-    return to_json([segment.to_dict() for segment in segments]) if segments else None
+def update_params(job: Job) -> tuple[Any, ...]:
+    """The parameters of an engine's UPDATE of ``job``'s row (``_sqlite._UPDATE``), in
+    order; the row's key (``seq``) last."""
+    return (
+        job.state.value,
+        job.updated_at,
+        job.started_at,
+        job.finished_at,
+        job.not_before,
+        job.attempts,
+        job.preemptions,
+        job.partial_output,
+        job.result,
+        job.error,
+        None if job.metrics is None else to_json(job.metrics.to_dict()),
+        None if job.output is None else to_json(job.output.to_dict()),
+        to_json([segment.to_dict() for segment in job.segments]) if job.segments else None,
+        job.backend,
+        job.slot,
+        job.seq,
+    )
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
     """A Job from a row of the columns an engine selects (``_sqlite._COLUMNS``); the spec
-    is validated again on the way out."""
-    (seq, job_id, state, spec, created, updated, started, finished, not_before,
-     attempts, preemptions, partial, result, error, metrics, output, segments) = row  # fmt: skip
+    is validated again on the way out. ``segments`` is NULL for none, as on a job of
+    version 1."""
+    (seq, job_id, state, spec, created, updated, started, finished, not_before, attempts,
+     preemptions, partial, result, error, metrics, output, segments, backend, slot,
+     ) = row  # fmt: skip
     return Job(
         id=job_id,
         seq=seq,
@@ -114,4 +161,6 @@ def job_from_row(row: Sequence[Any]) -> Job:
         segments=()
         if segments is None
         else tuple(JobMetrics(**segment) for segment in json.loads(segments)),
+        backend=backend,
+        slot=slot,
     )

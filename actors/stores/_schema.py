@@ -105,12 +105,21 @@ def _webhook_outbox_v4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _where_it_ran_v5(conn: sqlite3.Connection) -> None:
+    """Version 5 (#17): ``backend`` and ``slot``, where a job's last call ran (the backend's
+    name and the slot's id, set by the slot's move to loading); NULL on older jobs and on
+    jobs that never ran."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN backend TEXT")
+    conn.execute("ALTER TABLE jobs ADD COLUMN slot TEXT")
+
+
 # MIGRATIONS[i] turns a schema of version i into version i + 1; version 0 is an empty file.
 MIGRATIONS: tuple[Migration, ...] = (
     _create_v1,
     _answer_parts_v2,
     _incremental_vacuum_v3,
     _webhook_outbox_v4,
+    _where_it_ran_v5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -24,12 +24,11 @@ from actors.stores._rows import (
     BatchOutcome,
     Recovery,
     WriteMessage,
-    given,
     is_volatile,
     job_from_row,
-    output_json,
-    segments_json,
+    moved,
     to_json,
+    update_params,
 )
 from actors.stores._schema import migrate
 from protocol.enums import TERMINAL_STATES, JobState, Lane
@@ -55,7 +54,8 @@ _ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
 
 _COLUMNS = (
     "seq, id, state, spec, created_at, updated_at, started_at, finished_at, not_before, "
-    "attempts, preemptions, partial_output, result, error, metrics, output, segments"
+    "attempts, preemptions, partial_output, result, error, metrics, output, segments, "
+    "backend, slot"
 )
 _INSERT = (
     "INSERT INTO jobs (seq, id, state, lane, caller, model, priority, spec, retry_of, "
@@ -67,7 +67,7 @@ _ROWS_PER_INSERT = 500
 _UPDATE = (
     "UPDATE jobs SET state = ?, updated_at = ?, started_at = ?, finished_at = ?, "
     "not_before = ?, attempts = ?, preemptions = ?, partial_output = ?, result = ?, "
-    "error = ?, metrics = ?, output = ?, segments = ? WHERE seq = ?"
+    "error = ?, metrics = ?, output = ?, segments = ?, backend = ?, slot = ? WHERE seq = ?"
 )
 _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
 _SELECT_BY_SEQ = f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?"
@@ -362,14 +362,10 @@ class JobDB:
                     return
 
     def _transition(self, message: Transition) -> Job:
-        """Move a job to ``message.target`` and record what came with the move.
-
-        Timestamps: ``started_at`` is set when a job enters loading or running from
-        queued; ``finished_at`` when it enters a terminal state. ``not_before`` is
-        replaced on every move (None clears it) and may be non-None only on a move to
-        queued, the one state where it means anything. ``partial_output``, ``result``,
-        ``error``, ``metrics``, ``output`` and ``segments`` are replaced when given and
-        kept otherwise. A job that names a webhook gets its outbox row with its terminal move.
+        """Move a job to ``message.target`` and record what came with the move (``_rows.moved``
+        says what changes). ``not_before`` may be non-None only on a move to queued, the one
+        state where it means anything; ``result`` and ``output`` only on a move to
+        succeeded. A job that names a webhook gets its outbox row with its terminal move.
         """
         target = message.target
         if message.not_before is not None and target is not JobState.QUEUED:
@@ -381,38 +377,8 @@ class JobDB:
         if message.expected is not None and job.state not in message.expected:
             raise IllegalTransitionError(job.id, job.state.value, target.value)
         check_transition(job.id, job.state, target)
-        now = self._clock.now()
-        changed = job.replace(
-            state=target,
-            updated_at=now,
-            started_at=now if target.is_active and not job.state.is_active else job.started_at,
-            finished_at=now if target.is_terminal else job.finished_at,
-            not_before=message.not_before,
-            attempts=job.attempts + int(message.charge_attempt),
-            preemptions=job.preemptions + int(message.count_preemption),
-            partial_output=given(message.partial_output, job.partial_output),
-            result=given(message.result, job.result),
-            error=given(message.error, job.error),
-            metrics=given(message.metrics, job.metrics),
-            output=given(message.output, job.output),
-            segments=given(message.segments, job.segments),
-        )
-        params = (
-            target.value,
-            now,
-            changed.started_at,
-            changed.finished_at,
-            changed.not_before,
-            changed.attempts,
-            changed.preemptions,
-            changed.partial_output,
-            changed.result,
-            changed.error,
-            None if changed.metrics is None else to_json(changed.metrics.to_dict()),
-            output_json(changed.output),
-            segments_json(changed.segments),
-            job.seq,
-        )
+        changed = moved(job, message, self._clock.now())
+        params = update_params(changed)
         if target.is_terminal and changed.spec.webhook is not None:
             changed = self.outbox.write_terminal(changed, _UPDATE, params)
         else:

@@ -187,7 +187,7 @@ def test_a_batch_larger_than_one_insert_statement_is_written_whole(db: JobDB) ->
 
 
 def test_a_new_file_gets_the_current_schema_version(db: JobDB) -> None:
-    assert db.schema_version() == SCHEMA_VERSION == 4
+    assert db.schema_version() == SCHEMA_VERSION == 5
     assert db.durability() == ("wal", "FULL")
 
 
@@ -266,7 +266,7 @@ def test_a_version_one_file_is_migrated_and_its_jobs_read_back(tmp_path: Path) -
     write_version_one_file(path)
     db = JobDB.open(path, ManualClock())
     try:
-        assert db.schema_version() == SCHEMA_VERSION == 4
+        assert db.schema_version() == SCHEMA_VERSION == 5
         done = db.get("01OLDDONE")
         assert (done.state, done.result, done.output, done.segments) == (
             JobState.SUCCEEDED, "Hello there", None, (),
@@ -430,13 +430,66 @@ def test_a_batch_that_fails_to_commit_leaves_the_jobs_as_they_were_committed(db:
 def test_a_finished_job_is_read_back_from_the_file_as_it_was_kept_in_memory(db: JobDB) -> None:
     job = batch(db, [InsertJob(make_spec())])[0]
     assert isinstance(job, Job)
-    moves = [JobState.LOADING, JobState.RUNNING]
-    *_, running = batch(db, [Transition(job.id, state) for state in moves])
+    moves = [
+        Transition(job.id, JobState.LOADING, backend="east", slot="east.gpu1"),
+        Transition(job.id, JobState.RUNNING),
+    ]
+    *_, running = batch(db, moves)
     assert db.get(job.id) == running
+    assert isinstance(running, Job) and (running.backend, running.slot) == ("east", "east.gpu1")
     done = batch(db, [Transition(job.id, JobState.SUCCEEDED, result="ok")])[0]
     assert isinstance(done, Job)
     assert db.get(job.id) == done == db.get_by_seq(job.seq)
+    assert db.list_jobs(ListJobs()) == (done,)
+    assert (done.backend, done.slot) == ("east", "east.gpu1"), "kept by moves that carry none"
     assert db._live == {}, "terminal jobs are not kept in memory"
+
+
+def test_a_job_says_where_its_last_call_ran_and_a_move_to_loading_elsewhere_replaces_it(
+    db: JobDB,
+) -> None:
+    (job,) = batch(db, [InsertJob(make_spec())])
+    assert isinstance(job, Job) and (job.backend, job.slot) == (None, None)
+    assert job.to_dict()["backend"] is None and job.to_dict()["slot"] is None
+    first = Transition(job.id, JobState.LOADING, backend="local", slot="gpu0")
+    assert is_volatile(first), "where it runs does not make the move durable"
+    batch(db, [first, Transition(job.id, JobState.QUEUED, count_preemption=True)])
+    assert (db.get(job.id).backend, db.get(job.id).slot) == ("local", "gpu0")
+    batch(db, [Transition(job.id, JobState.LOADING, backend="west", slot="west.gpu0")])
+    (failed,) = batch(db, [Transition(job.id, JobState.FAILED, error="boom")])
+    assert isinstance(failed, Job)
+    assert {k: failed.to_dict()[k] for k in ("backend", "slot")} == {
+        "backend": "west", "slot": "west.gpu0",
+    }  # fmt: skip
+    assert db.get(job.id) == failed
+
+
+def test_a_version_four_file_gets_the_where_it_ran_columns_and_its_jobs_take_them(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "v4.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    migrate(conn, path, MIGRATIONS[:4])
+    conn.execute(
+        "INSERT INTO jobs (id, state, lane, caller, model, priority, spec, created_at, "
+        "updated_at) VALUES ('01V4', 'queued', 'external', 'alice', 'llama3.2', 1, ?, 1, 1)",
+        (json.dumps(make_spec().to_dict()),),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    db = JobDB.open(path, ManualClock())
+    try:
+        assert db.schema_version() == SCHEMA_VERSION == 5
+        columns = [row[1] for row in db._conn.execute("PRAGMA table_info(jobs)")]
+        assert columns[-2:] == ["backend", "slot"]
+        old = db.get("01V4")
+        assert (old.backend, old.slot) == (None, None)
+        batch(db, [Transition("01V4", JobState.LOADING, backend="east", slot="east.gpu0")])
+        db._live.clear()  # read the row, not the copy in memory
+        assert (db.get("01V4").backend, db.get("01V4").slot) == ("east", "east.gpu0")
+    finally:
+        db.close()
 
 
 def test_a_bug_mid_batch_rolls_the_batch_back_instead_of_leaving_it_open(db: JobDB) -> None:

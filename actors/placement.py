@@ -11,11 +11,24 @@ backend, so each host drains its own model instead of all of them loading the sa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from protocol import LOCAL_BACKEND, model_of_key, normalise_model_name
+from protocol import LOCAL_BACKEND, Job, SchedulingPolicy, model_of_key, normalise_model_name
 
-__all__ = ["ANY_HOST", "HostFit", "HostLoad", "cold_order", "placement_fit"]
+if TYPE_CHECKING:
+    from actors.scheduling import ReadyQueue
+
+__all__ = [
+    "ANY_HOST",
+    "FreeHost",
+    "HostFit",
+    "HostLoad",
+    "Placed",
+    "cold_order",
+    "place",
+    "placement_fit",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,8 +62,8 @@ ANY_HOST = HostFit()
 
 def placement_fit(
     name: str,
-    catalogs: dict[str, frozenset[str] | None],
-    resident: dict[str, frozenset[str]],
+    catalogs: Mapping[str, frozenset[str] | None],
+    resident: Mapping[str, frozenset[str]],
 ) -> HostFit:
     """The HostFit of backend ``name`` among ``catalogs`` (every backend's, None while
     unknown) and ``resident`` (the model keys each up backend has loaded)."""
@@ -77,3 +90,76 @@ def cold_order(hosts: Iterable[HostLoad]) -> list[str]:
     """The backends that must swap, cheapest first: those whose loaded models nobody waits
     for, then the least recently used, then by name (a stable order)."""
     return [h.name for h in sorted(hosts, key=lambda h: (h.wanted, h.last_used, h.name))]
+
+
+@dataclasses.dataclass(slots=True)
+class FreeHost:
+    """A backend with free slots in a dispatch round: ``free`` its free slot ids (taken in
+    order), ``chains`` the chains its slots run or last ran, ``last_used`` when its last
+    call began."""
+
+    name: str
+    free: list[str]
+    chains: frozenset[str] = frozenset()
+    last_used: float = float("-inf")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placed:
+    """One decision of a round: ``job`` runs on ``slot_id`` of backend ``backend``;
+    ``swaps``, the backend has to load its model first."""
+
+    slot_id: str
+    backend: str
+    job: Job
+    swaps: bool
+
+
+def place(
+    queue: ReadyQueue,
+    now: float,
+    policy: SchedulingPolicy,
+    free: Sequence[FreeHost],
+    catalogs: Mapping[str, frozenset[str] | None],
+    resident: Mapping[str, frozenset[str]],
+) -> list[Placed]:
+    """Fill the free slots of ``free`` (up backends) from ``queue``: first every backend
+    takes the jobs for models it has loaded (the warm pass), then the backends that must
+    swap, cheapest first (:func:`cold_order`), take the best job each may run.
+
+    ``catalogs`` has every backend's catalog; ``resident`` the model keys each up backend
+    has loaded or is running. Each choice is one ``ReadyQueue.pop``: O(log n) in the jobs
+    queued plus O(models) for residency and catalogs.
+    """
+    loaded = {name: set(keys) for name, keys in resident.items()}
+    placed: list[Placed] = []
+
+    def take(host: FreeHost, warm_only: bool) -> bool:
+        frozen = {name: frozenset(keys) for name, keys in loaded.items()}
+        here = frozen.get(host.name, frozenset())
+        job = queue.pop(
+            now,
+            policy,
+            chains=host.chains,
+            resident=here,
+            host=placement_fit(host.name, catalogs, frozen),
+            warm_only=warm_only,
+        )
+        if job is None:
+            return False
+        key = job.spec.model_key
+        placed.append(Placed(host.free.pop(0), host.name, job, key not in here))
+        loaded.setdefault(host.name, set()).add(key)
+        return True
+
+    hosts = [FreeHost(h.name, list(h.free), h.chains, h.last_used) for h in free if h.free]
+    for host in hosts:
+        while host.free and take(host, warm_only=True):
+            pass
+    loads = (HostLoad(h.name, queue.wants(loaded.get(h.name, ())), h.last_used) for h in hosts)
+    by_name = {h.name: h for h in hosts}
+    for name in cold_order(h for h in loads if by_name[h.name].free):
+        host = by_name[name]
+        while host.free and take(host, warm_only=False):
+            pass
+    return placed

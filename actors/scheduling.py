@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from actors.placement import ANY_HOST, HostFit
 from protocol import Job, Lane, Priority, SchedulingPolicy
@@ -344,6 +344,12 @@ class ReadyQueue:
             queue.forget(entry)
             return entry.job
         return None
+
+    def wants(self, model_keys: Iterable[str]) -> bool:
+        """True if a ready job waits for one of ``model_keys`` (a swap would evict a model
+        someone waits for). O(classes x keys)."""
+        keys = tuple(model_keys)
+        return any(key in queue.by_model for queue in self._classes.values() for key in keys)
 
     def depths(self) -> dict[tuple[Lane, Priority], int]:
         """Ready jobs per (lane, priority); delayed ones are counted under their class too."""

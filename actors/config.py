@@ -2,7 +2,9 @@
 
 Every section maps onto a dataclass; an unknown key or a bad value is a ValidationError
 that names ``section.key``. ``GPULANE_<SECTION>_<KEY>`` environment variables override
-the file (e.g. ``GPULANE_STORE_PATH=/var/lib/gpulane.sqlite3``).
+the file (e.g. ``GPULANE_STORE_PATH=/var/lib/gpulane.sqlite3``). Several model servers
+are a ``[[backends]]`` array of tables instead of the one ``[backend]``; its errors name
+``backends.<name>.<key>``, and no environment variable overrides it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +23,7 @@ from actors.backends.anthropic import ANTHROPIC_URL, ThinkingMode
 from actors.backends.openai_compat import RESUME_MODES, SCHEMA_FORMS
 from actors.cloud import CloudPolicy
 from protocol import (
+    LOCAL_BACKEND,
     ActiveHours,
     Limits,
     ResidencySettings,
@@ -44,12 +48,18 @@ __all__ = [
 
 BACKEND_KINDS = ("ollama", "simulated", "openai")
 THINKING_MODES: tuple[str, ...] = get_args(ThinkingMode)  # cloud.thinking_mode
+BACKEND_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a backend's name: in child ids and labels
+_NAME_RULE = "lower-case letters, digits, '_' and '-', starting with a letter or digit"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BackendSettings:
-    """Which model server the GPU slots drive."""
+    """One model server the GPU slots drive: ``[backend]`` (named ``local``), or one table
+    of ``[[backends]]``. ``models`` is its catalog when given; otherwise the server's."""
 
+    name: str = LOCAL_BACKEND
+    labels: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None
     kind: str = "ollama"
     url: str = "http://127.0.0.1:11434"
     slots: int = 1
@@ -61,24 +71,57 @@ class BackendSettings:
     embed_workers: int = 4  # concurrent embedding calls, which bypass the GPU queue
 
     def __post_init__(self) -> None:
+        _check_backend_name("backend.name", self.name)
+        at = self.section
+        object.__setattr__(self, "labels", _names(f"{at}.labels", self.labels, "label"))
+        if self.models is not None:
+            models = _names(f"{at}.models", self.models, "model name")
+            if not models:
+                raise ValidationError(
+                    f"{at}.models", "is empty", allowed="model names, or no key: the server's"
+                )
+            object.__setattr__(self, "models", models)
         if self.kind not in BACKEND_KINDS:
-            raise ValidationError(
-                "backend.kind", f"unknown backend {self.kind!r}", allowed=BACKEND_KINDS
-            )
+            raise ValidationError(f"{at}.kind", f"unknown backend {self.kind!r}", BACKEND_KINDS)
         if not isinstance(self.slots, int) or self.slots < 1:
             raise ValidationError(
-                "backend.slots", f"must be an integer of 1 or more, got {self.slots!r}"
+                f"{at}.slots", f"must be an integer of 1 or more, got {self.slots!r}"
             )
         if not self.url.startswith(("http://", "https://")):
-            raise ValidationError("backend.url", f"not an http(s) URL: {self.url!r}")
+            raise ValidationError(f"{at}.url", f"not an http(s) URL: {self.url!r}")
         if self.resume not in RESUME_MODES:
-            raise ValidationError("backend.resume", f"unknown mode {self.resume!r}", RESUME_MODES)
+            raise ValidationError(f"{at}.resume", f"unknown mode {self.resume!r}", RESUME_MODES)
         if self.schema_form not in SCHEMA_FORMS:
             raise ValidationError(
-                "backend.schema_form", f"unknown form {self.schema_form!r}", SCHEMA_FORMS
+                f"{at}.schema_form", f"unknown form {self.schema_form!r}", SCHEMA_FORMS
             )
         if not isinstance(self.embed_workers, int) or self.embed_workers < 1:
-            raise ValidationError("backend.embed_workers", "must be an integer of 1 or more")
+            raise ValidationError(f"{at}.embed_workers", "must be an integer of 1 or more")
+
+    @property
+    def section(self) -> str:
+        """Where its errors point: ``backend`` for the one local backend, else
+        ``backends.<name>``."""
+        return "backend" if self.name == LOCAL_BACKEND else f"backends.{self.name}"
+
+
+def _check_backend_name(field: str, name: object) -> None:
+    """ValidationError at ``field`` unless ``name`` is a well-formed backend name."""
+    if not isinstance(name, str) or not BACKEND_NAME.fullmatch(name):
+        raise ValidationError(field, f"not a backend name: {name!r}", allowed=_NAME_RULE)
+
+
+def _names(field: str, values: object, what: str) -> tuple[str, ...]:
+    """``values`` as a tuple of distinct non-empty strings; ValidationError at ``field``."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise ValidationError(field, f"must be a list of strings, got {values!r}")
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(field, f"each {what} must be a non-empty string, got {value!r}")
+    if len(set(values)) != len(values):
+        repeated = next(v for v in values if values.count(v) > 1)
+        raise ValidationError(field, f"{what} {repeated!r} is listed twice")
+    return tuple(values)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -301,6 +344,31 @@ class Config:
     cloud: CloudSettings = CloudSettings()
     webhooks: WebhookSettings = WebhookSettings()
     alerts: AlertSettings = AlertSettings()
+    backends: tuple[BackendSettings, ...] = ()  # ``[[backends]]``: several servers, by name
+
+    def __post_init__(self) -> None:
+        if not self.backends:
+            if self.backend.name != LOCAL_BACKEND:
+                raise ValidationError(
+                    "backend.name", f"is {self.backend.name!r}", allowed=f"{LOCAL_BACKEND!r}"
+                )
+            return
+        if self.backend != BackendSettings():
+            raise ValidationError(
+                "backend, backends",
+                "both are set",
+                allowed="[backend] for one model server or [[backends]] for several, not both",
+            )
+        seen: set[str] = set()
+        for index, host in enumerate(self.backends):
+            if host.name in seen:
+                raise ValidationError(f"backends[{index}].name", f"{host.name!r} is listed twice")
+            seen.add(host.name)
+
+    @property
+    def hosts(self) -> tuple[BackendSettings, ...]:
+        """The backends the lane drives, in order: ``[[backends]]``, or the one ``[backend]``."""
+        return self.backends or (self.backend,)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -315,11 +383,21 @@ class Config:
     def from_mapping(cls, data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
         """Build from nested mappings (``{"store": {"path": ...}}``) plus environment overrides."""
         merged = {name: dict(data.get(name, {})) for name in _SECTIONS}
-        unknown = sorted(set(data) - set(_SECTIONS))
+        unknown = sorted(set(data) - {*_SECTIONS, "backends"})
         if unknown:
-            raise ValidationError(unknown[0], "unknown config section", allowed=sorted(_SECTIONS))
-        _apply_env(merged, os.environ if env is None else env)
-        return cls(**{name: _build(name, section) for name, section in merged.items()})
+            raise ValidationError(
+                unknown[0], "unknown config section", allowed=sorted({*_SECTIONS, "backends"})
+            )
+        tables = data.get("backends", ())
+        if tables and "backend" in data:
+            raise ValidationError(
+                "backend, backends",
+                "both are set",
+                allowed="[backend] for one model server or [[backends]] for several, not both",
+            )
+        _apply_env(merged, os.environ if env is None else env, several=bool(tables))
+        sections = {name: _build(name, section) for name, section in merged.items()}
+        return cls(**sections, backends=_build_backends(tables))
 
     def replace(self, **changes: Any) -> Config:
         """A copy with whole sections replaced."""
@@ -372,13 +450,29 @@ def check_reload(changes: Sequence[str], cloud_slots: bool, cloud_rebuilt: bool)
 
 
 def config_changes(old: Config, new: Config) -> tuple[str, ...]:
-    """The keys (``section.key``) whose values differ between ``old`` and ``new``."""
-    return tuple(
+    """The keys (``section.key``) whose values differ between ``old`` and ``new``; in
+    ``[[backends]]``, ``backends.<name>.<key>`` for a backend in both, ``backends.<name>``
+    for one added or removed, and ``backends`` when the same backends come in another order."""
+    changed = [
         f"{section}.{field.name}"
         for section in _SECTIONS
         for field in dataclasses.fields(getattr(old, section))
         if getattr(getattr(old, section), field.name) != getattr(getattr(new, section), field.name)
-    )
+    ]
+    before = {host.name: host for host in old.backends}
+    after = {host.name: host for host in new.backends}
+    for name in dict.fromkeys([*before, *after]):
+        if name not in before or name not in after:
+            changed.append(f"backends.{name}")
+            continue
+        changed.extend(
+            f"backends.{name}.{field.name}"
+            for field in dataclasses.fields(BackendSettings)
+            if getattr(before[name], field.name) != getattr(after[name], field.name)
+        )
+    if not any(key.startswith("backends") for key in changed) and old.backends != new.backends:
+        changed.append("backends")  # the same backends, in another order (the slots' order)
+    return tuple(changed)
 
 
 def _build(section: str, values: Mapping[str, Any]) -> Any:
@@ -390,13 +484,49 @@ def _build(section: str, values: Mapping[str, Any]) -> Any:
     values = dict(values)
     if section == "scheduling" and isinstance(values.get("active_hours"), str):
         values["active_hours"] = ActiveHours.parse(values["active_hours"])
+    if section == "backend" and values.get("name", LOCAL_BACKEND) != LOCAL_BACKEND:
+        raise ValidationError(
+            "backend.name",
+            f"the one [backend] is named {LOCAL_BACKEND!r}, not {values['name']!r}",
+            allowed="[[backends]] tables to name several backends",
+        )
     try:
         return kind(**values)
     except TypeError as exc:
         raise ValidationError(section, str(exc)) from None
 
 
-def _apply_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+def _build_backends(tables: object) -> tuple[BackendSettings, ...]:
+    """``[[backends]]``: each table's name first (``backends[<index>].name`` when it is
+    missing or bad), then its keys, whose errors name ``backends.<name>.<key>``."""
+    if not isinstance(tables, (list, tuple)):
+        raise ValidationError("backends", "must be an array of tables ([[backends]])")
+    known = sorted(f.name for f in dataclasses.fields(BackendSettings))
+    hosts = []
+    for index, table in enumerate(tables):
+        if not isinstance(table, Mapping):
+            raise ValidationError(f"backends[{index}]", "must be a table ([[backends]])")
+        if "name" not in table:
+            raise ValidationError(f"backends[{index}].name", "is required", allowed=_NAME_RULE)
+        _check_backend_name(f"backends[{index}].name", table["name"])
+        at = f"backends.{table['name']}"
+        extra = sorted(set(table) - set(known))
+        if extra:
+            raise ValidationError(f"{at}.{extra[0]}", "unknown setting", allowed=known)
+        try:
+            hosts.append(BackendSettings(**dict(table)))
+        except ValidationError as error:
+            if not error.field.startswith("backend."):
+                raise
+            # one named "local" speaks as [backend] does: say which table it is
+            field = f"{at}.{error.field.removeprefix('backend.')}"
+            raise ValidationError(field, error.problem, error.allowed) from None
+    return tuple(hosts)
+
+
+def _apply_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str], *, several: bool) -> None:
+    """``GPULANE_<SECTION>_<KEY>`` into ``merged``; ``[backend]``'s are refused by name when
+    the file has ``[[backends]]``, which takes no environment overrides."""
     for name, raw in env.items():
         if not name.startswith("GPULANE_"):
             continue
@@ -407,6 +537,12 @@ def _apply_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> Non
         field_types = {f.name: f.type for f in dataclasses.fields(_SECTIONS[section])}
         if key not in field_types:
             raise ValidationError(name, "unknown setting", allowed=sorted(field_types))
+        if section == "backend" and several:
+            raise ValidationError(
+                name,
+                "overrides [backend], but the file configures [[backends]]",
+                allowed="set each backend in its [[backends]] table",
+            )
         merged[section][key] = _coerce(name, raw, str(field_types[key]))
 
 
@@ -418,6 +554,8 @@ def _coerce(name: str, raw: str, type_name: str) -> Any:
             return float(raw)
         if type_name.startswith("bool"):
             return raw.strip().lower() in ("1", "true", "yes", "on")
+        if type_name.startswith("tuple[str"):  # a list: comma-separated
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError:
         raise ValidationError(name, f"not a number: {raw!r}") from None
     return raw

@@ -1,5 +1,6 @@
 """The messages of the ResidencyTracker: what slots tell it of their calls, its polls,
-pins and probes, and what it tells the arbiter (docs/architecture.md sections 2 and 13).
+pins, probes and catalog reads, and what it tells the arbiter (each naming its backend;
+docs/architecture.md sections 2 and 13).
 Re-exported by ``protocol.messages``, where every actor's messages are named."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from protocol.backend import LoadedModel
-from protocol.config import ResidencySettings
+from protocol.config import LOCAL_BACKEND, ResidencySettings
 
 __all__ = [
     "ApplyResidency",
@@ -15,9 +16,13 @@ __all__ = [
     "BackendUnreachable",
     "CallEnded",
     "CallStarting",
+    "CatalogChanged",
+    "CatalogRead",
+    "CatalogReadFailed",
     "ModelLoaded",
     "PinFinished",
     "PollResidency",
+    "ReadCatalog",
     "ResidencyChanged",
     "ResidencyPollFailed",
     "ResidencyPolled",
@@ -103,6 +108,26 @@ class ResidencyPollFailed:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ReadCatalog:
+    """Timer tick: read the backend's catalog again (off the tracker's thread)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CatalogRead:
+    """The model names the backend can run (``Backend.list_models``), as it spells them."""
+
+    models: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CatalogReadFailed:
+    """Reading the backend's catalog failed; ``outage``: it was unreachable."""
+
+    error: str
+    outage: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PinFinished:
     """Loading pinned ``model`` with keep_alive ended after ``load_s``; ``error`` is None
     on success; ``outage``: the backend was unreachable."""
@@ -127,6 +152,16 @@ class ResidencySnapshot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ResidencyChanged:
-    """The tracker's resident model keys changed (told to the arbiter)."""
+    """The resident model keys on ``backend`` changed (its tracker tells the arbiter)."""
 
     resident: frozenset[str]
+    backend: str = LOCAL_BACKEND
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CatalogChanged:
+    """The models ``backend`` can run (normalised names, ``protocol.normalise_model_name``)
+    are first known or changed; its tracker tells the arbiter, and again when it starts."""
+
+    backend: str
+    models: frozenset[str]

@@ -259,7 +259,8 @@ class ResidencySettings:
     with ``pin_keep_alive_s`` (negative: forever, as Ollama reads it): two-slot residency.
     While the backend is down the tracker probes it (a poll) after ``probe_initial_s``,
     doubling each time up to ``probe_max_s``, less up to ``probe_jitter`` of it
-    (docs/architecture.md section 13).
+    (docs/architecture.md section 13). A backend with no configured ``models`` has its
+    catalog (the models it can run) read again every ``catalog_interval_s``.
     """
 
     poll_interval_s: float = 10.0
@@ -269,9 +270,11 @@ class ResidencySettings:
     probe_initial_s: float = 1.0
     probe_max_s: float = 30.0
     probe_jitter: float = 0.2
+    catalog_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         _require(self.poll_interval_s > 0, "residency.poll_interval_s", "must be more than 0")
+        _require(self.catalog_interval_s > 0, "residency.catalog_interval_s", "must be more than 0")
         _require(self.probe_initial_s > 0, "residency.probe_initial_s", "must be more than 0")
         _require(
             self.probe_max_s >= self.probe_initial_s,

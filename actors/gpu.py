@@ -24,11 +24,14 @@ budget and the usage carry over segment by segment (docs/architecture.md section
 "Preempt").
 
 A failure that belongs to the backend (``BackendError.outage``: unreachable, dropped,
-busy) before the call produced any output charges the job nothing: it goes back to the
-queue at its place, the prefetched next job goes back unstarted, and the tracker and
-the arbiter hear ``BackendUnreachable``, so no more work comes until the backend is up
-(docs/architecture.md section 13). A slot with no tracker (a cloud slot) has no health
-to report: there an outage is an ordinary transient failure.
+busy) charges the job nothing, before output or after it: losing the host is not the
+job's fault (issue #17). The job goes back to the queue at its place with what it carries
+over, as after a preemption (its text so far, resumed after on whichever host takes it
+next) but with no preemption counted; the prefetched next job goes back unstarted, and
+the tracker and the arbiter hear ``BackendUnreachable``, so no more work comes until the
+backend is up (docs/architecture.md section 13). A job the arbiter suspects of taking the
+server down (``Dispatch.charge_outage``) is charged all the same. A slot with no tracker
+(a cloud slot) has no health to report: there an outage is an ordinary transient failure.
 
 Every call carries the pin's keep_alive when its model is pinned, so no request
 shortens or ends a pinned model's residency (docs/architecture.md section 2).
@@ -367,10 +370,8 @@ class GpuSlot(SupervisedActor):
             outcome: Any = CallCancelled(call.call_id)
         except ValidationError as exc:  # a field this backend cannot carry: never retried
             outcome = CallFailed(call.call_id, str(exc), False)
-        except BackendError as exc:
-            before_output = call.tokens == 0  # else the stream was cut mid-answer: the job's
-            outage = exc.outage and before_output
-            outcome = CallFailed(call.call_id, mend_text(str(exc)), exc.transient, outage)
+        except BackendError as exc:  # an outage mid-stream too: the host went, not the job
+            outcome = CallFailed(call.call_id, mend_text(str(exc)), exc.transient, exc.outage)
         except Exception as exc:  # a backend bug: report it as a permanent failure of this call
             log.exception("backend_crashed", slot=self.slot_id, job_id=call.job.id)
             outcome = CallFailed(call.call_id, mend_text(f"backend error: {exc!r}"), False)
@@ -471,11 +472,12 @@ class GpuSlot(SupervisedActor):
         )
 
     def _backend_unreachable(self, error: str) -> None:
-        """The call met a backend outage before any output: the tracker and the arbiter
-        hear of it, so no more work comes until the backend is up, and the next job goes
-        back unstarted. The job goes back to its place in the queue with no attempt
-        charged, unless it is suspected of causing the outages (``charge_outage``): then
-        it is charged like a failure of its own."""
+        """The call met a backend outage (before output or mid-stream): the tracker and
+        the arbiter hear of it, so no more work comes until the backend is up, and the next
+        job goes back unstarted. The job goes back to its place in the queue with its text
+        so far and no attempt charged (or fails, if its client has seen output no new call
+        could continue), unless it is suspected of causing the outages (``charge_outage``):
+        then it is charged like a failure of its own."""
         call = self._call
         assert call is not None
         news = BackendUnreachable(self.slot_id, call.job.id, error, call.started_at)
@@ -486,7 +488,7 @@ class GpuSlot(SupervisedActor):
             self._fail(f"{error} (charged: its calls met every outage of late first)", True)
             return
         self._end_call()
-        self._requeue(call, count_preemption=False, why="its backend was unreachable", error=error)
+        self._requeue(call, count_preemption=False, why="its backend went away", error=error)
         self._idle(call.job)
         log.info("job_requeued_backend_unreachable", slot=self.slot_id, job_id=call.job.id)
 

@@ -3,7 +3,9 @@
 The lane runs real GpuSlots on a FakeBackend that the test takes down and brings back:
 while it is down its calls and its ``/api/ps`` poll fail the way a refused connection
 does (``BackendError(outage=True)``). Time is a ManualClock, so ten minutes of outage
-take no wall-clock time and the probes' back-off is checked to the second.
+take no wall-clock time and the probes' back-off is checked to the second. A call cut
+mid-stream by the backend's outage goes back uncharged with its text (issue #17); one cut
+by an error of its own request is charged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from actors import BackendSettings, Config, GpuLane
 from actors.testing import FakeCall, FakeGpu, quiesce
 from protocol import (
     BackendError,
+    JobFailedError,
     JobSpec,
     JobState,
     Lane,
@@ -29,6 +32,7 @@ from protocol import (
 )
 
 REFUSED = "cannot connect to Ollama at http://127.0.0.1:11434: [Errno 111] Connection refused"
+CUT = "Ollama at http://127.0.0.1:11434 cut the response: peer closed connection"
 
 
 class Outage:
@@ -151,19 +155,100 @@ def test_a_failure_of_the_jobs_own_request_is_retried_with_back_off_and_fails_af
     assert lane.status()["health"]["local"]["state"] == "up", "the job's failure is not an outage"
 
 
-def test_a_stream_cut_mid_answer_is_the_jobs_failure_even_when_the_connection_dropped(
+def test_a_stream_cut_mid_answer_by_a_dropped_connection_goes_back_uncharged_after_its_text(
+    start_lane: Any, fake_gpu: FakeGpu
+) -> None:
+    # Issue #17: losing the host is not the job's failure, whenever it happens; the job
+    # keeps its text, as a preempted one does, and resumes after it once a host is up.
+    lane = start_lane(residency=ResidencySettings(probe_initial_s=5.0, probe_jitter=0.0))
+    first, second = lane.submit(job(1)), lane.submit(job(2))
+    call = fake_gpu.next_call()
+    call.emit("Once", " upon")
+    quiesce()
+    assert lane.status()["slots"]["gpu0"]["next_job_id"] == second.job_id
+    call.fail(CUT, outage=True)
+    quiesce()
+    stored = lane.get(first.job_id)
+    assert stored.state is JobState.QUEUED and (stored.attempts, stored.preemptions) == (0, 0)
+    assert stored.partial_output == "Once upon" and stored.error == CUT
+    assert [segment.eval_count for segment in stored.segments] == [2]
+    status = lane.status()
+    health = status["health"]["local"]
+    assert health["state"] == "down" and CUT in health["last_error"]
+    assert status["queued"] == 2 and status["slots"]["gpu0"]["next_job_id"] is None
+    assert fake_gpu.no_new_call(), "nothing is dispatched while the backend is down"
+    fake_gpu.clock.advance(5.0)  # type: ignore[attr-defined]
+    resumed = fake_gpu.next_call()
+    assert resumed.request.resume_prefix == "Once upon"
+    resumed.finish(" a time")
+    assert first.result(timeout=5) == "Once upon a time"
+    fake_gpu.next_call().finish("two")
+    assert second.result(timeout=5) == "two"
+    done = lane.get(first.job_id)
+    assert (done.attempts, done.preemptions) == (0, 0)
+    assert [segment.eval_count for segment in done.segments] == [2, 1]
+
+
+def test_a_stream_cut_mid_answer_by_an_error_of_its_own_is_charged_and_resumed_after_its_text(
     start_lane: Any, fake_gpu: FakeGpu
 ) -> None:
     lane = start_lane(retry=RetryPolicy(base_delay_s=1.0, max_delay_s=1.0, jitter=0.0))
     ticket = lane.submit(job(1))
     call = fake_gpu.next_call()
     call.emit("Once upon")
-    call.fail("Ollama cut the response: peer closed connection", outage=True)
+    call.fail("llama runner process has terminated", status=500)  # a 500: this request's
     quiesce()
     stored = lane.get(ticket.job_id)
     assert stored.state is JobState.QUEUED and stored.attempts == 1
     assert stored.partial_output == "Once upon"  # resumed after, as a preemption is
     assert lane.status()["health"]["local"]["state"] == "up"
+    fake_gpu.clock.advance(1.0)  # type: ignore[attr-defined]
+    resumed = fake_gpu.next_call()
+    assert resumed.request.resume_prefix == "Once upon"
+    resumed.finish(" a time")
+    assert ticket.result(timeout=5) == "Once upon a time"
+    assert lane.get(ticket.job_id).attempts == 1
+
+
+def test_a_host_lost_after_a_streaming_client_saw_thinking_fails_the_job_as_any_cut_does(
+    start_lane: Any, fake_gpu: FakeGpu
+) -> None:
+    # The rule of SlotCall.carry_over: thinking cannot be continued exactly, and a client
+    # that has seen it must not see it again, different; so the job fails (as after a
+    # retry or a slot's stop), though the outage is still the backend's.
+    lane = start_lane()
+    ticket = lane.submit(job(1).replace(think=True, stream=True))
+    call = fake_gpu.next_call()
+    call.think("Paris")
+    streamed = ticket.chunks(timeout=5)
+    assert next(streamed).thinking == "Paris"
+    call.fail(CUT, outage=True)
+    with pytest.raises(JobFailedError, match="its backend went away, and its client has seen"):
+        next(streamed)
+    assert lane.get(ticket.job_id).state is JobState.FAILED
+    assert lane.status()["health"]["local"]["state"] == "down"
+
+
+def test_a_host_lost_after_thinking_nobody_saw_starts_the_job_over_uncharged(
+    start_lane: Any, fake_gpu: FakeGpu
+) -> None:
+    # carry_over's other rule: output that is more than text and unseen starts over.
+    lane = start_lane(residency=ResidencySettings(probe_initial_s=1.0, probe_jitter=0.0))
+    ticket = lane.submit(job(1).replace(think=True))
+    call = fake_gpu.next_call()
+    call.think("Paris").emit("It is")
+    quiesce()
+    call.fail(CUT, outage=True)
+    quiesce()
+    stored = lane.get(ticket.job_id)
+    assert (stored.state, stored.attempts, stored.partial_output) == (JobState.QUEUED, 0, "")
+    fake_gpu.clock.advance(1.0)  # type: ignore[attr-defined]
+    again = fake_gpu.next_call()
+    assert again.request.resume_prefix == ""
+    again.think("Paris again").finish("Sunny.")
+    answer = ticket.result(timeout=5)
+    assert answer == "Sunny." and answer.thinking == "Paris again"
+    assert lane.get(ticket.job_id).attempts == 0
 
 
 def test_an_outage_gives_back_the_prefetched_next_job_and_stops_dispatch_until_a_probe_answers(
@@ -187,8 +272,9 @@ def test_an_outage_gives_back_the_prefetched_next_job_and_stops_dispatch_until_a
     assert first.result(timeout=5) == "one" and second.result(timeout=5) == "two"
 
 
+@pytest.mark.parametrize("output", ["", "So far"], ids=["before-output", "mid-stream"])
 def test_a_call_that_began_before_the_backend_came_back_does_not_take_it_down_again(
-    start_lane: Any, fake_gpu: FakeGpu
+    start_lane: Any, fake_gpu: FakeGpu, output: str
 ) -> None:
     lane = start_lane(
         backend=BackendSettings(slots=2),
@@ -204,12 +290,16 @@ def test_a_call_that_began_before_the_backend_came_back_does_not_take_it_down_ag
     quiesce()  # the (blind) probe: up again
     fake_gpu.next_call().finish("retried")  # the requeued job runs on the free slot
     assert doomed.result(timeout=5) == "retried"
-    began_early.fail(REFUSED, outage=True)  # this call met the old outage
+    if output:
+        began_early.emit(output)
+    began_early.fail(REFUSED if not output else CUT, outage=True)  # it met the old outage
     quiesce()
     health = lane.status()["health"]["local"]
     assert health["state"] == "up" and health["changes"] == 2
-    fake_gpu.next_call().finish("after all")  # requeued without a charge, and run at once
-    assert old.result(timeout=5) == "after all" and lane.get(old.job_id).attempts == 0
+    again = fake_gpu.next_call()  # requeued without a charge, and run at once
+    assert again.request.resume_prefix == output
+    again.finish(" after all")
+    assert old.result(timeout=5) == f"{output} after all" and lane.get(old.job_id).attempts == 0
 
 
 def test_a_job_whose_calls_keep_taking_the_server_down_is_charged_after_max_attempts_firsts(
@@ -234,15 +324,20 @@ def test_a_job_whose_calls_keep_taking_the_server_down_is_charged_after_max_atte
         assert lane.get(poison.job_id).attempts == 0
         fake_gpu.clock.advance(1.0)  # type: ignore[attr-defined]
         quiesce()
-    next_call_for(1).fail(crash, outage=True)  # the third time it counts against the job
+    third = next_call_for(1)
+    third.emit("Once")  # mid-stream this time: charged all the same, its text carried
+    third.fail(crash, outage=True)  # the third time it counts against the job
     quiesce()
-    assert lane.get(poison.job_id).attempts == 1
+    charged = lane.get(poison.job_id)
+    assert (charged.attempts, charged.partial_output) == (1, "Once")
     assert lane.status()["health"]["local"]["state"] == "down", "the server still went down"
     fake_gpu.clock.advance(1.0)  # type: ignore[attr-defined]
     next_call_for(2).finish("the rest of the queue runs meanwhile")
     assert other.result(timeout=5) == "the rest of the queue runs meanwhile"
     fake_gpu.clock.advance(29.0)  # type: ignore[attr-defined]
-    next_call_for(1).fail(crash, outage=True)
+    last = next_call_for(1)
+    assert last.request.resume_prefix == "Once"
+    last.fail(crash, outage=True)
     with pytest.raises(Exception, match="after 2 attempt"):
         poison.result(timeout=5)
 

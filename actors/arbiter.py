@@ -6,20 +6,22 @@ feeds them the events: jobs queued, slots idle, timers, cancels, policy changes.
 It keeps nothing the store does not also know, so a restart loses nothing: on start
 it recovers and reloads the queued jobs from the store (a chunk per turn, best first), and
 learns each slot's state from the slots themselves (they restart after it and announce
-``SlotIdle``). When a
-slot comes back as a new incarnation, the jobs given to the old one are checked
-against the store, so a dispatch lost with a crashed slot is queued again.
+``SlotIdle``). When a slot comes back as a new incarnation, the jobs given to the old one
+are checked against the store, so a dispatch lost with a crashed slot is queued again.
 
-Prefetch: a busy local slot is handed its next job ahead of time, so its worker starts
-it the moment the running call succeeds. Until the slot says it started that job
-(SlotStarted) it is the slot's ``next``; when a job that should run before it becomes
-ready (:func:`actors.scheduling.displaces`), on pause, or on cancel, the arbiter
-recalls it, and the slot gives it back unless it has started.
+Prefetch: a busy local slot is handed its next job ahead of time, so its worker starts it
+the moment the running call succeeds. Until the slot says it started that job (SlotStarted)
+it is the slot's ``next``; when a job that should run before it becomes ready
+(:func:`actors.scheduling.displaces`), on pause, or on cancel, the arbiter recalls it.
+
+Placement (docs/architecture.md section 4): each backend's tracker tells what it has
+loaded and its catalog; :func:`actors.placement.place` gives the free slots their jobs.
 
 Backend health (docs/architecture.md section 13): a slot whose call met an outage, or
-the ResidencyTracker, says the local backend is down; the arbiter then dispatches
-nothing to local slots (jobs that allow the cloud go there at once) and recalls the
-jobs it handed ahead, until the tracker says the backend is up again.
+a backend's ResidencyTracker, says that backend is down; the arbiter then dispatches
+nothing to its slots (its jobs wait for the other backends that have their model, or go
+to the cloud if they allow it) and recalls the jobs it handed ahead there, until the
+tracker says it is up again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from actors.cloud import (
     send_to_cloud,
 )
 from actors.outage_suspects import OutageSuspects
+from actors.placement import Placed, place
 from actors.runtime import (
     ActorAddress,
     Clock,
@@ -49,14 +52,23 @@ from actors.runtime import (
     ask_while_up,
 )
 from actors.scheduling import RELOAD_CHUNK, ReadyQueue, SlotView, choose_preemption, displaces
-from actors.slot_state import SlotState, arbiter_view, local_resident, recall, running_chains
-from protocol import CancelReason, Job, JobNotFoundError, JobState, RetryPolicy, SchedulingPolicy
+from actors.slot_state import Hosts, SlotState, arbiter_view, recall
+from protocol import (
+    LOCAL_BACKEND,
+    CancelReason,
+    Job,
+    JobNotFoundError,
+    JobState,
+    RetryPolicy,
+    SchedulingPolicy,
+)
 from protocol.messages import (
     ApplyPolicy,
     BackendHealthChanged,
     BackendUnreachable,
     CancelCall,
     CancelQueued,
+    CatalogChanged,
     ContinueLoad,
     Dispatch,
     GetJob,
@@ -92,6 +104,7 @@ class PriorityArbiter(SupervisedActor):
     """Owns the ready queues and the dispatch decision (docs/architecture.md sections 2-4).
 
     ``paused`` is the dispatch state to start in, so a restart keeps the host's pause.
+    ``slot_backends`` names each local slot's backend (default: the one backend).
     """
 
     def __init__(
@@ -106,12 +119,18 @@ class PriorityArbiter(SupervisedActor):
         paused: bool = False,
         cloud_slots: frozenset[str] = frozenset(),
         cloud: CloudPolicy | None = None,
+        slot_backends: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self._store = store
+        backend_of = slot_backends or {}
         self._slots = {
-            slot_id: SlotState(ref, cloud=slot_id in cloud_slots) for slot_id, ref in slots.items()
+            slot_id: SlotState(
+                ref, cloud=slot_id in cloud_slots, backend=backend_of.get(slot_id, LOCAL_BACKEND)
+            )
+            for slot_id, ref in slots.items()
         }
+        self._hosts = Hosts(self._slots)
         self._cloud = cloud or CloudPolicy()
         self._cloud_jobs: dict[str, Job] = {}  # queued jobs with allow_cloud, when cloud slots
         self._cloud_wakeup: TimerHandle | None = None
@@ -137,12 +156,6 @@ class PriorityArbiter(SupervisedActor):
             "dispatches_recovered": 0,
             "recalls": 0,
         }
-        # The ResidencyTracker's resident set (None until it speaks: then the slots' models
-        # are used), plus models slots reported idle on since its last word.
-        self._tracked: frozenset[str] | None = None
-        self._fresh: set[str] = set()
-        self._local_down = False  # the local backend is down: no local dispatch
-        self._local_up_since = float("-inf")  # outage reports of calls begun before are stale
         self._suspects = OutageSuspects()
 
     def on_start(self) -> None:
@@ -196,13 +209,17 @@ class PriorityArbiter(SupervisedActor):
                 self._dispatch()
             case BackendUnreachable(slot_id=slot_id, job_id=job_id, started_at=started_at):
                 self._on_backend_unreachable(self._slots[slot_id], job_id, started_at)
-            case BackendHealthChanged(up=up, at=at):
+            case BackendHealthChanged(backend=name, up=up, at=at) if name in self._hosts.states:
                 if up:
-                    self._local_up_since = at
-                self._set_local_down(not up)
-            case ResidencyChanged(resident=resident):
-                self._tracked = resident
-                self._fresh.clear()
+                    self._hosts.states[name].up_since = at
+                self._set_down(name, not up)
+            case ResidencyChanged(resident=resident, backend=name) if name in self._hosts.states:
+                host = self._hosts.states[name]
+                host.tracked = resident
+                host.fresh.clear()
+            case CatalogChanged(backend=name, models=models) if name in self._hosts.states:
+                self._hosts.states[name].catalog = models
+                self._dispatch()
             case ApplyPolicy(scheduling=scheduling, retry=retry):
                 self._policy, self._retry = scheduling, retry
                 self._dispatch()
@@ -256,7 +273,7 @@ class PriorityArbiter(SupervisedActor):
         if not overtaken:  # else its next call, begun since, holds another model now
             slot.model_key = idle.model_key
             if idle.model_key is not None and not slot.cloud:
-                self._fresh.add(idle.model_key)
+                self._hosts.of(slot).fresh.add(idle.model_key)
         if restarted:
             given = [job for job in (slot.job, slot.next) if job is not None]
             slot.job = slot.next = None
@@ -269,24 +286,25 @@ class PriorityArbiter(SupervisedActor):
         self._dispatch()
 
     def _on_backend_unreachable(self, slot: SlotState, job_id: str, started_at: float) -> None:
-        """A local call met an outage: stop local dispatch, unless the call began before the
-        backend last came back; a job whose call is the first to find it gone is a suspect."""
+        """A local call met an outage: stop dispatch to its backend, unless the call began
+        before that backend last came back; a job whose call is the first to find it gone
+        is a suspect."""
         slot.outage_met = True
-        if slot.cloud or started_at < self._local_up_since:
+        if slot.cloud or started_at < self._hosts.of(slot).up_since:
             return
-        if not self._local_down:
+        if not self._hosts.of(slot).down:
             self._suspects.first_to_meet(job_id)
-        self._set_local_down(True)
+        self._set_down(slot.backend, True)
 
-    def _set_local_down(self, down: bool) -> None:
-        """Stop local dispatch (and recall what local slots hold next), or resume it."""
-        if down == self._local_down:
+    def _set_down(self, backend: str, down: bool) -> None:
+        """Stop dispatch to ``backend`` (and recall what its slots hold next), or resume it."""
+        host = self._hosts.states[backend]
+        if down == host.down:
             return
-        self._local_down = down
+        host.down = down
         if down:
-            for slot in self._slots.values():
-                if not slot.cloud:
-                    recall(slot)
+            for _, slot in self._hosts.local(backend):
+                recall(slot)
         self._dispatch()
 
     def _call_ended(self, slot: SlotState) -> None:
@@ -329,9 +347,10 @@ class PriorityArbiter(SupervisedActor):
         if previous is None or previous == job.spec.model_key:
             return
         slot.model_key = job.spec.model_key
-        self._fresh.discard(previous)
-        if self._tracked is not None:
-            self._tracked = self._tracked - {previous}
+        host = self._hosts.of(slot)
+        host.fresh.discard(previous)
+        if host.tracked is not None:
+            host.tracked = host.tracked - {previous}
 
     def _count_start(self, swaps: bool) -> None:
         self._counters["dispatched"] += 1
@@ -426,73 +445,83 @@ class PriorityArbiter(SupervisedActor):
         self._counters["cancelled_queued"] += 1
 
     def _dispatch(self) -> bool:
-        """Give work to every free slot, then a next job to every busy local one (prefetch);
-        True if a free slot got work."""
+        """Give work to every free slot (placement), then a next job to every busy local one
+        (prefetch); True if a free slot got work."""
         if self._paused:
             return False
         now = self._clock.now()
         # The cloud goes first: it takes only jobs that should not wait for a local slot.
         dispatched = bool(self._cloud_jobs) and self._dispatch_cloud(now)
-        local = [] if self._local_down else self._local_slots()
-        for slot_id, slot in local:
-            if slot.job is None and slot.next is None and self._hand_over(slot_id, slot, now):
-                dispatched = True
+        hosts = self._hosts
+        free = hosts.free()
+        if free:
+            chosen = place(
+                self._queue, now, self._policy, free, hosts.catalogs(), hosts.up_resident()
+            )
+            for placed in chosen:
+                dispatched = self._start(placed, now) or dispatched
         if self._policy.prefetch:
-            for slot_id, slot in local:
-                if slot.job is not None and slot.next is None and not slot.recalling:
+            for slot_id, slot in hosts.local():
+                busy = slot.job is not None and slot.next is None and not slot.recalling
+                if busy and not hosts.of(slot).down:
                     self._hand_over(slot_id, slot, now)
         self._arm_wakeup()
         return dispatched
 
-    def _hand_over(self, slot_id: str, slot: SlotState, now: float) -> bool:
-        """Give ``slot`` the best ready job: to run now if it is free, else as its next.
+    def _start(self, placed: Placed, now: float) -> bool:
+        """Give a free slot the job placement chose for it; False (the job kept) if the slot
+        cannot take messages."""
+        slot, job = self._slots[placed.slot_id], placed.job
+        if not self._tell_dispatch(slot, job, now):
+            return False
+        log.debug("dispatched", job_id=job.id, slot=placed.slot_id, lane=job.spec.lane.value)
+        self._forget_displaced(slot, job)
+        slot.job = job.replace(state=JobState.LOADING, started_at=now)
+        self._hosts.of(slot).last_used = now
+        self._count_start(placed.swaps)
+        return True
+
+    def _tell_dispatch(self, slot: SlotState, job: Job, now: float) -> bool:
+        """Tell ``slot`` to run ``job``; if it cannot take messages, keep the job queued (a
+        new instance reports idle)."""
+        charge = self._suspects.charge(job.id, job.spec.max_attempts)
+        if slot.tell(Dispatch(job, next(self._call_ids), slot.incarnation, charge_outage=charge)):
+            return True
+        self._queue.add(job, now)
+        slot.known = False
+        self._counters["dispatches_refused"] += 1
+        return False
+
+    def _hand_over(self, slot_id: str, slot: SlotState, now: float) -> None:
+        """Give the busy ``slot`` the best job its backend may take next (prefetch).
 
         A next job that should preempt the running call (internal work over external)
         cancels that call at once, so it starts as soon as the slot is free; a slot that
-        declined a preemption gets no such job, which waits for another slot instead.
+        declined a preemption, or one that serves the job worse than another victim would,
+        gets no such job, which waits for its better slot instead.
         """
-        resident = self._resident()
-        job = self._queue.pop(
-            now, self._policy, chains=running_chains(self._slots.values()), resident=resident
-        )
+        job = self._hosts.pop_for(slot.backend, self._queue, now, self._policy)
         if job is None:
-            return False
-        if (
-            slot.job is not None
-            and slot.keeps_its_call
-            and choose_preemption(job, [SlotView(slot_id, slot.job)], now, self._policy)
-        ):
-            self._queue.add(job, now)  # it wants a GPU now, which this slot will not give
-            return False
-        charge = self._suspects.charge(job.id, job.spec.max_attempts)
-        dispatch = Dispatch(job, next(self._call_ids), slot.incarnation, charge_outage=charge)
-        if not slot.tell(dispatch):
-            # The slot cannot take messages: keep the job; a new instance reports idle.
-            self._queue.add(job, now)
-            slot.known = False
-            self._counters["dispatches_refused"] += 1
-            return False
-        swaps = job.spec.model_key not in resident  # the call has to load its model first
-        log.debug("dispatched", job_id=job.id, slot=slot_id, lane=job.spec.lane.value)
-        if slot.job is None:
-            self._forget_displaced(slot, job)
-            slot.job = job.replace(state=JobState.LOADING, started_at=now)
-            self._count_start(swaps)
-            return True
+            return
+        assert slot.job is not None
+        preempts = choose_preemption(job, [SlotView(slot_id, slot.job)], now, self._policy)
+        victim = choose_preemption(job, self._hosts.victims(job), now, self._policy)
+        if preempts and (slot.keeps_its_call or victim is None or victim.slot_id != slot_id):
+            self._queue.add(job, now)  # it wants a GPU now, which another slot gives better
+            return
+        if not self._tell_dispatch(slot, job, now):
+            return
+        swaps = job.spec.model_key not in self._hosts.resident(slot.backend)
         slot.next, slot.next_swaps = job, swaps  # counted once it starts (it may come back)
-        if (
-            not slot.preempting
-            and not slot.keeps_its_call
-            and choose_preemption(job, [SlotView(slot_id, slot.job)], now, self._policy)
-        ):
+        if preempts and not slot.preempting:
             self._preempt(slot_id, slot, job)
-        return True
 
     def _dispatch_cloud(self, now: float) -> bool:
         """Give idle cloud slots the queued jobs that ``send_to_cloud`` routes there, oldest
         first, and arm a wake-up for the next job that will qualify as time passes."""
         idle = [s for s in self._slots.values() if s.cloud and s.known and s.job is None]
         local = [s for s in self._slots.values() if not s.cloud]
+        local_down = not any(not h.down for h in self._hosts.states.values())
         busy_local = sum(s.job is not None for s in local)
         depths = self._queue.depths()
         dispatched = False
@@ -509,7 +538,9 @@ class PriorityArbiter(SupervisedActor):
                     del self._cloud_jobs[job_id]  # running locally, or cancelled meanwhile
                     continue
                 ahead = busy_local  # only the calls running now are ahead of it
-            outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, self._local_down)
+            # Down for this job: no up backend may run it.
+            down = local_down or not self._hosts.can_run(job)
+            outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
             if idle and send_to_cloud(job, now, outlook, self._cloud):
                 if holder is not None:
                     recall(holder)  # back to the queue first, then to the cloud
@@ -540,12 +571,7 @@ class PriorityArbiter(SupervisedActor):
             for slot in self._slots.values()
         ):
             return
-        busy = [
-            SlotView(slot_id, slot.job)
-            for slot_id, slot in self._slots.items()
-            if slot.job is not None and not (slot.preempting or slot.keeps_its_call or slot.cloud)
-        ]
-        victim = choose_preemption(incoming, busy, now, self._policy)
+        victim = choose_preemption(incoming, self._hosts.victims(incoming), now, self._policy)
         if victim is not None:
             self._preempt(victim.slot_id, self._slots[victim.slot_id], incoming)
 
@@ -557,13 +583,6 @@ class PriorityArbiter(SupervisedActor):
         slot.preempting, slot.preempted_for = True, incoming
         self._counters["preemptions"] += 1
         log.info("preempting", victim=slot.job.id, slot=slot_id, for_job=incoming.id)
-
-    def _local_slots(self) -> list[tuple[str, SlotState]]:
-        """The local slots that have announced themselves (so can take work)."""
-        return [(i, s) for i, s in self._slots.items() if s.known and not s.cloud]
-
-    def _resident(self) -> frozenset[str]:
-        return local_resident(self._slots.values(), self._tracked, self._fresh)
 
     def _arm_wakeup(self) -> None:
         due = self._queue.next_due()
@@ -578,6 +597,5 @@ class PriorityArbiter(SupervisedActor):
     def _snapshot(self) -> Mapping[str, Any]:
         return arbiter_view(
             self._slots, self._queue.depths(), len(self._queue) + self._unloaded,
-            paused=self._paused, local_up=not self._local_down,
-            resident=self._resident(), counters=self._counters,
+            paused=self._paused, hosts=self._hosts, counters=self._counters,
         )  # fmt: skip

@@ -1,5 +1,6 @@
-"""What the PriorityArbiter knows of one GPU slot: the job it runs, the job handed to it
-ahead (prefetch), the model it holds, and where a preemption or recall stands.
+"""What the PriorityArbiter knows of one GPU slot (the job it runs, the job handed to it
+ahead, the model it holds, where a preemption or recall stands) and of one backend (what
+it has loaded, its catalog, its health).
 
 Owned by the arbiter alone (docs/architecture.md section 2); plain state, no thread.
 """
@@ -7,17 +8,28 @@ Owned by the arbiter alone (docs/architecture.md section 2); plain state, no thr
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import structlog
 
+from actors.placement import FreeHost, HostFit, placement_fit
 from actors.runtime import ActorAddress, ChildUnavailableError
-from protocol import Job, Lane, Priority
+from actors.scheduling import ReadyQueue, SlotView
+from protocol import LOCAL_BACKEND, Job, Lane, Priority, SchedulingPolicy
 from protocol.messages import Recall
 
-__all__ = ["SlotState", "arbiter_view", "local_resident", "recall", "running_chains"]
+__all__ = [
+    "HostState",
+    "Hosts",
+    "SlotState",
+    "arbiter_view",
+    "local_resident",
+    "recall",
+    "running_chains",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +52,7 @@ class SlotState:
     incarnation: str = ""  # the slot actor instance that last reported idle
     cloud: bool = False  # a cloud slot: takes only jobs that send_to_cloud routes to it
     outage_met: bool = False  # its running call met a backend outage
+    backend: str = LOCAL_BACKEND  # the backend it drives
 
     def tell(self, message: Any) -> bool:
         """Tell the slot; False if it cannot take messages (its hold buffer is full, or it
@@ -60,6 +73,7 @@ class SlotState:
                 "lane": None if self.job is None else self.job.spec.lane.value,
                 "model_key": self.model_key,
                 "preempting": self.preempting,
+                "backend": None if self.cloud else self.backend,
             }
         )
 
@@ -91,29 +105,143 @@ def local_resident(
     return frozenset({s.model_key for s in local if s.model_key is not None} | running)
 
 
+@dataclasses.dataclass
+class HostState:
+    """One backend as the arbiter sees it: ``tracked`` its tracker's resident set (None until
+    it speaks) and ``fresh`` the models slots reported idle on since; ``down`` while it
+    cannot be reached (outage reports of calls begun before ``up_since`` are stale);
+    ``catalog`` the models it can run (None until known); ``last_used`` its last start."""
+
+    tracked: frozenset[str] | None = None
+    fresh: set[str] = dataclasses.field(default_factory=set)
+    down: bool = False
+    up_since: float = -math.inf
+    catalog: frozenset[str] | None = None
+    last_used: float = -math.inf
+
+
+class Hosts:
+    """The backends and their slots, as placement needs them (docs/architecture.md
+    section 4): what each has loaded, what each may run, which have free slots."""
+
+    def __init__(self, slots: Mapping[str, SlotState]) -> None:
+        self.slots = slots
+        names = dict.fromkeys(s.backend for s in slots.values() if not s.cloud)
+        self.states = {name: HostState() for name in names or (LOCAL_BACKEND,)}
+
+    def of(self, slot: SlotState) -> HostState:
+        """The state of ``slot``'s backend."""
+        return self.states[slot.backend]
+
+    def local(self, backend: str | None = None) -> list[tuple[str, SlotState]]:
+        """The local slots that announced themselves (so can take work), of ``backend`` or
+        of every backend."""
+        return [
+            (slot_id, s)
+            for slot_id, s in self.slots.items()
+            if s.known and not s.cloud and backend in (None, s.backend)
+        ]
+
+    def resident(self, backend: str) -> frozenset[str]:
+        """Model keys ``backend`` has loaded or is loading (see :func:`local_resident`)."""
+        state = self.states[backend]
+        mine = (s for s in self.slots.values() if not s.cloud and s.backend == backend)
+        return local_resident(mine, state.tracked, state.fresh)
+
+    def up_resident(self) -> dict[str, frozenset[str]]:
+        """Each up backend's resident model keys."""
+        return {name: self.resident(name) for name, h in self.states.items() if not h.down}
+
+    def catalogs(self) -> dict[str, frozenset[str] | None]:
+        """Each backend's catalog (None while unknown)."""
+        return {name: h.catalog for name, h in self.states.items()}
+
+    def fit(self, backend: str) -> HostFit:
+        """Which jobs ``backend`` may take now."""
+        return placement_fit(backend, self.catalogs(), self.up_resident())
+
+    def pop_for(
+        self, backend: str, queue: ReadyQueue, now: float, policy: SchedulingPolicy
+    ) -> Job | None:
+        """Take from ``queue`` the best job for a busy slot of ``backend`` (prefetch)."""
+        chains = running_chains(s for _, s in self.local(backend))
+        resident, fit = self.resident(backend), self.fit(backend)
+        return queue.pop(now, policy, chains=chains, resident=resident, host=fit)
+
+    def victims(self, incoming: Job) -> list[SlotView]:
+        """The busy local slots ``incoming`` could preempt: on up backends that may run it,
+        each marked with whether its backend would have to load the model (placement)."""
+        views = []
+        for slot_id, slot in self.slots.items():
+            if slot.job is None or slot.preempting or slot.keeps_its_call or slot.cloud:
+                continue
+            key = incoming.spec.model_key
+            if self.of(slot).down or not self.fit(slot.backend).can_run(key):
+                continue
+            views.append(SlotView(slot_id, slot.job, key not in self.resident(slot.backend)))
+        return views
+
+    def can_run(self, job: Job) -> bool:
+        """True if some up backend may run ``job``."""
+        return any(
+            self.fit(name).can_run(job.spec.model_key)
+            for name, h in self.states.items()
+            if not h.down
+        )
+
+    def free(self) -> list[FreeHost]:
+        """The up backends with free slots (neither running nor holding a next job)."""
+        free: dict[str, FreeHost] = {}
+        for slot_id, slot in self.local():
+            state = self.states[slot.backend]
+            if state.down or slot.job is not None or slot.next is not None:
+                continue
+            if slot.backend not in free:
+                chains = running_chains(s for _, s in self.local(slot.backend))
+                free[slot.backend] = FreeHost(slot.backend, [], chains, state.last_used)
+            free[slot.backend].free.append(slot_id)
+        return list(free.values())
+
+    def view(self) -> Mapping[str, Any]:
+        """Each backend as the arbiter's snapshot shows it."""
+        return MappingProxyType(
+            {
+                name: MappingProxyType(
+                    {
+                        "up": not h.down,
+                        "resident": tuple(sorted(self.resident(name))),
+                        "catalog": None if h.catalog is None else tuple(sorted(h.catalog)),
+                    }
+                )
+                for name, h in self.states.items()
+            }
+        )
+
+
 def arbiter_view(
     slots: Mapping[str, SlotState],
     depths: dict[tuple[Lane, Priority], int],
     queued: int,
     *,
     paused: bool,
-    local_up: bool,
-    resident: frozenset[str],
+    hosts: Hosts,
     counters: Mapping[str, int],
 ) -> Mapping[str, Any]:
     """The arbiter's snapshot: its queue (``depths`` and ``queued`` from the ready queue,
     plus the jobs handed to busy slots as their next, which are still waiting), its
-    slots, the resident models and its counters."""
+    slots, its backends (``local_backend_up``: one at least is up), the resident models
+    (over every backend) and its counters."""
     handed = [slot.next for slot in slots.values() if slot.next is not None]
     for job in handed:
         depths[(job.spec.lane, job.spec.priority)] += 1
     return MappingProxyType(
         {
             "paused": paused,
-            "local_backend_up": local_up,
+            "local_backend_up": any(not h.down for h in hosts.states.values()),
+            "backends": hosts.view(),
             "queued": queued + len(handed),
             "recalling": sum(slot.recalling for slot in slots.values()),
-            "resident": tuple(sorted(resident)),
+            "resident": tuple(sorted(set().union(*map(hosts.resident, hosts.states)))),
             "depth": MappingProxyType(
                 {f"{lane.value}.{prio.name.lower()}": n for (lane, prio), n in depths.items()}
             ),

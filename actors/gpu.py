@@ -61,6 +61,7 @@ from actors.runtime import (
 from actors.sinks import SinkRegistry
 from actors.slot_call import SEEN, Carry, SlotCall
 from protocol import (
+    LOCAL_BACKEND,
     BackendError,
     BackendRequest,
     BackendResult,
@@ -106,6 +107,10 @@ _ACTIVE = frozenset({JobState.LOADING, JobState.RUNNING})
 class GpuSlot(SupervisedActor):
     """Owns the single call running on one GPU (or backend): its cancel token and stream.
 
+    ``backend`` is the client it calls, ``backend_name`` the name of that backend (the
+    ``[[backends]]`` entry, ``local`` for ``[backend]``): the move to loading records it
+    and the slot id in the job, and the snapshot shows it.
+
     Everything it tells the store is ``stale_ok``: after a restart elsewhere the store
     may already have moved the job on, and a stale report must not crash the store.
     """
@@ -126,9 +131,11 @@ class GpuSlot(SupervisedActor):
         shutdown_timeout_s: float = 5.0,
         residency: ActorAddress | None = None,
         pins: ResidencySettings | None = None,
+        backend_name: str = LOCAL_BACKEND,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
+        self.backend_name = backend_name  # which backend ``backend`` (its client) reaches
         self._backend = backend
         self._store = store
         self._arbiter = arbiter
@@ -291,9 +298,15 @@ class GpuSlot(SupervisedActor):
         self._model_key = job.spec.model_key
 
     def _tell_loading(self, job: Job) -> None:
+        """The store's move of ``job`` to loading, saying where it runs."""
         self._store.tell(
             Transition(
-                job.id, JobState.LOADING, expected=frozenset({JobState.QUEUED}), stale_ok=True
+                job.id,
+                JobState.LOADING,
+                expected=frozenset({JobState.QUEUED}),
+                stale_ok=True,
+                backend=self.backend_name,
+                slot=self.slot_id,
             )
         )
 
@@ -561,6 +574,7 @@ class GpuSlot(SupervisedActor):
         return MappingProxyType(
             {
                 "slot_id": self.slot_id,
+                "backend": self.backend_name,
                 "job_id": None if call is None else call.job.id,
                 "next_job_id": None if self._next is None else self._next.job.id,
                 "model_key": self._model_key,

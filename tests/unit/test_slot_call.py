@@ -3,6 +3,10 @@ preemption must be declined (docs/architecture.md section 3, "Preempt")."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from actors.sinks import SinkEvent, SinkRegistry
 from actors.slot_call import SEEN, Carry, SlotCall
 from protocol import (
@@ -123,3 +127,31 @@ def test_a_held_call_that_got_its_answer_after_all_lets_late_listeners_hear_it()
     late = streamed_by_a_client(sinks)
     call.succeeded(BackendResult("", thinking="quick"), sinks)
     assert [v.thinking for _, v in late] == ["quick"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("why", "counts", "attempts", "preemptions"),
+    [
+        ("its host went away (an outage, mid-stream too)", {}, 0, 0),
+        ("preempted", {"count_preemption": True}, 0, 1),
+        ("its own request failed", {"charge_attempt": True, "not_before": 105.0}, 1, 0),
+    ],
+)
+def test_a_cut_off_call_goes_back_with_its_text_and_counts_only_what_cut_it_off(
+    why: str, counts: dict[str, Any], attempts: int, preemptions: int
+) -> None:
+    sinks = SinkRegistry()
+    call = running("Once", (EARLIER,))
+    call.deliver(Chunk(" upon"), sinks)
+    carry = call.carry_over(sinks, now=101.0)
+    assert carry is not None, why
+    move, queued = carry.requeue(call.job, error=why, **counts)
+    assert move.target is JobState.QUEUED and move.stale_ok
+    assert (move.charge_attempt, move.count_preemption) == (attempts == 1, preemptions == 1)
+    assert move.partial_output == queued.partial_output == "Once upon"
+    this_call = JobMetrics(eval_count=1, total_duration_ns=10**9)  # a piece, one second
+    assert move.segments == queued.segments == (EARLIER, this_call)
+    assert (queued.state, queued.attempts, queued.preemptions) == (
+        JobState.QUEUED, attempts, preemptions
+    )  # fmt: skip
+    assert queued.error == move.error == why

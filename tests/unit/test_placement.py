@@ -168,3 +168,27 @@ def test_the_preemption_victim_is_the_slot_whose_backend_has_the_model_loaded() 
     # Without residency to tell them apart, the call that started last is the victim.
     unmarked = [SlotView("a.gpu0", later_start), SlotView("b.gpu0", earlier_start)]
     assert choose_preemption(incoming, unmarked, NOON + 60, active) == unmarked[0]
+
+
+def test_the_worked_example_in_the_scheduling_doc_is_what_placement_does() -> None:
+    """docs/scheduling.md, "Placement across backends", step by step."""
+    catalogs: dict[str, frozenset[str] | None] = {
+        "a": frozenset({"llama3.2", "qwen2.5:7b"}),
+        "b": frozenset({"llama3.2", "mistral-nemo"}),
+        "c": frozenset({"qwen2.5:7b", "gemma3"}),
+    }
+    models = ("gemma3", "llama3.2", "qwen2.5:7b", "llama3.2", "mistral-nemo", "qwen2.5:7b")
+    j1, j2, j3, j4, j5, j6 = jobs = [job(model) for model in models]
+    queue = queue_of(*jobs)
+    resident = {"a": frozenset({"qwen2.5:7b"}), "b": frozenset({"llama3.2"}), "c": frozenset()}
+    policy = SchedulingPolicy(max_swap_defer_s=30.0)
+
+    def round_on(*names: str) -> list[tuple[str, str, bool]]:
+        placed = place(queue, NOON + 100, policy, free(*names), catalogs, resident)
+        return [(p.backend, p.job.id, p.swaps) for p in placed]
+
+    assert round_on("a", "b", "c") == [("a", j3.id, False), ("b", j2.id, False), ("c", j1.id, True)]
+    resident["c"] = frozenset({"gemma3"})
+    assert round_on("a") == [("a", j6.id, False)]
+    assert round_on("b") == [("b", j4.id, False)]
+    assert round_on("b") == [("b", j5.id, True)]

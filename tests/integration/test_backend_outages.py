@@ -2,8 +2,9 @@
 connection or is busy as the backend's outage (``BackendError.outage``), and a failure
 of the request (a 500 for it, a read time-out) as the request's, against the simulated
 Ollama, the fake OpenAI-compatible and Anthropic servers, and a peer that resets the
-connection. A cut after output is marked an outage too: the slot counts the pieces and
-charges the job for it (docs/backends.md, "Whose failure is it").
+connection. A cut after output is marked an outage too: losing the host mid-stream costs
+the job nothing either, it resumes after its text (docs/backends.md, "Whose failure is
+it"; tests/faults/test_host_lost_mid_stream.py).
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def test_ollama_answering_nothing_before_closing_is_an_outage(
 def test_an_ollama_stream_cut_before_or_after_output_is_marked_an_outage_with_its_pieces(
     ollama: OllamaBackend, server: SimulatedOllama
 ) -> None:
-    # The backend marks the dropped connection; the slot, counting the pieces, decides
-    # that the first costs no attempt and the second is the job's.
+    # The backend marks the dropped connection, with the pieces it delivered; the slot
+    # requeues the job uncharged either way, the second after its text (issue #17).
     server.inject(FaultKind.CUT_STREAM, after_chunks=0)
     before, no_chunks = failure(ollama, chat("endless"))
     server.inject(FaultKind.CUT_STREAM, after_chunks=3)

@@ -449,7 +449,7 @@ class CallFinished:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallFailed:
-    """The backend call failed; ``outage``: the backend's fault, before any output."""
+    """The backend call failed; ``outage``: the backend's fault (before output or mid-stream)."""
 
     call_id: int
     error: str

@@ -2,8 +2,8 @@
 
 An outage, before output or mid-stream, charges the job nothing (docs/architecture.md
 section 13). But a prompt that crashes the server (a runner bug, a bad image) looks like
-an outage each time it runs, and, first in the queue once the server is back, would take it down
-again and again, forever. So the arbiter counts, per job, how many times in a row its
+an outage each time it runs, and, first in the queue once the server is back, would take
+it down again and again, forever. So the arbiter counts, per job, how many times in a row its
 call was the one that found an up backend gone; once that reaches the job's
 ``max_attempts``, its next outage is charged like any failure of its own (retried with
 back-off, failed after ``max_attempts``), while the backend is still marked down.

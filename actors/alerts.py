@@ -29,6 +29,7 @@ import structlog
 
 from actors.alert_rules import AlertNotice, AlertRules, LaneSample
 from actors.alert_webhook import AlertWebhook
+from actors.hosts import tracker_id_for
 from actors.runtime import (
     ChildUnavailableError,
     Clock,
@@ -41,8 +42,8 @@ from actors.runtime import (
     Timers,
     WorkerThread,
 )
-from actors.status_view import supervision_view
-from protocol.config import AlertSettings
+from actors.status_view import residency_total, supervision_view
+from protocol.config import LOCAL_BACKEND, AlertSettings
 from protocol.messages import (
     ApplyAlerts,
     LaneSampled,
@@ -141,7 +142,8 @@ class Alerting:
 
 class Alerter(SupervisedActor):
     """Samples the lane on a timer and hears what a sample would miss; see the module
-    docstring. ``settings`` are those in force when it (re)starts."""
+    docstring. ``settings`` are those in force when it (re)starts; ``backends`` names the
+    backends whose trackers it reads (their totals, as ``GpuLane.status()`` has them)."""
 
     def __init__(
         self,
@@ -151,10 +153,12 @@ class Alerter(SupervisedActor):
         refs: StableRefs,
         clock: Clock,
         timers: Timers,
+        backends: tuple[str, ...] = (LOCAL_BACKEND,),
         shutdown_timeout_s: float = 5.0,
     ) -> None:
         super().__init__()
         self._alerting = alerting
+        self._backends = backends
         self._settings = settings
         self._refs = refs
         self._clock = clock
@@ -240,18 +244,24 @@ class Alerter(SupervisedActor):
         refs = self._refs
         asks = {
             "queue": _send(refs.ref_for("arbiter"), QueueSnapshot()),
-            "residency": _send(refs.ref_for("residency"), ResidencySnapshot()),
             "admission": _send(refs.ref_for("limiter"), LimiterSnapshot()),
             "tree": _send(self._alerting.root(), GetSnapshot()),
         }
+        trackers = {
+            name: _send(refs.ref_for(tracker_id_for(name)), ResidencySnapshot())
+            for name in self._backends
+        }
         deadline = time.monotonic() + _SAMPLE_TIMEOUT_S
         got = {name: self._answer(future, deadline) for name, future in asks.items()}
+        tracked = {name: self._answer(future, deadline) for name, future in trackers.items()}
+        answered = {name: snapshot for name, snapshot in tracked.items() if snapshot is not None}
         status: dict[str, Any] = {}
         if got["queue"] is not None:
             status["queued"] = got["queue"]["queued"]
-        if got["residency"] is not None:
-            status["swaps"] = got["residency"]["swaps"]
-            status["health"] = got["residency"]["health"]
+        if answered:  # the totals over the backends whose trackers answered
+            total = residency_total(answered)
+            status["swaps"] = total["swaps"]
+            status["health"] = total["health"]
         if got["admission"] is not None:
             status["admission"] = got["admission"]
         if got["tree"] is not None:

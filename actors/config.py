@@ -36,6 +36,7 @@ from protocol.config import AlertSettings, WebhookSettings
 from protocol.webhook import check_secret, parse_hosts
 
 __all__ = [
+    "CLOUD_BACKEND",
     "ApiKey",
     "BackendSettings",
     "CloudSettings",
@@ -50,6 +51,7 @@ BACKEND_KINDS = ("ollama", "simulated", "openai")
 THINKING_MODES: tuple[str, ...] = get_args(ThinkingMode)  # cloud.thinking_mode
 BACKEND_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a backend's name: in child ids and labels
 _NAME_RULE = "lower-case letters, digits, '_' and '-', starting with a letter or digit"
+CLOUD_BACKEND = "cloud"  # where the cloud fallback's slots run: no model server's name
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,6 +111,8 @@ def _check_backend_name(field: str, name: object) -> None:
     """ValidationError at ``field`` unless ``name`` is a well-formed backend name."""
     if not isinstance(name, str) or not BACKEND_NAME.fullmatch(name):
         raise ValidationError(field, f"not a backend name: {name!r}", allowed=_NAME_RULE)
+    if name == CLOUD_BACKEND:
+        raise ValidationError(field, f"{name!r} is the cloud fallback's", allowed=_NAME_RULE)
 
 
 def _names(field: str, values: object, what: str) -> tuple[str, ...]:

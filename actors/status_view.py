@@ -1,10 +1,12 @@
 """The status view: ``GpuLane.status()`` assembled from the actors' own snapshots.
 
-Each actor answers for what it owns (the arbiter its queue, each slot its call, the
-tracker the resident models, the swap tally and the backends' health, the limiter its
-admissions, the store its counts; the facade's ``Alerting`` what is firing); this module
-joins those answers into one read-only mapping for hosts, ``/status``, ``gpulane top``
-and the status page.
+Each actor answers for what it owns (the arbiter its queue, each slot its call, each
+backend's tracker that backend's resident models, catalog, swap tally and health, the
+limiter its admissions, the store its counts; the facade's ``Alerting`` what is firing);
+this module joins those answers into one read-only mapping for hosts, ``/status``,
+``gpulane top`` and the status page. ``status["backends"]`` shows each backend;
+``status["swaps"]`` and ``status["residency"]`` are totals over them, with the keys one
+tracker's snapshot has, so a reader written for one backend reads several.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pykka
 import structlog
 
+from actors.config import CLOUD_BACKEND
 from actors.runtime import (
     ChildSnapshot,
     ChildState,
@@ -26,12 +29,14 @@ from actors.runtime import (
     StableRef,
     SupervisorSnapshot,
 )
+from actors.swap_tally import total_of
 from protocol import SystemStoppedError
 from protocol.messages import SlotSnapshot
 
 __all__ = [
     "all_started",
     "lane_status",
+    "residency_total",
     "root_snapshot",
     "slot_placeholder",
     "slot_status",
@@ -46,31 +51,46 @@ def lane_status(
     *,
     queue: Mapping[str, Any],
     slots: Mapping[str, Mapping[str, Any]],
-    residency: Mapping[str, Any],
+    trackers: Mapping[str, Mapping[str, Any]],
+    hosts: Mapping[str, Mapping[str, Any]],
     admission: Mapping[str, Any],
     jobs: Mapping[str, int],
     facade_counters: Mapping[str, Any],
     supervision: SupervisorSnapshot | None,
     alerts: Sequence[Mapping[str, Any]] = (),
 ) -> Mapping[str, Any]:
-    """Queue depth per lane and priority, the slots' calls, resident models, swaps, backend
-    health, counters, the supervision tree and the alerts firing (``Alerting.firing()``),
-    as one read-only mapping.
+    """Queue depth per lane and priority, the slots' calls, each backend, resident models,
+    swaps, backend health, counters, the supervision tree and the alerts firing
+    (``Alerting.firing()``), as one read-only mapping.
 
-    ``counters["swaps"]`` and ``counters["loading_s"]`` are the tracker's swap tally (a
+    ``trackers`` is each backend's tracker snapshot by name, ``hosts`` each backend's
+    ``kind``, ``url``, ``labels`` and ``slots`` (its slot ids), both in config order.
+    ``counters["swaps"]`` and ``counters["loading_s"]`` are the trackers' swap tallies (a
     model that was not resident became resident), not the arbiter's guess at dispatch,
     which is ``counters["dispatched_cold"]``."""
+    residency = residency_total(trackers)
     swaps: Mapping[str, Any] = residency["swaps"]
     counters: dict[str, Any] = dict(facade_counters)
     counters.update(queue["counters"])
     counters["swaps"] = swaps["swaps"]
     counters["loading_s"] = swaps["loading_s"]
+    slot_backend = {slot_id: name for name, host in hosts.items() for slot_id in host["slots"]}
     return MappingProxyType(
         {
             "paused": queue["paused"],
             "queued": queue["queued"],
             "depth": queue["depth"],
-            "slots": MappingProxyType(dict(slots)),
+            "slots": MappingProxyType(
+                {
+                    slot_id: MappingProxyType(
+                        {"backend": slot_backend.get(slot_id, CLOUD_BACKEND), **slot}
+                    )
+                    for slot_id, slot in slots.items()
+                }
+            ),
+            "backends": MappingProxyType(
+                {name: _backend_view(host, trackers[name]) for name, host in hosts.items()}
+            ),
             "resident_models": tuple(  # loaded, or being loaded by a running call
                 sorted(
                     set(residency["resident"])
@@ -85,6 +105,55 @@ def lane_status(
             "counters": MappingProxyType(counters),
             "supervision": supervision_view(supervision),
             "alerts": tuple(alerts),
+        }
+    )
+
+
+def _backend_view(host: Mapping[str, Any], tracked: Mapping[str, Any]) -> Mapping[str, Any]:
+    """One backend as ``status["backends"]`` shows it: its settings, slots and tracker."""
+    (health,) = tracked["health"].values()
+    return MappingProxyType(
+        {
+            "kind": host["kind"],
+            "url": host["url"],
+            "labels": tuple(host["labels"]),
+            "slots": tuple(host["slots"]),
+            "state": health["state"],
+            "health": health,
+            "resident": tracked["resident"],
+            "catalog": tracked["catalog"],
+            "swaps": tracked["swaps"],
+        }
+    )
+
+
+def residency_total(trackers: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The trackers' snapshots (by backend name) as one, with one tracker's keys: the
+    resident models, slots, polls, catalogs, counters and health of all of them, the swap
+    tallies summed (``actors.swap_tally.total_of``); ``"backends"`` keeps each one's."""
+    if len(trackers) == 1:
+        (only,) = trackers.values()
+        return MappingProxyType({**only, "backends": MappingProxyType(dict(trackers))})
+    each = tuple(trackers.values())
+    counters: dict[str, Any] = {}
+    for tracked in each:
+        for name, value in tracked["counters"].items():
+            counters[name] = counters.get(name, 0) + value
+    polled_at = [t["polled_at"] for t in each if t["polled_at"] is not None]
+    catalogs = [t["catalog"] for t in each if t["catalog"] is not None]
+    return MappingProxyType(
+        {
+            "backend": None,  # the total is no one backend's
+            "resident": tuple(sorted({key for t in each for key in t["resident"]})),
+            "catalog": tuple(sorted({m for c in catalogs for m in c})) if catalogs else None,
+            "slots": MappingProxyType({s: key for t in each for s, key in t["slots"].items()}),
+            "polled": MappingProxyType({k: v for t in each for k, v in t["polled"].items()}),
+            "polled_at": max(polled_at, default=None),
+            "pinned": each[0]["pinned"],  # every tracker pins as [residency] says
+            "counters": MappingProxyType(counters),
+            "swaps": total_of(t["swaps"] for t in each),
+            "health": MappingProxyType({n: h for t in each for n, h in t["health"].items()}),
+            "backends": MappingProxyType(dict(trackers)),
         }
     )
 

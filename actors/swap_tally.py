@@ -15,11 +15,11 @@ import bisect
 import collections
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["LOAD_BUCKETS", "SwapTally"]
+__all__ = ["LOAD_BUCKETS", "SwapTally", "total_of"]
 
 # Upper bounds (seconds) of the load-time histogram; the gateway's time histograms use
 # them too. The +Inf bucket is the count.
@@ -111,6 +111,50 @@ class SwapTally:
         """Drop the swap times at or before ``start``: memory holds one window at most."""
         while self._recent and self._recent[0] <= start:
             self._recent.popleft()
+
+
+def total_of(snapshots: Iterable[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """Several tallies' snapshots (one per backend) as one, with the same keys: counts,
+    times and the per-model histograms summed, the overhead ratio of the sums."""
+    swaps, swaps_per_hour, loading_s, busy_s = 0, 0.0, 0.0, 0.0
+    by_model: dict[str, tuple[int, float, list[int]]] = {}
+    for snapshot in snapshots:
+        swaps += snapshot["swaps"]
+        swaps_per_hour += snapshot["swaps_per_hour"]
+        loading_s += snapshot["loading_s"]
+        busy_s += snapshot["busy_s"]
+        for key, loads in snapshot["by_model"].items():
+            count, sum_s, cumulative = by_model.get(key, (0, 0.0, [0] * len(LOAD_BUCKETS)))
+            added = [n for _, n in loads["buckets"]]
+            by_model[key] = (
+                count + loads["count"],
+                sum_s + loads["sum_s"],
+                [a + b for a, b in zip(cumulative, added, strict=True)],
+            )
+    return MappingProxyType(
+        {
+            "swaps": swaps,
+            "loading_s": loading_s,
+            "busy_s": busy_s,
+            "overhead_ratio": loading_s / busy_s if busy_s > 0 else None,
+            "swaps_per_hour": swaps_per_hour,
+            "by_model": MappingProxyType(
+                {
+                    key: MappingProxyType(
+                        {
+                            "count": count,
+                            "sum_s": sum_s,
+                            "buckets": tuple(
+                                (float(bound), n)
+                                for bound, n in zip(LOAD_BUCKETS, cumulative, strict=True)
+                            ),
+                        }
+                    )
+                    for key, (count, sum_s, cumulative) in sorted(by_model.items())
+                }
+            ),
+        }
+    )
 
 
 def _check_seconds(field: str, value: float) -> None:

@@ -3,9 +3,9 @@
 It is not an actor (docs/architecture.md section 2): a host calls it from any thread or
 from asyncio; it never awaits a pykka future on an event loop. It starts the tree
 ``actors.tree.lane_tree`` declares (docs/supervision.md, "gpulane's tree") and
-addresses the actors through the tree's StableRefs. The backends come from
-``actors.backend_factory``, embeddings run on ``actors.embedding``'s executor, and
-``status()`` is assembled by ``actors.status_view``.
+addresses the actors through the tree's StableRefs. The backends, with their slots and
+embedding executors, come from ``actors.lane_hosts``, and ``status()`` is assembled by
+``actors.status_view``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import structlog
 
 from actors.alerts import Alerting
 from actors.arbiter import CancelOutcome
-from actors.backend_factory import BuiltBackend, ReplaceableBackend, cloud_backend, local_backend
-from actors.backends.base import Backend, refuse_unsupported
+from actors.backend_factory import BuiltBackend, ReplaceableBackend, cloud_backend
+from actors.backends.base import Backend
 from actors.cloud import ApplyCloudPolicy
 from actors.config import CLOUD_BOUNDS_KEYS, CLOUD_CLIENT_KEYS, Config, check_reload, config_changes
-from actors.embedding import EmbeddingExecutor, embed_request
+from actors.embedding import embed_request
+from actors.hosts import tracker_id_for
+from actors.lane_hosts import LaneHosts
 from actors.runtime import (
     ChildExitedError,
     ChildRestartingError,
@@ -52,7 +54,6 @@ from actors.tree import (
     GpuFactory,
     LaneWiring,
     SupervisionSettings,
-    backend_slots,
     lane_tree,
 )
 from actors.webhooks import check_webhook
@@ -129,8 +130,7 @@ class GpuLane:
         self._built: list[BuiltBackend] = []  # backends the lane made, closed at its end
         self._cloud_client: ReplaceableBackend | None = None  # the cloud one, if made here
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
-        self._embedder: EmbeddingExecutor | None = None
-        self._carriers: tuple[Backend | None, Backend | None] = (None, None)  # local, cloud
+        self._hosts = LaneHosts((), {}, None)  # the backends, their slots and embedders
         self._alerting = Alerting(config.alerts, clock, timers, lambda: self._root)
 
     @classmethod
@@ -148,13 +148,14 @@ class GpuLane:
     ) -> GpuLane:
         """Build and start the supervision tree: store, arbiter, then the GPU slots.
 
-        ``gpu`` replaces the slot actor (tests pass ``actors.testing.FakeGpu``);
-        otherwise slots drive ``backend``, or the one ``config.backend`` names.
+        ``gpu`` replaces the slot actor of every backend (tests pass
+        ``actors.testing.FakeGpu``); otherwise slots drive ``backend`` (one backend
+        only), or the clients built from ``config.hosts``.
         ``factories`` replaces other children by id (``"store"``, ``"arbiter"``); a
         factory gets a :class:`LaneWiring` and returns a SupervisedActor's ref.
         ``on_failure(reason)`` is called once if the tree gives up (restart budget
         spent); the lane is stopped then, and every later call raises SystemStoppedError.
-        ``backend`` also serves :meth:`embed`. ``cloud`` (or ``config.cloud.enabled``)
+        A backend's client also serves :meth:`embed`. ``cloud`` (or ``config.cloud.enabled``)
         adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback).
         """
         config = config or Config()
@@ -189,27 +190,22 @@ class GpuLane:
         """Start the root supervisor and wait until every child has had its first start."""
         settings = self._supervision
         config = self._config
-        if gpu is None:
-            if backend is None:
-                backend = self._own(local_backend(config.backend))
-            gpu = backend_slots(backend, settings.slot_join_s)
-        # With ``gpu`` alone (a fake GPU) the tracker learns from the slots only.
-        if backend is not None:
-            self._embedder = EmbeddingExecutor(
-                backend, config.backend.embed_workers, lambda: self._config.residency
-            )
         if cloud is None and config.cloud.enabled:
             self._cloud_client = ReplaceableBackend(cloud_backend(config.cloud))
             cloud = self._own(
                 BuiltBackend(self._cloud_client, config.cloud.url, (self._cloud_client.close,))
             )
-        self._carriers = (backend, cloud)
-        slots: dict[str, GpuFactory] = {f"gpu{i}": gpu for i in range(config.backend.slots)}
-        if cloud is not None:
-            cloud_slots = backend_slots(cloud, settings.slot_join_s)
-            slots.update({f"cloud{i}": cloud_slots for i in range(config.cloud.slots)})
-        self._slot_ids = tuple(slots)
-        cloud_slot_ids = frozenset(s for s in self._slot_ids if s.startswith("cloud"))
+        # With ``gpu`` alone (a fake GPU) each tracker learns from its slots only.
+        hosts = self._hosts = LaneHosts.build(
+            config,
+            gpu=gpu,
+            backend=backend,
+            cloud=cloud,
+            join_s=settings.slot_join_s,
+            own=self._own,
+            residency=lambda: self._config.residency,
+        )
+        self._slot_ids, cloud_slot_ids = tuple(hosts.slots), hosts.cloud_slot_ids
         wiring = LaneWiring(
             refs=self._refs,
             slot_ids=self._slot_ids,
@@ -219,21 +215,18 @@ class GpuLane:
             config=lambda: self._config,
             paused=lambda: self._paused,
             listener=self._committed,
-            backend=backend,
             alerting=self._alerting,
             cloud_slot_ids=cloud_slot_ids,
+            slot_backends=hosts.slot_backends,
+            backends=hosts.clients,
         )
-        tree = lane_tree(wiring, settings, factories, slots)
+        tree = lane_tree(wiring, settings, factories, hosts.slots)
         self._root = Supervisor.start_spec(
             tree, refs=self._refs, timers=self._timers, on_escalate=self._escalated
         )
         self._wait_until_started()
-        log.info(
-            "gpulane_started",
-            slots=len(self._slot_ids) - len(cloud_slot_ids),
-            cloud_slots=len(cloud_slot_ids),
-            store=config.store.path,
-        )
+        slots = {host.name: len(host.slot_ids) for host in hosts.hosts}
+        log.info("gpulane_started", slots=slots, cloud_slots=len(cloud_slot_ids))
 
     def _own(self, built: BuiltBackend) -> Backend:
         """Keep a backend the lane made, to close when the lane ends; returns its client."""
@@ -275,12 +268,10 @@ class GpuLane:
         return job
 
     def _refuse_uncarried(self, spec: JobSpec) -> None:
-        """ValidationError naming a field the backend (or, for ``allow_cloud``, the cloud
+        """ValidationError naming a field some backend (or, for ``allow_cloud``, the cloud
         backend) cannot carry: never dropped in silence (docs/architecture.md section 9)."""
-        local, cloud = self._carriers
-        for backend in (local, cloud if spec.allow_cloud else None):
-            if backend is not None:
-                refuse_unsupported(backend, BackendRequest.for_spec(spec))
+        request = BackendRequest.for_spec(spec)
+        self._hosts.refuse_uncarried(request, allow_cloud=spec.allow_cloud)
 
     def _committed(self, job: Job) -> None:
         """The store's commit listener: wake the job's caller; an ended job frees its place;
@@ -310,19 +301,16 @@ class GpuLane:
         options: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> EmbedResult:
-        """Embed ``inputs`` with ``model`` straight on the backend, bypassing the GPU queue.
+        """Embed ``inputs`` with ``model`` straight on a backend, bypassing the GPU queue.
 
         Embedding calls run concurrently beside the GPU queue (``actors.embedding``),
-        never waiting behind a long chat call. Blocks until the vectors come back;
-        after ``timeout`` seconds the call is cancelled (its connection dropped) and
+        never waiting behind a long chat call; with several backends, on the one
+        ``LaneHosts.embedder_for`` picks. Blocks until the vectors come back; after
+        ``timeout`` seconds the call is cancelled (its connection dropped) and
         TimeoutError raised.
         """
         texts, frozen = embed_request(model, inputs, options)
-        embedder = self._embedder
-        if embedder is None:
-            raise ValidationError(
-                "backend", "no backend to embed with", allowed="GpuLane.start(backend=...)"
-            )
+        embedder = self._hosts.embedder_for(model, self._trackers)
         # Embeddings skip the GPU queue but not the RateLimiter's embeddings budget.
         self._ask("limiter", Admit(caller, lane, embedding=True))
         try:
@@ -406,20 +394,25 @@ class GpuLane:
         gone = "stopped" if self._failure or self._stopped else "restarting"
         timeout = self._supervision.call_timeout_s
         slots = {s: slot_status(self._refs.ref_for(s), timeout, gone) for s in self._slot_ids}
-        residency: Mapping[str, Any] = self._ask("residency", ResidencySnapshot())
+        hosts = self._hosts.views()
         admission: Mapping[str, Any] = self._ask("limiter", LimiterSnapshot())
         with self._lock:
             counters = dict(self._counters)
         return lane_status(
             queue=queue,
             slots=slots,
-            residency=residency,
+            trackers=self._trackers(hosts),
+            hosts=hosts,
             admission=admission,
             jobs=self._ask("store", CountJobs()),
             facade_counters=counters,
             supervision=self.supervision(),
             alerts=self._alerting.firing(),
         )
+
+    def _trackers(self, names: Iterable[str]) -> Mapping[str, Mapping[str, Any]]:
+        """The snapshots of these backends' trackers, by backend name."""
+        return {name: self._ask(tracker_id_for(name), ResidencySnapshot()) for name in names}
 
     def supervision(self) -> SupervisorSnapshot | None:
         """The root supervisor's snapshot (children, states, restart counts); None once stopped."""
@@ -455,7 +448,7 @@ class GpuLane:
         self._check_running()
         changes = config_changes(self._config, config)
         rebuilt = self._cloud_client is not None
-        check_reload(changes, self._carriers[1] is not None, rebuilt)
+        check_reload(changes, self._hosts.cloud is not None, rebuilt)
         client = None
         if rebuilt and CLOUD_CLIENT_KEYS.intersection(changes):
             client = cloud_backend(config.cloud)  # a missing key raises before any change
@@ -465,7 +458,7 @@ class GpuLane:
         for child_id, update in (
             *((slot_id, message) for slot_id in self._slot_ids),
             ("limiter", ApplyLimits(config.limits)),
-            ("residency", ApplyResidency(config.residency)),
+            *((tracker_id_for(h.name), ApplyResidency(config.residency)) for h in config.hosts),
             ("alerter", ApplyAlerts(config.alerts)),
             ("store", ApplyStoreUpkeep(config.store)),
         ):
@@ -483,6 +476,11 @@ class GpuLane:
     def config(self) -> Config:
         """The configuration in force."""
         return self._config
+
+    @property
+    def backends(self) -> Mapping[str, Backend | None]:
+        """Each backend's client by name, in config order (None with a fake GPU)."""
+        return self._hosts.clients
 
     @property
     def clock(self) -> Clock:
@@ -506,8 +504,7 @@ class GpuLane:
                 root.stop(block=True, timeout=self._supervision.shutdown_s * 4)
             except pykka.Timeout:
                 log.error("gpulane_stop_timeout")
-        if self._embedder is not None:
-            self._embedder.stop()
+        self._hosts.stop()
         self._sinks.fail_all(SystemStoppedError("gpulane was stopped before the job ended"))
         self._release()
         log.info("gpulane_stopped")

@@ -3,11 +3,12 @@
 :func:`lane_tree` is gpulane's OTP ``init/1``: a pure function from the settings, the
 wiring and the injected factories to the root supervisor's spec. It starts nothing; the
 facade hands the spec to ``Supervisor.start_spec``, and a test can check the tree's
-shape without a thread. The root is rest_for_one over store, limiter, residency and
-arbiter (each later child depends on the earlier ones), then a nested one_for_one
-``gpus`` supervisor for the slots, so one slot crashing does not restart its siblings,
-then the webhook delivery actor and the Alerter, which read the others and so come
-last; the Alerter, last of all, restarts nothing else when it crashes.
+shape without a thread. The root is rest_for_one over store, limiter, one
+ResidencyTracker per backend (``actors.hosts.tracker_id_for``) and arbiter (each later
+child depends on the earlier ones), then a nested one_for_one ``gpus`` supervisor for
+every backend's slots, so one slot crashing does not restart its siblings, then the
+webhook delivery actor and the Alerter, which read the others and so come last; the
+Alerter, last of all, restarts nothing else when it crashes.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import pykka
 from actors.alerts import Alerter, Alerting
 from actors.arbiter import PriorityArbiter
 from actors.backends.base import Backend
-from actors.config import Config
+from actors.config import CLOUD_BACKEND, Config
 from actors.gpu import GpuSlot
+from actors.hosts import tracker_id_for
 from actors.job_store import JobStore
 from actors.rate_limiter import RateLimiter
 from actors.residency import ResidencyTracker
@@ -43,7 +45,14 @@ from actors.runtime import (
 )
 from actors.sinks import SinkRegistry
 from actors.webhooks import WebhookDelivery
-from protocol import Job, ResidencySettings, RetryPolicy, SchedulingPolicy, ValidationError
+from protocol import (
+    LOCAL_BACKEND,
+    Job,
+    ResidencySettings,
+    RetryPolicy,
+    SchedulingPolicy,
+    ValidationError,
+)
 from protocol.messages import WebhookDue
 
 __all__ = [
@@ -72,8 +81,9 @@ class SlotWiring:
     timers: Timers
     policy: SchedulingPolicy
     retry: RetryPolicy
-    residency: ActorAddress | None = None  # the ResidencyTracker (None on cloud slots)
+    residency: ActorAddress | None = None  # its backend's ResidencyTracker (None: cloud)
     pins: ResidencySettings = ResidencySettings()  # a pinned model's calls carry its keep_alive
+    backend: str = LOCAL_BACKEND  # the name of the backend the slot drives (CLOUD_BACKEND)
 
 
 GpuFactory = Callable[[SlotWiring], pykka.ActorRef[Any]]
@@ -84,7 +94,9 @@ class LaneWiring:
     """What a child factory may use to (re)start its actor; read it at start time.
 
     ``config()`` and ``paused()`` give the settings in force now, so an actor that
-    restarts picks up the host's latest ``reload_config`` and ``pause``.
+    restarts picks up the host's latest ``reload_config`` and ``pause``. The
+    ``"residency"`` factory is called once per backend, with ``backend_name`` and
+    ``backend`` naming that backend.
     """
 
     refs: StableRefs
@@ -95,9 +107,14 @@ class LaneWiring:
     config: Callable[[], Config]
     paused: Callable[[], bool]
     listener: Callable[[Job], None]  # the store's commit listener
-    backend: Backend | None  # what the ResidencyTracker polls and pins on (None: slots only)
     alerting: Alerting  # the Alerter's rules and webhook, kept by the facade across restarts
     cloud_slot_ids: frozenset[str] = frozenset()  # slots on the cloud backend (cloud fallback)
+    # each local slot's backend name, by slot id (cloud slots have none)
+    slot_backends: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # each backend's client, by name: what its tracker polls and pins on (None: slots only)
+    backends: Mapping[str, Backend | None] = dataclasses.field(default_factory=dict)
+    backend_name: str = LOCAL_BACKEND  # a tracker's backend (see the class docstring)
+    backend: Backend | None = None  # ... and its client
 
 
 ChildFactory = Callable[[LaneWiring], pykka.ActorRef[Any]]
@@ -143,6 +160,7 @@ def backend_slots(backend: Backend, join_s: float = 5.0) -> GpuFactory:
             shutdown_timeout_s=join_s,
             residency=wiring.residency,
             pins=wiring.pins,
+            backend_name=wiring.backend,
         )
 
     return start
@@ -182,13 +200,18 @@ def _start_limiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
 
 
 def _start_residency(wiring: LaneWiring) -> pykka.ActorRef[Any]:
-    """The ResidencyTracker; it tells the arbiter (held until the arbiter is up)."""
+    """The ResidencyTracker of ``wiring.backend_name``, its catalog the configured models
+    (else the server's); it tells the arbiter (held until the arbiter is up)."""
+    config = wiring.config()
+    host = next(h for h in config.hosts if h.name == wiring.backend_name)
     return ResidencyTracker.start(
-        settings=wiring.config().residency,
+        settings=config.residency,
         clock=wiring.clock,
         timers=wiring.timers,
         backend=wiring.backend,
         arbiter=wiring.refs.ref_for("arbiter"),
+        name=host.name,
+        catalog=host.models,
     )
 
 
@@ -205,6 +228,7 @@ def _start_arbiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
         paused=wiring.paused(),
         cloud_slots=wiring.cloud_slot_ids,
         cloud=config.cloud.policy,
+        slot_backends=wiring.slot_backends,
     )
 
 
@@ -216,6 +240,7 @@ def _start_alerter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
         refs=wiring.refs,
         clock=wiring.clock,
         timers=wiring.timers,
+        backends=tuple(host.name for host in wiring.config().hosts),
     )
 
 
@@ -229,7 +254,8 @@ def _start_webhooks(wiring: LaneWiring) -> pykka.ActorRef[Any]:
     )
 
 
-#: The root's children before the GPU slots, in start order (rest_for_one).
+#: The root's children before the GPU slots, in start order (rest_for_one); ``residency``
+#: is one tracker per backend, named by ``actors.hosts.tracker_id_for``.
 CHILD_ORDER: tuple[str, ...] = ("store", "limiter", "residency", "arbiter")
 #: The root's children after the GPU slots: they serve what the store committed (the
 #: webhook delivery actor) or watch the others (the Alerter, last, so its crash restarts
@@ -260,8 +286,8 @@ def lane_tree(
     factories: Mapping[str, ChildFactory],
     slots: Mapping[str, GpuFactory],
 ) -> SupervisorSpec:
-    """The root supervisor's spec: the four core children, the ``gpus`` supervisor, then
-    the watchers.
+    """The root supervisor's spec: the core children (a tracker per backend of
+    ``wiring.config().hosts``), the ``gpus`` supervisor, then the watchers.
 
     ``factories`` gives each core child's factory by id (see :data:`DEFAULT_FACTORIES`);
     ``slots`` gives each slot id, in order, the GpuFactory it starts with. Pure: it
@@ -275,12 +301,13 @@ def lane_tree(
     core = tuple(
         ChildSpec(
             child_id,
-            _bind(factories[child_id], wiring),
+            _bind(factories[factory], child_wiring),
             shutdown_s=supervision.shutdown_s,
             while_restarting=WhileRestarting.HOLD,
             hold_limit=HOLD_LIMIT,
         )
-        for child_id in CHILD_ORDER
+        for factory in CHILD_ORDER
+        for child_id, child_wiring in _instances(factory, wiring)
     )
     watchers = tuple(
         ChildSpec(
@@ -327,13 +354,33 @@ def lane_tree(
     )
 
 
+def _instances(factory: str, wiring: LaneWiring) -> tuple[tuple[str, LaneWiring], ...]:
+    """The children a core factory starts, with their ids and wirings: one tracker per
+    backend, named and wired for it; one child of any other factory."""
+    if factory != "residency":
+        return ((factory, wiring),)
+    return tuple(
+        (
+            tracker_id_for(host.name),
+            dataclasses.replace(
+                wiring, backend_name=host.name, backend=wiring.backends.get(host.name)
+            ),
+        )
+        for host in wiring.config().hosts
+    )
+
+
 def _bind(factory: ChildFactory, wiring: LaneWiring) -> Callable[[], pykka.ActorRef[Any]]:
     """A ChildSpec factory: ``factory`` applied to the wiring at each (re)start."""
     return lambda: factory(wiring)
 
 
 def _bind_slot(gpu: GpuFactory, slot_id: str, wiring: LaneWiring) -> Callable[[], Any]:
-    """A ChildSpec factory for one GPU slot, wired with the settings in force at its start."""
+    """A ChildSpec factory for one GPU slot, wired to its backend's tracker with the
+    settings in force at its start."""
+
+    cloud = slot_id in wiring.cloud_slot_ids
+    backend = CLOUD_BACKEND if cloud else wiring.slot_backends.get(slot_id, LOCAL_BACKEND)
 
     def start() -> pykka.ActorRef[Any]:
         config = wiring.config()
@@ -347,10 +394,9 @@ def _bind_slot(gpu: GpuFactory, slot_id: str, wiring: LaneWiring) -> Callable[[]
                 timers=wiring.timers,
                 policy=config.scheduling,
                 retry=config.retry,
-                residency=None
-                if slot_id in wiring.cloud_slot_ids
-                else wiring.refs.ref_for("residency"),
+                residency=None if cloud else wiring.refs.ref_for(tracker_id_for(backend)),
                 pins=config.residency,
+                backend=backend,
             )
         )
 

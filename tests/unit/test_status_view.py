@@ -1,6 +1,8 @@
 """The status view joins the actors' snapshots: the swap figures and the backends' health
-come from the residency tracker (its swap tally and health, built here as the tracker
-builds them), and ``counters["swaps"]`` is the tally's count, not the arbiter's guess."""
+come from the residency trackers (their swap tallies and health, built here as a tracker
+builds them), and ``counters["swaps"]`` is the tally's count, not the arbiter's guess.
+With several backends, ``status["backends"]`` shows each and ``swaps``/``residency`` are
+totals with one tracker's keys, so a reader written for one backend reads several."""
 
 from __future__ import annotations
 
@@ -27,27 +29,73 @@ def down_since(since: float, *, now: float) -> Mapping[str, Any]:
     )  # fmt: skip
 
 
-def status_with(tally: SwapTally, health: Mapping[str, Any], now: float) -> Mapping[str, Any]:
-    """``lane_status`` over an idle lane whose arbiter predicted 5 cold dispatches."""
-    residency = MappingProxyType(
+def up_since(since: float) -> Mapping[str, Any]:
+    """The tracker's health mapping for a backend up since ``since``."""
+    return MappingProxyType(
         {
-            "resident": ("llama3.2",),
+            "state": "up", "since": None, "down_s_total": 0.0, "next_probe_at": None,
+            "probes": 0, "last_error": None, "changes": 0,
+        }
+    )  # fmt: skip
+
+
+def tracker(
+    name: str,
+    tally: SwapTally,
+    health: Mapping[str, Any],
+    now: float,
+    *,
+    resident: tuple[str, ...] = ("llama3.2",),
+    catalog: tuple[str, ...] | None = None,
+    polled_at: float | None = None,
+) -> Mapping[str, Any]:
+    """A tracker's snapshot, keyed as ``ResidencyTracker`` answers ``ResidencySnapshot``."""
+    return MappingProxyType(
+        {
+            "backend": name,
+            "catalog": catalog,
+            "resident": resident,
             "slots": MappingProxyType({}),
-            "polled": MappingProxyType({}),
-            "polled_at": None,
+            "polled": MappingProxyType({key: None for key in resident}),
+            "polled_at": polled_at,
             "pinned": (),
             "counters": MappingProxyType({"polls": 4}),
             "swaps": tally.snapshot(now),
-            "health": MappingProxyType({"local": health}),
+            "health": MappingProxyType({name: health}),
         }
     )
+
+
+def host(*slots: str, kind: str = "ollama", labels: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """A backend's settings as ``LaneHosts.views()`` gives them."""
+    return {"kind": kind, "url": "http://127.0.0.1:11434", "labels": labels, "slots": slots}
+
+
+def idle_slot(slot_id: str) -> Mapping[str, Any]:
+    """A slot's snapshot when it runs nothing (as a slot that does not say its backend)."""
+    return {"slot_id": slot_id, "job_id": None, "model_key": None, "since": None}
+
+
+def status_with(tally: SwapTally, health: Mapping[str, Any], now: float) -> Mapping[str, Any]:
+    """``lane_status`` over an idle one-backend lane whose arbiter predicted 5 cold
+    dispatches."""
+    return lane_status_of({"local": tracker("local", tally, health, now)}, {"local": host()})
+
+
+def lane_status_of(
+    trackers: Mapping[str, Mapping[str, Any]],
+    hosts: Mapping[str, Mapping[str, Any]],
+    slots: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Mapping[str, Any]:
+    """``lane_status`` over an idle lane with these trackers and backends."""
     return lane_status(
         queue={
             "paused": False, "queued": 0, "depth": {},
             "counters": {"dispatched": 9, "dispatched_cold": 5, "preemptions": 0},
         },
-        slots={},
-        residency=residency,
+        slots=slots or {},
+        trackers=trackers,
+        hosts=hosts,
         admission={"queued_by_caller": {}, "rejections": {}},
         jobs={"succeeded": 9},
         facade_counters={"submitted": 9},
@@ -75,3 +123,73 @@ def test_the_health_of_each_backend_is_the_trackers_mapping() -> None:
     assert status["health"]["local"]["down_s_total"] == 120.0
     with pytest.raises(TypeError):
         status["health"]["other"] = health  # type: ignore[index]
+
+
+def test_one_backend_keeps_the_trackers_snapshot_as_the_residency_and_shows_the_backend() -> None:
+    tally = SwapTally()
+    tally.swapped("llama3.2", 6.0, T0)
+    status = status_with(tally, up_since(T0), T0 + 60)
+    assert status["residency"]["resident"] == ("llama3.2",)
+    assert status["residency"]["backend"] == "local"
+    assert tuple(status["residency"]["backends"]) == ("local",)
+    local = status["backends"]["local"]
+    assert (local["kind"], local["state"], local["slots"]) == ("ollama", "up", ())
+    assert local["swaps"]["swaps"] == 1 and local["resident"] == ("llama3.2",)
+
+
+def test_several_backends_are_shown_each_and_their_swaps_and_residency_are_totals() -> None:
+    a100, rtx = SwapTally(), SwapTally()
+    a100.swapped("llama3.2", 6.0, T0)
+    rtx.swapped("llama3.2", 2.0, T0 + 10)
+    rtx.swapped("qwen2.5:7b", 9.0, T0 + 20)
+    a100.busy(30.0)
+    rtx.busy(50.0)
+    now = T0 + 60
+    trackers = {
+        "a100": tracker("a100", a100, up_since(T0), now, catalog=("llama3.2",), polled_at=T0),
+        "rtx": tracker(
+            "rtx", rtx, down_since(T0 + 40, now=now), now,
+            resident=("qwen2.5:7b",), catalog=("llama3.2", "qwen2.5:7b"), polled_at=T0 + 30,
+        ),
+        "mac": tracker("mac", SwapTally(), up_since(T0), now, resident=()),
+    }  # fmt: skip
+    hosts = {
+        "a100": host("a100.gpu0", "a100.gpu1", labels=("big",)),
+        "rtx": host("rtx.gpu0"),
+        "mac": host("mac.gpu0", kind="openai"),
+    }
+    slots = {slot: idle_slot(slot) for h in hosts.values() for slot in h["slots"]}
+    status = lane_status_of(trackers, hosts, {**slots, "cloud0": idle_slot("cloud0")})
+    assert tuple(status["backends"]) == ("a100", "rtx", "mac")
+    assert status["backends"]["a100"]["labels"] == ("big",)
+    assert status["backends"]["a100"]["slots"] == ("a100.gpu0", "a100.gpu1")
+    assert status["backends"]["rtx"]["state"] == "down"
+    assert status["backends"]["mac"]["catalog"] is None
+    assert status["backends"]["mac"]["kind"] == "openai"
+    assert {slot: s["backend"] for slot, s in status["slots"].items()} == {
+        "a100.gpu0": "a100", "a100.gpu1": "a100", "rtx.gpu0": "rtx", "mac.gpu0": "mac",
+        "cloud0": "cloud",
+    }  # fmt: skip
+    assert set(status["health"]) == {"a100", "rtx", "mac"}
+    swaps = status["swaps"]
+    assert set(swaps) == set(a100.snapshot(now)), "the total has one tally's keys"
+    assert (swaps["swaps"], swaps["loading_s"], swaps["busy_s"]) == (3, 17.0, 80.0)
+    assert swaps["overhead_ratio"] == 17.0 / 80.0 and swaps["swaps_per_hour"] == 3.0
+    llama = swaps["by_model"]["llama3.2"]
+    assert (llama["count"], llama["sum_s"]) == (2, 8.0)
+    assert dict(llama["buckets"])[2.5] == 1 and dict(llama["buckets"])[10.0] == 2
+    assert status["counters"]["swaps"] == 3
+    residency = status["residency"]
+    assert set(residency) == {*trackers["a100"], "backends"}, "one tracker's keys, and each one"
+    assert residency["resident"] == ("llama3.2", "qwen2.5:7b")
+    assert residency["catalog"] == ("llama3.2", "qwen2.5:7b")
+    assert residency["counters"]["polls"] == 12 and residency["polled_at"] == T0 + 30
+    assert residency["backends"]["rtx"] is trackers["rtx"]
+    assert status["resident_models"] == ("llama3.2", "qwen2.5:7b")
+
+
+def test_a_slot_that_says_its_backend_keeps_what_it_says() -> None:
+    slot = {**idle_slot("gpu0"), "backend": "local"}
+    trackers = {"local": tracker("local", SwapTally(), up_since(T0), T0)}
+    status = lane_status_of(trackers, {"local": host()}, {"gpu0": slot})
+    assert status["slots"]["gpu0"]["backend"] == "local"

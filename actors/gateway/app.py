@@ -1,13 +1,13 @@
 """The gateway's ASGI app: ``create_app(lane, settings)`` wires the routes onto a running GpuLane.
 
 The app does not own the GpuLane: whoever starts it (``gpulane serve``, a test, a host
-process) stops it. The app's lifespan owns only the gateway's thread pool, its client
-for the model server's catalog and the watchers of detached jobs.
+process) stops it. The app's lifespan owns only the gateway's thread pool, its clients
+for the model servers' catalogs and the watchers of detached jobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,10 @@ from actors.gateway import (
     openai_api,
     status_page,
 )
-from actors.gateway.core import CallerDep, Gateway, gateway_of
+from actors.gateway.core import CallerDep, Gateway, Upstream, gateway_of
 from actors.gateway.errors import GatewayError, install_error_handlers, render
 from actors.system import GpuLane
+from protocol import LOCAL_BACKEND
 
 __all__ = ["create_app"]
 
@@ -111,19 +112,24 @@ def create_app(
     *,
     upstream: str | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    upstreams: Sequence[Upstream] | None = None,
     config_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> FastAPI:
-    """An app serving ``lane``; ``upstream`` is the model server URL for the catalog and
-    model-management routes (spoken as ``lane.config.backend.kind`` says), reached through
-    ``upstream_transport`` when given (tests); ``config_path`` the file ``/admin/reload``
-    re-reads, and ``overrides`` the ``[gateway]`` keys the command line set, which a
-    reload keeps."""
+    """An app serving ``lane``. The catalog and model-management routes reach the model
+    servers ``upstreams`` names (one per backend, in config order), or the one server at
+    ``upstream`` (spoken as ``lane.config.backend.kind`` says), reached through
+    ``upstream_transport`` when given (tests); with neither, no model server is known.
+    ``config_path`` is the file ``/admin/reload`` re-reads, and ``overrides`` the
+    ``[gateway]`` keys the command line set, which a reload keeps."""
+    if upstreams is not None and (upstream is not None or upstream_transport is not None):
+        raise ValueError("give either upstreams or upstream (and upstream_transport), not both")
+    if upstreams is None:
+        upstreams = () if upstream is None else (_one_upstream(lane, upstream, upstream_transport),)
     gateway = Gateway(
         lane,
         settings or lane.config.gateway,
-        upstream=upstream,
-        upstream_transport=upstream_transport,
+        upstreams=upstreams,
         config_path=None if config_path is None else Path(config_path),
         overrides=overrides,
     )
@@ -168,3 +174,9 @@ def create_app(
         return Response(body, media_type=METRICS_TYPE)
 
     return app
+
+
+def _one_upstream(lane: GpuLane, url: str, transport: httpx.AsyncBaseTransport | None) -> Upstream:
+    """The one model server of a lane with one backend, as ``[backend]`` names it."""
+    backend = lane.config.backend
+    return Upstream(LOCAL_BACKEND, backend.kind, url, transport)

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -44,7 +44,15 @@ from protocol import (
 )
 from protocol.spec import check_text
 
-__all__ = ["CallerDep", "Gateway", "ViewerDep", "caller_of", "gateway_of", "viewer_of"]
+__all__ = [
+    "CallerDep",
+    "Gateway",
+    "Upstream",
+    "ViewerDep",
+    "caller_of",
+    "gateway_of",
+    "viewer_of",
+]
 
 log = structlog.get_logger("actors.gateway")
 
@@ -55,6 +63,23 @@ EMBED_TIMEOUT_S = 120.0  # an embedding call that takes longer is cancelled (504
 MAX_SEQ_DIGITS = 18  # sequence numbers are SQLite integers (below 2**63)
 
 
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """A model server the catalog and model-management routes reach: a backend's name,
+    kind (``ollama``, ``simulated`` or ``openai``) and URL; ``transport`` stands in for
+    the network (tests)."""
+
+    name: str
+    kind: str
+    url: str
+    transport: httpx.AsyncBaseTransport | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def speaks_openai(self) -> bool:
+        """True for an OpenAI-compatible server, which has none of Ollama's model routes."""
+        return self.kind == "openai"
+
+
 class Gateway:
     """What the routes share: the facade, the settings in force, keys, metrics, live tickets."""
 
@@ -63,22 +88,23 @@ class Gateway:
         lane: GpuLane,
         settings: GatewaySettings,
         *,
-        upstream: str | None = None,
-        upstream_transport: httpx.AsyncBaseTransport | None = None,
+        upstreams: Sequence[Upstream] = (),
         config_path: Path | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.lane = lane
         self.settings = settings
         self.keys = KeyRing(settings.api_keys)
-        self.upstream = upstream
+        names = [upstream.name for upstream in upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstream names must be unique, got {names}")
+        self.upstreams = tuple(upstreams)  # in config order: the first answer wins
         self.upstream_kind = lane.config.backend.kind  # "openai" speaks no Ollama routes
-        self._upstream_transport = upstream_transport
         self.config_path = config_path
         self.overrides = dict(overrides or {})  # [gateway] keys the command line set
         self.metrics = GatewayMetrics(lane.status)
         self.watch = LaneWatch(lane)
-        self.http: httpx.AsyncClient | None = None
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._tickets: dict[str, Ticket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,24 +112,35 @@ class Gateway:
     # --- life cycle (the app's lifespan) ------------------------------------------------
 
     async def open(self) -> None:
-        """Start the thread pool and the client for the model server's catalog."""
+        """Start the thread pool and a client for each model server's catalog."""
         self._pool = ThreadPoolExecutor(FACADE_THREADS, thread_name_prefix="gateway-facade")
-        if self.upstream is not None:
-            self.http = httpx.AsyncClient(
-                base_url=self.upstream, timeout=10.0, transport=self._upstream_transport
+        for upstream in self.upstreams:
+            self._clients[upstream.name] = httpx.AsyncClient(
+                base_url=upstream.url, timeout=10.0, transport=upstream.transport
             )
 
     async def close(self) -> None:
-        """Stop watching detached jobs (they keep running), close the pool and the client."""
+        """Stop watching detached jobs (they keep running), close the pool and the clients."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tickets.clear()
-        if self.http is not None:
-            await self.http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def http(self, upstream: Upstream) -> httpx.AsyncClient:
+        """The open client for ``upstream``'s model server."""
+        return self._clients[upstream.name]
+
+    def server_of(self, upstream: Upstream) -> str:
+        """How an error names ``upstream``'s model server: by its backend when several."""
+        if len(self.upstreams) == 1:
+            return "the model server"
+        return f"the model server of backend {upstream.name!r}"
 
     # --- the facade, off the event loop -------------------------------------------------
 

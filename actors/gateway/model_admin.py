@@ -8,6 +8,10 @@ the NDJSON progress of a pull, push or create reaches the client line by line, a
 blob upload passes through without being held (so ``gateway.max_body_bytes`` does not
 bound it). An OpenAI-compatible server (``backend.kind = "openai"``) has no such routes:
 there they are a 501 naming ``backend.kind``.
+
+With several backends a request names the one whose server it changes in the header
+``X-Gpulane-Backend`` (a 400 naming the header and the backends without it, or with a
+name that is not one); with one backend the header may be left out.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from actors.gateway.auth import Caller
-from actors.gateway.catalog import speaks_openai
-from actors.gateway.core import CallerDep, gateway_of
+from actors.gateway.core import CallerDep, Gateway, Upstream, gateway_of
 from actors.gateway.errors import GatewayError
 
-__all__ = ["BLOBS", "router"]
+__all__ = ["BACKEND_HEADER", "BLOBS", "router"]
+
+BACKEND_HEADER = "X-Gpulane-Backend"  # the backend whose model server a request changes
 
 BLOBS = "/api/blobs/"  # uploads of model files: streamed, not bound by max_body_bytes
 # a pull or create can be silent for minutes (a digest check, a quantization): no read bound
@@ -42,25 +47,30 @@ async def _relay(request: Request, caller: Caller) -> Response:
             field="authorization", reason="forbidden",
         )  # fmt: skip
     gateway = gateway_of(request)
-    if gateway.http is None or speaks_openai(gateway):
-        server = "no model server URL" if gateway.http is None else "an OpenAI-compatible one"
+    target = _target(gateway, request.headers.get(BACKEND_HEADER), route)
+    if target is None or target.speaks_openai:
+        server = "no model server URL" if target is None else "an OpenAI-compatible one"
+        field = "backend.kind"
+        if target is not None and len(gateway.upstreams) > 1:
+            field = f"backends.{target.name}.kind"
         raise GatewayError(
             501, f"{route}: the gateway drives {server}, which has no model management",
-            field="backend.kind", allowed="an Ollama model server", reason="not_implemented",
+            field=field, allowed="an Ollama model server", reason="not_implemented",
         )  # fmt: skip
+    http = gateway.http(target)
     headers = {}
     if "content-type" in request.headers:
         headers["content-type"] = request.headers["content-type"]
     content = None if request.method == "HEAD" else request.stream()
-    upstream = gateway.http.build_request(
+    upstream = http.build_request(
         request.method, path, params=request.url.query, content=content, headers=headers,
         timeout=RELAY_TIMEOUT,
     )  # fmt: skip
     try:
-        response = await gateway.http.send(upstream, stream=True)
+        response = await http.send(upstream, stream=True)
     except httpx.HTTPError as exc:
         raise GatewayError(
-            502, f"the model server did not answer {route}: {exc}", reason="upstream"
+            502, f"{gateway.server_of(target)} did not answer {route}: {exc}", reason="upstream"
         ) from None
 
     async def body() -> AsyncIterator[bytes]:
@@ -74,6 +84,25 @@ async def _relay(request: Request, caller: Caller) -> Response:
     return StreamingResponse(
         body(), status_code=response.status_code, headers={"content-type": kind} if kind else None
     )
+
+
+def _target(gateway: Gateway, named: str | None, route: str) -> Upstream | None:
+    """The model server a management request changes: the one backend's, or the one
+    ``X-Gpulane-Backend`` names (required with several); None when none is known."""
+    upstreams = gateway.upstreams
+    if not upstreams:
+        return None
+    if named is None and len(upstreams) == 1:
+        return upstreams[0]
+    for upstream in upstreams:
+        if upstream.name == named:
+            return upstream
+    problem = (
+        f"{route} changes one backend's models: name it in this header"
+        if named is None
+        else f"names no backend of this gateway: {named!r}"
+    )
+    raise GatewayError(400, problem, field=BACKEND_HEADER, allowed=[u.name for u in upstreams])
 
 
 @router.post("/api/pull", summary="Pull a model (admin): the server's progress stream")

@@ -311,6 +311,23 @@ def test_a_model_server_error_reaches_the_admin_as_the_server_said_it(
     assert caught.value.status_code == 500 and "file does not exist" in caught.value.error
 
 
+def test_with_one_backend_the_backend_header_may_name_it_and_nothing_else(
+    models: tuple[Stack, ModelServer],
+) -> None:
+    stack, server = models
+    with stack.client(ADMIN) as http:
+        named = http.post("/api/copy", json={"source": "tiny", "destination": "mine"},
+                          headers={"X-Gpulane-Backend": "local"})  # fmt: skip
+        other = http.post("/api/copy", json={"source": "tiny", "destination": "mine"},
+                          headers={"X-Gpulane-Backend": "elsewhere"})  # fmt: skip
+    assert named.status_code == 200
+    assert other.status_code == 400
+    body = other.json()
+    assert body["field"] == "X-Gpulane-Backend" and "'elsewhere'" in body["error"]
+    assert body["allowed"] == ["local"]
+    assert [path for _, path, _ in server.seen] == ["/api/copy"], "the refused one never left"
+
+
 # --- the catalog on an OpenAI-compatible server ---------------------------------------------------
 
 

@@ -142,6 +142,10 @@ class ReplaceableBackend:
         """The current client's resident models."""
         return self.current.loaded_models()
 
+    def list_models(self) -> tuple[str, ...]:
+        """The current client's catalog."""
+        return self.current.list_models()
+
     def load(
         self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
     ) -> None:

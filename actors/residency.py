@@ -32,6 +32,16 @@ the tracker tells the arbiter, stops the regular polls and probes instead (a pol
 with capped exponential back-off and jitter; the first probe that gets an answer
 marks it up, tells the arbiter, and restores the pins. With no backend to ask (a fake
 GPU), a probe is blind: the backend counts as up once its delay has passed.
+
+There is one tracker per backend (issue #17): ``name`` is its backend's, every message
+it tells the arbiter names it, and so do its log lines. It also knows the backend's
+catalog, the normalised names of the models it can run: the configured ``catalog``
+(told at start, never read), else ``Backend.list_models()`` read on the worker at
+start, when the backend comes back up and every ``catalog_interval_s``. Whenever the
+catalog is first known or changes, and again at start, it tells the arbiter
+``CatalogChanged``. A failed read keeps the last catalog (a host that is down keeps its
+own, so jobs for its models wait for it); an outage marks the backend down, as a failed
+poll does.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import structlog
 
 from actors.backend_health import BackendHealth
 from actors.backends.base import Backend
+from actors.hosts import tracker_id_for
 from actors.runtime import (
     ActorAddress,
     Clock,
@@ -68,9 +79,13 @@ from protocol.messages import (
     BackendUnreachable,
     CallEnded,
     CallStarting,
+    CatalogChanged,
+    CatalogRead,
+    CatalogReadFailed,
     ModelLoaded,
     PinFinished,
     PollResidency,
+    ReadCatalog,
     ResidencyChanged,
     ResidencyPolled,
     ResidencyPollFailed,
@@ -85,8 +100,10 @@ log = structlog.get_logger(__name__)
 class ResidencyTracker(SupervisedActor):
     """Owns the resident-model picture; never starts calls (docs/architecture.md section 2).
 
-    ``backend`` None: no polling and no pins, slot events only (tests with a fake GPU).
-    ``arbiter`` hears ``ResidencyChanged``.
+    ``backend`` None: no polling, no pins and no catalog reads, slot events only (tests
+    with a fake GPU). ``arbiter`` hears ``ResidencyChanged``, ``BackendHealthChanged`` and
+    ``CatalogChanged``, each naming backend ``name``; ``catalog``, when given, is the
+    configured list of the models the backend can run (module docstring).
     """
 
     def __init__(
@@ -99,8 +116,17 @@ class ResidencyTracker(SupervisedActor):
         arbiter: ActorAddress | None = None,
         shutdown_timeout_s: float = 5.0,
         rng: random.Random | None = None,
+        name: str = LOCAL_BACKEND,
+        catalog: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
+        self._name = name
+        self._log = log.bind(backend=name)
+        self._configured = catalog is not None  # the catalog is the configuration's, never read
+        self._catalog = None if catalog is None else _normalised(catalog)
+        self._next_catalog: TimerHandle | None = None
+        self._reading_catalog = False
+        self._catalog_failing = False  # the last read failed (warned of once per streak)
         self._settings = settings
         self._clock = clock
         self._timers = timers
@@ -119,27 +145,34 @@ class ResidencyTracker(SupervisedActor):
         self._last_key: dict[str, str] = {}  # model name -> key a slot last loaded for it
         self._told: frozenset[str] | None = None
         self._rng = rng or random.Random()
-        self._health = BackendHealth(LOCAL_BACKEND, since=clock.now())
+        self._health = BackendHealth(name, since=clock.now())
         self._tally = SwapTally()
         self._starting: dict[str, tuple[str, bool]] = {}  # slot -> (key, its call swaps)
         self._pin_warned: set[str] = set()  # pins whose failure was logged as a warning
-        self._counters = {"polls": 0, "poll_failures": 0, "pins": 0, "pin_failures": 0}
+        self._counters = {
+            "polls": 0, "poll_failures": 0, "pins": 0, "pin_failures": 0,
+            "catalog_reads": 0, "catalog_failures": 0,
+        }  # fmt: skip
 
     def on_start(self) -> None:
-        """Start the worker, pin the configured models, poll once, tell the arbiter (its
-        health too: a tracker restarted during an outage starts by assuming up)."""
+        """Start the worker, pin the configured models, poll and read the catalog once,
+        tell the arbiter (its health too: a tracker restarted during an outage starts by
+        assuming up; and a configured catalog)."""
         if self._backend is not None:
-            self._worker = WorkerThread("gpulane-residency")
+            self._worker = WorkerThread(f"gpulane-{tracker_id_for(self._name)}")
             self._pin_missing()
             self._poll()
+            self._read_catalog()
         self._tell_health()
+        self._tell_catalog()
         self._publish()
 
     def on_end(self) -> None:
-        """Stopped or crashed: drop the poll timer and join the worker, so the next
-        instance's are the only ones."""
-        if self._next_poll is not None:
-            self._next_poll.cancel()
+        """Stopped or crashed: drop the timers and join the worker, so the next instance's
+        are the only ones."""
+        for timer in (self._next_poll, self._next_catalog):
+            if timer is not None:
+                timer.cancel()
         if self._worker is not None:
             self._worker.stop(self._shutdown_timeout_s)
 
@@ -156,7 +189,7 @@ class ResidencyTracker(SupervisedActor):
                 self._on_call_ended(message)
             case BackendUnreachable(error=error, started_at=started_at):
                 if self._health.is_stale(started_at):
-                    log.debug("stale_outage_report", slot=message.slot_id, error=error)
+                    self._log.debug("stale_outage_report", slot=message.slot_id, error=error)
                 else:
                     self._went_down(error)
             case PollResidency():
@@ -168,12 +201,17 @@ class ResidencyTracker(SupervisedActor):
                 self._on_poll_failed(message)
             case PinFinished():
                 self._on_pinned(message)
+            case ReadCatalog():
+                self._next_catalog = None
+                if self._health.up:  # while down, the backend's return reads it
+                    self._read_catalog()
+            case CatalogRead(models=models):
+                self._on_catalog(models)
+            case CatalogReadFailed():
+                self._on_catalog_failed(message)
             case ApplyResidency(settings=settings):
                 self._settings = settings
-                if self._next_poll is not None:
-                    self._next_poll.cancel()
-                    self._next_poll = None
-                    self._schedule_poll()
+                self._rearm_timers()
                 self._pin_missing()
             case ResidencySnapshot():
                 return self._snapshot()
@@ -220,7 +258,7 @@ class ResidencyTracker(SupervisedActor):
         """The backend cannot be reached: stop polling, arm a probe, tell the arbiter (again,
         if it was down already: a restarted arbiter may not know)."""
         if self._health.went_down(error, self._clock.now()):
-            log.warning("backend_down", backend=self._health.name, error=error)
+            self._log.warning("backend_down", error=error)
             if self._next_poll is not None:
                 self._next_poll.cancel()
                 self._next_poll = None
@@ -231,11 +269,9 @@ class ResidencyTracker(SupervisedActor):
         down_for = self._health.came_up(self._clock.now())
         if down_for is None:
             return
-        log.info(
-            "backend_up", backend=self._health.name, down_s=round(down_for, 3),
-            probes=self._health.probes,
-        )  # fmt: skip
+        self._log.info("backend_up", down_s=round(down_for, 3), probes=self._health.probes)
         self._tell_health()
+        self._read_catalog()
 
     def _tell_health(self) -> None:
         if self._arbiter is not None:
@@ -255,12 +291,12 @@ class ResidencyTracker(SupervisedActor):
         self._evicted_meanwhile.clear()
         if not self._health.up:
             self._health.probe_failed(failed.error)
-            log.info("backend_probe_failed", backend=self._health.name, error=failed.error)
+            self._log.info("backend_probe_failed", error=failed.error)
         elif failed.outage:
             self._went_down(failed.error)
         else:
             self._counters["poll_failures"] += 1
-            log.warning("residency_poll_failed", error=failed.error)
+            self._log.warning("residency_poll_failed", error=failed.error)
         self._schedule_poll()
         self._poll_again_if_asked()
 
@@ -318,7 +354,7 @@ class ResidencyTracker(SupervisedActor):
             self._counters["pin_failures"] += 1
             warn = model not in self._pin_warned
             self._pin_warned.add(model)
-            (log.warning if warn else log.debug)("pin_failed", model=model, error=error)
+            (self._log.warning if warn else self._log.debug)("pin_failed", model=model, error=error)
             if pinned.outage and self._health.up:
                 self._went_down(error)
             return
@@ -336,14 +372,14 @@ class ResidencyTracker(SupervisedActor):
         if backend is None or worker is None or self._polling:
             return
         self._polling = True
-        me, asked_at = self.actor_ref, self._clock.now()
+        me, asked_at, name = self.actor_ref, self._clock.now(), self._name
 
         def ask() -> None:
             try:
                 reply: Any = ResidencyPolled(backend.loaded_models(), asked_at)
             except Exception as exc:  # any failure of the poll is reported, never raised here
                 reply = ResidencyPollFailed(_describe(exc), asked_at, _is_outage(exc))
-            _tell_quietly(me, reply)
+            _tell_quietly(me, reply, name)
 
         worker.submit(ask)
 
@@ -366,7 +402,7 @@ class ResidencyTracker(SupervisedActor):
             return
         loaded = {model_of_key(key) for key in self.resident()}
         keep_alive = self._settings.pin_keep_alive_s
-        me, clock = self.actor_ref, self._clock
+        me, clock, name = self.actor_ref, self._clock, self._name
         for model in self._settings.pinned:
             if normalise_model_name(model) in loaded or model in self._pinning:
                 continue
@@ -378,22 +414,93 @@ class ResidencyTracker(SupervisedActor):
                 try:
                     backend.load(model, keep_alive=keep_alive, embedding=embedding)
                 except Exception as exc:  # a failed pin is reported and retried at the next poll
-                    _tell_quietly(me, PinFinished(model, _describe(exc), 0.0, _is_outage(exc)))
+                    failed = PinFinished(model, _describe(exc), 0.0, _is_outage(exc))
+                    _tell_quietly(me, failed, name)
                 else:
-                    _tell_quietly(me, PinFinished(model, None, clock.now() - began))
+                    _tell_quietly(me, PinFinished(model, None, clock.now() - began), name)
 
             worker.submit(pin)
+
+    def _read_catalog(self) -> None:
+        """Ask the backend which models it can run, on the worker (never for a configured
+        catalog; one read at a time)."""
+        backend, worker = self._backend, self._worker
+        if self._configured or backend is None or worker is None or self._reading_catalog:
+            return
+        self._reading_catalog = True
+        me, name = self.actor_ref, self._name
+
+        def read() -> None:
+            try:
+                reply: Any = CatalogRead(backend.list_models())
+            except Exception as exc:  # any failure of the read is reported, never raised here
+                reply = CatalogReadFailed(_describe(exc), _is_outage(exc))
+            _tell_quietly(me, reply, name)
+
+        worker.submit(read)
+
+    def _on_catalog(self, models: tuple[str, ...]) -> None:
+        """A read answered: tell the arbiter if the catalog is new or changed."""
+        self._reading_catalog = False
+        self._catalog_failing = False
+        self._counters["catalog_reads"] += 1
+        catalog = _normalised(models)
+        if catalog != self._catalog:
+            self._log.info("catalog_changed", models=sorted(catalog))
+            self._catalog = catalog
+            self._tell_catalog()
+        self._schedule_catalog()
+
+    def _on_catalog_failed(self, failed: CatalogReadFailed) -> None:
+        """A read failed: the last catalog stays (a host that is down keeps its own, so
+        jobs for its models wait for it); an outage marks the backend down."""
+        self._reading_catalog = False
+        self._counters["catalog_failures"] += 1
+        warn = not self._catalog_failing and self._health.up
+        self._catalog_failing = True
+        (self._log.warning if warn else self._log.debug)(
+            "catalog_read_failed", error=failed.error, outage=failed.outage
+        )
+        if failed.outage and self._health.up:
+            self._went_down(failed.error)
+        self._schedule_catalog()
+
+    def _schedule_catalog(self) -> None:
+        """Arm the next read ``catalog_interval_s`` from now, while the backend is up (its
+        return from an outage reads at once)."""
+        if self._next_catalog is None and self._health.up and not self._configured:
+            self._next_catalog = self._timers.send_after(
+                self._settings.catalog_interval_s, self.actor_ref, ReadCatalog()
+            )
+
+    def _rearm_timers(self) -> None:
+        """New settings: an armed poll or catalog read counts its new interval from now."""
+        if self._next_poll is not None:
+            self._next_poll.cancel()
+            self._next_poll = None
+            self._schedule_poll()
+        if self._next_catalog is not None:
+            self._next_catalog.cancel()
+            self._next_catalog = None
+            self._schedule_catalog()
+
+    def _tell_catalog(self) -> None:
+        if self._arbiter is not None and self._catalog is not None:
+            self._arbiter.tell(CatalogChanged(self._name, self._catalog))
 
     def _publish(self) -> None:
         resident = self.resident()
         if resident != self._told and self._arbiter is not None:
-            self._arbiter.tell(ResidencyChanged(resident))
+            self._arbiter.tell(ResidencyChanged(resident, backend=self._name))
         self._told = resident
 
     def _snapshot(self) -> Any:
         now = self._clock.now()
+        catalog = self._catalog
         return MappingProxyType(
             {
+                "backend": self._name,
+                "catalog": None if catalog is None else tuple(sorted(catalog)),
                 "resident": tuple(sorted(self.resident())),
                 "slots": MappingProxyType({s: key for s, (key, _) in self._by_slot.items()}),
                 "polled": MappingProxyType(
@@ -408,6 +515,10 @@ class ResidencyTracker(SupervisedActor):
         )
 
 
+def _normalised(models: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(normalise_model_name(m) for m in models)
+
+
 def _is_outage(exc: Exception) -> bool:
     return isinstance(exc, BackendError) and exc.outage
 
@@ -417,8 +528,8 @@ def _describe(exc: Exception) -> str:
     return str(exc) if isinstance(exc, BackendError) else repr(exc)
 
 
-def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
+def _tell_quietly(ref: pykka.ActorRef[Any], message: Any, backend: str) -> None:
     try:
         ref.tell(message)
     except pykka.ActorDeadError:
-        log.debug("residency_tracker_gone", message=type(message).__name__)
+        log.debug("residency_tracker_gone", backend=backend, message=type(message).__name__)

@@ -272,6 +272,12 @@ class AnthropicBackend:
             if isinstance(m, dict) and m.get("id")
         )
 
+    def list_models(self) -> tuple[str, ...]:
+        """Refused: the cloud fallback answers every job with its own ``model``, so it has
+        no catalog of the names jobs carry (its Claude model would match no job)."""
+        why = f"it answers every job with {self.model!r}, whatever model the job names"
+        raise BackendError(f"the Anthropic backend has no catalog: {why}", transient=False)
+
     def load(
         self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
     ) -> None:

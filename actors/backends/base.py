@@ -152,6 +152,12 @@ class Backend(Protocol):
         """The models resident now (``/api/ps``)."""
         ...
 
+    def list_models(self) -> tuple[str, ...]:
+        """The names of the models the server can run, as it spells them (Ollama's
+        ``/api/tags``, an OpenAI-compatible ``/v1/models``): the backend's catalog.
+        An unreachable server raises BackendError with ``outage``, as loaded_models does."""
+        ...
+
     def load(
         self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
     ) -> None:

@@ -155,6 +155,17 @@ class OllamaBackend:
             if isinstance(m, dict)
         )
 
+    def list_models(self) -> tuple[str, ...]:
+        """The models the server has, from ``/api/tags``: each entry's ``name`` (its
+        ListHandler answers ``{"models": [...]}``, ``null`` when there are none;
+        server/routes.go, api/types.go ListResponse)."""
+        data = self._exchange("GET", "/api/tags", None, None)
+        return tuple(
+            str(m.get("name") or m.get("model"))
+            for m in data.get("models") or []
+            if isinstance(m, dict) and (m.get("name") or m.get("model"))
+        )
+
     def load(
         self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
     ) -> None:

@@ -259,18 +259,19 @@ class OpenAICompatBackend:
             if isinstance(m, dict) and m.get("id")
         )
 
+    def list_models(self) -> tuple[str, ...]:
+        """The models the server can run: the ids ``/v1/models`` lists (all loaded, as above)."""
+        return tuple(m.name for m in self.loaded_models())
+
     def load(
         self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False
     ) -> None:
         """Check that the server serves ``model`` (of any kind): these servers load at
         start-up, so there is nothing to load; an unknown model is a permanent error (404)."""
-        served = {m.name for m in self.loaded_models()}
+        served = self.list_models()
         if model not in served:
-            raise BackendError(
-                f"{self.base_url} does not serve {model!r} (it serves {sorted(served)})",
-                transient=False,
-                status=404,
-            )
+            message = f"{self.base_url} does not serve {model!r} (it serves {sorted(served)})"
+            raise BackendError(message, transient=False, status=404)
 
     def unload(self, model: str) -> None:
         """Nothing to do: an OpenAI-compatible server keeps its models for its whole life,

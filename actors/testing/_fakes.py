@@ -200,6 +200,7 @@ class FakeBackend:
         self._calls: queue.SimpleQueue[FakeCall] = queue.SimpleQueue()
         self.all_calls: list[FakeCall] = []
         self.loaded: dict[str, LoadedModel] = {}
+        self.catalog: list[str] = []  # what list_models answers; a test may fill it
 
     def next_call(self, timeout: float = 5.0) -> FakeCall:
         """The next call a slot started; waits up to ``timeout`` seconds for one."""
@@ -248,6 +249,10 @@ class FakeBackend:
     def loaded_models(self) -> tuple[LoadedModel, ...]:
         """Models that calls have used."""
         return tuple(self.loaded.values())
+
+    def list_models(self) -> tuple[str, ...]:
+        """The models in :attr:`catalog` (none unless a test adds some)."""
+        return tuple(self.catalog)
 
     def load(
         self, model: str, keep_alive: str | float | None = None, *, embedding: bool = False

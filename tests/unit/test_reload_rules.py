@@ -1,9 +1,11 @@
 """What a reload may change while running (``actors.config.check_reload``), the keys a
-config change names, the cloud client a reload replaces, and the ``[gateway]`` keys of
-issue #16 (``allow_cloud`` per key, ``max_image_bytes``, ``exit_delay_s``)."""
+config change names (``[[backends]]`` by backend name), the cloud client a reload
+replaces, and the ``[gateway]`` keys of issue #16 (``allow_cloud`` per key,
+``max_image_bytes``, ``exit_delay_s``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -12,6 +14,7 @@ from actors.backend_factory import BuiltBackend, ReplaceableBackend
 from actors.backends.base import CancelToken
 from actors.config import (
     ApiKey,
+    BackendSettings,
     CloudSettings,
     Config,
     GatewaySettings,
@@ -127,3 +130,43 @@ def test_the_exit_delay_and_the_image_limit_come_from_the_environment() -> None:
     env = {"GPULANE_GATEWAY_EXIT_DELAY_S": "0", "GPULANE_GATEWAY_MAX_IMAGE_BYTES": "5000000"}
     gateway = Config.from_mapping({}, env=env).gateway
     assert (gateway.exit_delay_s, gateway.max_image_bytes) == (0.0, 5_000_000)
+
+
+A100 = BackendSettings(name="a100", slots=2, models=("llama3.2",))
+RTX = BackendSettings(name="rtx", url="http://10.0.0.2:11434")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "keys"),
+    [
+        ((A100, RTX), (A100, RTX), ()),
+        ((A100, RTX), (dataclasses.replace(A100, slots=3, labels=("big",)), RTX),
+         ("backends.a100.labels", "backends.a100.slots")),
+        ((A100, RTX), (A100, dataclasses.replace(RTX, models=("qwen2.5:7b",))),
+         ("backends.rtx.models",)),
+        ((A100, RTX), (A100,), ("backends.rtx",)),
+        ((A100,), (A100, RTX), ("backends.rtx",)),
+        ((A100, RTX), (RTX, A100), ("backends",)),  # the same backends, the slots reordered
+    ],
+)  # fmt: skip
+def test_config_changes_name_a_backend_and_its_key(
+    before: tuple[BackendSettings, ...], after: tuple[BackendSettings, ...], keys: tuple[str, ...]
+) -> None:
+    changes = config_changes(Config(backends=before), Config(backends=after))
+    assert sorted(changes) == sorted(keys)
+
+
+def test_a_reload_that_changes_a_backend_is_refused_by_name() -> None:
+    old = Config(backends=(A100, RTX))
+    new = old.replace(backends=(A100, dataclasses.replace(RTX, slots=2)), limits=Limits(burst=99))
+    changes = config_changes(old, new)
+    assert changes == ("limits.burst", "backends.rtx.slots")
+    with pytest.raises(ReloadRefusedError) as caught:
+        check_reload(changes, cloud_slots=False, cloud_rebuilt=False)
+    assert caught.value.keys == ("backends.rtx.slots",)
+    assert caught.value.field == "backends"
+    one = Config()
+    moved = config_changes(one, Config(backends=(A100,)))
+    with pytest.raises(ReloadRefusedError) as caught:
+        check_reload(moved, cloud_slots=False, cloud_rebuilt=False)
+    assert caught.value.keys == ("backends.a100",)

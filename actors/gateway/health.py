@@ -6,8 +6,8 @@ supervisor (systemd, a container runtime) restarts the process when it stops ans
 or exits. ``/readyz`` answers 200 only when gpulane can take and run work: the
 supervision tree is up (every child running, the root has not given up), the job store
 answers an ask within ``READY_TIMEOUT_S`` (the same mailbox its writes go through, so a
-store stuck in a write or restarting is not ready), and a backend is up (the local one
-by the residency tracker's health, or cloud slots for jobs that allow the cloud).
+store stuck in a write or restarting is not ready), and a backend is up (any of them,
+by its residency tracker's health, or cloud slots for jobs that allow the cloud).
 Otherwise a 503 whose body names each check that failed. Neither needs a key (probes
 send none); the body says what is not ready, never a path or an error's text.
 """
@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from actors.gateway.core import gateway_of
+from actors.hosts import tracker_id_for
 from actors.runtime import ChildSnapshot, ChildState, SupervisorSnapshot
 from actors.status_view import all_started
 from actors.system import GpuLane
@@ -91,16 +92,24 @@ def _backend(lane: GpuLane, snapshot: SupervisorSnapshot | None) -> Check:
     cloud = snapshot is not None and any(
         child.child_id.startswith("cloud") for child in _children(snapshot)
     )
-    try:
-        tracked = lane.ref_for("residency").ask(ResidencySnapshot(), timeout=READY_TIMEOUT_S)
-        local = str(tracked["health"]["local"]["state"])
-    except Exception as exc:  # as in _store
-        local = f"unknown ({type(exc).__name__})"
-    if local == "up":
-        return True, "local up"
+    states = {host.name: _health(lane, host.name) for host in lane.config.hosts}
+    detail = ", ".join(f"{name} {state}" for name, state in states.items())
+    if "up" in states.values():
+        return True, detail
     if cloud:
-        return True, f"local {local}; cloud slots take the jobs that allow the cloud"
-    return False, f"local {local}"
+        return True, f"{detail}; cloud slots take the jobs that allow the cloud"
+    return False, detail
+
+
+def _health(lane: GpuLane, backend: str) -> str:
+    """``up`` or ``down`` as ``backend``'s tracker says, or why it could not say."""
+    try:
+        tracked = lane.ref_for(tracker_id_for(backend)).ask(
+            ResidencySnapshot(), timeout=READY_TIMEOUT_S
+        )
+        return str(tracked["health"][backend]["state"])
+    except Exception as exc:  # as in _store
+        return f"unknown ({type(exc).__name__})"
 
 
 def _children(snapshot: SupervisorSnapshot) -> list[ChildSnapshot]:

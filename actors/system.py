@@ -388,8 +388,9 @@ class GpuLane:
         return final
 
     def status(self) -> Mapping[str, Any]:
-        """Queue depth per lane and priority, the running jobs, resident models, counters,
-        and the supervision tree (each child's state and restart count)."""
+        """Queue depth per lane and priority, the running jobs, each backend (``backends``),
+        resident models, counters, and the supervision tree (each child's state and restart
+        count); ``swaps`` and ``residency`` are totals over the backends."""
         queue: Mapping[str, Any] = self._ask("arbiter", QueueSnapshot())
         gone = "stopped" if self._failure or self._stopped else "restarting"
         timeout = self._supervision.call_timeout_s

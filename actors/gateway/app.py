@@ -31,9 +31,8 @@ from actors.gateway import (
 from actors.gateway.core import CallerDep, Gateway, Upstream, gateway_of
 from actors.gateway.errors import GatewayError, install_error_handlers, render
 from actors.system import GpuLane
-from protocol import LOCAL_BACKEND
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "lane_upstreams"]
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -118,7 +117,7 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``lane``. The catalog and model-management routes reach the model
     servers ``upstreams`` names (one per backend, in config order), or the one server at
-    ``upstream`` (spoken as ``lane.config.backend.kind`` says), reached through
+    ``upstream`` (a lane with one backend: spoken as its ``kind`` says), reached through
     ``upstream_transport`` when given (tests); with neither, no model server is known.
     ``config_path`` is the file ``/admin/reload`` re-reads, and ``overrides`` the
     ``[gateway]`` keys the command line set, which a reload keeps."""
@@ -176,7 +175,19 @@ def create_app(
     return app
 
 
+def lane_upstreams(lane: GpuLane) -> tuple[Upstream, ...]:
+    """Each backend of ``lane`` in config order, at the URL its client talks to (as
+    ``status()["backends"]`` shows it): the model servers of a lane that built its own
+    clients (``GpuLane.start`` without ``backend=``), for :func:`create_app`."""
+    urls = lane.status()["backends"]
+    return tuple(
+        Upstream(host.name, host.kind, urls[host.name]["url"]) for host in lane.config.hosts
+    )
+
+
 def _one_upstream(lane: GpuLane, url: str, transport: httpx.AsyncBaseTransport | None) -> Upstream:
-    """The one model server of a lane with one backend, as ``[backend]`` names it."""
-    backend = lane.config.backend
-    return Upstream(LOCAL_BACKEND, backend.kind, url, transport)
+    """The one model server of a lane with one backend, named and spoken as configured."""
+    hosts = lane.config.hosts
+    if len(hosts) != 1:
+        raise ValueError(f"upstream= is one model server, but the lane has {len(hosts)} backends")
+    return Upstream(hosts[0].name, hosts[0].kind, url, transport)

@@ -25,9 +25,8 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from actors.backend_factory import local_backend
 from actors.config import Config
-from actors.gateway.app import create_app
+from actors.gateway.app import create_app, lane_upstreams
 from actors.gateway.core import Gateway
 from actors.gateway.errors import GatewayError
 from actors.system import GpuLane
@@ -166,13 +165,15 @@ def serve(
     host: str | None = None,
     port: int | None = None,
 ) -> int:
-    """Start a GpuLane on the configured backend and serve it until stopped; answers the
+    """Start a GpuLane on the configured backends and serve it until stopped; answers the
     exit status: 0 after SIGTERM or SIGINT, ``EXIT_FAILED`` after the tree gave up.
 
-    The backend is the one ``[backend]`` names (``actors.backend_factory``); with
-    ``kind = "simulated"`` a simulated Ollama server is started on loopback first, so
-    the gateway can be tried without a GPU. ``host`` and ``port`` override the file's,
-    and a reload keeps them.
+    The lane builds a client for each backend ``config.hosts`` names (``[backend]`` or
+    every ``[[backends]]`` table, ``actors.backend_factory``); one with ``kind =
+    "simulated"`` starts a simulated Ollama server on loopback, so the gateway can be
+    tried without a GPU. The catalog and model routes reach each backend's server at the
+    URL its client talks to. ``host`` and ``port`` override the file's, and a reload
+    keeps them.
     """
     overrides: dict[str, Any] = {
         key: value for key, value in (("host", host), ("port", port)) if value is not None
@@ -182,14 +183,15 @@ def serve(
     failed = threading.Event()
     releases: list[Callable[[], None]] = []
     try:
-        built = local_backend(config.backend)
-        releases.append(built.close)
-        backend, url = built.backend, built.url
-        lane = GpuLane.start(config, backend=backend, on_failure=lambda _: failed.set())
+        lane = GpuLane.start(config, on_failure=lambda _: failed.set())
         releases.append(lane.stop)
-        app = create_app(lane, settings, upstream=url, config_path=config_path, overrides=overrides)
+        upstreams = lane_upstreams(lane)
+        app = create_app(
+            lane, settings, upstreams=upstreams, config_path=config_path, overrides=overrides
+        )
         log.info(
-            "gateway_listening", url=f"http://{settings.host}:{settings.port}", backend=url,
+            "gateway_listening", url=f"http://{settings.host}:{settings.port}",
+            backends={upstream.name: upstream.url for upstream in upstreams},
             open=not settings.api_keys,
         )  # fmt: skip
         server_config = uvicorn.Config(

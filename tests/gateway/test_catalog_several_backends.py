@@ -29,6 +29,8 @@ import pytest
 from fake_openai import FakeOpenAI
 from gateway_kit import ADMIN, ALICE, KEYS, Running, bearer
 from profiles import TINY
+from serve_process import ServeProcess
+from simulated_process import SimulatedProcess
 
 from actors import Config, GpuLane
 from actors.backends.simulated import SimulatedOllama
@@ -264,3 +266,45 @@ def test_model_management_on_an_openai_backend_is_a_501_naming_its_kind(mixed: H
     with mixed.client(ADMIN) as http:
         response = http.post("/api/pull", json={"model": "tiny"}, headers={HEADER: "d"})
     assert response.status_code == 501 and response.json()["field"] == "backends.d.kind"
+
+
+# --- gpulane serve with [[backends]], each host a process of its own ---------------------------
+
+PROFILE = '{"load_seconds": 0.01, "first_token_seconds": 0.0, "tokens_per_second": 2000}'
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[ServeProcess, dict[str, SimulatedProcess]]]:
+    processes = {
+        name: SimulatedProcess.with_profiles([f"{model}={PROFILE}" for model in models])
+        for name, models in CATALOGS.items()
+    }
+    config = tmp_path / "gpulane.toml"
+    try:
+        backends = "".join(
+            f'[[backends]]\nname = "{name}"\nkind = "ollama"\nurl = "{process.start()}"\n'
+            for name, process in processes.items()
+        )
+        config.write_text(f'[store]\npath = "{tmp_path / "jobs.sqlite3"}"\n{backends}')
+        with ServeProcess(config) as serve:
+            yield serve, processes
+    finally:
+        for process in processes.values():
+            if process.running:
+                process.kill()
+
+
+def test_gpulane_serve_answers_the_catalog_of_every_backend_it_was_configured_with(
+    served: tuple[ServeProcess, dict[str, SimulatedProcess]],
+) -> None:
+    serve, processes = served
+    client = ollama.Client(host=serve.url)  # an open gateway on loopback: the CLI's way
+    assert names(client.list()) == ["tiny:latest", "alpha:latest", "beta:latest", "gamma:latest"]
+    assert client.show("gamma").details is not None
+    admin_c = ollama.Client(host=serve.url, headers={HEADER: "c"})
+    assert admin_c.pull("llama3.2").status == "success"
+    have = {
+        name: [m["name"] for m in httpx.get(f"{p.url}/api/tags", timeout=5).json()["models"]]
+        for name, p in processes.items()
+    }
+    assert [name for name, models in have.items() if "llama3.2:latest" in models] == ["c"]

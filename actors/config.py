@@ -351,6 +351,9 @@ class Config:
     backends: tuple[BackendSettings, ...] = ()  # ``[[backends]]``: several servers, by name
 
     def __post_init__(self) -> None:
+        if not all(isinstance(host, BackendSettings) for host in self.backends):
+            raise ValidationError("backends", "must be BackendSettings, one per backend")
+        object.__setattr__(self, "backends", tuple(self.backends))
         if not self.backends:
             if self.backend.name != LOCAL_BACKEND:
                 raise ValidationError(

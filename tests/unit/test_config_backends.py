@@ -138,3 +138,11 @@ def test_environment_overrides_set_the_one_backend_only() -> None:
     error = refused({"backends": [{"name": "a100"}]}, {"GPULANE_BACKEND_URL": "http://x:1"})
     assert error.field == "GPULANE_BACKEND_URL"
     assert "[[backends]]" in str(error)
+
+
+def test_backends_given_in_code_are_kept_as_a_tuple_of_settings() -> None:
+    config = Config(backends=[BackendSettings(name="a100")])  # type: ignore[arg-type]
+    assert config.backends == (BackendSettings(name="a100"),)
+    with pytest.raises(ValidationError) as caught:
+        Config(backends=({"name": "a100"},))  # type: ignore[arg-type]
+    assert caught.value.field == "backends"

@@ -35,7 +35,8 @@ class BuiltBackend:
 
 
 def local_backend(settings: BackendSettings) -> BuiltBackend:
-    """The backend ``[backend]`` names: Ollama, OpenAI-compatible, or a simulated Ollama."""
+    """The backend ``[backend]`` or one ``[[backends]]`` table names: Ollama,
+    OpenAI-compatible, or a simulated Ollama (its own server on loopback, one per backend)."""
     from actors.backends.ollama import OllamaBackend
     from actors.backends.openai_compat import OpenAICompatBackend, ResumeMode, SchemaForm
 

@@ -362,3 +362,32 @@ def test_a_failed_job_keeps_the_usage_of_every_call_the_last_one_too(
     assert failed.partial_output == "One two three"
     assert [segment.eval_count for segment in failed.segments] == [2, 1]
     assert failed.metrics is not None and failed.metrics.eval_count == 3
+
+
+def test_a_job_whose_host_is_lost_mid_stream_resumes_after_its_text_on_another_host(
+    start_lane: Any, fake_gpu: FakeGpu
+) -> None:
+    # Issue #17: the queue is not partitioned by host; a job cut off by its host's loss
+    # goes back uncharged and the next up host that can run it carries on from its text.
+    lane = start_lane(
+        backends=tuple(BackendSettings(name=n, models=("llama3.2",)) for n in ("a100", "rtx")),
+        residency=ResidencySettings(probe_initial_s=60.0, probe_max_s=60.0, probe_jitter=0.0),
+    )
+    ticket = lane.submit(job(1))
+    call = fake_gpu.next_call()
+    call.emit("Once", " upon")
+    quiesce()
+    (lost,) = [s for s in lane.status()["slots"].values() if s["job_id"] == ticket.job_id]
+    lost_host = lost["backend"]
+    assert lost["slot_id"] == f"{lost_host}.gpu0"
+    call.fail(CUT, outage=True)
+    resumed = fake_gpu.next_call()  # at once, on the other host: no probe came yet
+    assert resumed.request.resume_prefix == "Once upon"
+    resumed.finish(" a time")
+    assert ticket.result(timeout=5) == "Once upon a time"
+    done = lane.get(ticket.job_id)
+    other = ({"a100", "rtx"} - {lost_host}).pop()
+    assert (done.attempts, done.preemptions) == (0, 0)
+    assert (done.backend, done.slot) == (other, f"{other}.gpu0")
+    health = lane.status()["health"]
+    assert (health[lost_host]["state"], health[other]["state"]) == ("down", "up")

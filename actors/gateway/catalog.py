@@ -106,17 +106,18 @@ async def _from_each(gateway: Gateway, ask: Callable[[Upstream], Awaitable[T]]) 
         *(ask(upstream) for upstream in gateway.upstreams), return_exceptions=True
     )
     answers: list[T] = []
-    errors: list[GatewayError] = []
+    errors: list[tuple[Upstream, GatewayError]] = []
     for upstream, outcome in zip(gateway.upstreams, outcomes, strict=True):
         if isinstance(outcome, GatewayError):
-            log.warning("catalog_backend_skipped", backend=upstream.name, error=outcome.message)
-            errors.append(outcome)
+            errors.append((upstream, outcome))
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
             answers.append(outcome)
     if errors and not answers:
-        raise errors[0]
+        raise errors[0][1]
+    for upstream, error in errors:
+        log.warning("catalog_backend_skipped", backend=upstream.name, error=error.message)
     return answers
 
 

@@ -3,8 +3,8 @@
     gpulane serve --config gpulane.toml          # the gateway (Ollama API on 127.0.0.1:11435)
     gpulane reload                                # re-read its config file (admin keys only)
     gpulane top                                   # a live view of a running gateway
-    gpulane queue ls                              # your jobs, newest first
-    gpulane queue show 42                         # one job, by sequence number or id
+    gpulane queue ls                              # your jobs, newest first, and where each ran
+    gpulane queue show 42                         # one job (its backend and slot too), by seq or id
     gpulane queue cancel 42 | retry 42            # steer your jobs
     gpulane queue clear                           # cancel your queued jobs (admins: everyone's)
     gpulane queue stats                           # depth per lane and priority, the GPU slots
@@ -61,11 +61,20 @@ def _request(args: argparse.Namespace, method: str, path: str) -> Any:
     return body
 
 
+_JOB_HEADER = (
+    f"{'seq':>6}  {'id':<26}  {'state':<9}  {'lane':<8}  {'prio':<6}  {'caller':<12}  "
+    f"{'backend':<10}  {'slot':<14}  model"
+)
+
+
 def _job_line(job: dict[str, Any]) -> str:
+    """One job of ``queue ls``; its backend and slot say where its last call ran (``-``
+    for a job that has not run)."""
     spec = job["spec"]
     return (
         f"{job['seq']:>6}  {job['id']}  {job['state']:<9}  {spec['lane']:<8}  "
-        f"{spec['priority']:<6}  {spec['caller']:<12}  {spec['model']}"
+        f"{spec['priority']:<6}  {spec['caller']:<12}  {job['backend'] or '-':<10}  "
+        f"{job['slot'] or '-':<14}  {spec['model']}"
     )
 
 
@@ -74,9 +83,7 @@ def _queue(args: argparse.Namespace) -> int:
     if action == "ls":
         query = f"?limit={args.limit}" + "".join(f"&state={s}" for s in args.state or ())
         jobs = _request(args, "GET", "/jobs" + query)["jobs"]
-        print(
-            f"{'seq':>6}  {'id':<26}  {'state':<9}  {'lane':<8}  {'prio':<6}  {'caller':<12}  model"
-        )
+        print(_JOB_HEADER)
         for job in jobs:
             print(_job_line(job))
         return 0
@@ -134,9 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     top = sub.add_parser(
         "top",
         help="a live view of a running gateway: GPU, models, queue, callers, swaps, preemptions",
-        description="Redraw the state of a running gateway every second: each GPU slot and "
-        "the job it runs, the resident models, the queue by lane and priority, the jobs "
-        "each caller has waiting or running, and recent swaps and preemptions. An admin "
+        description="Redraw the state of a running gateway every second: each backend (its "
+        "state, resident models, busy slots and swaps), each GPU slot and the job it runs, "
+        "the resident models, the queue by lane and priority, the jobs each caller has "
+        "waiting or running, and recent swaps and preemptions. An admin "
         "key sees every caller; other keys see their own jobs and the totals. Ctrl-C quits.",
     )
     _gateway_options(top)
@@ -145,9 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     queue = sub.add_parser(
         "queue",
         help="look at and steer the queue of a running gateway",
-        description="Talk to a running gateway. ls: your jobs; show/cancel/retry JOB: one "
-        "job by id or sequence number; clear: cancel all your queued jobs (an admin key "
-        "clears everyone's, or one caller's with --of); stats: the queue and the GPU slots; "
+        description="Talk to a running gateway. ls: your jobs and the backend and slot each "
+        "last ran on; show/cancel/retry JOB: one job by id or sequence number; clear: cancel "
+        "all your queued jobs (an admin key clears everyone's, or one caller's with --of); "
+        "stats: the queue and the GPU slots; "
         "pause/resume: stop or restart dispatch; prune: delete the jobs that ended more "
         "than --older-than seconds ago (default store.prune_after_s) now (admin keys only).",
     )

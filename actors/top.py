@@ -1,9 +1,10 @@
 """``gpulane top``: a live terminal view of a running gateway.
 
 It polls the gateway's ``GET /status`` (the picture the status page at ``/`` shows)
-and redraws with rich: the alerts firing (a red line each), each backend's health, the
-GPU slots and the job each runs, resident models and the swap figures, the queue by lane
-and priority, unfinished jobs per caller, and recent swaps and preemptions. ``render``
+and redraws with rich: the alerts firing (a red line each), each backend's health, a row
+per backend (its state, resident models, busy and total slots, swaps), the GPU slots and
+the job each runs, resident models and the swap figures, the queue by lane and priority,
+unfinished jobs per caller, and recent swaps and preemptions. ``render``
 draws one picture, so ``make run`` shows the same view.
 """
 
@@ -149,6 +150,25 @@ def _header(picture: Mapping[str, Any], source: str) -> Text:
     return header
 
 
+def _backends(picture: Mapping[str, Any]) -> Table:
+    """A row per backend: its name (and labels), state, resident models, busy/total slots
+    and swaps; a backend that is down in bold red."""
+    table = Table(title="Backends", expand=True, title_justify="left")
+    for column in ("backend", "state", "resident", "slots busy", "swaps"):
+        table.add_column(column, justify="right" if column in ("slots busy", "swaps") else "left")
+    for backend in picture["backends"]:
+        labels = f" [{', '.join(backend['labels'])}]" if backend["labels"] else ""
+        up = backend["state"] == "up"
+        table.add_row(
+            Text.assemble(backend["name"], (labels, "dim")),  # Text: no markup in the labels
+            Text(backend["state"], style="green" if up else "bold red"),
+            ", ".join(backend["resident"]) or "-",
+            f"{backend['busy']}/{backend['slots']}",
+            f"{backend['swaps']} ({backend['swaps_per_hour']:.1f}/h)",
+        )
+    return table
+
+
 def _gpu(picture: Mapping[str, Any]) -> Table:
     table = Table(title="GPU", expand=True, title_justify="left")
     for column in ("slot", "state", "model", "job", "lane/prio", "for", "next"):
@@ -219,10 +239,10 @@ WIDE = 120  # columns from which the view uses two columns of tables
 
 
 class _Panes:
-    """The four tables: side by side in a wide terminal, one above the other otherwise."""
+    """The five tables: side by side in a wide terminal, one above the other otherwise."""
 
     def __init__(self, picture: Mapping[str, Any]) -> None:
-        self.left = (_gpu(picture), _queue(picture))
+        self.left = (_backends(picture), _gpu(picture), _queue(picture))
         self.right = (_callers(picture), _events(picture))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:

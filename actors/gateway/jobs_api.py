@@ -229,11 +229,13 @@ async def job_events(ref: str, request: Request, caller: CallerDep) -> Streaming
 
 @router.get("/queue", summary="Queue status")
 async def queue_status(request: Request, caller: CallerDep) -> dict[str, Any]:
-    """Depth per lane and priority, the GPU slots, resident models, counters."""
+    """Depth per lane and priority, the GPU slots (each with its backend, ``cloud`` for a
+    cloud slot), resident models, counters."""
     gateway = gateway_of(request)
     status = await gateway.call(gateway.lane.status)
     slots = {
         slot_id: {
+            "backend": slot["backend"],
             "job_id": slot["job_id"] if caller.admin else None,
             "busy": slot["job_id"] is not None,
             "model": slot["model_key"],

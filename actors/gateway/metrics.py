@@ -8,6 +8,12 @@ counts swaps only (a model that was not resident became resident), not the small
 firing per rule (every rule has a sample, 0 when quiet). Histograms of wait and run time are fed
 from every job this gateway saw finish. Each app has its own registry, so several
 gateways (or tests) in one process do not collide.
+
+With several backends (issue #17) the series above stay totals over them, and the figures
+each backend has of its own carry a ``backend`` label in families of their own
+(``gpulane_backend_*``, ``gpulane_model_resident``): what it is (``gpulane_backend_info``),
+its swaps, load times and busy time, its resident models, its slots and how many are busy,
+and its catalog's size.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class _StatusCollector(Collector):
                 yield CounterMetricFamily(f"gpulane_{name}", help_text, value=counters[name])
         yield from _swap_metrics(status["swaps"])
         yield from _health_metrics(status["health"])
+        yield from _backend_metrics(status["backends"], status["slots"])
         firing = GaugeMetricFamily(
             "gpulane_alerts_firing", "Alerts firing now (one per subject), per rule",
             labels=["rule"],
@@ -92,6 +99,25 @@ class _StatusCollector(Collector):
         yield firing
 
 
+def _load_histogram(
+    family: HistogramMetricFamily, labels: list[str], by_model: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Add to ``family`` one load-time histogram per model of a tally's ``by_model``, its
+    labels ``labels`` then the model; keys with runner options count as their model."""
+    tallies_of: dict[str, list[Mapping[str, Any]]] = {}
+    for key, tally in by_model.items():
+        tallies_of.setdefault(model_of_key(key), []).append(tally)
+    for model, tallies in sorted(tallies_of.items()):
+        buckets = [  # ``le`` written as the client writes its own histograms' (1 -> "1.0")
+            (_le(bound), float(sum(t["buckets"][i][1] for t in tallies)))
+            for i, bound in enumerate(LOAD_BUCKETS)
+        ]
+        count = float(sum(t["count"] for t in tallies))
+        family.add_metric(
+            [*labels, model], [*buckets, ("+Inf", count)], sum(t["sum_s"] for t in tallies)
+        )
+
+
 def _swap_metrics(swaps: Mapping[str, Any]) -> Iterator[Metric]:
     """The swap tally: load time per model (swaps only), busy time, overhead, swaps/hour."""
     loads = HistogramMetricFamily(
@@ -99,16 +125,7 @@ def _swap_metrics(swaps: Mapping[str, Any]) -> Iterator[Metric]:
         "Load time of each model swap (a model that was not resident became resident)",
         labels=["model"],
     )
-    by_model: dict[str, list[Mapping[str, Any]]] = {}
-    for key, tally in swaps["by_model"].items():  # keys with runner options count as the model
-        by_model.setdefault(model_of_key(key), []).append(tally)
-    for model, tallies in sorted(by_model.items()):
-        buckets = [  # ``le`` written as the client writes its own histograms' (1 -> "1.0")
-            (_le(bound), float(sum(t["buckets"][i][1] for t in tallies)))
-            for i, bound in enumerate(LOAD_BUCKETS)
-        ]
-        count = float(sum(t["count"] for t in tallies))
-        loads.add_metric([model], [*buckets, ("+Inf", count)], sum(t["sum_s"] for t in tallies))
+    _load_histogram(loads, [], swaps["by_model"])
     yield loads
     yield CounterMetricFamily(
         "gpulane_busy_seconds", "Time GPU slots spent running calls, loading included",
@@ -125,6 +142,67 @@ def _swap_metrics(swaps: Mapping[str, Any]) -> Iterator[Metric]:
     if swaps["overhead_ratio"] is not None:
         overhead.add_metric([], swaps["overhead_ratio"])
     yield overhead
+
+
+def _backend_metrics(
+    backends: Mapping[str, Mapping[str, Any]], slots: Mapping[str, Mapping[str, Any]]
+) -> Iterator[Metric]:
+    """Each backend's own figures, labelled ``backend`` (the totals are the series above)."""
+    info = GaugeMetricFamily(
+        "gpulane_backend_info", "1 per configured backend: its kind, URL and labels (comma-joined)",
+        labels=["backend", "kind", "url", "labels"],
+    )  # fmt: skip
+    swaps = CounterMetricFamily(
+        "gpulane_backend_swaps", "Model swaps on the backend (a model became resident there)",
+        labels=["backend"],
+    )  # fmt: skip
+    loading = CounterMetricFamily(
+        "gpulane_backend_loading_seconds", "Time the backend's swaps spent loading models",
+        labels=["backend"],
+    )  # fmt: skip
+    busy = CounterMetricFamily(
+        "gpulane_backend_busy_seconds", "Time the backend's slots spent running calls",
+        labels=["backend"],
+    )  # fmt: skip
+    per_hour = GaugeMetricFamily(
+        "gpulane_backend_swaps_per_hour", "The backend's swaps over the last hour",
+        labels=["backend"],
+    )  # fmt: skip
+    loads = HistogramMetricFamily(
+        "gpulane_backend_model_load_seconds", "Load time of each model swap on the backend",
+        labels=["backend", "model"],
+    )  # fmt: skip
+    resident = GaugeMetricFamily(
+        "gpulane_model_resident", "1 per model resident on a backend", labels=["backend", "model"]
+    )
+    total = GaugeMetricFamily(
+        "gpulane_backend_slots", "GPU slots driving the backend", labels=["backend"]
+    )
+    taken = GaugeMetricFamily(
+        "gpulane_backend_slots_busy", "The backend's slots running a job now", labels=["backend"]
+    )
+    catalog = GaugeMetricFamily(
+        "gpulane_backend_catalog_models",
+        "Models the backend can run (no sample until its catalog is known)",
+        labels=["backend"],
+    )
+    for name, backend in backends.items():
+        info.add_metric([name, backend["kind"], backend["url"], ",".join(backend["labels"])], 1.0)
+        tally = backend["swaps"]
+        swaps.add_metric([name], float(tally["swaps"]))
+        loading.add_metric([name], tally["loading_s"])
+        busy.add_metric([name], tally["busy_s"])
+        per_hour.add_metric([name], tally["swaps_per_hour"])
+        _load_histogram(loads, [name], tally["by_model"])
+        for model in sorted({model_of_key(key) for key in backend["resident"]}):
+            resident.add_metric([name, model], 1.0)
+        total.add_metric([name], float(len(backend["slots"])))
+        taken.add_metric(
+            [name], float(sum(slots[s]["job_id"] is not None for s in backend["slots"]))
+        )
+        if backend["catalog"] is not None:
+            catalog.add_metric([name], float(len(backend["catalog"])))
+    yield from (info, swaps, loading, busy, per_hour, loads, resident, total, taken, catalog)
 
 
 def _le(bound: float) -> str:

@@ -3,7 +3,8 @@ browsers; other clients get Ollama's ``Ollama is running`` there).
 
 ``/status`` answers the picture ``gpulane top`` draws (see :mod:`actors.gateway.watch`):
 the alerts firing (a red line each on the page, none when quiet), each backend's health,
-the GPU slots and their running jobs, resident models, the swap figures, the queue by
+a row per backend (state, resident models, busy and total slots, swaps; issue #17), the
+GPU slots and their running jobs, resident models, the swap figures, the queue by
 lane and priority, unfinished jobs per caller, job counts, counters and recent swaps and
 preemptions.
 
@@ -157,11 +158,24 @@ function render(p) {
       return row(el("th", {}, lane), ...prios.map(x => num("q-" + lane + "-" + x, counts[x])),
                  num("q-" + lane, total));
     }));
+  fill("backends",
+    row(el("th", {}, "backend"), el("th", {}, "state"), el("th", {}, "resident"),
+        el("th", {}, "slots busy"), el("th", {}, "swaps")),
+    ...p.backends.map(b => row(
+      el("td", {id: "b-" + b.name}, b.name + " ",
+         ...b.labels.map(label => el("span", {className: "tag"}, label))),
+      el("td", {id: "b-" + b.name + "-state", className: b.state === "up" ? "idle" : "preempt"},
+         b.state),
+      el("td", {id: "b-" + b.name + "-resident"}, b.resident.join(", ") || "\u2013"),
+      el("td", {id: "b-" + b.name + "-busy", className: "t"}, b.busy + " / " + b.slots),
+      el("td", {id: "b-" + b.name + "-swaps", className: "t"},
+         b.swaps + " (" + b.swaps_per_hour.toFixed(1) + "/h)"))));
   fill("slots",
-    row(el("th", {}, "slot"), el("th", {}, "state"), el("th", {}, "model"),
+    row(el("th", {}, "slot"), el("th", {}, "backend"), el("th", {}, "state"), el("th", {}, "model"),
         el("th", {}, "job"), el("th", {}, "for"), el("th", {}, "next")),
     ...p.slots.map(s => row(
       el("td", {}, s.id),
+      el("td", {id: "s-" + s.id + "-backend"}, s.backend),
       el("td", {className: s.busy ? "busy" : "idle"},
          s.cancelling ? "stopping (" + s.cancelling + ")" : s.busy ? "busy" : "idle"),
       el("td", {}, s.model || "\u2013"),
@@ -228,6 +242,7 @@ PAGE = f"""<!doctype html>
 </noscript>
 <div class="stats" id="stats"></div>
 <main>
+<section><h2>Backends</h2><table id="backends"></table></section>
 <section><h2>GPU</h2><table id="slots"></table>
 <h2 style="margin-top:.8rem">Resident models</h2><div id="models"></div></section>
 <section><h2>Queue by lane and priority</h2><table id="queue"></table></section>

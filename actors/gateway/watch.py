@@ -15,8 +15,8 @@ event naming the models.
 
 Who may see what: an admin sees everything; a caller sees the aggregates plus its
 own jobs and its own count; an anonymous viewer (a browser on a gateway with keys)
-sees aggregates only, no job ids, callers or prompts, nor a backend's last error (it may
-name the backend's address). Prompts never appear. Every viewer sees which alerts fire
+sees aggregates only, no job ids, callers or prompts, nor a backend's last error or URL
+(they name the backend's address). Prompts never appear. Every viewer sees which alerts fire
 and for how long; what one is about (its subject and text) is shown as the rest is: a
 job's preemptions to an admin, a caller's refusals to that caller, a child's exits (the
 text names the error) to a key holder, the queue, the swaps and a backend to anyone.
@@ -72,6 +72,29 @@ def _brief(job: Job | None) -> dict[str, Any] | None:
 
 def _model(key: str | None) -> str | None:
     return None if key is None else model_of_key(key)
+
+
+def _backend_row(
+    name: str, backend: Mapping[str, Any], slots: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """What the views say about one backend (issue #17): what it is, whether it is up, its
+    resident models, its slots and how many are busy, its swaps and its catalog's size."""
+    tally = backend["swaps"]
+    catalog = backend["catalog"]
+    return {
+        "name": name,
+        "kind": backend["kind"],
+        "url": backend["url"],
+        "labels": list(backend["labels"]),
+        "state": backend["state"],
+        "resident": sorted({model_of_key(key) for key in backend["resident"]}),
+        "slots": len(backend["slots"]),
+        "busy": sum(slots[slot_id]["job_id"] is not None for slot_id in backend["slots"]),
+        "swaps": int(tally["swaps"]),
+        "swaps_per_hour": float(tally["swaps_per_hour"]),
+        "loading_s": float(tally["loading_s"]),
+        "models": None if catalog is None else len(catalog),
+    }
 
 
 class LaneWatch:
@@ -209,6 +232,7 @@ class LaneWatch:
             slots.append(
                 {
                     "id": slot_id,
+                    "backend": slot["backend"],  # "cloud" for a cloud slot
                     "busy": slot["job_id"] is not None,
                     "model": _model(slot["model_key"]),
                     "running_s": None if since is None else max(0.0, now - since),
@@ -246,6 +270,10 @@ class LaneWatch:
             "overhead_ratio": swaps["overhead_ratio"],  # None until a slot has run a call
             "swaps_per_hour": float(swaps["swaps_per_hour"]),
             "health": {name: dict(health) for name, health in sorted(status["health"].items())},
+            "backends": [
+                _backend_row(name, backend, status["slots"])
+                for name, backend in status["backends"].items()
+            ],
             "rejections": {str(k): int(v) for k, v in dict(admission["rejections"]).items()},
             "alerts": [
                 {**alert, "firing_s": max(0.0, now - alert["since"])} for alert in status["alerts"]
@@ -273,6 +301,7 @@ def view_for(picture: Mapping[str, Any], caller: Caller | None) -> dict[str, Any
     out["callers"] = [c for c in picture["callers"] if caller and c["caller"] == caller.name]
     if caller is None:
         out["health"] = {name: dict(h, last_error=None) for name, h in picture["health"].items()}
+        out["backends"] = [dict(backend, url=None) for backend in picture["backends"]]
     out["events"] = [
         dict(event, job=mine(event["job"]), **({"by": mine(event["by"])} if "by" in event else {}))
         for event in picture["events"]

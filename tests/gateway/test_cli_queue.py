@@ -44,7 +44,8 @@ def test_queue_commands_list_show_cancel_and_retry_a_callers_jobs(
         assert main(["queue", "cancel", job["id"], *base]) == 0
         assert printed_json(capsys)["outcome"] == "queued"
         assert main(["queue", "retry", job["id"], *base]) == 0
-        assert printed_json(capsys)["state"] == "queued"
+        retried = printed_json(capsys)
+        assert retried["state"] == "queued"
         with pytest.raises(SystemExit, match="403"):
             main(["queue", "resume", *base])
         capsys.readouterr()
@@ -53,6 +54,15 @@ def test_queue_commands_list_show_cancel_and_retry_a_callers_jobs(
         assert main(["queue", "stats", *base]) == 0
         stats = printed_json(capsys)
         assert stats["paused"] is False and set(stats["slots"]) == {"gpu0"}
+        assert stats["slots"]["gpu0"]["backend"] == "local"
+        wait_until(lambda: stack.lane.get(retried["id"]).state is JobState.SUCCEEDED)
+        assert main(["queue", "ls", *base]) == 0
+        lines = {line.split()[1]: line for line in printed(capsys).splitlines()[1:]}
+        assert re.search(r"succeeded .* alice\s+local\s+gpu0\s+tiny$", lines[retried["id"]])
+        assert re.search(r"cancelled .* alice\s+-\s+-\s+tiny$", lines[job["id"]]), "never ran"
+        assert main(["queue", "show", retried["id"], *base]) == 0
+        shown = printed_json(capsys)
+        assert (shown["backend"], shown["slot"]) == ("local", "gpu0")
 
 
 def test_queue_clear_and_top_once_work_against_a_running_gateway(

@@ -100,15 +100,18 @@ class StubLane:
         }  # fmt: skip
         residency = MappingProxyType(
             {
-                "resident": self.resident, "slots": {}, "polled": {}, "polled_at": None,
-                "pinned": (), "counters": {}, "swaps": self.tally.snapshot(now),
+                "backend": "local", "resident": self.resident, "catalog": None, "slots": {},
+                "polled": {}, "polled_at": None, "pinned": (), "counters": {},
+                "swaps": self.tally.snapshot(now),
                 "health": MappingProxyType({"local": self.health}),
             }
         )  # fmt: skip
+        host = {"kind": "ollama", "url": "http://127.0.0.1:11434", "labels": (), "slots": ("gpu0",)}
         return lane_status(
             queue={"paused": False, "queued": 0, "depth": {}, "counters": {"dispatched_cold": 2}},
             slots={"gpu0": slot},
-            residency=residency,
+            trackers={"local": residency},
+            hosts={"local": host},
             admission={"queued_by_caller": {}, "rejections": {}},
             jobs={"queued": 0, "loading": 0, "running": int(job is not None), "succeeded": 0,
                   "failed": 0},

@@ -203,6 +203,7 @@ def test_top_renders_the_queue_the_slot_and_each_caller_from_a_live_gateway(stac
     assert re.search(r"external\s+│\s+0\s+│\s+0\s+│\s+2\s+│\s+1\s+│\s+3\s", frame)
     assert re.search(r"alice\s+│\s+3\s", frame) and re.search(r"bot\s+│\s+1\s", frame)
     assert re.search(r"gpu0\s+│\s+idle", frame)
+    assert re.search(r"local\s+│\s+up\s+│\s+-\s+│\s+0/1\s+│\s+0 \(0\.0/h\)", frame)
 
 
 def test_top_in_a_narrow_terminal_stacks_the_tables_and_keeps_the_figures(stack: Stack) -> None:
@@ -239,6 +240,13 @@ def test_status_and_metrics_count_one_swap_though_every_call_reported_a_load_dur
     assert 0 < picture["loading_s"] <= picture["busy_s"]
     assert picture["overhead_ratio"] == pytest.approx(picture["loading_s"] / picture["busy_s"])
     assert "gpulane_swaps_total 1.0" in text and "gpulane_swaps_per_hour 1.0" in text
+    assert 'gpulane_backend_swaps_total{backend="local"} 1.0' in text
+    assert 'gpulane_backend_model_load_seconds_count{backend="local",model="tiny"} 1.0' in text
+    assert 'gpulane_backend_slots{backend="local"} 1.0' in text
+    assert re.search(
+        r'gpulane_backend_info\{backend="local",kind="ollama",labels="",url="http', text
+    )
+    assert picture["backends"][0]["swaps"] == 1
     assert 'gpulane_model_load_seconds_count{model="tiny"} 1.0' in text
     assert 'gpulane_model_load_seconds_bucket{le="+Inf",model="tiny"} 1.0' in text
     assert re.search(r"\ngpulane_swap_overhead_ratio 0\.\d+", text)
@@ -312,6 +320,8 @@ def test_the_status_page_shows_the_queue_after_its_script_ran_in_chromium(
     assert cell(dom, "health-local") == "local up" and cell(dom, "down") == ""
     assert cell(dom, "swaps") == "0" and cell(dom, "swaps-per-hour") == "0.0"
     assert cell(dom, "overhead") == "\u2013"  # no call has run yet
+    assert cell(dom, "b-local-state") == "up" and cell(dom, "b-local-busy") == "0 / 1"
+    assert cell(dom, "b-local-swaps") == "0 (0.0/h)" and cell(dom, "s-gpu0-backend") == "local"
 
 
 @needs_chromium
@@ -331,7 +341,7 @@ def test_the_status_page_shows_a_model_server_that_cannot_be_reached_as_down_in_
     with stack_without_a_model_server(tmp_path) as down, down.client(ADMIN) as admin:
         status_until(admin, lambda p: p["health"]["local"]["state"] == "down")
         dom = render_in_chromium(f"{down.url}/#key={ADMIN}", tmp_path)
-    assert cell(dom, "health-local") == "local down"
+    assert cell(dom, "health-local") == "local down" and cell(dom, "b-local-state") == "down"
     line = cell(dom, "down-local")
     assert line.startswith("backend local down since ") and "last error: " in line
 

@@ -155,14 +155,15 @@ class ResidencyTracker(SupervisedActor):
         }  # fmt: skip
 
     def on_start(self) -> None:
-        """Start the worker, pin the configured models, poll and read the catalog once,
-        tell the arbiter (its health too: a tracker restarted during an outage starts by
-        assuming up; and a configured catalog)."""
+        """Start the worker, read the catalog and poll once, pin the configured models
+        (once the catalog is known: a backend pins only what it has), tell the arbiter
+        (its health too: a tracker restarted during an outage starts by assuming up; and
+        a configured catalog)."""
         if self._backend is not None:
             self._worker = WorkerThread(f"gpulane-{tracker_id_for(self._name)}")
+            self._read_catalog()  # first: the worker answers in order, before the poll
             self._pin_missing()
             self._poll()
-            self._read_catalog()
         self._tell_health()
         self._tell_catalog()
         self._publish()
@@ -406,6 +407,13 @@ class ResidencyTracker(SupervisedActor):
         for model in self._settings.pinned:
             if normalise_model_name(model) in loaded or model in self._pinning:
                 continue
+            if self._catalog is None and self._reading_catalog:
+                return  # pins wait for the catalog: a backend pins only what it has (#17)
+            if self._catalog is not None and normalise_model_name(model) not in self._catalog:
+                if model not in self._pin_warned:  # said once, until it is pinned
+                    self._pin_warned.add(model)
+                    self._log.info("pin_skipped", model=model, why="not in the catalog")
+                continue
             self._pinning.add(model)
             embedding = model == self._settings.embedding_model
 
@@ -449,6 +457,7 @@ class ResidencyTracker(SupervisedActor):
             self._log.info("catalog_changed", models=sorted(catalog))
             self._catalog = catalog
             self._tell_catalog()
+        self._pin_missing()  # the first catalog, or a pinned model it has now (pulled)
         self._schedule_catalog()
 
     def _on_catalog_failed(self, failed: CatalogReadFailed) -> None:
@@ -463,6 +472,7 @@ class ResidencyTracker(SupervisedActor):
         )
         if failed.outage and self._health.up:
             self._went_down(failed.error)
+        self._pin_missing()  # no catalog to go by: pin as with one backend
         self._schedule_catalog()
 
     def _schedule_catalog(self) -> None:

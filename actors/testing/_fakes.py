@@ -200,7 +200,9 @@ class FakeBackend:
         self._calls: queue.SimpleQueue[FakeCall] = queue.SimpleQueue()
         self.all_calls: list[FakeCall] = []
         self.loaded: dict[str, LoadedModel] = {}
-        self.catalog: list[str] = []  # what list_models answers; a test may fill it
+        # What list_models answers; None (a server that keeps no list, as a fake that runs
+        # any model is) makes it fail as the request's error, so nothing is filtered by it.
+        self.catalog: list[str] | None = None
 
     def next_call(self, timeout: float = 5.0) -> FakeCall:
         """The next call a slot started; waits up to ``timeout`` seconds for one."""
@@ -251,7 +253,9 @@ class FakeBackend:
         return tuple(self.loaded.values())
 
     def list_models(self) -> tuple[str, ...]:
-        """The models in :attr:`catalog` (none unless a test adds some)."""
+        """The models in :attr:`catalog`; a BackendError (not an outage) while it is None."""
+        if self.catalog is None:
+            raise BackendError("this fake backend keeps no catalog", transient=False)
         return tuple(self.catalog)
 
     def load(

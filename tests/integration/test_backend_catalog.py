@@ -298,3 +298,28 @@ def test_catalog_interval_s_must_be_more_than_0() -> None:
         "residency.catalog_interval_s",
         "must be more than 0",
     )
+
+
+def test_a_backend_pins_only_the_pinned_models_its_catalog_lists_and_one_pulled_later(
+    kit: Kit, manual_clock: ManualClock
+) -> None:
+    """With several backends each has its own catalog: the pins go where the model is, and
+    a backend without it is not asked to load it at every poll (a 404 each time)."""
+    instant = dataclasses.replace(TINY, load_seconds=0.0)
+    registry = {"tiny": instant, "mistral": instant}  # what /api/pull can fetch
+    with SimulatedOllama(
+        {"tiny": instant}, clock=manual_clock, registry=registry, max_loaded_models=2
+    ) as server:
+        backend = OllamaBackend(server.url, timeout=5.0)
+        pins = dataclasses.replace(SETTINGS, chat_model="tiny", embedding_model="mistral")
+        tracker = kit.tracker(backend, pins)
+        picture = snapshot(tracker)
+        assert picture["resident"] == ("tiny",)
+        assert (picture["counters"]["pins"], picture["counters"]["pin_failures"]) == (1, 0)
+        pull(server, "mistral")
+        kit.advance(60.0)  # the catalog read finds it: now it is pinned here too
+        picture = snapshot(tracker)
+        tracker.stop()
+        backend.close()
+    assert picture["resident"] == ("mistral", "tiny")
+    assert (picture["counters"]["pins"], picture["counters"]["pin_failures"]) == (2, 0)

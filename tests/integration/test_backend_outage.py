@@ -282,7 +282,9 @@ def test_a_call_that_began_before_the_backend_came_back_does_not_take_it_down_ag
         scheduling=SchedulingPolicy(prefetch=False),
     )
     old, doomed = lane.submit(job(1)), lane.submit(job(2))
-    began_early, fails_first = fake_gpu.next_call(), fake_gpu.next_call()
+    # The two slots start their calls at once, in either order: tell them apart by job.
+    calls = {c.request.messages[0].content: c for c in (fake_gpu.next_call(), fake_gpu.next_call())}
+    began_early, fails_first = calls["job 0001"], calls["job 0002"]
     fails_first.fail(REFUSED, outage=True)
     quiesce()
     assert lane.status()["health"]["local"]["state"] == "down"

@@ -99,7 +99,10 @@ class Gateway:
         if len(set(names)) != len(names):
             raise ValueError(f"upstream names must be unique, got {names}")
         self.upstreams = tuple(upstreams)  # in config order: the first answer wins
-        self.upstream_kind = lane.config.backend.kind  # "openai" speaks no Ollama routes
+        # "openai" when every backend is OpenAI-compatible (they take no tool result names);
+        # with any Ollama backend a tool result carries its name (docs/gateway.md)
+        kinds = {host.kind for host in lane.config.hosts}
+        self.upstream_kind = "openai" if kinds == {"openai"} else "ollama"
         self.config_path = config_path
         self.overrides = dict(overrides or {})  # [gateway] keys the command line set
         self.metrics = GatewayMetrics(lane.status)

@@ -86,6 +86,7 @@ from protocol.messages import (
     PinFinished,
     PollResidency,
     ReadCatalog,
+    RefreshCatalog,
     ResidencyChanged,
     ResidencyPolled,
     ResidencyPollFailed,
@@ -205,6 +206,11 @@ class ResidencyTracker(SupervisedActor):
             case ReadCatalog():
                 self._next_catalog = None
                 if self._health.up:  # while down, the backend's return reads it
+                    self._read_catalog()
+            case RefreshCatalog():
+                if self._health.up and self._next_catalog is not None:
+                    self._next_catalog.cancel()  # the read now stands for the next tick
+                    self._next_catalog = None
                     self._read_catalog()
             case CatalogRead(models=models):
                 self._on_catalog(models)

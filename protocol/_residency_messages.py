@@ -23,6 +23,7 @@ __all__ = [
     "PinFinished",
     "PollResidency",
     "ReadCatalog",
+    "RefreshCatalog",
     "ResidencyChanged",
     "ResidencyPollFailed",
     "ResidencyPolled",
@@ -110,6 +111,12 @@ class ResidencyPollFailed:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadCatalog:
     """Timer tick: read the backend's catalog again (off the tracker's thread)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefreshCatalog:
+    """Read the backend's catalog now, not at the next tick: a model was pulled, created,
+    copied or deleted on it through the gateway, and placement must know at once."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

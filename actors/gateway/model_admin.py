@@ -16,6 +16,7 @@ name that is not one); with one backend the header may be left out.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -25,6 +26,9 @@ from fastapi.responses import Response, StreamingResponse
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, Gateway, Upstream, gateway_of
 from actors.gateway.errors import GatewayError
+from actors.hosts import tracker_id_for
+from actors.runtime import ChildUnavailableError
+from protocol.messages import RefreshCatalog
 
 __all__ = ["BACKEND_HEADER", "BLOBS", "router"]
 
@@ -33,6 +37,9 @@ BACKEND_HEADER = "X-Gpulane-Backend"  # the backend whose model server a request
 BLOBS = "/api/blobs/"  # uploads of model files: streamed, not bound by max_body_bytes
 # a pull or create can be silent for minutes (a digest check, a quantization): no read bound
 RELAY_TIMEOUT = httpx.Timeout(10.0, read=None)
+# Routes that change which models a server has: its tracker reads its catalog again after
+# one succeeds, so placement knows at once (docs/scheduling.md, "Placement across backends").
+CATALOG_CHANGES = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
 
 router = APIRouter(tags=["ollama model management"])
 
@@ -79,6 +86,9 @@ async def _relay(request: Request, caller: Caller) -> Response:
                 yield chunk
         finally:
             await response.aclose()
+        if path in CATALOG_CHANGES and response.is_success:
+            with contextlib.suppress(ChildUnavailableError, KeyError):  # it reads on start
+                gateway.lane.ref_for(tracker_id_for(target.name)).tell(RefreshCatalog())
 
     kind = response.headers.get("content-type")
     return StreamingResponse(

@@ -39,8 +39,8 @@ from actors.config import GatewaySettings
 from actors.gateway import GatewayServer, create_app
 from actors.gateway.core import Upstream
 from actors.runtime import SystemClock
-from actors.testing import FakeGpu
-from protocol import StoreSettings
+from actors.testing import FakeGpu, wait_until
+from protocol import JobSpec, StoreSettings
 
 BIG_TINY = dataclasses.replace(TINY, size_bytes=2_000_000)  # b's tiny: not a's
 CATALOGS = {
@@ -308,3 +308,43 @@ def test_gpulane_serve_answers_the_catalog_of_every_backend_it_was_configured_wi
         for name, p in processes.items()
     }
     assert [name for name, models in have.items() if "llama3.2:latest" in models] == ["c"]
+
+
+def test_a_model_pulled_through_the_gateway_joins_its_backends_catalog_at_once(
+    tmp_path: Path,
+) -> None:
+    """The lane drives the servers here (not a FakeGpu): after the pull, b's tracker reads
+    its catalog again at once (the interval is an hour), so a job for the new model goes
+    to b, the one server that has it, instead of to any (where a would answer 404)."""
+    with ExitStack() as stack:
+        sims = {
+            name: stack.enter_context(SimulatedOllama({model: TINY}, speed=50.0))
+            for name, model in (("a", "alpha"), ("b", "beta"))
+        }
+        config = Config.from_mapping(
+            {
+                "store": {"path": str(tmp_path / "jobs.sqlite3")},
+                "backends": [
+                    {"name": name, "kind": "ollama", "url": sim.url} for name, sim in sims.items()
+                ],
+                "residency": {"catalog_interval_s": 3600.0},
+            }
+        )
+        lane = GpuLane.start(config)
+        stack.callback(lane.stop)
+        upstreams = [Upstream(name, "ollama", sim.url) for name, sim in sims.items()]
+        app = create_app(lane, GatewaySettings(api_keys=KEYS), upstreams=upstreams)
+        server = stack.enter_context(GatewayServer(app))
+        hosts = Hosts(lane, server, sims)
+
+        def catalog(backend: str) -> tuple[str, ...]:
+            return tuple(lane.status()["backends"][backend]["catalog"] or ())
+
+        wait_until(lambda: catalog("a") == ("alpha",) and catalog("b") == ("beta",))
+        progress = list(hosts.ollama(ADMIN, backend="b").pull("llama3.2", stream=True))
+        assert progress[-1].status == "success"
+        wait_until(lambda: "llama3.2" in catalog("b"), timeout=5.0)
+        assert catalog("a") == ("alpha",)
+        ticket = lane.submit(JobSpec.generate(model="llama3.2", prompt="hi"))
+        assert ticket.result(timeout=30)
+        assert lane.get(ticket.job_id).backend == "b"

@@ -521,7 +521,7 @@ class PriorityArbiter(SupervisedActor):
         first, and arm a wake-up for the next job that will qualify as time passes."""
         idle = [s for s in self._slots.values() if s.cloud and s.known and s.job is None]
         local = [s for s in self._slots.values() if not s.cloud]
-        local_down = not any(not h.down for h in self._hosts.states.values())
+        fits = self._hosts.up_fits()  # once per round: a deep queue has many cloud jobs
         busy_local = sum(s.job is not None for s in local)
         depths = self._queue.depths()
         dispatched = False
@@ -538,8 +538,7 @@ class PriorityArbiter(SupervisedActor):
                     del self._cloud_jobs[job_id]  # running locally, or cancelled meanwhile
                     continue
                 ahead = busy_local  # only the calls running now are ahead of it
-            # Down for this job: no up backend may run it.
-            down = local_down or not self._hosts.can_run(job)
+            down = not any(fit.can_run(job.spec.model_key) for fit in fits)  # none up for it
             outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
             if idle and send_to_cloud(job, now, outlook, self._cloud):
                 if holder is not None:

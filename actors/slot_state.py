@@ -181,13 +181,9 @@ class Hosts:
             views.append(SlotView(slot_id, slot.job, key not in self.resident(slot.backend)))
         return views
 
-    def can_run(self, job: Job) -> bool:
-        """True if some up backend may run ``job``."""
-        return any(
-            self.fit(name).can_run(job.spec.model_key)
-            for name, h in self.states.items()
-            if not h.down
-        )
+    def up_fits(self) -> list[HostFit]:
+        """What each up backend may take (none: every backend is down)."""
+        return [self.fit(name) for name, h in self.states.items() if not h.down]
 
     def free(self) -> list[FreeHost]:
         """The up backends with free slots (neither running nor holding a next job)."""

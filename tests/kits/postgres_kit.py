@@ -4,9 +4,10 @@ The admin URL comes from ``GPULANE_TEST_POSTGRES_URL``, else the role that ``mak
 (and CI's ``.ci/run``, through ``.ci/postgres``) creates on the local cluster. The admin role
 needs LOGIN CREATEDB CREATEROLE, not superuser: each ``fresh_database()`` is a new database
 owned by a new role that alone may connect to it, so a test sees only its own tables and
-connects with its own credentials, as a gateway would. Where no server answers, ``require_postgres()`` skips naming the URL and
-the cause, except under CI (``CI`` set and not ``0``/``false``), where the tests must run and
-it fails instead (docs/testing.md, "The PostgreSQL tests").
+connects with its own credentials, as a gateway would. Where no server answers,
+``require_postgres()`` skips naming the URL and the cause, except under CI (``CI`` set and
+not ``0``/``false``), where the tests must run and it fails instead (docs/testing.md, "The
+PostgreSQL tests").
 """
 
 from __future__ import annotations

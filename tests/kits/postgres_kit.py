@@ -72,9 +72,9 @@ def require_postgres() -> str:
     cause = _unreachable(url)
     if cause is None:
         return url
+    source = ENV_VAR if os.environ.get(ENV_VAR) else "the default"
     message = (
-        f"no PostgreSQL server at {redact(url)} ({ENV_VAR} or the default): {cause}; "
-        "start one with `make postgres`"
+        f"no PostgreSQL server at {redact(url)} ({source}): {cause}; start one with `make postgres`"
     )
     if _in_ci():
         pytest.fail(f"CI must run the PostgreSQL tests: {message}", pytrace=False)

@@ -1,27 +1,31 @@
 """The webhook outbox: each ended job's delivery, written in the transaction that ends it.
 
 Thread-free, on the JobDB's connection (docs/architecture.md section 6). A job that names
-a webhook gets its outbox row (the URL, the body to post) in the same SQLite transaction
+a webhook gets its outbox row (the URL, the body to post) in the same transaction
 as its terminal state, so a crash can lose neither one without the other: a delivery is
 never lost between the commit and the post (docs/operations.md, "Webhooks"). The
 WebhookDelivery actor reads the pending rows and records each post here. The schema (and
-the trigger that deletes a row with its job) is migration 4 in ``_schema.py``.
+the trigger that deletes a row with its job) is migration 4 in ``_schema.py``
+(``_pg_schema.py`` on PostgreSQL). The SQL that differs between the engines is an
+:class:`OutboxSQL`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
+from actors.stores._rows import Connection
 from protocol.errors import StoreError
 from protocol.job import Job
 from protocol.messages import RecordWebhookAttempt
 from protocol.webhook import PendingDelivery, WebhookAttempt, WebhookState, WebhookStatus
 
-__all__ = ["KEEPS_PENDING", "Outbox", "webhook_body"]
+__all__ = ["KEEPS_PENDING", "SQLITE_OUTBOX", "Outbox", "OutboxSQL", "webhook_body"]
 
 # A prune's condition: a job whose delivery is still pending is kept (``jobs`` in scope).
 KEEPS_PENDING = (
@@ -39,16 +43,31 @@ _INSERT = (
     "INSERT INTO webhook_outbox (job_seq, url, body, state, created_at, next_at) "
     "VALUES (?, ?, ?, 'pending', ?, ?)"
 )
-_RECORD = (
-    "UPDATE webhook_outbox SET state = ?, next_at = ?, ended_at = ?, "
-    "attempts = json_insert(attempts, '$[#]', json(?)) WHERE job_seq = ? AND state = 'pending'"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxSQL:
+    """The outbox's statements that differ between engines (``attempts`` is JSON text)."""
+
+    begin: str  # starts the transaction of a recorded attempt
+    record: str  # sets state, next_at, ended_at and appends an attempt (JSON text)
+    read: str  # a pending delivery with its job's id, caller and state, and its attempts
+
+
+SQLITE_OUTBOX = OutboxSQL(
+    begin="BEGIN IMMEDIATE",
+    record=(
+        "UPDATE webhook_outbox SET state = ?, next_at = ?, ended_at = ?, "
+        "attempts = json_insert(attempts, '$[#]', json(?)) "
+        "WHERE job_seq = ? AND state = 'pending'"
+    ),
+    read=(
+        "SELECT j.id, j.caller, j.state, w.url, w.body, w.created_at, "
+        "json_array_length(w.attempts) FROM webhook_outbox w JOIN jobs j ON j.seq = w.job_seq "
+        "WHERE w.job_seq = ? AND w.state = 'pending'"
+    ),
 )
 _STATUS = "SELECT state, next_at, ended_at, attempts FROM webhook_outbox WHERE job_seq = ?"
-_READ = (
-    "SELECT j.id, j.caller, j.state, w.url, w.body, w.created_at, json_array_length(w.attempts) "
-    "FROM webhook_outbox w JOIN jobs j ON j.seq = w.job_seq "
-    "WHERE w.job_seq = ? AND w.state = 'pending'"
-)
 _PENDING = (
     "SELECT job_seq, next_at FROM webhook_outbox WHERE state = 'pending' ORDER BY next_at, job_seq"
 )
@@ -65,14 +84,21 @@ def webhook_body(job: Job) -> bytes:
 
 
 class Outbox:
-    """The outbox of one open job database; ``error`` words an SQLite failure as the
-    database's StoreError."""
+    """The outbox of one open job database; ``error`` words a failure of the driver (one of
+    ``errors``) as the database's StoreError."""
 
     def __init__(
-        self, conn: sqlite3.Connection, error: Callable[[str, sqlite3.Error], StoreError]
+        self,
+        conn: Connection,
+        error: Callable[[str, Exception], StoreError],
+        *,
+        errors: tuple[type[Exception], ...] = (sqlite3.Error,),
+        sql: OutboxSQL = SQLITE_OUTBOX,
     ) -> None:
         self._conn = conn
         self._error = error
+        self._errors = errors
+        self._sql = sql
 
     def write_terminal(self, job: Job, update: str, params: Sequence[Any]) -> Job:
         """Apply ``update`` (the job's move into its terminal state) and write its delivery,
@@ -90,7 +116,7 @@ class Outbox:
             conn.execute(
                 _INSERT, (job.seq, job.spec.webhook, body, job.finished_at, job.finished_at)
             )
-        except sqlite3.Error:
+        except self._errors:
             if conn.in_transaction:
                 conn.execute("ROLLBACK TO webhook_outbox")
                 conn.execute("RELEASE webhook_outbox")
@@ -105,7 +131,7 @@ class Outbox:
             return job
         try:
             row = self._conn.execute(_STATUS, (job.seq,)).fetchone()
-        except sqlite3.Error as exc:
+        except self._errors as exc:
             raise self._error("cannot read", exc) from exc
         if row is None:
             return job
@@ -118,15 +144,15 @@ class Outbox:
         """Every pending delivery as (job sequence number, when its next post is due)."""
         try:
             rows = self._conn.execute(_PENDING).fetchall()
-        except sqlite3.Error as exc:
+        except self._errors as exc:
             raise self._error("cannot read", exc) from exc
         return tuple((int(seq), float(due)) for seq, due in rows)
 
     def read(self, seq: int) -> PendingDelivery | None:
         """The delivery of job ``seq`` while it is pending, else None."""
         try:
-            row = self._conn.execute(_READ, (seq,)).fetchone()
-        except sqlite3.Error as exc:
+            row = self._conn.execute(self._sql.read, (seq,)).fetchone()
+        except self._errors as exc:
             raise self._error("cannot read", exc) from exc
         if row is None:
             return None
@@ -156,10 +182,10 @@ class Outbox:
         )
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            changed = conn.execute(_RECORD, params).rowcount
+            conn.execute(self._sql.begin)
+            changed = int(conn.execute(self._sql.record, params).rowcount)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except self._errors as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise self._error("cannot record a webhook attempt", exc) from exc

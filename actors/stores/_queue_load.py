@@ -1,4 +1,4 @@
-"""Reading a deep queue back from the SQLite job database, a chunk at a time, in serving order.
+"""Reading a deep queue back from the job database, a chunk at a time, in serving order.
 
 Thread-free, on the JobDB's connection. After a restart the arbiter rebuilds its ready
 queues from the store; decoding 100,000 jobs (each spec validated again) takes seconds,
@@ -10,10 +10,10 @@ each mailbox (docs/architecture.md section 7, "Recovery").
 from __future__ import annotations
 
 import array
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from actors.stores._rows import Connection
 from protocol.enums import JobState, Lane
 
 __all__ = ["QueueLoad", "admitted_rows"]
@@ -27,12 +27,13 @@ _SERVING_ORDER = (
     f"ORDER BY lane = '{Lane.EXTERNAL.value}', priority DESC, preemptions = 0, seq"
 )
 _OPEN_STATES = tuple(s.value for s in JobState if not s.is_terminal)
-# Grouped by SQLite: ids are ULIDs, so a comma joins them safely.
+# Grouped by the database (``{}``: the engine's aggregate that joins ids with commas): ids
+# are ULIDs, so a comma joins them safely.
 _ADMITTED = (
-    "SELECT caller, lane, group_concat(id, ',') FROM jobs "
+    "SELECT caller, lane, {} FROM jobs "
     f"WHERE state IN ({', '.join('?' for _ in _OPEN_STATES)}) GROUP BY caller, lane"
 )
-# Sequence numbers per SELECT: well under SQLite's 32766 parameters.
+# Sequence numbers per SELECT: well under SQLite's 32766 parameters (PostgreSQL's 65535).
 _SEQS_PER_SELECT = 5000
 
 
@@ -45,8 +46,8 @@ class QueueLoad:
         self._taken = 0
 
     @classmethod
-    def begin(cls, conn: sqlite3.Connection) -> QueueLoad:
-        """Note every queued job's sequence number, in serving order (SQLite sorts them)."""
+    def begin(cls, conn: Connection) -> QueueLoad:
+        """Note every queued job's sequence number, in serving order (the database sorts them)."""
         return cls(array.array("q", (row[0] for row in conn.execute(_SERVING_ORDER))))
 
     @property
@@ -54,7 +55,7 @@ class QueueLoad:
         """How many jobs of this load are left to hand out."""
         return len(self._seqs) - self._taken
 
-    def take(self, conn: sqlite3.Connection, columns: str, chunk: int) -> list[Sequence[Any]]:
+    def take(self, conn: Connection, columns: str, chunk: int) -> list[Sequence[Any]]:
         """The rows (``columns``) of the next ``chunk`` jobs of the load, in its order.
 
         A job that is no longer queued is left out: nothing but the arbiter changes a queued
@@ -71,7 +72,10 @@ class QueueLoad:
         return [by_seq[seq] for seq in seqs if seq in by_seq]
 
 
-def admitted_rows(conn: sqlite3.Connection) -> tuple[tuple[str, Lane, tuple[str, ...]], ...]:
-    """The ids of every job that is not terminal, by caller and lane, from the columns alone."""
-    rows = conn.execute(_ADMITTED, _OPEN_STATES)
+def admitted_rows(
+    conn: Connection, aggregate_ids: str
+) -> tuple[tuple[str, Lane, tuple[str, ...]], ...]:
+    """The ids of every job that is not terminal, by caller and lane, from the columns alone;
+    ``aggregate_ids`` is the engine's SQL that joins a group's ids with commas."""
+    rows = conn.execute(_ADMITTED.format(aggregate_ids), _OPEN_STATES)
     return tuple((caller, Lane(lane), tuple(ids.split(","))) for caller, lane, ids in rows)

@@ -1,7 +1,7 @@
 """What every job-store engine shares: the write messages, row decoding, and the volatile rule.
 
-Thread-free; an engine (``_sqlite``) and the JobStore actor use these, so the rules do not
-depend on which database keeps the jobs.
+Thread-free; an engine (``_sqlite``, ``_postgres``) and the JobStore actor use these, so
+the rules do not depend on which database keeps the jobs.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import orjson
 
@@ -21,6 +21,7 @@ from protocol.spec import JobSpec
 
 __all__ = [
     "BatchOutcome",
+    "Connection",
     "Recovery",
     "WriteMessage",
     "given",
@@ -33,6 +34,16 @@ __all__ = [
 
 WriteMessage: TypeAlias = InsertJob | Transition
 BatchOutcome: TypeAlias = Job | Exception
+
+
+class Connection(Protocol):
+    """What the shared code needs of a connection: sqlite3's ``execute`` and
+    ``in_transaction`` (the PostgreSQL engine adapts psycopg's to it)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,7 +123,7 @@ def moved(job: Job, message: Transition, now: float) -> Job:
 
 
 def update_params(job: Job) -> tuple[Any, ...]:
-    """The parameters of an engine's UPDATE of ``job``'s row (``_sqlite._UPDATE``), in
+    """The parameters of an engine's UPDATE of ``job``'s row (``_base.UPDATE``), in
     order; the row's key (``seq``) last."""
     return (
         job.state.value,
@@ -135,7 +146,7 @@ def update_params(job: Job) -> tuple[Any, ...]:
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
-    """A Job from a row of the columns an engine selects (``_sqlite._COLUMNS``); the spec
+    """A Job from a row of the columns an engine selects (``_base.COLUMNS``); the spec
     is validated again on the way out. ``segments`` is NULL for none, as on a job of
     version 1."""
     (seq, job_id, state, spec, created, updated, started, finished, not_before, attempts,

@@ -6,42 +6,24 @@ one thread does at a time. Tests use it directly, without an actor.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from ulid import ULID
 
 from actors.runtime import Clock
-from actors.stores._counts import StateCounts
+from actors.stores._base import EngineBase, check_seconds
 from actors.stores._files import check_edges, check_location, explain, sync_mode
 from actors.stores._outbox import Outbox
 from actors.stores._pruning import finish_incremental_vacuum, prune_batch
-from actors.stores._queue_load import QueueLoad, admitted_rows
-from actors.stores._rows import (
-    BatchOutcome,
-    Recovery,
-    WriteMessage,
-    is_volatile,
-    job_from_row,
-    moved,
-    to_json,
-    update_params,
-)
+from actors.stores._rows import BatchOutcome, WriteMessage, is_volatile, to_json
 from actors.stores._schema import migrate
-from protocol.enums import TERMINAL_STATES, JobState, Lane
-from protocol.errors import (
-    GpulaneError,
-    IllegalTransitionError,
-    JobNotFoundError,
-    StoreError,
-    ValidationError,
-)
+from protocol.enums import JobState
+from protocol.errors import GpulaneError, StoreError
 from protocol.job import Job
-from protocol.lifecycle import check_transition
-from protocol.messages import InsertJob, LaneStats, ListJobs, QueueChunk, Transition
+from protocol.messages import InsertJob
 from protocol.spec import JobSpec
 
 __all__ = ["BUSY_TIMEOUT_S", "JobDB"]
@@ -50,13 +32,6 @@ __all__ = ["BUSY_TIMEOUT_S", "JobDB"]
 BUSY_TIMEOUT_S = 1.0
 
 
-_ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
-
-_COLUMNS = (
-    "seq, id, state, spec, created_at, updated_at, started_at, finished_at, not_before, "
-    "attempts, preemptions, partial_output, result, error, metrics, output, segments, "
-    "backend, slot"
-)
 _INSERT = (
     "INSERT INTO jobs (seq, id, state, lane, caller, model, priority, spec, retry_of, "
     "created_at, updated_at) VALUES "
@@ -64,28 +39,21 @@ _INSERT = (
 _ROW = "(?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)"
 # Rows per INSERT statement: 10 parameters each, well under SQLite's 32766.
 _ROWS_PER_INSERT = 500
-_UPDATE = (
-    "UPDATE jobs SET state = ?, updated_at = ?, started_at = ?, finished_at = ?, "
-    "not_before = ?, attempts = ?, preemptions = ?, partial_output = ?, result = ?, "
-    "error = ?, metrics = ?, output = ?, segments = ?, backend = ?, slot = ? WHERE seq = ?"
-)
-_SELECT_BY_ID = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
-_SELECT_BY_SEQ = f"SELECT {_COLUMNS} FROM jobs WHERE seq = ?"
 
 
-class JobDB:
-    """One open job database: schema checked, WAL on, the file locked to this connection.
+class JobDB(EngineBase):
+    """One open SQLite job database: schema checked, WAL on, the file locked to this
+    connection.
 
     ``locking_mode=EXCLUSIVE`` keeps the file locked for as long as it is open, so a
-    second store on the same file fails at start instead of sharing it.
-
-    Because nothing else can write the file, the jobs that are not yet terminal are also
-    kept in memory as committed (``_live``): a transition reads the job it moves from
-    there instead of reading and re-validating its row (two thirds of a transition's
-    cost). A batch's changes are staged and join ``_live`` only when it commits. For the
-    same reason the jobs per state are counted once at open and then kept as commits land
-    (``_counts.py``), so a status read does not walk the state index.
+    second store on the same file fails at start instead of sharing it, and nothing else
+    can write it: the jobs in memory (``_base.EngineBase``) stay true.
     """
+
+    _errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
+    _begin: ClassVar[str] = "BEGIN IMMEDIATE"
+    _aggregate_ids: ClassVar[str] = "group_concat(id, ',')"
+    _conn: sqlite3.Connection
 
     def __init__(
         self,
@@ -96,25 +64,11 @@ class JobDB:
         synchronous: str = "FULL",
         vacuumed_s: float | None = None,
     ) -> None:
-        self._conn = conn
-        self.path = path
-        self.vacuumed_s = vacuumed_s  # how long open's one VACUUM took, if it ran one
-        self._load: QueueLoad | None = None  # the queue being handed to the arbiter
-        self._clock = clock
+        super().__init__(conn, path, clock, Outbox(conn, self._store_error))
+        self.vacuumed_s = vacuumed_s
         # Only a FULL store has an fsync to save on a batch of volatile writes.
         self._relax_volatile = sync_mode(synchronous) == "FULL"
-        self.commits = 0
-        self.volatile_commits = 0
-        self.writes = 0
-        self.largest_batch = 0
-        self._live: dict[str, Job] = {}  # committed jobs not yet terminal, by id
-        self._staged: dict[str, Job] = {}  # the open batch's transitions, until it commits
-        self._moved: dict[str, JobState] = {}  # their jobs' committed states before the batch
         self._next_seq = self._load_next_seq()
-        self._counts = StateCounts(
-            self._read_all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        )
-        self.outbox = Outbox(conn, self._store_error)  # webhook deliveries (#16)
 
     @classmethod
     def open(
@@ -268,46 +222,17 @@ class JobDB:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             return self._abandon(outcomes, error)
-        self._keep_live(outcomes)
-        self.commits += 1
-        self.volatile_commits += relaxed
-        self.writes += len(outcomes)
-        self.largest_batch = max(self.largest_batch, len(outcomes))
+        self._committed(outcomes, relaxed=relaxed)
         return outcomes
-
-    def _abandon(self, outcomes: list[BatchOutcome], error: StoreError) -> list[BatchOutcome]:
-        """The batch is rolled back: its successes become ``error``."""
-        self._forget_batch()
-        return [error if isinstance(o, Job) else o for o in outcomes]
 
     def _forget_batch(self) -> None:
         """Drop the rolled-back batch's staged jobs; sequence numbers reload from the file."""
-        self._staged.clear()
-        self._moved.clear()
+        super()._forget_batch()
         self._next_seq = self._load_next_seq()
-
-    def _keep_live(self, outcomes: list[BatchOutcome]) -> None:
-        """After a commit: the batch's jobs, in order, become the live copies (or leave),
-        and the counts per state take the batch in (a Job not moved is an insert)."""
-        moved = self._moved
-        self._counts.committed(
-            sum(isinstance(o, Job) and o.id not in moved for o in outcomes),
-            [(before, self._staged[job_id].state) for job_id, before in moved.items()],
-        )
-        self._staged.clear()
-        self._moved.clear()
-        for outcome in outcomes:
-            if not isinstance(outcome, Job):
-                continue
-            if outcome.state in TERMINAL_STATES:
-                self._live.pop(outcome.id, None)
-            else:
-                self._live[outcome.id] = outcome
 
     def _prepare_insert(self, spec: JobSpec, retry_of: str | None) -> tuple[Job, tuple[Any, ...]]:
         """A new queued job with a fresh ULID and the next sequence number, and its row."""
-        if retry_of is not None and self._find_seq(retry_of) is None:
-            raise ValidationError("retry_of", f"no job {retry_of!r} to retry")
+        self._check_retry_of(retry_of)
         spec_json = to_json(spec.to_dict())  # first: a spec that cannot be encoded uses no seq
         now = self._clock.now()
         job_id = str(ULID.from_timestamp(now))
@@ -361,166 +286,16 @@ class JobDB:
                 if not self._conn.in_transaction:
                     return
 
-    def _transition(self, message: Transition) -> Job:
-        """Move a job to ``message.target`` and record what came with the move (``_rows.moved``
-        says what changes). ``not_before`` may be non-None only on a move to queued, the one
-        state where it means anything; ``result`` and ``output`` only on a move to
-        succeeded. A job that names a webhook gets its outbox row with its terminal move.
-        """
-        target = message.target
-        if message.not_before is not None and target is not JobState.QUEUED:
-            raise ValidationError("not_before", "may be set only on a move to queued")
-        for name in ("result", "output"):
-            if getattr(message, name) is not None and target is not JobState.SUCCEEDED:
-                raise ValidationError(name, "may be set only on a move to succeeded")
-        job = self._staged.get(message.job_id) or self.get(message.job_id)
-        if message.expected is not None and job.state not in message.expected:
-            raise IllegalTransitionError(job.id, job.state.value, target.value)
-        check_transition(job.id, job.state, target)
-        changed = moved(job, message, self._clock.now())
-        params = update_params(changed)
-        if target.is_terminal and changed.spec.webhook is not None:
-            changed = self.outbox.write_terminal(changed, _UPDATE, params)
-        else:
-            self._conn.execute(_UPDATE, params)
-        self._staged[changed.id] = changed
-        self._moved.setdefault(changed.id, job.state)
-        return changed
-
-    def recover(self) -> Recovery:
-        """Put jobs a crash left in loading or running back in the queue, charging nothing."""
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            requeued = self._conn.execute(
-                "UPDATE jobs SET state = 'queued', updated_at = ? WHERE state IN (?, ?)",
-                (self._clock.now(), *_ACTIVE_VALUES),
-            ).rowcount
-            queued = self._conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE state = 'queued'"
-            ).fetchone()[0]
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise self._store_error("cannot recover jobs", exc) from exc
-        self._live.clear()  # their states changed under the copies
-        self._counts.recovered(int(queued))
-        return Recovery(requeued=requeued, queued=int(queued))
-
     def prune(self, older_than_s: float, limit: int) -> int:
         """Delete up to ``limit`` terminal jobs that finished more than ``older_than_s``
         seconds ago, oldest first, and give the freed pages back (``_pruning.py``)."""
-        if (
-            not isinstance(older_than_s, (int, float))
-            or isinstance(older_than_s, bool)
-            or not 0 <= older_than_s < math.inf
-        ):
-            raise ValidationError(
-                "older_than_s", f"must be a number of seconds, 0 or more, got {older_than_s!r}"
-            )
+        check_seconds(older_than_s)
         try:
             return prune_batch(self._conn, self._clock.now() - older_than_s, limit, self._counts)
         except sqlite3.Error as exc:
             raise self._store_error("cannot prune", exc) from exc
 
-    # --- reads ----------------------------------------------------------------------
-
-    def get(self, job_id: str) -> Job:
-        """The job with this id, or JobNotFoundError."""
-        live = self._live.get(job_id)
-        if live is not None:
-            return live
-        row = self._read_one(_SELECT_BY_ID, job_id)
-        if row is None:
-            raise JobNotFoundError(job_id)
-        return self.outbox.attach(job_from_row(row))
-
-    def get_by_seq(self, seq: int) -> Job:
-        """The job with this sequence number, or JobNotFoundError."""
-        row = self._read_one(_SELECT_BY_SEQ, seq)
-        if row is None:
-            raise JobNotFoundError(seq)
-        return self.outbox.attach(job_from_row(row))
-
-    def list_jobs(self, query: ListJobs) -> tuple[Job, ...]:
-        """Jobs matching every filter in ``query``, newest first unless ``oldest_first``."""
-        if not isinstance(query.limit, int) or isinstance(query.limit, bool) or query.limit < 1:
-            raise ValidationError("limit", f"must be an integer of 1 or more, got {query.limit!r}")
-        if query.states is not None and not query.states:
-            return ()
-        where: list[str] = []
-        params: list[Any] = []
-        if query.states is not None:
-            where.append(f"state IN ({', '.join('?' for _ in query.states)})")
-            params.extend(sorted(s.value for s in query.states))
-        for column, value in (
-            ("lane", None if query.lane is None else query.lane.value),
-            ("caller", query.caller),
-            ("model", query.model),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"SELECT {_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY seq {'ASC' if query.oldest_first else 'DESC'} LIMIT ?"
-        params.append(query.limit)
-        return tuple(self.outbox.attach(job_from_row(row)) for row in self._read_all(sql, params))
-
-    def count_by_state(self) -> Mapping[str, int]:
-        """The number of jobs in each state, every state present: kept in memory, O(1)."""
-        return self._counts.snapshot()
-
-    def lane_stats(self) -> tuple[LaneStats, ...]:
-        """Average wait (start - creation) and run (finish - start) of finished jobs, per lane."""
-        rows = {
-            row[0]: row
-            for row in self._read_all(
-                "SELECT lane, COUNT(*), AVG(started_at - created_at), "
-                "AVG(finished_at - started_at) FROM jobs WHERE finished_at IS NOT NULL "
-                "GROUP BY lane"
-            )
-        }
-        stats = []
-        for lane in Lane:
-            _, finished, wait, run = rows.get(lane.value, (lane.value, 0, None, None))
-            stats.append(LaneStats(lane=lane, finished=finished, avg_wait_s=wait, avg_run_s=run))
-        return tuple(stats)
-
-    def queued_jobs(self) -> tuple[Job, ...]:
-        """Every queued job in sequence order."""
-        rows = self._read_all(
-            f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY seq", ()
-        )
-        return tuple(job_from_row(row) for row in rows)
-
-    def load_queue(self, chunk: int, *, first: bool) -> QueueChunk:
-        """The next ``chunk`` queued jobs in serving order (``_queue_load.py``); ``first``
-        begins a new load. Asking for more with no load begun is a ValidationError."""
-        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-            raise ValidationError("chunk", f"must be an integer of 1 or more, got {chunk!r}")
-        try:
-            if first:
-                self._load = QueueLoad.begin(self._conn)
-            load = self._load
-            if load is None:
-                raise ValidationError(
-                    "first", "no load of the queue has begun", allowed="first=True to begin one"
-                )
-            jobs = tuple(job_from_row(row) for row in load.take(self._conn, _COLUMNS, chunk))
-        except sqlite3.Error as exc:
-            raise self._store_error("cannot read", exc) from exc
-        if not load.remaining:
-            self._load = None
-        return QueueChunk(jobs, load.remaining)
-
-    def admitted(self) -> tuple[tuple[str, Lane, tuple[str, ...]], ...]:
-        """The ids of every job that is not terminal, by (caller, lane), from the columns."""
-        try:
-            return admitted_rows(self._conn)
-        except sqlite3.Error as exc:
-            raise self._store_error("cannot read", exc) from exc
+    # --- what it says of itself -------------------------------------------------------
 
     def schema_version(self) -> int:
         """The schema version stored in the file."""
@@ -542,23 +317,5 @@ class JobDB:
         row = self._read_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")
         return 1 if row is None else int(row[0]) + 1
 
-    def _find_seq(self, job_id: str) -> int | None:
-        row = self._conn.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def _read_one(self, sql: str, *params: Any) -> Any:
-        try:
-            return self._conn.execute(sql, params).fetchone()
-        except sqlite3.Error as exc:
-            raise self._store_error("cannot read", exc) from exc
-
-    def _read_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._store_error("cannot read", exc) from exc
-
-    def _store_error(self, what: str, exc: sqlite3.Error) -> StoreError:
-        error = StoreError(f"job database {self.path}: {what}: {explain(exc)}")
-        error.__cause__ = exc
-        return error
+    def _explain(self, exc: Exception) -> str:
+        return explain(exc) if isinstance(exc, sqlite3.Error) else str(exc)

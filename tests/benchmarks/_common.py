@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -17,6 +18,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from actors.logs import configure_logging  # noqa: E402  (importable once ROOT is on the path)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a simulated run of the swap and placement benchmarks gives: each job's start
+    and FIFO turn (by id), the swaps, the time spent loading, and when the last job ended."""
+
+    start: dict[str, float]
+    turn: dict[str, float]
+    swaps: int
+    loading_s: float
+    end: float
 
 
 def parse_args(description: str) -> argparse.Namespace:

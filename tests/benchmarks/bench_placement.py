@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from _common import goal, parse_args, percentile, report
+from _common import Outcome, goal, parse_args, percentile, report
 
 from actors.hosts import slot_id_for
 from actors.placement import FreeHost, place
@@ -103,15 +103,6 @@ class Host:
 
     def has(self, job: Job) -> bool:
         return normalise_model_name(job.spec.model) in self.catalog
-
-
-@dataclasses.dataclass
-class Outcome:
-    start: dict[str, float]
-    turn: dict[str, float]
-    swaps: int
-    loading_s: float
-    end: float
 
 
 class System(Protocol):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
-from _common import goal, parse_args, percentile, report
+from _common import Outcome, goal, parse_args, percentile, report
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import Config, GpuLane
@@ -69,15 +69,6 @@ class Request:
     job: Job
     arrival: float
     run: float
-
-
-@dataclasses.dataclass
-class Outcome:
-    start: dict[str, float]
-    turn: dict[str, float]
-    swaps: int
-    loading_s: float
-    end: float
 
 
 class Policy(Protocol):

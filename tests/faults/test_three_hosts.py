@@ -12,15 +12,14 @@ processes), so waits are bounded polls (``wait_until``), never sleeps.
 from __future__ import annotations
 
 import concurrent.futures
-import socket
-import subprocess
-import sys
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from serve_process import ServeProcess
 from simulated_process import SimulatedProcess
 
 from actors import Config, GpuLane
@@ -51,9 +50,10 @@ def _host(models: dict[str, str]) -> SimulatedProcess:
     return SimulatedProcess(*profiles)
 
 
-@pytest.fixture
-def hosts() -> Iterator[dict[str, SimulatedProcess]]:
-    servers = {name: _host(models) for name, models in CATALOGS.items()}
+@contextlib.contextmanager
+def _running(catalogs: dict[str, dict[str, str]]) -> Iterator[dict[str, SimulatedProcess]]:
+    """One simulated Ollama process per host, each with its catalog; killed at the end."""
+    servers = {name: _host(models) for name, models in catalogs.items()}
     try:
         for server in servers.values():
             server.start()
@@ -62,6 +62,12 @@ def hosts() -> Iterator[dict[str, SimulatedProcess]]:
         for server in servers.values():
             if server.running:
                 server.kill()
+
+
+@pytest.fixture
+def hosts() -> Iterator[dict[str, SimulatedProcess]]:
+    with _running(CATALOGS) as servers:
+        yield servers
 
 
 def _config(tmp_path: Path, hosts: dict[str, SimulatedProcess]) -> Config:
@@ -146,36 +152,16 @@ def test_each_host_drains_the_model_it_has_loaded(
     assert _loaded(hosts["a"]) == {"llama3.2"} and _loaded(hosts["b"]) == {"mistral-nemo"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture
 def slow_hosts() -> Iterator[dict[str, SimulatedProcess]]:
     """a and b both have llama3.2, slowly; only b has mistral-nemo."""
-    servers = {
-        "a": _host({"llama3.2": SLOW}),
-        "b": _host({"llama3.2": SLOW, "mistral-nemo": FAST}),
-        "c": _host({"gemma3": FAST}),
+    catalogs = {
+        "a": {"llama3.2": SLOW},
+        "b": {"llama3.2": SLOW, "mistral-nemo": FAST},
+        "c": {"gemma3": FAST},
     }
-    try:
-        for server in servers.values():
-            server.start()
+    with _running(catalogs) as servers:
         yield servers
-    finally:
-        for server in servers.values():
-            if server.running:
-                server.kill()
 
 
 @pytest.fixture
@@ -191,20 +177,8 @@ def gateway(tmp_path: Path, slow_hosts: dict[str, SimulatedProcess]) -> Iterator
         f'[store]\npath = "{tmp_path / "jobs.sqlite3"}"\n{backends}'
         f"[residency]\n{residency}\n[limits]\nrequests_per_minute = 0\n"
     )
-    port = _free_port()
-    command = [sys.executable, "-m", "actors.cli", "serve", "--config", str(config)]
-    child = subprocess.Popen(
-        [*command, "--port", str(port), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(f"{url}/healthz"), timeout=30)
-        yield url
-    finally:
-        child.terminate()
-        child.wait(30)
+    with ServeProcess(config, "--log-level", "warning") as serve:
+        yield serve.url
 
 
 def _status(url: str) -> dict[str, Any]:

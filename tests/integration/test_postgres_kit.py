@@ -8,7 +8,7 @@ import socket
 
 import psycopg
 import pytest
-from postgres_kit import ENV_VAR, fresh_database, redact, require_postgres
+from postgres_kit import ENV_VAR, REQUIRED_VAR, fresh_database, redact, require_postgres
 
 
 def _exists(admin: str, name: str) -> tuple[bool, bool]:
@@ -67,6 +67,7 @@ def test_no_server_skips_naming_the_url_without_its_password(
     url = _nothing_listening()
     monkeypatch.setenv(ENV_VAR, url)
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(REQUIRED_VAR, raising=False)
     with pytest.raises(pytest.skip.Exception) as skipped:
         require_postgres()
     assert redact(url) in str(skipped.value)

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+REQUIRED_VAR = "GPULANE_TEST_POSTGRES_REQUIRED"  # .ci/run: the tests must not skip
 ENV_VAR = "GPULANE_TEST_POSTGRES_URL"
 DEFAULT_URL = "postgresql://gpulane_test:gpulane_test@127.0.0.1:5432/postgres"
 CONNECT_TIMEOUT = 3  # seconds; libpq's least useful value is 2
@@ -61,8 +62,12 @@ def postgres_url() -> str | None:
 
 
 def _in_ci() -> bool:
-    """Whether this run is CI's, where the PostgreSQL tests must run rather than skip."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+    """Whether this run is CI's, where the PostgreSQL tests must run rather than skip: ``CI``
+    set (CI systems set it), or ``GPULANE_TEST_POSTGRES_REQUIRED`` (``.ci/run`` sets it)."""
+    return any(
+        os.environ.get(name, "").strip().lower() not in ("", "0", "false")
+        for name in ("CI", REQUIRED_VAR)
+    )
 
 
 def require_postgres() -> str:

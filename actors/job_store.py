@@ -39,7 +39,7 @@ from actors.runtime import (
     TimerHandle,
     Timers,
 )
-from actors.stores import BatchOutcome, JobDB, Recovery, WriteMessage, is_volatile
+from actors.stores import BatchOutcome, JobDB, PgJobDB, Recovery, WriteMessage, is_volatile
 from protocol.config import StoreSettings
 from protocol.errors import IllegalTransitionError, JobNotFoundError, StoreError
 from protocol.job import Job
@@ -105,7 +105,10 @@ class JobStore(SupervisedActor):
     checked,
     migrated and recovered in the constructor, which runs in the starter's thread, so
     a corrupt, locked or unwritable file raises StoreError from ``start`` itself
-    instead of being logged by a thread nobody watches. Recovery puts jobs left in
+    instead of being logged by a thread nobody watches. ``store.url`` picks the engine:
+    empty, SQLite at ``store.path``; a PostgreSQL URL, that database (``PgJobDB``, which
+    refuses a database another store holds, as SQLite refuses a locked file). Recovery
+    puts jobs left in
     loading or running back to queued without charging an attempt. With
     ``recover_on_open=False`` (gpulane's tree) it waits for ``LoadQueuedJobs(recover=True)``
     instead, so a restarted store first applies the reports slots told it meanwhile.
@@ -128,7 +131,8 @@ class JobStore(SupervisedActor):
     - PendingWebhooks → the outbox's pending deliveries as (seq, when due); ReadWebhook →
       a PendingDelivery or None; RecordWebhookAttempt (told) → one attempt recorded in a
       transaction of its own (``actors.stores._outbox``)
-    - StoreSnapshot → read-only mapping of the file, schema version and commit counters
+    - StoreSnapshot → read-only mapping of the database (``path``: the file, or the URL
+      without its password), schema version and commit counters
       (``volatile_commits``: the commits that held only moves into loading or running
       and so ran at ``synchronous=NORMAL``, without an fsync; see ``actors.stores.is_volatile``)
     """
@@ -152,9 +156,13 @@ class JobStore(SupervisedActor):
         self._pruned = 0
         self._stale = 0
         self._recovery = Recovery(requeued=0, queued=0)
-        self._db = JobDB.open(settings.path, clock, synchronous=settings.synchronous)
+        self._db: JobDB | PgJobDB = (
+            PgJobDB.open(settings.url, clock)
+            if settings.url
+            else JobDB.open(settings.path, clock, synchronous=settings.synchronous)
+        )
         if self._db.vacuumed_s is not None:
-            log.info("job_store.vacuumed", path=settings.path, seconds=self._db.vacuumed_s)
+            log.info("job_store.vacuumed", path=self._db.path, seconds=self._db.vacuumed_s)
         if recover_on_open:
             try:
                 self._recover()
@@ -173,7 +181,7 @@ class JobStore(SupervisedActor):
         )
         log.info(
             "job_store.recovered",
-            path=self._settings.path,
+            path=self._db.path,
             requeued=recovery.requeued,
             queued=recovery.queued,
         )

@@ -35,6 +35,7 @@ __all__ = [
 #: The one backend's name when ``[backend]`` configures it (docs/configuration.md).
 LOCAL_BACKEND = "local"
 
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -125,10 +126,13 @@ class StoreSettings:
 
     Every ``prune_interval_s`` the store deletes terminal jobs that finished more than
     ``prune_after_s`` ago, ``prune_batch`` at a time, one batch per turn of its mailbox
-    (docs/operations.md, "Pruning").
+    (docs/operations.md, "Pruning"). ``url`` empty: SQLite at ``path``; a ``postgresql://``
+    (or ``postgres://``) URL: that PostgreSQL database, and ``path`` and ``synchronous``
+    do not apply (docs/architecture.md section 14).
     """
 
     path: str = "gpulane.sqlite3"
+    url: str = ""
     synchronous: str = "FULL"
     prune_after_s: float = 7 * 24 * 3600.0
     max_batch: int = 1000
@@ -142,6 +146,15 @@ class StoreSettings:
             "store.synchronous",
             f"unknown mode {self.synchronous!r}",
             allowed=("FULL", "NORMAL"),
+        )
+        _require(isinstance(self.url, str), "store.url", f"must be a string, got {self.url!r}")
+        scheme, found, _ = self.url.partition("://")
+        _require(
+            not self.url or (bool(found) and scheme.lower() in _POSTGRES_SCHEMES),
+            "store.url",
+            (f"unknown kind of database {scheme!r}" if found else "is not a URL")
+            + " (the value is not repeated: it may hold a password)",
+            allowed="empty (SQLite at store.path) or a postgresql:// or postgres:// URL",
         )
         for name in ("prune_after_s", "prune_interval_s"):
             seconds = getattr(self, name)

@@ -1,4 +1,8 @@
-"""The JobStore actor: lifecycle, queries, recovery, group commit and start-up errors."""
+"""The JobStore actor: lifecycle, queries, recovery, group commit and start-up errors.
+
+The tests on ``settings`` or ``store`` run on both engines (``store_engines``); the ones
+about SQLite's file (WAL, its lock, a damaged or newer file) on SQLite alone.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from typing import Any
 import pykka
 import pytest
 from job_store_helpers import GatedClock, make_spec, path_to
+from store_engines import ENGINES, StoreEngine, engine_home_for
 
+from actors.config import Config
 from actors.job_store import JobStore
 from actors.runtime import ManualClock
 from actors.stores import SCHEMA_VERSION
@@ -50,8 +56,24 @@ def clock() -> GatedClock:
     return GatedClock()
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
+    with engine_home_for(request.param) as home:
+        yield home
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> StoreSettings:
+def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
+    return StoreEngine.in_home(engine_home, tmp_path)
+
+
+@pytest.fixture
+def settings(engine: StoreEngine) -> StoreSettings:
+    return engine.settings()
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> StoreSettings:
     return StoreSettings(path=str(tmp_path / "jobs.sqlite3"))
 
 
@@ -379,10 +401,10 @@ def test_recovery_requeues_loading_and_running_jobs_without_charging_and_keeps_o
 
 
 def test_the_store_runs_in_wal_mode_with_full_sync_by_default(
-    store: pykka.ActorRef[JobStore],
+    store: pykka.ActorRef[JobStore], engine: StoreEngine
 ) -> None:
     snapshot = store.ask(StoreSnapshot())
-    assert (snapshot["journal_mode"], snapshot["synchronous"]) == ("wal", "FULL")
+    assert (snapshot["journal_mode"], snapshot["synchronous"]) == ("wal", engine.durable_level)
     assert snapshot["schema_version"] == SCHEMA_VERSION
 
 
@@ -531,7 +553,7 @@ def volatile_commits(store: pykka.ActorRef[JobStore]) -> tuple[int, int]:
 
 
 def test_bare_moves_into_loading_and_running_commit_without_an_fsync_and_others_with_one(
-    store: pykka.ActorRef[JobStore],
+    store: pykka.ActorRef[JobStore], engine: StoreEngine
 ) -> None:
     before = volatile_commits(store)
     job = insert(store)
@@ -544,7 +566,7 @@ def test_bare_moves_into_loading_and_running_commit_without_an_fsync_and_others_
     job = move(store, job, JobState.LOADING)
     move(store, job, JobState.SUCCEEDED, result="ok")
     assert volatile_commits(store) == (before[0] + 6, before[1] + 3), "a terminal move is durable"
-    assert store.ask(StoreSnapshot())["synchronous"] == "FULL"
+    assert store.ask(StoreSnapshot())["synchronous"] == engine.durable_level
 
 
 def test_a_move_into_running_that_records_something_is_durable(
@@ -624,8 +646,9 @@ def test_a_database_with_a_damaged_page_is_refused_at_start(tmp_path: Path) -> N
 
 
 def test_a_locked_database_is_refused_at_start_with_a_clear_error(
-    settings: StoreSettings,
+    sqlite_settings: StoreSettings,
 ) -> None:
+    settings = sqlite_settings
     JobStore.start(settings, ManualClock()).stop()
     holder = sqlite3.connect(settings.path, isolation_level=None)
     try:
@@ -635,10 +658,13 @@ def test_a_locked_database_is_refused_at_start_with_a_clear_error(
         holder.close()
 
 
-def test_a_second_store_on_the_same_file_is_refused(settings: StoreSettings) -> None:
+def test_a_second_store_on_the_same_database_is_refused(
+    settings: StoreSettings, engine: StoreEngine
+) -> None:
     store = JobStore.start(settings, ManualClock())
     try:
-        with pytest.raises(StoreError, match="locked"):
+        reason = "in use by another gpulane store" if engine.is_postgres else "locked"
+        with pytest.raises(StoreError, match=reason):
             JobStore.start(settings, ManualClock())
         assert store.ask(CountJobs())["queued"] == 0, "the first store is unharmed"
     finally:
@@ -681,9 +707,24 @@ def test_a_read_only_directory_is_refused_at_start(
     assert_refused(StoreSettings(path=str(directory / "jobs.sqlite3")), "not writable")
 
 
-def test_a_database_from_a_newer_gpulane_is_refused(settings: StoreSettings) -> None:
+def test_a_database_from_a_newer_gpulane_is_refused(sqlite_settings: StoreSettings) -> None:
+    settings = sqlite_settings
     JobStore.start(settings, ManualClock()).stop()
     conn = sqlite3.connect(settings.path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
     assert_refused(settings, "schema version 99", "newer")
+
+
+@pytest.mark.parametrize("url", ["mysql://me:secret@db/jobs", "host=db password=secret"])
+def test_a_store_url_that_names_no_postgresql_database_is_refused_by_name(url: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        StoreSettings(url=url)
+    assert refused.value.field == "store.url" and "postgresql://" in str(refused.value)
+    assert "secret" not in str(refused.value), "the value may hold a password"
+
+
+def test_the_store_url_comes_from_the_environment_and_picks_postgresql() -> None:
+    url = "postgresql://gpulane@db.example:5432/jobs"
+    config = Config.from_mapping({}, env={"GPULANE_STORE_URL": url})
+    assert (config.store.url, StoreSettings().url) == (url, "")

@@ -1,4 +1,8 @@
-"""The thread-free job database: batches, failures inside a batch, schema migrations."""
+"""The thread-free job database: batches, failures inside a batch, schema migrations.
+
+The tests on ``any_db`` run on both engines (``store_engines``); the ones that reach into
+SQLite's connection or its files run on ``db``, SQLite alone.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 import pytest
 from job_store_helpers import make_spec
+from store_engines import ENGINES, StoreEngine, engine_home_for
 from ulid import ULID
 
 from actors.runtime import ManualClock
@@ -18,6 +23,7 @@ from actors.stores import (
     SCHEMA_VERSION,
     BatchOutcome,
     JobDB,
+    PgJobDB,
     WriteMessage,
     _sqlite,
     is_volatile,
@@ -44,8 +50,26 @@ def db(tmp_path: Path) -> Iterator[JobDB]:
     opened.close()
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
+    with engine_home_for(request.param) as home:
+        yield home
+
+
+@pytest.fixture
+def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
+    return StoreEngine.in_home(engine_home, tmp_path)
+
+
+@pytest.fixture
+def any_db(engine: StoreEngine) -> Iterator[JobDB | PgJobDB]:
+    opened = engine.open()
+    yield opened
+    opened.close()
+
+
 def batch(
-    db: JobDB, writes: Iterable[WriteMessage], *, volatile: bool = False
+    db: JobDB | PgJobDB, writes: Iterable[WriteMessage], *, volatile: bool = False
 ) -> list[BatchOutcome]:
     """Run ``writes`` as one batch; the iterator is consumed only as far as the batch takes."""
     it = iter(writes)
@@ -74,33 +98,35 @@ class FaultyConnection:
 
 
 def test_a_write_that_cannot_be_encoded_fails_alone_and_leaves_the_store_usable(
-    db: JobDB,
+    any_db: JobDB | PgJobDB,
 ) -> None:
     unencodable = make_spec(2)
     object.__setattr__(unencodable, "options", {"seed": b"bytes slipped past validation"})
     first, bad, last = batch(
-        db, [InsertJob(make_spec(1)), InsertJob(unencodable), InsertJob(make_spec(3))]
+        any_db, [InsertJob(make_spec(1)), InsertJob(unencodable), InsertJob(make_spec(3))]
     )
     assert isinstance(first, Job) and isinstance(last, Job)
     assert isinstance(bad, StoreError) and "cannot encode InsertJob" in str(bad)
     assert last.seq == first.seq + 1, "the refused write used no sequence number"
-    (after,) = batch(db, [InsertJob(make_spec(4))])
+    (after,) = batch(any_db, [InsertJob(make_spec(4))])
     assert isinstance(after, Job)
-    assert [db.get(j.id).seq for j in (first, last, after)] == [first.seq, last.seq, after.seq]
+    assert [any_db.get(j.id).seq for j in (first, last, after)] == [first.seq, last.seq, after.seq]
 
 
-def test_a_batch_commits_once_and_returns_one_outcome_per_write(db: JobDB) -> None:
-    outcomes = batch(db, [InsertJob(make_spec(n)) for n in range(5)])
+def test_a_batch_commits_once_and_returns_one_outcome_per_write(any_db: JobDB | PgJobDB) -> None:
+    outcomes = batch(any_db, [InsertJob(make_spec(n)) for n in range(5)])
     assert all(isinstance(o, Job) for o in outcomes) and len(outcomes) == 5
-    assert (db.commits, db.writes, db.largest_batch) == (1, 5, 5)
-    assert [j.id for j in db.queued_jobs()] == [o.id for o in outcomes if isinstance(o, Job)]
+    assert (any_db.commits, any_db.writes, any_db.largest_batch) == (1, 5, 5)
+    assert [j.id for j in any_db.queued_jobs()] == [o.id for o in outcomes if isinstance(o, Job)]
 
 
-def test_writes_that_arrive_while_the_bulk_insert_runs_join_the_same_commit(db: JobDB) -> None:
+def test_writes_that_arrive_while_the_bulk_insert_runs_join_the_same_commit(
+    any_db: JobDB | PgJobDB,
+) -> None:
     arrivals = iter([InsertJob(make_spec(1)), None, InsertJob(make_spec(2)), None, None])
-    outcomes = db.write_batch(lambda: next(arrivals))
+    outcomes = any_db.write_batch(lambda: next(arrivals))
     assert [type(o) for o in outcomes] == [Job, Job]
-    assert db.commits == 1 and db.count_by_state()["queued"] == 2
+    assert any_db.commits == 1 and any_db.count_by_state()["queued"] == 2
     assert next(arrivals, "drained") == "drained", "it asked again after each INSERT"
 
 
@@ -177,13 +203,13 @@ def test_a_write_that_fails_in_sqlite_fails_alone(
     assert db.count_by_state()["queued"] == 1
 
 
-def test_a_batch_larger_than_one_insert_statement_is_written_whole(db: JobDB) -> None:
-    outcomes = batch(db, [InsertJob(make_spec(n)) for n in range(1200)])
+def test_a_batch_larger_than_one_insert_statement_is_written_whole(any_db: JobDB | PgJobDB) -> None:
+    outcomes = batch(any_db, [InsertJob(make_spec(n)) for n in range(1200)])
     seqs = [o.seq for o in outcomes if isinstance(o, Job)]
     assert seqs == list(range(1, 1201))
-    assert db.commits == 1
-    assert db.get_by_seq(1200) == outcomes[-1]
-    assert db.count_by_state()["queued"] == 1200
+    assert any_db.commits == 1
+    assert any_db.get_by_seq(1200) == outcomes[-1]
+    assert any_db.count_by_state()["queued"] == 1200
 
 
 def test_a_new_file_gets_the_current_schema_version(db: JobDB) -> None:
@@ -347,16 +373,16 @@ def test_every_write_that_records_more_than_a_move_into_loading_or_running_is_du
 
 
 def test_a_durable_write_handed_to_a_volatile_batch_fails_alone_and_is_not_kept(
-    db: JobDB,
+    any_db: JobDB | PgJobDB,
 ) -> None:
-    (job,) = batch(db, [InsertJob(make_spec(1))])
+    (job,) = batch(any_db, [InsertJob(make_spec(1))])
     assert isinstance(job, Job)
     moved, refused = batch(
-        db, [Transition(job.id, JobState.LOADING), InsertJob(make_spec(2))], volatile=True
+        any_db, [Transition(job.id, JobState.LOADING), InsertJob(make_spec(2))], volatile=True
     )
     assert isinstance(moved, Job) and moved.state is JobState.LOADING
     assert isinstance(refused, StoreError) and "volatile batch" in str(refused)
-    assert db.count_by_state()["queued"] == 0
+    assert any_db.count_by_state()["queued"] == 0
 
 
 def test_a_normal_store_commits_every_batch_at_normal_and_counts_none_volatile(
@@ -403,15 +429,17 @@ def test_a_transition_moves_the_job_from_memory_without_reading_its_row(db: JobD
     assert db.get(job.id) == loading
 
 
-def test_two_moves_of_one_job_in_one_batch_each_start_from_the_one_before(db: JobDB) -> None:
-    job = batch(db, [InsertJob(make_spec())])[0]
+def test_two_moves_of_one_job_in_one_batch_each_start_from_the_one_before(
+    any_db: JobDB | PgJobDB,
+) -> None:
+    job = batch(any_db, [InsertJob(make_spec())])[0]
     assert isinstance(job, Job)
     loading, running = batch(
-        db, [Transition(job.id, JobState.LOADING), Transition(job.id, JobState.RUNNING)]
+        any_db, [Transition(job.id, JobState.LOADING), Transition(job.id, JobState.RUNNING)]
     )
     assert isinstance(loading, Job) and isinstance(running, Job)
     assert running.state is JobState.RUNNING and running.started_at == loading.started_at
-    assert db.get(job.id) == running
+    assert any_db.get(job.id) == running
 
 
 def test_a_batch_that_fails_to_commit_leaves_the_jobs_as_they_were_committed(db: JobDB) -> None:
@@ -427,41 +455,43 @@ def test_a_batch_that_fails_to_commit_leaves_the_jobs_as_they_were_committed(db:
     assert isinstance(loading, Job) and loading.state is JobState.LOADING, "moved from queued"
 
 
-def test_a_finished_job_is_read_back_from_the_file_as_it_was_kept_in_memory(db: JobDB) -> None:
-    job = batch(db, [InsertJob(make_spec())])[0]
+def test_a_finished_job_is_read_back_from_the_file_as_it_was_kept_in_memory(
+    any_db: JobDB | PgJobDB,
+) -> None:
+    job = batch(any_db, [InsertJob(make_spec())])[0]
     assert isinstance(job, Job)
     moves = [
         Transition(job.id, JobState.LOADING, backend="east", slot="east.gpu1"),
         Transition(job.id, JobState.RUNNING),
     ]
-    *_, running = batch(db, moves)
-    assert db.get(job.id) == running
+    *_, running = batch(any_db, moves)
+    assert any_db.get(job.id) == running
     assert isinstance(running, Job) and (running.backend, running.slot) == ("east", "east.gpu1")
-    done = batch(db, [Transition(job.id, JobState.SUCCEEDED, result="ok")])[0]
+    done = batch(any_db, [Transition(job.id, JobState.SUCCEEDED, result="ok")])[0]
     assert isinstance(done, Job)
-    assert db.get(job.id) == done == db.get_by_seq(job.seq)
-    assert db.list_jobs(ListJobs()) == (done,)
+    assert any_db.get(job.id) == done == any_db.get_by_seq(job.seq)
+    assert any_db.list_jobs(ListJobs()) == (done,)
     assert (done.backend, done.slot) == ("east", "east.gpu1"), "kept by moves that carry none"
-    assert db._live == {}, "terminal jobs are not kept in memory"
+    assert any_db._live == {}, "terminal jobs are not kept in memory"
 
 
 def test_a_job_says_where_its_last_call_ran_and_a_move_to_loading_elsewhere_replaces_it(
-    db: JobDB,
+    any_db: JobDB | PgJobDB,
 ) -> None:
-    (job,) = batch(db, [InsertJob(make_spec())])
+    (job,) = batch(any_db, [InsertJob(make_spec())])
     assert isinstance(job, Job) and (job.backend, job.slot) == (None, None)
     assert job.to_dict()["backend"] is None and job.to_dict()["slot"] is None
     first = Transition(job.id, JobState.LOADING, backend="local", slot="gpu0")
     assert is_volatile(first), "where it runs does not make the move durable"
-    batch(db, [first, Transition(job.id, JobState.QUEUED, count_preemption=True)])
-    assert (db.get(job.id).backend, db.get(job.id).slot) == ("local", "gpu0")
-    batch(db, [Transition(job.id, JobState.LOADING, backend="west", slot="west.gpu0")])
-    (failed,) = batch(db, [Transition(job.id, JobState.FAILED, error="boom")])
+    batch(any_db, [first, Transition(job.id, JobState.QUEUED, count_preemption=True)])
+    assert (any_db.get(job.id).backend, any_db.get(job.id).slot) == ("local", "gpu0")
+    batch(any_db, [Transition(job.id, JobState.LOADING, backend="west", slot="west.gpu0")])
+    (failed,) = batch(any_db, [Transition(job.id, JobState.FAILED, error="boom")])
     assert isinstance(failed, Job)
     assert {k: failed.to_dict()[k] for k in ("backend", "slot")} == {
         "backend": "west", "slot": "west.gpu0",
     }  # fmt: skip
-    assert db.get(job.id) == failed
+    assert any_db.get(job.id) == failed
 
 
 def test_a_version_four_file_gets_the_where_it_ran_columns_and_its_jobs_take_them(
@@ -492,8 +522,10 @@ def test_a_version_four_file_gets_the_where_it_ran_columns_and_its_jobs_take_the
         db.close()
 
 
-def test_a_bug_mid_batch_rolls_the_batch_back_instead_of_leaving_it_open(db: JobDB) -> None:
-    kept = batch(db, [InsertJob(make_spec(1))])[0]
+def test_a_bug_mid_batch_rolls_the_batch_back_instead_of_leaving_it_open(
+    any_db: JobDB | PgJobDB,
+) -> None:
+    kept = batch(any_db, [InsertJob(make_spec(1))])[0]
     assert isinstance(kept, Job)
 
     def writes_then_a_bug() -> Iterator[InsertJob]:
@@ -502,24 +534,26 @@ def test_a_bug_mid_batch_rolls_the_batch_back_instead_of_leaving_it_open(db: Job
 
     it = writes_then_a_bug()
     with pytest.raises(RuntimeError, match="a bug"):
-        db.write_batch(lambda: next(it))
-    (after,) = batch(db, [InsertJob(make_spec(3))])
+        any_db.write_batch(lambda: next(it))
+    (after,) = batch(any_db, [InsertJob(make_spec(3))])
     assert isinstance(after, Job), "the store still writes"
     assert after.seq == kept.seq + 1, "the rolled-back insert left no trace"
-    assert [job.seq for job in db.list_jobs(ListJobs())] == [after.seq, kept.seq]
+    assert [job.seq for job in any_db.list_jobs(ListJobs())] == [after.seq, kept.seq]
 
 
-def test_an_answers_output_may_be_set_only_on_a_move_to_succeeded(db: JobDB) -> None:
-    (job,) = batch(db, [InsertJob(make_spec(1))])
+def test_an_answers_output_may_be_set_only_on_a_move_to_succeeded(any_db: JobDB | PgJobDB) -> None:
+    (job,) = batch(any_db, [InsertJob(make_spec(1))])
     assert isinstance(job, Job)
-    (refused,) = batch(db, [Transition(job.id, JobState.CANCELLED, output=Output(thinking="t"))])
+    (refused,) = batch(
+        any_db, [Transition(job.id, JobState.CANCELLED, output=Output(thinking="t"))]
+    )
     assert isinstance(refused, ValidationError) and refused.field == "output"
 
 
 def test_a_job_that_starts_over_has_its_segments_cleared_and_its_answer_counts_the_rest(
-    db: JobDB,
+    any_db: JobDB | PgJobDB,
 ) -> None:
-    (job,) = batch(db, [InsertJob(make_spec(1))])
+    (job,) = batch(any_db, [InsertJob(make_spec(1))])
     assert isinstance(job, Job)
     first, second = JobMetrics(eval_count=4), JobMetrics(eval_count=6, prompt_eval_count=9)
     call = ToolCall("get_weather", {"city": "Paris"}, id="call_1")
@@ -538,9 +572,9 @@ def test_a_job_that_starts_over_has_its_segments_cleared_and_its_answer_counts_t
             metrics=second,
         ),
     ]
-    outcomes = batch(db, moves)
+    outcomes = batch(any_db, moves)
     assert [o.segments for o in outcomes if isinstance(o, Job)][:4] == [(), (first,), (first,), ()]
-    done = db.get(job.id)
+    done = any_db.get(job.id)
     assert done.segments == (second,) and done.metrics == second
     assert done.answer == "Calling it." and done.answer.tool_calls == (call,)
     assert done.to_dict()["output"] == {

@@ -1,29 +1,43 @@
 """The JobDB's jobs per state, kept in memory (``actors/stores/_counts.py``), stay equal to
-what the file says after any sequence of inserts, transitions (legal, illegal, several of
-one job in a batch), a batch rolled back, prunes, recovery and a restart."""
+what the database says after any sequence of inserts, transitions (legal, illegal, several
+of one job in a batch), a batch rolled back, prunes, recovery and a restart, on both engines
+(``store_engines``)."""
 
 from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from job_store_helpers import make_spec
+from store_engines import ENGINES, StoreEngine, engine_home_for
 
 from actors.runtime import ManualClock
-from actors.stores import BatchOutcome, JobDB, WriteMessage
+from actors.stores import BatchOutcome, JobDB, PgJobDB, WriteMessage
 from protocol import Job, JobState
 from protocol.messages import InsertJob, Transition
 
 
-def batch(db: JobDB, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
+    with engine_home_for(request.param) as home:
+        yield home
+
+
+@pytest.fixture
+def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
+    return StoreEngine.in_home(engine_home, tmp_path)
+
+
+def batch(db: JobDB | PgJobDB, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
     it = iter(writes)
     return db.write_batch(lambda: next(it, None))
 
 
-def counted_by_sqlite(db: JobDB) -> dict[str, int]:
+def counted_by_the_database(db: JobDB | PgJobDB) -> dict[str, int]:
     """What ``SELECT state, COUNT(*)`` says, on the store's connection (it holds the lock)."""
     counts = dict.fromkeys((s.value for s in JobState), 0)
     for state, count in db._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
@@ -32,22 +46,24 @@ def counted_by_sqlite(db: JobDB) -> dict[str, int]:
 
 
 class RollbackAtCommit:
-    """Wraps a connection so that COMMIT fails: the whole batch is rolled back."""
+    """Wraps a connection so that COMMIT fails with the driver's error (``error``): the whole
+    batch is rolled back."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: object, error: type[Exception]) -> None:
         self._conn = conn
+        self._error = error
 
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+    def execute(self, sql: str, *args: object) -> object:
         if sql == "COMMIT":
-            self._conn.execute("ROLLBACK")
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        return self._conn.execute(sql, *args)
+            self._conn.execute("ROLLBACK")  # type: ignore[attr-defined]
+            raise self._error("disk I/O error (injected)")
+        return self._conn.execute(sql, *args)  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._conn, name)
 
 
-def step(db: JobDB, rng: random.Random, clock: ManualClock, ids: list[str]) -> None:
+def step(db: JobDB | PgJobDB, rng: random.Random, clock: ManualClock, ids: list[str]) -> None:
     """One random step: a batch of writes (maybe rolled back), a prune, or a recovery."""
     kind = rng.choice(["writes", "writes", "writes", "rollback", "prune", "recover"])
     if kind == "prune":
@@ -65,7 +81,8 @@ def step(db: JobDB, rng: random.Random, clock: ManualClock, ids: list[str]) -> N
             writes.append(Transition(rng.choice(ids), rng.choice(list(JobState))))
     if kind == "rollback":
         real = db._conn
-        db._conn = RollbackAtCommit(real)  # type: ignore[assignment]
+        error = psycopg.OperationalError if isinstance(db, PgJobDB) else sqlite3.OperationalError
+        db._conn = RollbackAtCommit(real, error)  # type: ignore[assignment]
         try:
             batch(db, writes)
         finally:
@@ -77,22 +94,21 @@ def step(db: JobDB, rng: random.Random, clock: ManualClock, ids: list[str]) -> N
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_the_counts_per_state_equal_the_files_after_any_sequence_of_writes(
-    tmp_path: Path, seed: int
+def test_the_counts_per_state_equal_the_databases_after_any_sequence_of_writes(
+    engine: StoreEngine, seed: int
 ) -> None:
     rng = random.Random(seed)
-    path = tmp_path / "jobs.sqlite3"
     clock = ManualClock(1000.0)
-    db = JobDB.open(str(path), clock)
+    db = engine.open(clock)
     ids: list[str] = []
     try:
         for n in range(60):
             step(db, rng, clock, ids)
-            assert dict(db.count_by_state()) == counted_by_sqlite(db), f"after step {n}"
+            assert dict(db.count_by_state()) == counted_by_the_database(db), f"after step {n}"
             if n % 20 == 19:  # a restart counts again from the file
                 db.close()
-                db = JobDB.open(str(path), clock)
-                assert dict(db.count_by_state()) == counted_by_sqlite(db), "after a restart"
+                db = engine.open(clock)
+                assert dict(db.count_by_state()) == counted_by_the_database(db), "after a restart"
         assert sum(db.count_by_state().values()) > 0
     finally:
         db.close()

@@ -1,6 +1,7 @@
 """The webhook outbox in the thread-free job database: a delivery is written with the job's
 end or not at all, its attempts are recorded, pruning keeps it while it is pending, and
-the schema reaches it from older files (migration 4)."""
+the schema reaches it from older files (migration 4). The tests on ``db`` run on both
+engines (``store_engines``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,18 @@ from pathlib import Path
 
 import pytest
 from job_store_helpers import make_spec
+from store_engines import ENGINES, StoreEngine, engine_home_for
 
 from actors.runtime import ManualClock
-from actors.stores import MIGRATIONS, SCHEMA_VERSION, BatchOutcome, JobDB, WriteMessage, migrate
+from actors.stores import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    BatchOutcome,
+    JobDB,
+    PgJobDB,
+    WriteMessage,
+    migrate,
+)
 from protocol import Job, JobSpec, JobState, StoreError
 from protocol.messages import InsertJob, ListJobs, RecordWebhookAttempt, Transition
 from protocol.webhook import PendingDelivery, WebhookAttempt, WebhookState
@@ -26,14 +36,20 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
+    with engine_home_for(request.param) as home:
+        yield home
+
+
 @pytest.fixture
-def db(tmp_path: Path, clock: ManualClock) -> Iterator[JobDB]:
-    opened = JobDB.open(str(tmp_path / "jobs.sqlite3"), clock)
+def db(engine_home: str, tmp_path: Path, clock: ManualClock) -> Iterator[JobDB | PgJobDB]:
+    opened = StoreEngine.in_home(engine_home, tmp_path).open(clock)
     yield opened
     opened.close()
 
 
-def batch(db: JobDB, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
+def batch(db: JobDB | PgJobDB, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:
     it = iter(writes)
     return db.write_batch(lambda: next(it, None))
 
@@ -42,13 +58,13 @@ def hooked(n: int = 0) -> JobSpec:
     return make_spec(n).replace(webhook=URL)
 
 
-def inserted(db: JobDB, spec: JobSpec) -> Job:
+def inserted(db: JobDB | PgJobDB, spec: JobSpec) -> Job:
     job = batch(db, [InsertJob(spec)])[0]
     assert isinstance(job, Job)
     return job
 
 
-def succeed(db: JobDB, job: Job, text: str = "the answer") -> Job:
+def succeed(db: JobDB | PgJobDB, job: Job, text: str = "the answer") -> Job:
     batch(db, [Transition(job.id, JobState.LOADING), Transition(job.id, JobState.RUNNING)])
     ended = batch(db, [Transition(job.id, JobState.SUCCEEDED, result=text)])[0]
     assert isinstance(ended, Job)
@@ -56,7 +72,7 @@ def succeed(db: JobDB, job: Job, text: str = "the answer") -> Job:
 
 
 def test_a_job_that_ends_gets_its_pending_delivery_in_the_same_commit(
-    db: JobDB, clock: ManualClock
+    db: JobDB | PgJobDB, clock: ManualClock
 ) -> None:
     job = inserted(db, hooked())
     batch(db, [Transition(job.id, JobState.LOADING), Transition(job.id, JobState.RUNNING)])
@@ -84,14 +100,14 @@ def test_a_job_that_ends_gets_its_pending_delivery_in_the_same_commit(
     assert db.outbox.pending() == ((ended.seq, clock.now()),)
 
 
-def test_a_job_without_a_webhook_writes_nothing_to_the_outbox(db: JobDB) -> None:
+def test_a_job_without_a_webhook_writes_nothing_to_the_outbox(db: JobDB | PgJobDB) -> None:
     ended = succeed(db, inserted(db, make_spec()))
     assert ended.webhook is None
     assert db.outbox.pending() == ()
     assert db.outbox.read(ended.seq) is None
 
 
-def test_failed_and_cancelled_jobs_get_a_delivery_with_their_event(db: JobDB) -> None:
+def test_failed_and_cancelled_jobs_get_a_delivery_with_their_event(db: JobDB | PgJobDB) -> None:
     failing = inserted(db, hooked(1))
     batch(db, [Transition(failing.id, JobState.LOADING)])
     batch(db, [Transition(failing.id, JobState.FAILED, error="model not found")])
@@ -106,15 +122,15 @@ def test_failed_and_cancelled_jobs_get_a_delivery_with_their_event(db: JobDB) ->
 
 
 def test_when_the_delivery_cannot_be_written_the_jobs_end_fails_with_it_and_the_batch_goes_on(
-    db: JobDB,
+    db: JobDB | PgJobDB,
 ) -> None:
     job = inserted(db, hooked())
     batch(db, [Transition(job.id, JobState.LOADING), Transition(job.id, JobState.RUNNING)])
     # A row already in the outbox under the job's number makes the delivery's INSERT fail.
     db._conn.execute(
         "INSERT INTO webhook_outbox (job_seq, url, body, state, created_at) "
-        "VALUES (?, 'x', x'', 'delivered', 0)",
-        (job.seq,),
+        "VALUES (?, 'x', ?, 'delivered', 0)",
+        (job.seq, b""),
     )
     other = inserted(db, make_spec(9))
     outcomes = batch(
@@ -132,7 +148,9 @@ def test_when_the_delivery_cannot_be_written_the_jobs_end_fails_with_it_and_the_
     assert row == ("running",)
 
 
-def test_each_attempt_is_recorded_and_the_job_shows_them_all(db: JobDB, clock: ManualClock) -> None:
+def test_each_attempt_is_recorded_and_the_job_shows_them_all(
+    db: JobDB | PgJobDB, clock: ManualClock
+) -> None:
     ended = succeed(db, inserted(db, hooked()))
     first = WebhookAttempt(at=clock.now(), status=500, error="HTTP 500", seconds=0.01)
     due = clock.now() + 5
@@ -156,7 +174,7 @@ def test_each_attempt_is_recorded_and_the_job_shows_them_all(db: JobDB, clock: M
         assert (shown.webhook.next_attempt_at, shown.webhook.ended_at) == (None, due)
 
 
-def test_pending_deliveries_come_soonest_due_first(db: JobDB, clock: ManualClock) -> None:
+def test_pending_deliveries_come_soonest_due_first(db: JobDB | PgJobDB, clock: ManualClock) -> None:
     early, late = (succeed(db, inserted(db, hooked(n))) for n in (1, 2))
     attempt = WebhookAttempt(at=clock.now(), status=503)
     db.outbox.record(RecordWebhookAttempt(early.seq, attempt, WebhookState.PENDING, 1e10))
@@ -164,7 +182,7 @@ def test_pending_deliveries_come_soonest_due_first(db: JobDB, clock: ManualClock
 
 
 def test_pruning_keeps_a_job_whose_delivery_is_pending_and_takes_a_delivered_one_with_its_row(
-    db: JobDB, clock: ManualClock
+    db: JobDB | PgJobDB, clock: ManualClock
 ) -> None:
     waiting, done = (succeed(db, inserted(db, hooked(n))) for n in (1, 2))
     attempt = WebhookAttempt(at=clock.now(), status=200)

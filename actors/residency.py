@@ -149,6 +149,7 @@ class ResidencyTracker(SupervisedActor):
         self._health = BackendHealth(name, since=clock.now())
         self._tally = SwapTally()
         self._starting: dict[str, tuple[str, bool]] = {}  # slot -> (key, its call swaps)
+        self._cut_loads: set[str] = set()  # keys a call was loading when it was cut
         self._pin_warned: set[str] = set()  # pins whose failure was logged as a warning
         self._counters = {
             "polls": 0, "poll_failures": 0, "pins": 0, "pin_failures": 0,
@@ -240,8 +241,9 @@ class ResidencyTracker(SupervisedActor):
 
     def _on_call_starting(self, slot_id: str, key: str) -> None:
         """A call for ``key`` begins: it swaps if the model is not resident and no other
-        slot's call is loading it already."""
+        slot's call is loading it already (a load a cut call began is now this call's)."""
         loading = any(k == key and swaps for k, swaps in self._starting.values())
+        self._cut_loads.discard(key)
         self._starting[slot_id] = (key, key not in self.resident() and not loading)
 
     def _on_loaded(self, slot_id: str, key: str) -> None:
@@ -256,6 +258,11 @@ class ResidencyTracker(SupervisedActor):
         self._tally.busy(ended.busy_s)
         starting = self._starting.pop(ended.slot_id, None)
         if not ended.loaded:
+            if starting == (ended.model_key, True):
+                # Cut before output while its model loaded (a preemption, a caller gone):
+                # the server finishes the load anyway, as Ollama does; the poll that lists
+                # the model counts the swap (see _on_polled).
+                self._cut_loads.add(ended.model_key)
             return
         if starting == (ended.model_key, True):
             self._tally.swapped(ended.model_key, ended.load_s, self._clock.now())
@@ -339,6 +346,9 @@ class ResidencyTracker(SupervisedActor):
             self._polled.pop(key, None)
         self._evicted_meanwhile.clear()
         self._polled_at = asked_at
+        for key in self._cut_loads & self._polled.keys():  # loads of cut calls that went on
+            self._tally.swapped(key, 0.0, self._clock.now())  # its load time is unknown
+        self._cut_loads -= self._polled.keys()
         # The poll is the truth about what a slot reported before it was asked.
         for slot_id, (key, since) in list(self._by_slot.items()):
             if since < asked_at and key not in self._polled:
@@ -367,6 +377,7 @@ class ResidencyTracker(SupervisedActor):
             return
         self._pin_warned.discard(model)
         self._counters["pins"] += 1
+        self._cut_loads.discard(normalise_model_name(model))  # the pin's load counts below
         key = normalise_model_name(model)
         self._last_key.setdefault(key, key)
         resident_key = self._key_for(model)

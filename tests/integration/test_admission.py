@@ -13,7 +13,7 @@ import pytest
 from actors import Config, GpuLane
 from actors.residency import ResidencyTracker
 from actors.runtime import Timers
-from actors.testing import FakeBackend, FakeGpu, ManualClock, wait_until
+from actors.testing import FakeBackend, FakeGpu, ManualClock, quiesce, wait_until
 from protocol import (
     JobSpec,
     Lane,
@@ -240,6 +240,45 @@ def test_a_polled_model_maps_to_the_key_a_slot_last_loaded_with_reload_options(
     assert _resident(tracker) == ("llama3.2|num_ctx=8192",)
     swaps = tracker.ask(ResidencySnapshot())["swaps"]
     assert swaps["swaps"] == 1 and swaps["loading_s"] == 2.5 and swaps["busy_s"] == 4.0
+
+
+def test_a_call_cut_while_its_model_loads_counts_the_swap_once_a_poll_lists_the_model(
+    tracker_kit: Any, manual_clock: ManualClock
+) -> None:
+    """A preempted call (or one whose caller left) before any output: Ollama finishes the
+    load anyway (server/sched.go loads the runner whatever became of the request), so the
+    model is resident without a call having said so; the poll that lists it counts it."""
+    backend, _, start = tracker_kit
+    tracker = start(poll_interval_s=10.0)
+    wait_until(lambda: _polls(tracker) == 1)
+    tracker.tell(CallStarting("gpu0", "llama3.2"))
+    tracker.tell(CallEnded("gpu0", "llama3.2", 0.01, loaded=False))
+    quiesce()
+    assert tracker.ask(ResidencySnapshot())["swaps"]["swaps"] == 0
+    backend.loaded["x"] = LoadedModel(name="llama3.2:latest")  # the load went on
+    for polls in (2, 3):  # listed twice, counted once
+        manual_clock.advance(10.0)
+        wait_until(lambda polls=polls: _polls(tracker) == polls)
+    assert tracker.ask(ResidencySnapshot())["swaps"]["swaps"] == 1
+    assert _resident(tracker) == ("llama3.2",)
+
+
+def test_a_cut_load_taken_over_by_the_next_call_for_the_model_counts_once(
+    tracker_kit: Any, manual_clock: ManualClock
+) -> None:
+    backend, _, start = tracker_kit
+    tracker = start(poll_interval_s=10.0)
+    wait_until(lambda: _polls(tracker) == 1)
+    tracker.tell(CallStarting("gpu0", "llama3.2"))
+    tracker.tell(CallEnded("gpu0", "llama3.2", 0.01, loaded=False))
+    tracker.tell(CallStarting("gpu0", "llama3.2"))  # waits for the same load, then answers
+    tracker.tell(CallEnded("gpu0", "llama3.2", 3.0, loaded=True, load_s=2.0))
+    backend.loaded["x"] = LoadedModel(name="llama3.2:latest")
+    wait_until(lambda: _polls(tracker) == 2)  # the poll a newly loaded model prompts
+    manual_clock.advance(10.0)
+    wait_until(lambda: _polls(tracker) == 3)  # and the timer's: both list it
+    swaps = tracker.ask(ResidencySnapshot())["swaps"]
+    assert (swaps["swaps"], swaps["loading_s"]) == (1, 2.0)
 
 
 def _switched_from_a(tracker_kit: Any) -> pykka.ActorRef[Any]:

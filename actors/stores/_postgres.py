@@ -65,6 +65,8 @@ _PG_OUTBOX = OutboxSQL(
     ),
 )
 
+# The outcome of an insert prepared but not yet written.
+_NOT_YET = StoreError("an insert of the batch was not written (a bug if anyone sees this)")
 # An insert prepared before its sequence number is known: (index in the batch's outcomes,
 # spec, id, time, retry_of, the spec as JSON).
 _Pending = tuple[int, JobSpec, str, float, str | None, str]
@@ -221,7 +223,9 @@ class PgJobDB(EngineBase):
                 self._insert(pending, outcomes)
                 pending = []
                 if not self._conn.usable:
-                    lost = next(o for o in outcomes if isinstance(o, StoreError))
+                    lost = next(
+                        o for o in outcomes if isinstance(o, StoreError) and o is not _NOT_YET
+                    )
                     return self._give_up(outcomes, lost)
                 continue
             try:
@@ -229,29 +233,38 @@ class PgJobDB(EngineBase):
                     raise StoreError("a durable write cannot join a volatile batch (a bug)")
                 if isinstance(message, InsertJob):
                     pending.append(self._prepare_insert(len(outcomes), message))
-                    outcomes.append(StoreError("not inserted yet"))  # replaced by _insert
+                    outcomes.append(_NOT_YET)  # replaced by _insert, or by _give_up
                 else:
                     outcomes.append(self._transition(message))
-            except GpulaneError as exc:
+            except GpulaneError as exc:  # a read of the job that failed is a StoreError too
                 outcomes.append(exc)
             except (TypeError, ValueError) as exc:  # encoding, before any SQL of this write
                 outcomes.append(StoreError(f"cannot encode {type(message).__name__}: {exc}"))
             except psycopg.Error as exc:
-                error = self._store_error("cannot write", exc)
-                outcomes.append(error)
-                if not self._conn.usable:  # not undone by a savepoint: the batch is spoiled
-                    return self._give_up(outcomes, error)
+                outcomes.append(self._store_error("cannot write", exc))
+            if not self._conn.usable:  # a failure no savepoint undid: the batch is spoiled
+                return self._give_up(outcomes, self._spoiled(outcomes))
         try:
+            # PostgreSQL answers COMMIT of a spoiled transaction with a silent ROLLBACK, so
+            # the checks above keep a spoiled batch from ever reaching it.
             self._conn.execute("COMMIT")
         except psycopg.Error as exc:
             return self._give_up(outcomes, self._store_error("cannot commit", exc))
         self._committed(outcomes, relaxed=volatile)
         return outcomes
 
+    def _spoiled(self, outcomes: list[BatchOutcome]) -> StoreError:
+        """The error that spoiled the batch: the last write's, when it is the store's."""
+        last = outcomes[-1]
+        if isinstance(last, StoreError):
+            return last
+        return StoreError(f"job database {self.path}: cannot write: the transaction failed")
+
     def _give_up(self, outcomes: list[BatchOutcome], error: StoreError) -> list[BatchOutcome]:
-        """Roll the batch back; its successes become ``error``."""
+        """Roll the batch back; its successes, and its inserts not yet written, become
+        ``error``."""
         self._rollback()
-        return self._abandon(outcomes, error)
+        return self._abandon([error if o is _NOT_YET else o for o in outcomes], error)
 
     def _rollback(self) -> None:
         """End a spoiled or failed transaction. On a lost connection there is nothing to

@@ -224,3 +224,47 @@ def test_a_lane_on_postgres_runs_jobs_and_its_queue_survives_a_restart(url: str)
         assert ran == ["question 1", "question 2", "question 3"]
         assert [lane.get(job_id).state for job_id in ids] == [JobState.SUCCEEDED] * 4
         assert lane.get(ids[0]).result == "one"
+
+
+class SpoiledRead:
+    """Wraps the engine's connection; a read of a job by id runs a statement that fails in
+    the server, spoiling the open transaction as a real failure there would."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.startswith("SELECT") and sql.endswith("WHERE id = ?"):
+            return self._conn.execute("SELECT 1 / 0")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_batch_whose_transaction_a_failed_read_spoiled_fails_whole_and_commits_nothing(
+    url: str,
+) -> None:
+    db = PgJobDB.open(url, ManualClock())
+    try:
+        (done,) = batch(db, [InsertJob(make_spec(0))])
+        assert isinstance(done, Job)
+        batch(db, [Transition(done.id, JobState.CANCELLED)])  # ended: no longer in memory
+        real = db._conn
+        db._conn = SpoiledRead(real)  # type: ignore[assignment]
+        writes: list[WriteMessage] = [
+            InsertJob(make_spec(1)),
+            Transition(done.id, JobState.QUEUED),
+            InsertJob(make_spec(2)),
+        ]
+        it = iter(writes)
+        outcomes = db.write_batch(lambda: next(it, None))
+        db._conn = real
+        assert len(outcomes) == 2 and all(isinstance(o, StoreError) for o in outcomes)
+        assert "division by zero" in str(outcomes[1]) and outcomes[0] is outcomes[1]
+        assert next(it) == writes[2], "the batch stopped taking writes"
+        assert db.count_by_state()["queued"] == 0 and db.queued_jobs() == ()
+        (after,) = batch(db, [InsertJob(make_spec(3))])
+        assert isinstance(after, Job), "the next batch writes"
+    finally:
+        db.close()

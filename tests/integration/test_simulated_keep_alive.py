@@ -10,7 +10,8 @@ What was followed (ollama/ollama at fb30760):
   duration as it is; an idle runner unloads after that duration, at once for 0
   (``sessionDuration <= 0``); a reload is a new load. (The same since v0.2; only Ollama
   0.1.x applied the default to every request that omitted it.)
-- api/types.go Duration.UnmarshalJSON: a negative number or duration is forever.
+- api/types.go Duration.UnmarshalJSON: a negative number or duration is forever; a string
+  past int64 nanoseconds is time.ParseDuration's error, a number past it MinInt64 (amd64).
 - server/routes.go: ``load_duration`` is ``checkpointLoaded - checkpointStart``, the time
   from the request's arrival until it has its runner, set on every answer: a few
   milliseconds on a loaded model (docs/api.md's examples: 1.0 to 6.7 ms), the load's time
@@ -117,6 +118,26 @@ def test_a_negative_keep_alive_keeps_the_model_until_a_request_says_otherwise(
     assert server.stats().loaded == ("instant:latest",)
     call(http, keep_alive=0)
     assert server.stats().loaded == () and server.stats().unloads == 1
+
+
+def test_a_keep_alive_past_a_go_duration_is_refused_as_text_and_unloads_as_a_number(
+    http: httpx.Client, server: SimulatedOllama
+) -> None:
+    """api/types.go Duration.UnmarshalJSON: a string goes through time.ParseDuration, which
+    refuses what overflows int64 nanoseconds ("time: invalid duration"); a number becomes
+    time.Duration(t * float64(time.Second)), which past int64 is math.MinInt64 on amd64,
+    and a runner whose duration is <= 0 unloads once idle (server/sched.go). Found by the
+    gateway's fuzz test: such a keep_alive once broke the simulator's /api/ps."""
+    answer = http.post(
+        "/api/chat",
+        json={"model": "instant", "messages": QUESTION, "stream": False, "keep_alive": "3000000h"},
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": 'time: invalid duration "3000000h"'}
+    call(http, keep_alive=1e300)
+    assert server.stats().loaded == () and http.get("/api/ps").status_code == 200
+    call(http, keep_alive=9.2e9)  # just under the largest duration: kept, and listed
+    assert server.stats().loaded == ("instant:latest",) and ps(http)
 
 
 def test_keep_alive_zero_on_an_empty_request_unloads_a_busy_model_once_its_call_ends(

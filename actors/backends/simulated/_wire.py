@@ -46,6 +46,8 @@ _RUNNER_DEFAULTS: Mapping[str, object] = MappingProxyType(
 )
 _THINK_LEVELS = ("low", "medium", "high", "max")
 _BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+# Go's time.Duration is int64 nanoseconds: past it a keep_alive is no duration Ollama holds.
+_MAX_DURATION_NS = 2**63
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9,
@@ -126,7 +128,12 @@ def parse_keep_alive(value: object) -> KeepAlive | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return KeepAlive(None if value < 0 else float(value))
+        if value < 0:
+            return KeepAlive(None)
+        # time.Duration(t * float64(time.Second)): past int64 nanoseconds Go's conversion
+        # gives math.MinInt64 on amd64, a negative duration, and a runner whose duration is
+        # <= 0 is unloaded once idle (server/sched.go), as with keep_alive 0.
+        return KeepAlive(0.0 if value * 1e9 >= _MAX_DURATION_NS else float(value))
     if not isinstance(value, str):
         raise HTTPError(400, "invalid keep_alive: must be a duration string or seconds")
     text = value.strip()
@@ -137,6 +144,8 @@ def parse_keep_alive(value: object) -> KeepAlive | None:
     if not body or _DURATION_PART.sub("", body):
         raise HTTPError(400, f'time: invalid duration "{value}"')
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(body))
+    if seconds * 1e9 >= _MAX_DURATION_NS:  # time.ParseDuration refuses what overflows int64
+        raise HTTPError(400, f'time: invalid duration "{value}"')
     return KeepAlive(None if sign < 0 and seconds > 0 else seconds)
 
 

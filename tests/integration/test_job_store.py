@@ -14,7 +14,7 @@ from typing import Any
 import pykka
 import pytest
 from job_store_helpers import GatedClock, make_spec, path_to
-from store_engines import ENGINES, StoreEngine, engine_home_for
+from store_engines import StoreEngine
 
 from actors.config import Config
 from actors.job_store import JobStore
@@ -54,17 +54,6 @@ ILLEGAL_PAIRS = [(s, t) for s, t in ALL_PAIRS if t not in LEGAL_TRANSITIONS[s]]
 @pytest.fixture
 def clock() -> GatedClock:
     return GatedClock()
-
-
-@pytest.fixture(scope="module", params=ENGINES)
-def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
-    with engine_home_for(request.param) as home:
-        yield home
-
-
-@pytest.fixture
-def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
-    return StoreEngine.in_home(engine_home, tmp_path)
 
 
 @pytest.fixture

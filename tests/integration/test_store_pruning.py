@@ -18,7 +18,7 @@ from typing import Any
 import pykka
 import pytest
 from job_store_helpers import GatedClock, make_spec
-from store_engines import ENGINES, StoreEngine, engine_home_for
+from store_engines import StoreEngine
 
 from actors import Config, GpuLane
 from actors.job_store import JobStore
@@ -45,17 +45,6 @@ def through(store: pykka.ActorRef[Any], count: int, start: int = 0) -> list[Job]
         for job in jobs
     ]
     return [future.get(timeout=30) for future in ends]
-
-
-@pytest.fixture(scope="module", params=ENGINES)
-def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
-    with engine_home_for(request.param) as home:
-        yield home
-
-
-@pytest.fixture
-def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
-    return StoreEngine.in_home(engine_home, tmp_path)
 
 
 @pytest.fixture

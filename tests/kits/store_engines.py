@@ -1,15 +1,7 @@
 """The job store tests on both engines: SQLite in a temporary file, PostgreSQL in a database
 from ``postgres_kit`` (one per test module, emptied before each test: a fresh database costs
-100-300 ms). A test module declares the two fixtures with these helpers::
-
-    @pytest.fixture(scope="module", params=ENGINES)
-    def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
-        with engine_home_for(request.param) as home:
-            yield home
-
-    @pytest.fixture
-    def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
-        return StoreEngine.in_home(engine_home, tmp_path)
+100-300 ms). tests/conftest.py turns these helpers into the fixtures ``engine_home`` (once
+per engine and module) and ``engine``, so a test that takes ``engine`` runs on both.
 
 PostgreSQL cases skip naming the missing server, and fail under CI (``postgres_kit``).
 """

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from job_store_helpers import make_spec
-from store_engines import ENGINES, StoreEngine, engine_home_for
+from store_engines import StoreEngine
 from ulid import ULID
 
 from actors.runtime import ManualClock
@@ -48,17 +48,6 @@ def db(tmp_path: Path) -> Iterator[JobDB]:
     opened = JobDB.open(str(tmp_path / "jobs.sqlite3"), ManualClock())
     yield opened
     opened.close()
-
-
-@pytest.fixture(scope="module", params=ENGINES)
-def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
-    with engine_home_for(request.param) as home:
-        yield home
-
-
-@pytest.fixture
-def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
-    return StoreEngine.in_home(engine_home, tmp_path)
 
 
 @pytest.fixture

@@ -7,29 +7,18 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import psycopg
 import pytest
 from job_store_helpers import make_spec
-from store_engines import ENGINES, StoreEngine, engine_home_for
+from store_engines import StoreEngine
 
 from actors.runtime import ManualClock
 from actors.stores import BatchOutcome, JobDB, PgJobDB, WriteMessage
 from protocol import Job, JobState
 from protocol.messages import InsertJob, Transition
-
-
-@pytest.fixture(scope="module", params=ENGINES)
-def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
-    with engine_home_for(request.param) as home:
-        yield home
-
-
-@pytest.fixture
-def engine(engine_home: str, tmp_path: Path) -> StoreEngine:
-    return StoreEngine.in_home(engine_home, tmp_path)
 
 
 def batch(db: JobDB | PgJobDB, writes: Iterable[WriteMessage]) -> list[BatchOutcome]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from job_store_helpers import make_spec
-from store_engines import ENGINES, StoreEngine, engine_home_for
+from store_engines import StoreEngine
 
 from actors.runtime import ManualClock
 from actors.stores import MIGRATIONS, JobDB, PgJobDB, migrate
@@ -31,12 +31,6 @@ def db(tmp_path: Path, clock: ManualClock) -> Iterator[JobDB]:
     opened = JobDB.open(str(tmp_path / "jobs.sqlite3"), clock)
     yield opened
     opened.close()
-
-
-@pytest.fixture(scope="module", params=ENGINES)
-def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
-    with engine_home_for(request.param) as home:
-        yield home
 
 
 @pytest.fixture

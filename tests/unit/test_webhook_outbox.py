@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from job_store_helpers import make_spec
-from store_engines import ENGINES, StoreEngine, engine_home_for
+from store_engines import StoreEngine
 
 from actors.runtime import ManualClock
 from actors.stores import (
@@ -34,12 +34,6 @@ URL = "https://hooks.example.com/gpulane"
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
-
-
-@pytest.fixture(scope="module", params=ENGINES)
-def engine_home(request: pytest.FixtureRequest) -> Iterator[str]:
-    with engine_home_for(request.param) as home:
-        yield home
 
 
 @pytest.fixture

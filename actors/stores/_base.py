@@ -9,6 +9,7 @@ adapter turns them into its own.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -62,7 +63,7 @@ def check_seconds(older_than_s: Any) -> None:
         )
 
 
-class EngineBase:
+class EngineBase(abc.ABC):
     """One open job database that only this object writes (the engine makes sure).
 
     Because nothing else writes it, the jobs that are not yet terminal are also kept in
@@ -95,9 +96,9 @@ class EngineBase:
         )
         self.outbox = outbox  # webhook deliveries (#16)
 
+    @abc.abstractmethod
     def _explain(self, exc: Exception) -> str:
-        """The driver's error in words, with its likely cause where known."""
-        raise NotImplementedError
+        """The driver's error in words, with its likely cause where known (each engine's)."""
 
     # --- the batch's bookkeeping ------------------------------------------------------
 

@@ -42,7 +42,7 @@ from actors.cloud import (
     send_to_cloud,
 )
 from actors.outage_suspects import OutageSuspects
-from actors.placement import Placed, place
+from actors.placement import Placed
 from actors.runtime import (
     ActorAddress,
     Clock,
@@ -104,7 +104,8 @@ class PriorityArbiter(SupervisedActor):
     """Owns the ready queues and the dispatch decision (docs/architecture.md sections 2-4).
 
     ``paused`` is the dispatch state to start in, so a restart keeps the host's pause.
-    ``slot_backends`` names each local slot's backend (default: the one backend).
+    ``slot_backends`` names each local slot's backend (default: the one backend);
+    ``backend_labels`` each backend's labels (a job requiring labels runs only where all are).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class PriorityArbiter(SupervisedActor):
         cloud_slots: frozenset[str] = frozenset(),
         cloud: CloudPolicy | None = None,
         slot_backends: Mapping[str, str] | None = None,
+        backend_labels: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         super().__init__()
         self._store = store
@@ -130,7 +132,7 @@ class PriorityArbiter(SupervisedActor):
             )
             for slot_id, ref in slots.items()
         }
-        self._hosts = Hosts(self._slots)
+        self._hosts = Hosts(self._slots, backend_labels)
         self._cloud = cloud or CloudPolicy()
         self._cloud_jobs: dict[str, Job] = {}  # queued jobs with allow_cloud, when cloud slots
         self._cloud_wakeup: TimerHandle | None = None
@@ -453,13 +455,8 @@ class PriorityArbiter(SupervisedActor):
         # The cloud goes first: it takes only jobs that should not wait for a local slot.
         dispatched = bool(self._cloud_jobs) and self._dispatch_cloud(now)
         hosts = self._hosts
-        free = hosts.free()
-        if free:
-            chosen = place(
-                self._queue, now, self._policy, free, hosts.catalogs(), hosts.up_resident()
-            )
-            for placed in chosen:
-                dispatched = self._start(placed, now) or dispatched
+        for placed in hosts.place(self._queue, now, self._policy):
+            dispatched = self._start(placed, now) or dispatched
         if self._policy.prefetch:
             for slot_id, slot in hosts.local():
                 busy = slot.job is not None and slot.next is None and not slot.recalling
@@ -538,7 +535,7 @@ class PriorityArbiter(SupervisedActor):
                     del self._cloud_jobs[job_id]  # running locally, or cancelled meanwhile
                     continue
                 ahead = busy_local  # only the calls running now are ahead of it
-            down = not any(fit.can_run(job.spec.model_key) for fit in fits)  # none up for it
+            down = not any(fit.can_run(job.spec.model_key, job.spec.labels) for fit in fits)
             outlook = LocalOutlook(ahead, max(1, len(local)), self._mean_run_s, down)
             if idle and send_to_cloud(job, now, outlook, self._cloud):
                 if holder is not None:

@@ -4,8 +4,9 @@ executor, built once at the lane's start (docs/architecture.md section 2).
 One ``[backend]`` keeps the names a one-GPU lane always had (``gpu0``); each of several
 ``[[backends]]`` gets its own (``a100.gpu0``, ``actors.hosts``); the cloud fallback's
 slots come last (``cloud0``). A request field is refused unless every backend can carry
-it, since a job may run on any backend whose catalog has its model; an embedding goes to
-one backend, chosen from the trackers' view.
+it, since a job may run on any backend whose catalog has its model, and a job requiring
+labels no backend carries is refused; an embedding goes to one backend, chosen from the
+trackers' view.
 """
 
 from __future__ import annotations
@@ -131,13 +132,28 @@ class LaneHosts:
         """Each backend's settings and slots as ``status["backends"]`` shows them."""
         return MappingProxyType({host.name: host.view() for host in self.hosts})
 
-    def refuse_uncarried(self, request: BackendRequest, *, allow_cloud: bool) -> None:
+    def refuse_uncarried(
+        self, request: BackendRequest, *, allow_cloud: bool, labels: tuple[str, ...] = ()
+    ) -> None:
         """ValidationError naming a field of ``request`` that some backend (or, with
-        ``allow_cloud``, the cloud's) cannot carry."""
+        ``allow_cloud``, the cloud's) cannot carry, or naming ``labels`` when no backend
+        carries every one of the job's ``labels`` (it could never run on one)."""
+        self._refuse_labels(labels)
         clouds = (self.cloud,) if allow_cloud else ()
         for client in (*(host.client for host in self.hosts), *clouds):
             if client is not None:
                 refuse_unsupported(client, request)
+
+    def _refuse_labels(self, labels: tuple[str, ...]) -> None:
+        """ValidationError naming ``labels`` unless some backend carries all of them."""
+        if not labels or any(set(labels) <= set(h.settings.labels) for h in self.hosts):
+            return
+        carried = [f"{h.name}: [{', '.join(h.settings.labels)}]" for h in self.hosts]
+        raise ValidationError(
+            "labels",
+            f"no backend carries every one of {list(labels)}",
+            allowed=carried or "no labels: the lane has no backend",
+        )
 
     def embedder_for(
         self, model: str, trackers: Callable[[Iterable[str]], Mapping[str, Mapping[str, Any]]]

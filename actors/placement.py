@@ -2,10 +2,11 @@
 
 Thread-free values and functions beside the arbiter (docs/architecture.md section 4,
 docs/scheduling.md "Placement"). A job may run only on a backend whose catalog lists its
-model; a backend takes jobs for the models it has loaded first (the warm pass), and
-when a backend must swap, the one whose loaded models nobody waits for, then the one
-used least recently, goes first (the cold pass), preferring a model loaded on no other
-backend, so each host drains its own model instead of all of them loading the same one.
+model and which carries every label the job requires; a backend takes jobs for the
+models it has loaded first (the warm pass), and when a backend must swap, the one whose
+loaded models nobody waits for, then the one used least recently, goes first (the cold
+pass), preferring a model loaded on no other backend, so each host drains its own model
+instead of all of them loading the same one.
 """
 
 from __future__ import annotations
@@ -41,15 +42,19 @@ class HostFit:
     answers 404 as it would without gpulane), but only once every catalog is known, so a
     job waits for the catalog of the host that may have its model. ``elsewhere`` is the
     model keys other up backends have loaded: a cold backend leaves those to them.
+    ``labels`` are the backend's labels: a job requiring labels runs only where all are.
     """
 
     name: str = LOCAL_BACKEND
     catalog: frozenset[str] | None = None
     listed: frozenset[str] | None = frozenset()
     elsewhere: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
 
-    def can_run(self, model_key: str) -> bool:
-        """True if a job for ``model_key`` may run on this backend."""
+    def can_run(self, model_key: str, labels: Iterable[str] = ()) -> bool:
+        """True if a job for ``model_key`` requiring ``labels`` may run on this backend."""
+        if not self.labels.issuperset(labels):
+            return False
         if self.catalog is None:
             return True
         name = normalise_model_name(model_of_key(model_key))
@@ -64,16 +69,19 @@ def placement_fit(
     name: str,
     catalogs: Mapping[str, frozenset[str] | None],
     resident: Mapping[str, frozenset[str]],
+    labels: Mapping[str, frozenset[str]] | None = None,
 ) -> HostFit:
     """The HostFit of backend ``name`` among ``catalogs`` (every backend's, None while
-    unknown) and ``resident`` (the model keys each up backend has loaded)."""
+    unknown) and ``resident`` (the model keys each up backend has loaded); ``labels`` has
+    each backend's labels (none: no backend has any)."""
     known = [catalog for catalog in catalogs.values() if catalog is not None]
     listed = frozenset().union(*known) if len(known) == len(catalogs) else None
     elsewhere = frozenset().union(*(keys for other, keys in resident.items() if other != name))
     catalog = catalogs.get(name)
     if catalog is None and len(catalogs) > 1:
         catalog = frozenset()  # one of several, not read yet: it takes nothing until it is
-    return HostFit(name, catalog, listed, elsewhere)
+    carried = frozenset() if labels is None else labels.get(name, frozenset())
+    return HostFit(name, catalog, listed, elsewhere, carried)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,14 +130,16 @@ def place(
     free: Sequence[FreeHost],
     catalogs: Mapping[str, frozenset[str] | None],
     resident: Mapping[str, frozenset[str]],
+    labels: Mapping[str, frozenset[str]] | None = None,
 ) -> list[Placed]:
     """Fill the free slots of ``free`` (up backends) from ``queue``: first every backend
     takes the jobs for models it has loaded (the warm pass), then the backends that must
     swap, cheapest first (:func:`cold_order`), take the best job each may run.
 
     ``catalogs`` has every backend's catalog; ``resident`` the model keys each up backend
-    has loaded or is running. Each choice is one ``ReadyQueue.pop``: O(log n) in the jobs
-    queued plus O(models) for residency and catalogs.
+    has loaded or is running; ``labels`` each backend's labels. Each choice is one
+    ``ReadyQueue.pop``: O(log n) in the jobs queued plus O(models) for residency and
+    catalogs.
     """
     loaded = {name: set(keys) for name, keys in resident.items()}
     placed: list[Placed] = []
@@ -142,7 +152,7 @@ def place(
             policy,
             chains=host.chains,
             resident=here,
-            host=placement_fit(host.name, catalogs, frozen),
+            host=placement_fit(host.name, catalogs, frozen, labels),
             warm_only=warm_only,
         )
         if job is None:

@@ -10,10 +10,11 @@ job of its class and a job for a resident model is taken instead. From then on i
 runs within ``max_swap_defer_s`` plus the run of the call in progress at that time.
 
 Structure: a fixed number of classes (lane x priority), each holding heaps per
-chain and per model, and per model a round-robin ring of callers, each caller a
-FIFO heap. Removal is lazy (an entry is marked dead and skipped when met), so
-every operation is O(log n) in the jobs queued plus O(models in a class) for the
-residency check; nothing walks the whole queue.
+chain and per placement group (a model key and the backend labels its jobs require),
+and per group a round-robin ring of callers, each caller a FIFO heap. Removal is lazy
+(an entry is marked dead and skipped when met), so every operation is O(log n) in the
+jobs queued plus O(groups in a class) for the residency check; nothing walks the whole
+queue.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from protocol import Job, Lane, Priority, SchedulingPolicy
 __all__ = ["RELOAD_CHUNK", "ReadyQueue", "SlotView", "choose_preemption", "displaces"]
 
 ClassKey = tuple[int, int]  # (lane rank, priority rank): lower is served first
+GroupKey = tuple[str, tuple[str, ...]]  # (model key, labels required): one placement group
 # Jobs per chunk when the arbiter reloads the queue from the store after a restart: the
 # first dispatch waits for one chunk, and each later one holds the arbiter for the store's
 # time to decode it (about 40 ms here; docs/benchmarks.md, "Scale").
@@ -67,13 +69,24 @@ def _peek_alive(heap: list[_Entry]) -> _Entry | None:
     return heap[0] if heap else None
 
 
+def _runs_on(entry: _Entry, host: HostFit) -> bool:
+    """True if ``host`` may run ``entry``'s job: its model and the labels it requires."""
+    spec = entry.job.spec
+    return host.can_run(spec.model_key, spec.labels)
+
+
+def _group(job: Job) -> GroupKey:
+    """The placement group of ``job``: jobs alike for placement queue together."""
+    return (job.spec.model_key, job.spec.labels)
+
+
 def _first_eligible(heap: list[_Entry], host: HostFit) -> _Entry | None:
     """The oldest live entry of ``heap`` that ``host`` may run. Walks the heap when its head
     is not one: used for preempted jobs, of which there are few."""
     head = _peek_alive(heap)
-    if head is None or host.can_run(head.job.spec.model_key):
+    if head is None or _runs_on(head, host):
         return head
-    runnable = [e for e in heap if e.alive and host.can_run(e.job.spec.model_key)]
+    runnable = [e for e in heap if e.alive and _runs_on(e, host)]
     return min(runnable, default=None)
 
 
@@ -86,7 +99,8 @@ _Candidate = tuple[float, int, "_ModelQueue", _Entry]
 
 
 class _ModelQueue:
-    """The jobs of one class for one model: oldest-first overall, round-robin by caller."""
+    """The jobs of one class in one placement group (a model key and the labels they
+    require): oldest-first overall, round-robin by caller."""
 
     def __init__(self) -> None:
         self.live = 0
@@ -137,7 +151,8 @@ class _ClassQueue:
         self.live = 0
         self.returning: list[_Entry] = []  # preempted jobs: back to the head of the class
         self.by_chain: dict[str, list[_Entry]] = {}
-        self.by_model: dict[str, _ModelQueue] = {}
+        self.by_group: dict[GroupKey, _ModelQueue] = {}
+        self.models: dict[str, int] = {}  # live jobs per model key, over its groups
         # Per backend, the oldest job of the class it may run while it waits for a swap
         # there, and since when (the starvation bound holds per backend).
         self.passed_over: dict[str, tuple[_Entry, float]] = {}
@@ -149,14 +164,21 @@ class _ClassQueue:
             heapq.heappush(self.returning, entry)
         if job.spec.chain_id is not None:
             heapq.heappush(self.by_chain.setdefault(job.spec.chain_id, []), entry)
-        self.by_model.setdefault(job.spec.model_key, _ModelQueue()).add(entry)
+        self.by_group.setdefault(_group(job), _ModelQueue()).add(entry)
+        key = job.spec.model_key
+        self.models[key] = self.models.get(key, 0) + 1
 
     def forget(self, entry: _Entry) -> None:
         self.live -= 1
-        model = self.by_model[entry.job.spec.model_key]
+        group = _group(entry.job)
+        model = self.by_group[group]
         model.forget(entry)
         if model.live == 0:
-            del self.by_model[entry.job.spec.model_key]
+            del self.by_group[group]
+        key = entry.job.spec.model_key
+        self.models[key] -= 1
+        if self.models[key] == 0:
+            del self.models[key]
         chain = entry.job.spec.chain_id
         if (
             chain is not None
@@ -181,7 +203,7 @@ class _ClassQueue:
             for chain in sorted(chains):
                 heap = self.by_chain.get(chain)
                 entry = _peek_alive(heap) if heap else None
-                if entry is not None and host.can_run(entry.job.spec.model_key):
+                if entry is not None and _runs_on(entry, host):
                     break
                 entry = None
         if entry is not None:
@@ -197,7 +219,7 @@ class _ClassQueue:
         host: HostFit,
         warm_only: bool,
     ) -> _Entry | _Declined | None:
-        """Residency with the starvation bound, then fair share inside the chosen model.
+        """Residency with the starvation bound, then fair share inside the chosen group.
 
         The deferral clock of a job that needs a swap starts when it becomes the oldest
         ready job of its class that ``host`` may run, i.e. at the moment FIFO would have
@@ -210,8 +232,8 @@ class _ClassQueue:
         oldest: _Candidate | None = None
         warm: _Candidate | None = None
         lonely: _Candidate | None = None
-        for key, queue in self.by_model.items():
-            if not host.can_run(key):
+        for (key, labels), queue in self.by_group.items():
+            if not host.can_run(key, labels):
                 continue
             head = queue.oldest()
             assert head is not None, "a model queue with live jobs has an oldest one"
@@ -349,7 +371,7 @@ class ReadyQueue:
         """True if a ready job waits for one of ``model_keys`` (a swap would evict a model
         someone waits for). O(classes x keys)."""
         keys = tuple(model_keys)
-        return any(key in queue.by_model for queue in self._classes.values() for key in keys)
+        return any(key in queue.models for queue in self._classes.values() for key in keys)
 
     def depths(self) -> dict[tuple[Lane, Priority], int]:
         """Ready jobs per (lane, priority); delayed ones are counted under their class too."""

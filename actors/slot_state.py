@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from actors.placement import FreeHost, HostFit, placement_fit
+from actors.placement import FreeHost, HostFit, Placed, place, placement_fit
 from actors.runtime import ActorAddress, ChildUnavailableError
 from actors.scheduling import ReadyQueue, SlotView
 from protocol import LOCAL_BACKEND, Job, Lane, Priority, SchedulingPolicy
@@ -122,10 +122,16 @@ class HostState:
 
 class Hosts:
     """The backends and their slots, as placement needs them (docs/architecture.md
-    section 4): what each has loaded, what each may run, which have free slots."""
+    section 4): what each has loaded, what each may run, which have free slots.
+    ``labels`` has each backend's labels (a job requiring labels runs only where all are)."""
 
-    def __init__(self, slots: Mapping[str, SlotState]) -> None:
+    def __init__(
+        self,
+        slots: Mapping[str, SlotState],
+        labels: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
         self.slots = slots
+        self.labels = MappingProxyType(dict(labels or {}))
         names = dict.fromkeys(s.backend for s in slots.values() if not s.cloud)
         self.states = {name: HostState() for name in names or (LOCAL_BACKEND,)}
 
@@ -158,7 +164,14 @@ class Hosts:
 
     def fit(self, backend: str) -> HostFit:
         """Which jobs ``backend`` may take now."""
-        return placement_fit(backend, self.catalogs(), self.up_resident())
+        return placement_fit(backend, self.catalogs(), self.up_resident(), self.labels)
+
+    def place(self, queue: ReadyQueue, now: float, policy: SchedulingPolicy) -> list[Placed]:
+        """Fill the free slots of the up backends from ``queue`` (:func:`place`)."""
+        free = self.free()
+        if not free:
+            return []
+        return place(queue, now, policy, free, self.catalogs(), self.up_resident(), self.labels)
 
     def pop_for(
         self, backend: str, queue: ReadyQueue, now: float, policy: SchedulingPolicy
@@ -176,7 +189,8 @@ class Hosts:
             if slot.job is None or slot.preempting or slot.keeps_its_call or slot.cloud:
                 continue
             key = incoming.spec.model_key
-            if self.of(slot).down or not self.fit(slot.backend).can_run(key):
+            fits = self.fit(slot.backend).can_run(key, incoming.spec.labels)
+            if self.of(slot).down or not fits:
                 continue
             views.append(SlotView(slot_id, slot.job, key not in self.resident(slot.backend)))
         return views

@@ -271,7 +271,7 @@ class GpuLane:
         """ValidationError naming a field some backend (or, for ``allow_cloud``, the cloud
         backend) cannot carry: never dropped in silence (docs/architecture.md section 9)."""
         request = BackendRequest.for_spec(spec)
-        self._hosts.refuse_uncarried(request, allow_cloud=spec.allow_cloud)
+        self._hosts.refuse_uncarried(request, allow_cloud=spec.allow_cloud, labels=spec.labels)
 
     def _committed(self, job: Job) -> None:
         """The store's commit listener: wake the job's caller; an ended job frees its place;

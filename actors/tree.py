@@ -229,6 +229,7 @@ def _start_arbiter(wiring: LaneWiring) -> pykka.ActorRef[Any]:
         cloud_slots=wiring.cloud_slot_ids,
         cloud=config.cloud.policy,
         slot_backends=wiring.slot_backends,
+        backend_labels={host.name: frozenset(host.labels) for host in config.hosts},
     )
 
 

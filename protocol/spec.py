@@ -38,6 +38,7 @@ __all__ = [
     "check_text",
     "model_of_key",
     "normalise_model_name",
+    "parse_labels",
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -67,6 +68,9 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "
 _MAX_DURATION_S = (2**63 - 1) / 1e9
 # Fields only /api/generate has; a chat job refuses them by name.
 _GENERATE_ONLY = ("images", "raw", "suffix", "template", "context")
+# A backend label a job may require (``labels``): what [[backends]] tables can carry.
+MAX_LABEL = 64
+_LABEL = re.compile(rf"[A-Za-z0-9_.:=-]{{1,{MAX_LABEL}}}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -171,7 +175,9 @@ class JobSpec:
     a ValidationError names the first bad one. ``tools`` are for chat jobs; ``images``,
     ``raw``, ``suffix``, ``template`` and ``context`` are /api/generate's; ``think``,
     ``format``, ``logprobs`` and ``top_logprobs`` are for both. ``webhook`` is a URL the
-    job's end is posted to, signed (docs/operations.md, "Webhooks").
+    job's end is posted to, signed (docs/operations.md, "Webhooks"). ``labels`` are the
+    backend labels the job requires: it runs only on a backend carrying every one
+    (docs/scheduling.md, "Placement across backends").
     """
 
     kind: JobKind
@@ -202,6 +208,7 @@ class JobSpec:
     logprobs: bool = False
     top_logprobs: int = 0
     webhook: str | None = None  # posted, signed, when the job ends (protocol.webhook)
+    labels: tuple[str, ...] = ()  # backend labels the job requires, sorted, no duplicates
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -262,6 +269,8 @@ class JobSpec:
             _check_duration(self.keep_alive)
         if self.webhook is not None:
             check_webhook_url(self.webhook)
+        if self.labels != ():
+            set_(self, "labels", parse_labels("labels", self.labels))
         self._check_model_fields()
 
     def _check_model_fields(self) -> None:
@@ -345,8 +354,9 @@ class JobSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (used by the store and the gateway); the fields #14 added and
-        ``webhook`` are left out at their defaults, so a spec without them has its old form."""
+        """A JSON-ready dict (used by the store and the gateway); the fields #14 added,
+        ``webhook`` and ``labels`` are left out at their defaults, so a spec without them
+        has its old form."""
         out = {
             "kind": self.kind.value,
             "model": self.model,
@@ -372,7 +382,7 @@ class JobSpec:
         for name in ("think", "suffix", "template", "webhook"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
-        for name in ("images", "context"):
+        for name in ("images", "context", "labels"):
             if getattr(self, name):
                 out[name] = list(getattr(self, name))
         for name in ("raw", "logprobs", "top_logprobs"):
@@ -398,6 +408,18 @@ def normalise_model_name(name: str) -> str:
 def model_of_key(key: str) -> str:
     """The model name part of a residency key (``llama3.2|num_ctx=8192`` → ``llama3.2``)."""
     return key.partition("|")[0]
+
+
+def parse_labels(field: str, value: object) -> tuple[str, ...]:
+    """``value``, a list of backend labels, sorted and without duplicates; a ValidationError
+    naming ``field`` when it is not a list of labels as ``[[backends]]`` tables carry them."""
+    allowed = f"a list of labels of 1 to {MAX_LABEL} characters from A-Z a-z 0-9 _ . : = -"
+    if isinstance(value, str) or not isinstance(value, (list, tuple, frozenset, set)):
+        raise ValidationError(field, "must be a list of labels", allowed=allowed)
+    for label in value:
+        if not isinstance(label, str) or _LABEL.fullmatch(label) is None:
+            raise ValidationError(field, f"{label!r} is not a label", allowed=allowed)
+    return tuple(sorted(set(value)))
 
 
 def _parse_kind(value: JobKind | str) -> JobKind:

@@ -74,12 +74,14 @@ class JobRequest(BaseModel):
     # Posted, signed, when the job ends; its host must be one the key's webhook_hosts allow
     # (docs/operations.md, "Webhooks").
     webhook: str | None = None
+    # The backend labels the job requires: it runs only on a backend carrying all of them.
+    labels: list[str] | None = None
 
 
 # JobRequest fields that go to the JobSpec as they are, when the caller gave them.
 _PASSED_AS_GIVEN = (
     "tools", "think", "logprobs", "top_logprobs", "images", "raw", "suffix", "template", "context",
-    "webhook",
+    "webhook", "labels",
 )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from actors.gateway.auth import Caller
 from actors.gateway.core import CallerDep, Gateway, failure_status, gateway_of
 from actors.gateway.errors import GatewayError
-from actors.gateway.request_fields import check_image, refuse_uncarried
+from actors.gateway.request_fields import check_image, labels_asked, refuse_uncarried
 from actors.gateway.streams import Heartbeat, JobStream, answer_when_done
 from protocol import (
     Chunk,
@@ -318,6 +318,7 @@ def _spec_fields(body: _Common, request: Request, caller: Caller) -> dict[str, A
     lane, priority = scheduling(request, caller)
     return {
         "allow_cloud": caller.cloud_for(cloud_asked(request), CLOUD_HEADER),
+        "labels": labels_asked(request),
         "model": body.model,
         "options": body.options or {},
         "format": body.format or None,

@@ -37,7 +37,7 @@ from actors.gateway.openai_chat import (
     think_for,
     tools_for,
 )
-from actors.gateway.request_fields import refuse_uncarried
+from actors.gateway.request_fields import labels_asked, refuse_uncarried
 from actors.gateway.streams import JobStream, answer_when_done, sse_comment
 from protocol import Answer, Chunk, Job, JobCancelledError, JobFailedError, JobMetrics, JobSpec
 
@@ -93,6 +93,7 @@ class _Sampling(BaseModel):
         lane, priority = scheduling(request, caller)
         return {
             "allow_cloud": caller.cloud_for(cloud_asked(request), CLOUD_HEADER),
+            "labels": labels_asked(request),
             "model": self.model,
             "options": self.options(),
             "stream": self.stream,

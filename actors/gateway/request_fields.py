@@ -1,5 +1,6 @@
-"""Request-side checks the Ollama, OpenAI and job routes share: images, and the fields a
-client may send that gpulane recognises but cannot carry (refused by name, never dropped)."""
+"""Request-side checks the Ollama, OpenAI and job routes share: images, the backend labels
+a job requires (``X-Gpulane-Labels``), and the fields a client may send that gpulane
+recognises but cannot carry (refused by name, never dropped)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import binascii
 from base64 import b64decode
 from collections.abc import Iterable
 
-from actors.gateway.errors import GatewayError
+from fastapi import Request
 
-__all__ = ["check_image", "refuse_uncarried"]
+from actors.gateway.errors import GatewayError
+from protocol import ValidationError
+from protocol.spec import parse_labels
+
+__all__ = ["LABELS_HEADER", "check_image", "labels_asked", "refuse_uncarried"]
+
+# The backend labels a job requires, comma-separated (docs/gateway.md).
+LABELS_HEADER = "x-gpulane-labels"
 
 
 def check_image(field: str, data: str, max_bytes: int) -> str:
@@ -36,3 +44,16 @@ def refuse_uncarried(asked: Iterable[tuple[str, bool, str]]) -> None:
     for field, set_, why in asked:
         if set_:
             raise GatewayError(400, f"gpulane cannot carry it: {why}", field=field)
+
+
+def labels_asked(request: Request) -> tuple[str, ...]:
+    """The backend labels ``X-Gpulane-Labels`` requires (``a,b``; none without the header):
+    the job runs only on a backend carrying all of them. A bad label is a 400 naming the
+    header."""
+    raw = request.headers.get(LABELS_HEADER)
+    if raw is None or not raw.strip():
+        return ()
+    try:
+        return parse_labels(LABELS_HEADER, [part.strip() for part in raw.split(",")])
+    except ValidationError as exc:
+        raise GatewayError(400, exc.problem, field=LABELS_HEADER, allowed=exc.allowed) from None

@@ -1,7 +1,8 @@
 """Placement in a running lane (#17, docs/scheduling.md "Placement across backends"), on the
 fake GPU with configured catalogs: a backend that goes down stops only its own slots, the
 cloud takes only the work no up backend may run, a preemption takes the slot whose
-backend has the internal job's model loaded, and a cold backend loads what nobody else has.
+backend has the internal job's model loaded, a cold backend loads what nobody else has,
+and a job requiring backend labels runs only on a backend carrying them.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from actors import Config, GpuLane
 from actors.backends.anthropic import AnthropicBackend
 from actors.config import BackendSettings, CloudSettings
 from actors.testing import FakeCall, FakeGpu, ManualClock, quiesce
-from protocol import JobSpec, Lane, Priority, SchedulingPolicy, StoreSettings
+from protocol import JobSpec, Lane, Priority, SchedulingPolicy, StoreSettings, ValidationError
 
 HI = [{"role": "user", "content": "hi"}]
 ONE_EACH = (
     BackendSettings(name="a", models=("llama3.2",)),
     BackendSettings(name="b", models=("qwen2.5",)),
+)
+LABELLED_B = (
+    BackendSettings(name="a", models=("llama3.2",)),
+    BackendSettings(name="b", models=("llama3.2",), labels=("gpu:a100", "region=eu")),
 )
 BOTH_EACH = (
     BackendSettings(name="a", models=("llama3.2", "qwen2.5")),
@@ -146,3 +151,37 @@ def test_a_cold_backend_loads_a_model_no_other_backend_has_loaded(
     calls["qwen2.5"].finish("3")
     assert all(t.result(timeout=5) for t in (older, old, newer))
     assert lane.get(old.job_id).backend == "a", "the second llama3.2 job waited for a"
+
+
+def test_a_labelled_job_runs_on_the_labelled_backend_though_another_has_its_model_loaded(
+    start_lane: StartLane, fake_gpu: FakeGpu
+) -> None:
+    lane = start_lane(backends=LABELLED_B)
+    warm_job, warm_up = start_call(lane, fake_gpu, chat("llama3.2"))
+    assert slot_of(lane, warm_job) == "a.gpu0"  # names come first: a loads llama3.2
+    warm_up.finish("warm")
+    quiesce()
+    ticket = lane.submit(chat("llama3.2", labels=["gpu:a100"]))
+    fake_gpu.next_call().finish("on b")
+    assert ticket.result(timeout=5) == "on b"
+    done = lane.get(ticket.job_id)
+    assert (done.backend, done.slot, done.spec.labels) == ("b", "b.gpu0", ("gpu:a100",))
+
+
+def test_a_job_requiring_a_label_no_backend_carries_is_refused_at_submit(
+    start_lane: StartLane, fake_gpu: FakeGpu
+) -> None:
+    lane = start_lane(backends=LABELLED_B)
+    with pytest.raises(ValidationError) as refused:
+        lane.submit(chat("llama3.2", labels=["gpu:a100", "gpu:h100"]))
+    assert refused.value.field == "labels"
+    assert "gpu:h100" in refused.value.problem
+    assert refused.value.allowed == ("a: []", "b: [gpu:a100, region=eu]")
+    assert not lane.list(limit=10) and fake_gpu.no_new_call()
+
+
+def test_one_backend_without_labels_refuses_any_job_labels(start_lane: StartLane) -> None:
+    lane = start_lane()
+    with pytest.raises(ValidationError) as refused:
+        lane.submit(chat("llama3.2", labels=["fast"]))
+    assert refused.value.field == "labels" and refused.value.allowed == ("local: []",)

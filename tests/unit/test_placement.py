@@ -192,3 +192,74 @@ def test_the_worked_example_in_the_scheduling_doc_is_what_placement_does() -> No
     assert round_on("a") == [("a", j6.id, False)]
     assert round_on("b") == [("b", j4.id, False)]
     assert round_on("b") == [("b", j5.id, True)]
+
+
+# Backend labels (docs/scheduling.md "Placement across backends"): a and b both list
+# llama3.2 and qwen2.5:7b; only a carries the labels "gpu:a100" and "fast".
+LABELLED_CATALOGS: dict[str, frozenset[str] | None] = {
+    "a": frozenset({"llama3.2", "qwen2.5:7b"}),
+    "b": frozenset({"llama3.2", "qwen2.5:7b"}),
+}
+LABELS = {"a": frozenset({"gpu:a100", "fast"}), "b": frozenset()}
+
+
+def labelled(model: str, *labels: str, at: float | None = None) -> Job:
+    made = job(model, at=at)
+    return made.replace(spec=made.spec.replace(labels=labels))
+
+
+def place_labelled(
+    queue: ReadyQueue, hosts: list[FreeHost], resident: dict[str, frozenset[str]], t: float = 100
+):
+    return place(queue, NOON + t, POLICY, hosts, LABELLED_CATALOGS, resident, LABELS)
+
+
+def test_a_backend_runs_a_labelled_job_only_if_it_carries_every_label() -> None:
+    fit = placement_fit("a", LABELLED_CATALOGS, {}, LABELS)
+    assert fit.labels == LABELS["a"]
+    assert fit.can_run("llama3.2", ("gpu:a100",)) and fit.can_run("llama3.2", ("fast", "gpu:a100"))
+    assert not fit.can_run("llama3.2", ("gpu:a100", "gpu:h100"))
+    assert not placement_fit("b", LABELLED_CATALOGS, {}, LABELS).can_run("llama3.2", ("fast",))
+    # The labels add to the catalog, they do not replace it: b lists mistral-nemo, a not.
+    assert not placement_fit("a", CATALOGS, {}, LABELS).can_run("mistral-nemo", ("fast",))
+    assert placement_fit("b", LABELLED_CATALOGS, {}).can_run("llama3.2")
+
+
+def test_a_labelled_job_goes_to_the_labelled_backend_even_where_another_has_its_model() -> None:
+    needs_a100 = labelled("llama3.2", "gpu:a100")
+    queue = queue_of(needs_a100)
+    resident = {"a": frozenset({"qwen2.5:7b"}), "b": frozenset({"llama3.2"})}
+    # b alone is free and has llama3.2 loaded: it may not take the job.
+    assert place_labelled(queue, free("b"), resident) == []
+    (placed,) = place_labelled(queue, free("a", "b"), resident)
+    assert (placed.backend, placed.job.id, placed.swaps) == ("a", needs_a100.id, True)
+
+
+def test_a_backend_without_the_labels_takes_the_unlabelled_work_behind_a_labelled_job() -> None:
+    needs_fast = labelled("llama3.2", "fast", at=NOON)
+    plain = job("llama3.2", at=NOON + 1)
+    queue = queue_of(needs_fast, plain)
+    assert queue.wants({"llama3.2"}), "wants answers by model key, labels or not"
+    resident = {"b": frozenset({"llama3.2"})}
+    (on_b,) = place_labelled(queue, free("b"), resident)
+    assert on_b.job.id == plain.id and not on_b.swaps
+    (on_a,) = place_labelled(queue, free("a"), resident)
+    assert on_a.job.id == needs_fast.id
+    assert len(queue) == 0 and not queue.wants({"llama3.2"})
+
+
+def test_the_starvation_bound_holds_per_backend_for_a_labelled_job() -> None:
+    """A labelled job passed over on the one backend that carries its labels runs there
+    within the bound; the backend without them never counts it as waiting."""
+    waiting = labelled("llama3.2", "gpu:a100", at=NOON)
+    warm = [job("qwen2.5:7b", at=NOON + 1 + i) for i in range(10)]
+    queue = queue_of(waiting, *warm)
+    resident = {"a": frozenset({"qwen2.5:7b"}), "b": frozenset({"qwen2.5:7b"})}
+    taken = []
+    for t in (100, 110, 120, 129.9, 130):
+        (on_b,) = place_labelled(queue, free("b"), resident, t)
+        (on_a,) = place_labelled(queue, free("a"), resident, t)
+        taken.append((on_a.job.id, on_b.job.id))
+    assert all(b != waiting.id for _, b in taken)
+    assert [a for a, _ in taken[:4]] == [j.id for j in warm[1:8:2]]
+    assert taken[4][0] == waiting.id  # deferred 30 s on backend a: it goes now

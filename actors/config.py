@@ -33,6 +33,7 @@ from protocol import (
     ValidationError,
 )
 from protocol.config import AlertSettings, WebhookSettings
+from protocol.cluster import ClusterSettings
 from protocol.webhook import check_secret, parse_hosts
 
 __all__ = [
@@ -331,6 +332,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "cloud": CloudSettings,
     "webhooks": WebhookSettings,
     "alerts": AlertSettings,
+    "cluster": ClusterSettings,
 }
 
 
@@ -348,6 +350,7 @@ class Config:
     cloud: CloudSettings = CloudSettings()
     webhooks: WebhookSettings = WebhookSettings()
     alerts: AlertSettings = AlertSettings()
+    cluster: ClusterSettings = ClusterSettings()  # several gateways on PostgreSQL (#18)
     backends: tuple[BackendSettings, ...] = ()  # ``[[backends]]``: several servers, by name
 
     def __post_init__(self) -> None:

@@ -6,7 +6,10 @@ limiter its admissions, the store its counts; the facade's ``Alerting`` what is 
 this module joins those answers into one read-only mapping for hosts, ``/status``,
 ``gpulane top`` and the status page. ``status["backends"]`` shows each backend;
 ``status["swaps"]`` and ``status["residency"]`` are totals over them, with the keys one
-tracker's snapshot has, so a reader written for one backend reads several.
+tracker's snapshot has, so a reader written for one backend reads several. On
+PostgreSQL ``status["cluster"]`` is this gateway's ``ClusterView.to_dict()`` (its node and
+role, the leader, the lease's token and age, its takeovers; docs/architecture.md section 14);
+on SQLite the key is absent.
 """
 
 from __future__ import annotations
@@ -58,10 +61,12 @@ def lane_status(
     facade_counters: Mapping[str, Any],
     supervision: SupervisorSnapshot | None,
     alerts: Sequence[Mapping[str, Any]] = (),
+    cluster: Mapping[str, Any] | None = None,
 ) -> Mapping[str, Any]:
     """Queue depth per lane and priority, the slots' calls, each backend, resident models,
     swaps, backend health, counters, the supervision tree and the alerts firing
-    (``Alerting.firing()``), as one read-only mapping.
+    (``Alerting.firing()``), as one read-only mapping; ``cluster`` (``ClusterView.to_dict()``,
+    PostgreSQL only) under ``"cluster"`` when given, no such key otherwise.
 
     ``trackers`` is each backend's tracker snapshot by name, ``hosts`` each backend's
     ``kind``, ``url``, ``labels`` and ``slots`` (its slot ids), both in config order.
@@ -105,6 +110,7 @@ def lane_status(
             "counters": MappingProxyType(counters),
             "supervision": supervision_view(supervision),
             "alerts": tuple(alerts),
+            **({} if cluster is None else {"cluster": MappingProxyType(dict(cluster))}),
         }
     )
 

@@ -4,8 +4,9 @@ It polls the gateway's ``GET /status`` (the picture the status page at ``/`` sho
 and redraws with rich: the alerts firing (a red line each), each backend's health, a row
 per backend (its state, resident models, busy and total slots, swaps), the GPU slots and
 the job each runs, resident models and the swap figures, the queue by lane and priority,
-unfinished jobs per caller, and recent swaps and preemptions. ``render``
-draws one picture, so ``make run`` shows the same view.
+unfinished jobs per caller, and recent swaps and preemptions. On PostgreSQL a line under
+the header says which gateway leads and how old its lease is (``describe_cluster``).
+``render`` draws one picture, so ``make run`` shows the same view.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.text import Text
 __all__ = [
     "GatewayUnreachable",
     "describe_alert",
+    "describe_cluster",
     "describe_event",
     "describe_health",
     "fetch_status",
@@ -111,6 +113,37 @@ def describe_alert(alert: Mapping[str, Any]) -> str:
     if alert["summary"] is None:
         return text + " (details need another key)"
     return text + f": {alert['summary']}"
+
+
+def describe_cluster(cluster: Mapping[str, Any]) -> str:
+    """One line for this gateway's place among several on PostgreSQL (``/status``'s
+    ``cluster``): who leads (this gateway, or the leader a follower forwards to, its URL
+    where the viewer may see it), the lease's age, its last renewal, the fencing token and
+    the leases this gateway took; while nobody leads, that a failover is under way."""
+    if cluster["leader"] is None:
+        return f"cluster  {cluster['node']} {cluster['role']} · no leader: failover under way"
+    if cluster["role"] == "leader":
+        text = f"cluster  leader {cluster['leader']} (this gateway)"
+    else:
+        url = cluster["leader_url"]
+        text = f"cluster  {cluster['node']} follower of {cluster['leader']}" + (
+            f" ({url})" if url else ""
+        )
+    text += f" · lease {_seconds(cluster['lease_age_s'])}"
+    text += f" · renewed {_seconds(cluster['renewed_age_s'])} ago · token {cluster['token']}"
+    if cluster["takeovers"]:
+        text += f" · takeovers {cluster['takeovers']}"
+    return text
+
+
+def _cluster(picture: Mapping[str, Any]) -> list[Text]:
+    """The cluster line (none on SQLite): dim while a leader holds the lease, bold red
+    during a failover."""
+    if "cluster" not in picture:
+        return []
+    cluster = picture["cluster"]
+    style = "bold red" if cluster["leader"] is None else "dim"
+    return [Text(describe_cluster(cluster), style=style)]
 
 
 def _overhead(picture: Mapping[str, Any]) -> str:
@@ -268,6 +301,7 @@ def render(picture: Mapping[str, Any], *, source: str = "", footer: str = "") ->
     )
     parts: list[RenderableType] = [
         _header(picture, source),
+        *_cluster(picture),
         *(Text(describe_alert(alert), style="bold red") for alert in picture["alerts"]),
         _health(picture),
         _Panes(picture),

@@ -14,6 +14,11 @@ each backend has of its own carry a ``backend`` label in families of their own
 (``gpulane_backend_*``, ``gpulane_model_resident``): what it is (``gpulane_backend_info``),
 its swaps, load times and busy time, its resident models, its slots and how many are busy,
 and its catalog's size.
+
+On PostgreSQL (several gateways, docs/architecture.md section 14) the ``gpulane_cluster_*``
+families say which role this gateway has and how old the leader's lease is
+(``cluster_metrics``, from ``status["cluster"]``; a follower's app exports them from its own
+view too); on SQLite there is no ``"cluster"`` in the status and no such family.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from actors.alert_rules import RULES
 from actors.swap_tally import LOAD_BUCKETS
 from protocol import Job, Lane, Priority, model_of_key
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["GatewayMetrics", "cluster_metrics"]
 
 # Status counters exported as ``gpulane_<name>_total``, with what each counts.
 _COUNTERS: Mapping[str, str] = {
@@ -97,6 +102,41 @@ class _StatusCollector(Collector):
         for rule in RULES:
             firing.add_metric([rule], float(sum(a["rule"] == rule for a in status["alerts"])))
         yield firing
+        if "cluster" in status:
+            yield from cluster_metrics(status["cluster"])
+
+
+def cluster_metrics(cluster: Mapping[str, Any]) -> Iterator[Metric]:
+    """This gateway's place in the cluster from its ``ClusterView.to_dict()``: its role (1 for
+    the one it has, 0 for the other), the leader's lease (its age and time since renewal, no
+    sample while nobody leads), the fencing token and the leases this gateway took."""
+    role = GaugeMetricFamily(
+        "gpulane_cluster_role", "1 for this gateway's role in the cluster, 0 for the other",
+        labels=["role"],
+    )  # fmt: skip
+    for name in ("leader", "follower"):
+        role.add_metric([name], float(cluster["role"] == name))
+    age = GaugeMetricFamily(
+        "gpulane_cluster_lease_age_seconds",
+        "How long the leader has held its lease (no sample while no gateway leads)",
+    )
+    renewed = GaugeMetricFamily(
+        "gpulane_cluster_lease_renewed_age_seconds",
+        "Seconds since the leader last renewed its lease (no sample while no gateway leads)",
+    )
+    for family, seconds in ((age, cluster["lease_age_s"]), (renewed, cluster["renewed_age_s"])):
+        if seconds is not None:
+            family.add_metric([], float(seconds))
+    token = GaugeMetricFamily(
+        "gpulane_cluster_lease_token",
+        "The lease's fencing token, one more at every takeover",
+        value=float(cluster["token"]),
+    )
+    takeovers = CounterMetricFamily(
+        "gpulane_cluster_takeovers", "Leases this gateway took since it started",
+        value=float(cluster["takeovers"]),
+    )  # fmt: skip
+    yield from (role, age, renewed, token, takeovers)
 
 
 def _load_histogram(

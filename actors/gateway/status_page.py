@@ -6,7 +6,8 @@ the alerts firing (a red line each on the page, none when quiet), each backend's
 a row per backend (state, resident models, busy and total slots, swaps; issue #17), the
 GPU slots and their running jobs, resident models, the swap figures, the queue by
 lane and priority, unfinished jobs per caller, job counts, counters and recent swaps and
-preemptions.
+preemptions. On PostgreSQL (several gateways) a strip under the header says this
+gateway's role, who leads (and where, for a key holder), the lease's age and token.
 
 The page is static HTML with a small script that fetches ``/status`` every second and
 redraws (no framework, no external assets: it works on an air-gapped host). A browser
@@ -45,6 +46,8 @@ header h1{font-size:1.2rem;margin:0;letter-spacing:.02em}
 #error{display:none;background:#c62828;color:#fff;padding:.5rem 1.5rem}
 #down{background:#c62828;color:#fff}#down div{padding:.5rem 1.5rem;font-weight:600}
 #alerts{background:#8e1b1b;color:#fff}#alerts div{padding:.5rem 1.5rem;font-weight:600}
+#cluster{background:#2b3440;color:#dfe6ee;padding:.35rem 1.5rem;font-size:.9rem}
+#cluster:empty{display:none}#cluster .pill{margin-right:.6rem}
 .stats{display:flex;gap:1rem;flex-wrap:wrap;padding:1rem 1.5rem 0}
 .stat{background:#fff;border-radius:.5rem;padding:.6rem 1rem;min-width:8.5rem;
  box-shadow:0 1px 2px #0002}
@@ -114,6 +117,21 @@ function alertLine(a, i) {
   text += a.summary === null ? " (details need another key)" : ": " + a.summary;
   return el("div", {id: "alert-" + i}, text);
 }
+function clusterLine(c) {
+  const role = el("span", {id: "cluster-role", className: "pill " +
+    (c.leader === null ? "bad" : "good")}, c.role);
+  if (c.leader === null) {
+    return [role, el("span", {id: "cluster-leader"},
+                     c.node + " \u00b7 no leader: failover under way")];
+  }
+  const leader = c.role === "leader" ? "leader " + c.leader + " (this gateway)" :
+    c.node + " follower of " + c.leader + (c.leader_url ? " (" + c.leader_url + ")" : "");
+  let lease = " \u00b7 lease " + secs(c.lease_age_s) + " \u00b7 renewed " +
+              secs(c.renewed_age_s) + " ago \u00b7 token " + c.token;
+  if (c.takeovers) lease += " \u00b7 takeovers " + c.takeovers;
+  return [role, el("span", {id: "cluster-leader"}, leader),
+          el("span", {id: "cluster-lease"}, lease)];
+}
 function describe(e) {
   if (e.kind === "swap") {
     if (e.slot === null) {
@@ -132,6 +150,7 @@ function render(p) {
   const state = document.getElementById("state");
   state.textContent = p.paused ? "paused" : "dispatching";
   state.className = "pill " + (p.paused ? "bad" : "good");
+  fill("cluster", ...(p.cluster ? clusterLine(p.cluster) : []));
   fill("alerts", ...p.alerts.map(alertLine));
   const backends = Object.entries(p.health);
   fill("health", ...backends.map(([name, b]) => el("span",
@@ -237,7 +256,7 @@ PAGE = f"""<!doctype html>
 <body>
 <header><h1>gpulane</h1><span id="state" class="pill">connecting</span>
 <span id="health"></span><span id="updated"></span></header>
-<div id="error"></div><div id="alerts"></div><div id="down"></div>
+<div id="error"></div><div id="cluster"></div><div id="alerts"></div><div id="down"></div>
 <noscript><p>This page needs JavaScript; the same data is at <a href="status">/status</a>.</p>
 </noscript>
 <div class="stats" id="stats"></div>

@@ -16,10 +16,11 @@ event naming the models.
 Who may see what: an admin sees everything; a caller sees the aggregates plus its
 own jobs and its own count; an anonymous viewer (a browser on a gateway with keys)
 sees aggregates only, no job ids, callers or prompts, nor a backend's last error or URL
-(they name the backend's address). Prompts never appear. Every viewer sees which alerts fire
-and for how long; what one is about (its subject and text) is shown as the rest is: a
-job's preemptions to an admin, a caller's refusals to that caller, a child's exits (the
-text names the error) to a key holder, the queue, the swaps and a backend to anyone.
+(they name the backend's address), nor the leader's URL in ``cluster`` (PostgreSQL only).
+Prompts never appear. Every viewer sees which alerts fire and for how long; what one is
+about (its subject and text) is shown as the rest is: a job's preemptions to an admin, a
+caller's refusals to that caller, a child's exits (the text names the error) to a key
+holder, the queue, the swaps and a backend to anyone.
 """
 
 from __future__ import annotations
@@ -279,6 +280,7 @@ class LaneWatch:
                 {**alert, "firing_s": max(0.0, now - alert["since"])} for alert in status["alerts"]
             ],
             "events": list(self._events),
+            **({"cluster": dict(status["cluster"])} if "cluster" in status else {}),
         }
 
 
@@ -302,6 +304,8 @@ def view_for(picture: Mapping[str, Any], caller: Caller | None) -> dict[str, Any
     if caller is None:
         out["health"] = {name: dict(h, last_error=None) for name, h in picture["health"].items()}
         out["backends"] = [dict(backend, url=None) for backend in picture["backends"]]
+        if "cluster" in picture:
+            out["cluster"] = dict(picture["cluster"], leader_url=None)
     out["events"] = [
         dict(event, job=mine(event["job"]), **({"by": mine(event["by"])} if "by" in event else {}))
         for event in picture["events"]

@@ -52,9 +52,10 @@ test-real: $(REAL_STAMP)
 	$(PY) -m pytest -q -m real
 
 # The benchmarks' peers that run in processes of their own (LiteLLM's proxy for
-# bench_gateway.py): the `bench` extra in a virtual environment of its own, since its pins
-# would move the dev environment's (the litellm SDK the conformance tests drive back to
-# the newest release whose proxy extra installs, rich below 14, about 45 more packages).
+# bench_gateway.py; procrastinate and pgqueuer for bench_submit.py, through pg_peers.py):
+# the `bench` extra in a virtual environment of its own, since its pins would move the dev
+# environment's (the litellm SDK the conformance tests drive back to the newest release
+# whose proxy extra installs, rich below 14, about 45 more packages).
 BENCH_VENV := $(VENV)/bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
@@ -64,7 +65,11 @@ $(BENCH_STAMP): $(STAMP)
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
 	touch $(BENCH_STAMP)
 
+# bench_submit.py's PostgreSQL rows need the server `make postgres` starts; without one they
+# are skipped, naming the server, and the other figures still run.
 bench: $(STAMP) $(BENCH_STAMP)
+	@.ci/postgres >/dev/null 2>&1 || echo "bench: PostgreSQL did not start (\`make postgres\` says why);" \
+		"bench_submit.py skips its PostgreSQL rows"
 	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: $(STAMP)

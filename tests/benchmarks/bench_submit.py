@@ -1,14 +1,29 @@
-"""Durable submits per second and submit latency: gpulane's JobStore against its peers.
+"""Durable submits per second and submit latency: gpulane's JobStore against its peers,
+on SQLite and on PostgreSQL.
 
-Each submitter is a thread doing one submit at a time and waiting for it to be
-durable. Every system stores the same job (a chat spec) in SQLite in WAL mode with
-``synchronous=FULL`` in a fresh file on disk:
+Each submitter is a thread doing one submit at a time and waiting for it to be durable
+(committed). Every system stores the same job (a chat spec). On SQLite, each writes it in
+WAL mode with ``synchronous=FULL`` to a fresh file on disk:
 
 - gpulane: ``ask(InsertJob(spec))`` to the JobStore actor (group commit);
 - raw sqlite3: one connection shared under a lock, one INSERT + COMMIT per job,
   same row shape (ULID, indexed columns, spec JSON);
 - huey: ``SqliteHuey(fsync=True)``, enqueueing a task that carries the spec;
 - persist-queue: ``SQLiteAckQueue(auto_commit=True, multithreading=True)``, put().
+
+On PostgreSQL (the tests' server, ``tests/kits/postgres_kit.py``: ``make postgres`` starts
+it), each system gets a fresh database of its own on the same server, in every round, the
+systems' rounds taken in turn:
+
+- gpulane: ``ask(InsertJob(spec))`` to a JobStore with ``StoreSettings(url=...)``;
+- procrastinate and pgqueuer: their synchronous enqueue with the spec's JSON as payload,
+  run by pg_peers.py (which says what each call does) in the `bench` extra's interpreter,
+  ``.venv/bench/bin/python``, since the main environment does not carry them.
+
+Where no PostgreSQL server answers, its rows are skipped with a line naming the server; where
+the `bench` environment is missing, the peers' rows are. Not measured here: 8 submitters
+across two gateway processes on one database, which needs the several-gateway ``gpulane
+serve`` (issue 18) that is not built yet.
 
 Usage: bench_submit.py [--quick] [--json]   (see /work/shared/BENCHMARKS.md)
 """
@@ -23,20 +38,26 @@ import platform
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kits"))  # postgres_kit
 
+import psycopg
+import pytest
 import structlog
 from huey import SqliteHuey
 from persistqueue import SQLiteAckQueue
+from postgres_kit import fresh_database, require_postgres
+from submitters import Submit, measure, warm_up
 from ulid import ULID
 
 from actors.job_store import JobStore
@@ -44,10 +65,17 @@ from actors.runtime import SystemClock
 from protocol import JobSpec, Lane, StoreSettings
 from protocol.messages import InsertJob, StoreSnapshot
 
-Submit = Callable[[], object]
+ROOT = Path(__file__).resolve().parents[2]
+Note = Callable[[], str]
 SYSTEMS = ("gpulane", "raw_sqlite", "huey", "persist_queue")
 PEERS = ("huey", "persist_queue")
+PG_SYSTEMS = ("gpulane_pg", "procrastinate", "pgqueuer")
 SUBMITTERS = (1, 8)
+# Submits per round, by submitter count, in a --quick run (True) and a full one (False).
+SQLITE_SUBMITS = {True: {1: 2000, 8: 16000}, False: {1: 5000, 8: 40000}}
+PG_SUBMITS = {True: {1: 500, 8: 4000}, False: {1: 3000, 8: 24000}}
+BENCH_PYTHON = ROOT / ".venv" / "bench" / "bin" / "python"  # the `bench` extra (make bench)
+PG_PEERS = Path(__file__).with_name("pg_peers.py")
 
 SPEC = JobSpec.chat(
     model="llama3.2",
@@ -66,9 +94,16 @@ PAYLOAD = SPEC.to_dict()
 
 
 @contextmanager
-def gpulane(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
-    """The JobStore actor; the note reports its average batch size."""
-    store = JobStore.start(StoreSettings(path=str(directory / "gpulane.sqlite3")), SystemClock())
+def gpulane(directory: Path) -> Iterator[tuple[Submit, Note]]:
+    """The JobStore actor on SQLite."""
+    with job_store(StoreSettings(path=str(directory / "gpulane.sqlite3"))) as opened:
+        yield opened
+
+
+@contextmanager
+def job_store(settings: StoreSettings) -> Iterator[tuple[Submit, Note]]:
+    """The JobStore actor with ``settings``; the note reports its average batch size."""
+    store = JobStore.start(settings, SystemClock())
 
     def note() -> str:
         snap = store.ask(StoreSnapshot())
@@ -81,7 +116,7 @@ def gpulane(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
 
 
 @contextmanager
-def raw_sqlite(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
+def raw_sqlite(directory: Path) -> Iterator[tuple[Submit, Note]]:
     """One commit per job through one shared connection: what group commit saves."""
     conn = sqlite3.connect(
         str(directory / "raw.sqlite3"), isolation_level=None, check_same_thread=False
@@ -125,7 +160,7 @@ def raw_sqlite(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
 
 
 @contextmanager
-def huey(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
+def huey(directory: Path) -> Iterator[tuple[Submit, Note]]:
     """huey's SQLite storage with fsync on: each enqueue is one durable commit."""
     queue = SqliteHuey(name="bench", filename=str(directory / "huey.sqlite3"), fsync=True)
 
@@ -140,7 +175,7 @@ def huey(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
 
 
 @contextmanager
-def persist_queue(directory: Path) -> Iterator[tuple[Submit, Callable[[], str]]]:
+def persist_queue(directory: Path) -> Iterator[tuple[Submit, Note]]:
     """persist-queue's acknowledging SQLite queue, committing every put."""
     queue = SQLiteAckQueue(str(directory / "pq"), auto_commit=True, multithreading=True)
     queue._putter.execute("PRAGMA synchronous = FULL")  # its default, made explicit
@@ -161,30 +196,47 @@ FACTORIES = {
 # --- measuring --------------------------------------------------------------------------
 
 
-def measure(submit: Submit, submitters: int, total: int) -> tuple[float, list[float]]:
-    """Run ``total`` submits over ``submitters`` threads; return submits/s and latencies."""
-    per_thread = total // submitters
-    latencies: list[list[float]] = [[] for _ in range(submitters)]
-    start = threading.Barrier(submitters + 1)
+def run_peer(system: str, url: str, submitters: int, total: int) -> tuple[float, list[float]]:
+    """One round of a PostgreSQL peer in pg_peers.py, on the fresh database at ``url``."""
+    done = subprocess.run(
+        [str(BENCH_PYTHON), str(PG_PEERS), system, str(submitters), str(total)],
+        input=json.dumps({"url": url, "spec": PAYLOAD}) + "\n",
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{system} failed in {PG_PEERS.name}:\n{done.stderr[-3000:]}")
+    answer = json.loads(done.stdout.splitlines()[-1])
+    return answer["submits_per_s"], answer["latencies_s"]
 
-    def work(mine: list[float]) -> None:
-        start.wait()
-        clock = time.perf_counter
-        for _ in range(per_thread):
-            began = clock()
-            submit()
-            mine.append(clock() - began)
 
-    threads = [threading.Thread(target=work, args=(lat,)) for lat in latencies]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    flat = [x for lat in latencies for x in lat]
-    return len(flat) / elapsed, flat
+def peer_versions(skipped: list[str]) -> dict[str, str]:
+    """The PostgreSQL peers' versions, or none (and why, in ``skipped``) where the `bench`
+    environment cannot run them."""
+    why = f"{BENCH_PYTHON} is missing"
+    if BENCH_PYTHON.exists():
+        done = subprocess.run(
+            [str(BENCH_PYTHON), str(PG_PEERS), "--versions"], capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            versions: dict[str, str] = json.loads(done.stdout)
+            return versions
+        why = f"{BENCH_PYTHON} cannot run them: " + (done.stderr.strip().splitlines() or ["?"])[-1]
+    skipped.append(
+        f"procrastinate and pgqueuer skipped: {why}; `make bench` installs the `bench` extra there"
+    )
+    return {}
+
+
+def record(
+    results: dict[str, float], system: str, submitters: int, rounds: list[tuple[float, list[float]]]
+) -> None:
+    """The medians over ``rounds`` of submits per second, p50 and p99 (ms)."""
+    rates = [rate for rate, _ in rounds]
+    p50s = [percentile(latencies, 0.50) * 1e3 for _, latencies in rounds]
+    p99s = [percentile(latencies, 0.99) * 1e3 for _, latencies in rounds]
+    results[f"{system}.submits_per_s.{submitters}"] = round(statistics.median(rates), 1)
+    results[f"{system}.p50_ms.{submitters}"] = round(statistics.median(p50s), 3)
+    results[f"{system}.p99_ms.{submitters}"] = round(statistics.median(p99s), 3)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -217,33 +269,74 @@ def filesystem_of(path: Path) -> str:
     return kind
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """Measure every system at every submitter count; return the report."""
-    totals = {1: 2000, 8: 16000} if quick else {1: 5000, 8: 40000}
-    rounds = 1 if quick else 3
-    results: dict[str, float] = {}
-    notes: dict[str, str] = {}
+def run_sqlite(quick: bool, results: dict[str, float], notes: dict[str, str]) -> str:
+    """Measure every SQLite system at every submitter count; return the filesystem used."""
+    totals = SQLITE_SUBMITS[quick]
     directory, fs = bench_dir()
     try:
         for submitters in SUBMITTERS:
             for system in SYSTEMS:
-                rates, p50s, p99s = [], [], []
-                for round_ in range(rounds):
+                rounds = []
+                for round_ in range(rounds_of(quick)):
                     place = directory / f"{system}-{submitters}-{round_}"
                     place.mkdir()
                     with FACTORIES[system](place) as (submit, note):
-                        for _ in range(50):  # warm up: tables, caches, threads
-                            submit()
-                        rate, latencies = measure(submit, submitters, totals[submitters])
+                        warm_up(submit)
+                        rounds.append(measure([submit] * submitters, totals[submitters]))
                         notes[f"{system}.{submitters}"] = note()
-                    rates.append(rate)
-                    p50s.append(percentile(latencies, 0.50) * 1e3)
-                    p99s.append(percentile(latencies, 0.99) * 1e3)
-                results[f"{system}.submits_per_s.{submitters}"] = round(statistics.median(rates), 1)
-                results[f"{system}.p50_ms.{submitters}"] = round(statistics.median(p50s), 3)
-                results[f"{system}.p99_ms.{submitters}"] = round(statistics.median(p99s), 3)
+                record(results, system, submitters, rounds)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    return fs
+
+
+def run_postgres(
+    quick: bool, results: dict[str, float], notes: dict[str, str], skipped: list[str]
+) -> dict[str, str]:
+    """Measure gpulane and the peers on PostgreSQL, each round on fresh databases, the
+    systems taken in turn; return what describes the server (nothing where none answers)."""
+    try:
+        admin = require_postgres()
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        skipped.append(f"PostgreSQL rows skipped: {exc.msg}")
+        return {}
+    peers = peer_versions(skipped)
+    systems = [system for system in PG_SYSTEMS if system == "gpulane_pg" or system in peers]
+    totals = PG_SUBMITS[quick]
+    for submitters in SUBMITTERS:
+        rounds: dict[str, list[tuple[float, list[float]]]] = {system: [] for system in systems}
+        for _ in range(rounds_of(quick)):
+            for system in systems:
+                with fresh_database() as url:
+                    if system != "gpulane_pg":
+                        rounds[system].append(run_peer(system, url, submitters, totals[submitters]))
+                        notes[f"{system}.{submitters}"] = "1 write/commit"
+                        continue
+                    with job_store(StoreSettings(url=url)) as (submit, note):
+                        warm_up(submit)
+                        rounds[system].append(measure([submit] * submitters, totals[submitters]))
+                        notes[f"{system}.{submitters}"] = note()
+        for system in systems:
+            record(results, system, submitters, rounds[system])
+    with psycopg.connect(admin, autocommit=True) as conn:
+        server = {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])
+            for name in ("server_version", "synchronous_commit", "fsync", "wal_sync_method")
+        }
+    return {"postgresql": server.pop("server_version"), "postgresql_settings": server, **peers}
+
+
+def rounds_of(quick: bool) -> int:
+    return 1 if quick else 3
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Measure every system at every submitter count; return the report."""
+    results: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    skipped: list[str] = []
+    fs = run_sqlite(quick, results, notes)
+    server = run_postgres(quick, results, notes, skipped)
     best_peer = max(results[f"{p}.submits_per_s.8"] for p in PEERS)
     results["ratio.gpulane_vs_best_peer"] = round(results["gpulane.submits_per_s.8"] / best_peer, 2)
     results["ratio.gpulane_vs_raw_sqlite.8"] = round(
@@ -254,11 +347,20 @@ def run(quick: bool) -> dict[str, Any]:
         goal("gpulane.p99_ms.8", "<=", 10, results),
         goal("ratio.gpulane_vs_best_peer", ">=", 2.0, results),
     ]
+    if "gpulane_pg.submits_per_s.8" in results:
+        goals.append(goal("gpulane_pg.p99_ms.8", "<=", 10, results))
+    pg_peers = [p for p in PG_SYSTEMS[1:] if f"{p}.submits_per_s.8" in results]
+    if "gpulane_pg.submits_per_s.8" in results and pg_peers:
+        best = max(results[f"{p}.submits_per_s.8"] for p in pg_peers)
+        ratio = results["gpulane_pg.submits_per_s.8"] / best
+        results["ratio.gpulane_pg_vs_best_pg_peer"] = round(ratio, 2)
+        goals.append(goal("ratio.gpulane_pg_vs_best_pg_peer", ">=", 2.0, results))
     machine = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "filesystem": fs,
+        **server,
     }
     return {
         "bench": "submit",
@@ -266,8 +368,9 @@ def run(quick: bool) -> dict[str, Any]:
         "results": results,
         "goals": goals,
         "notes": notes,
-        "rounds": rounds,
-        "submits": totals,
+        "skipped": skipped,
+        "rounds": rounds_of(quick),
+        "submits": {"sqlite": SQLITE_SUBMITS[quick], "postgresql": PG_SUBMITS[quick]},
     }
 
 
@@ -281,12 +384,14 @@ def met(item: dict[str, Any]) -> bool:
 
 
 def table(report: dict[str, Any]) -> str:
-    """The readable form: one row per system and submitter count, then the goals."""
-    r = report["results"]
+    """The readable form: one row per system and submitter count, SQLite's then
+    PostgreSQL's, each against gpulane on the same engine; then the goals."""
+    m = report["machine"]
     lines = [
         (
-            f"submit benchmark — {report['machine']}, median of {report['rounds']} round(s), "
-            f"submits per round {report['submits']}"
+            f"submit benchmark — {m['cpus']} CPUs, Python {m['python']}, SQLite {m['sqlite']} "
+            f"on {m['filesystem']}; median of {report['rounds']} round(s), submits per round "
+            f"{report['submits']}"
         ),
         "",
         (
@@ -294,9 +399,28 @@ def table(report: dict[str, Any]) -> str:
             f"{'vs gpulane':>10}  batching"
         ),
     ]
+    lines += rows(report, SYSTEMS)
+    pg_systems = [s for s in PG_SYSTEMS if f"{s}.submits_per_s.1" in report["results"]]
+    if pg_systems:
+        settings = ", ".join(f"{k}={v}" for k, v in m["postgresql_settings"].items())
+        peers = ", ".join(f"{p} {m[p]}" for p in pg_systems[1:])
+        lines += ["", f"on PostgreSQL {m['postgresql']} ({settings}); {peers or 'no peers'}:"]
+        lines += rows(report, pg_systems)
+    lines += ["", *report["skipped"]]
+    for item in report["goals"]:
+        verdict = "met" if met(item) else "NOT met"
+        lines.append(
+            f"goal {item['metric']} {item['op']} {item['goal']}: {item['value']} {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def rows(report: dict[str, Any], systems: Sequence[str]) -> list[str]:
+    """A row per system and submitter count, against the first system (gpulane)."""
+    r, lines = report["results"], []
     for submitters in SUBMITTERS:
-        ours = r[f"gpulane.submits_per_s.{submitters}"]
-        for system in SYSTEMS:
+        ours = r[f"{systems[0]}.submits_per_s.{submitters}"]
+        for system in systems:
             rate = r[f"{system}.submits_per_s.{submitters}"]
             lines.append(
                 f"{system:<14} {submitters:>5} {rate:>10,.0f} "
@@ -304,13 +428,7 @@ def table(report: dict[str, Any]) -> str:
                 f"{r[f'{system}.p99_ms.{submitters}']:>8.2f} {rate / ours:>9.2f}x  "
                 f"{report['notes'][f'{system}.{submitters}']}"
             )
-    lines.append("")
-    for item in report["goals"]:
-        verdict = "met" if met(item) else "NOT met"
-        lines.append(
-            f"goal {item['metric']} {item['op']} {item['goal']}: {item['value']} {verdict}"
-        )
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:

@@ -16,7 +16,15 @@ from typing import Any
 
 from protocol.errors import StoreError, ValidationError
 
-__all__ = ["ClusterSettings", "ClusterView", "LeaseHold", "LeaseLostError", "Role"]
+__all__ = [
+    "ClusterSettings",
+    "ClusterView",
+    "LeaseAcquired",
+    "LeaseHold",
+    "LeaseLost",
+    "LeaseLostError",
+    "Role",
+]
 
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$")
 
@@ -90,6 +98,22 @@ class LeaseHold:
 
     holder: str
     token: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseAcquired:
+    """The lease keeper took the lease: this gateway leads, its writes fenced by ``hold``."""
+
+    hold: LeaseHold
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """The lease keeper no longer holds ``hold``: another gateway took it, or it could not be
+    renewed before it ran out (``reason`` says which). The lane must stop dispatching."""
+
+    hold: LeaseHold
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

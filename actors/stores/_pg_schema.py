@@ -1,4 +1,4 @@
-"""The PostgreSQL job database's schema: the same versions (1..5) as SQLite's ``_schema.py``,
+"""The PostgreSQL job database's schema: the same versions (1..6) as SQLite's ``_schema.py``,
 in PostgreSQL's dialect.
 
 The version lives in a one-row table, ``gpulane_schema``; :func:`migrate` brings an older
@@ -19,10 +19,13 @@ from protocol.enums import JobState
 from protocol.errors import StoreError
 from protocol.webhook import WebhookState
 
-__all__ = ["PG_MIGRATIONS", "migrate"]
+__all__ = ["FENCED_SQLSTATE", "MIGRATION_LOCK_KEY", "PG_MIGRATIONS", "migrate"]
 
 _STATES = ", ".join(repr(s.value) for s in JobState)
 _OUTBOX_STATES = ", ".join(repr(s.value) for s in WebhookState if s is not WebhookState.WAITING)
+
+# The SQLSTATE of a write the fence refused (a class no PostgreSQL error uses).
+FENCED_SQLSTATE = "GL001"
 
 # PG_MIGRATIONS[i] turns a schema of version i into version i + 1, as ``_schema.MIGRATIONS``.
 PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -83,8 +86,47 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN backend TEXT",
         "ALTER TABLE jobs ADD COLUMN slot TEXT",
     ),
+    # 6 (#18): the leader's lease, one row (``actors/lease.py``); token 0 was never held.
+    (
+        """CREATE TABLE gpulane_lease (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            holder TEXT,
+            node TEXT,
+            url TEXT,
+            token BIGINT NOT NULL,
+            acquired_at TIMESTAMPTZ,
+            renewed_at TIMESTAMPTZ,
+            expires_at TIMESTAMPTZ
+        )""",
+        "INSERT INTO gpulane_lease (id, token) VALUES (1, 0)",
+        # The fence: a session that names a lease holder (the leader's store, set at open)
+        # writes jobs and deliveries only while that holder's token holds the lease, and
+        # locks the row for share until its transaction ends, so no takeover commits
+        # in between (docs/architecture.md section 14). Other sessions are not fenced.
+        f"""CREATE FUNCTION gpulane_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            me TEXT := current_setting('gpulane.holder', true);
+        BEGIN
+            IF me IS NULL OR me = '' THEN
+                RETURN NULL;
+            END IF;
+            PERFORM 1 FROM gpulane_lease WHERE id = 1 AND holder = me
+                AND token = current_setting('gpulane.token')::BIGINT FOR SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'lease token % of % was taken over by another gateway',
+                    current_setting('gpulane.token'), me USING ERRCODE = '{FENCED_SQLSTATE}';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        "CREATE TRIGGER jobs_fenced BEFORE INSERT OR UPDATE OR DELETE ON jobs "
+        "FOR EACH STATEMENT EXECUTE FUNCTION gpulane_fence()",
+        "CREATE TRIGGER webhook_outbox_fenced BEFORE INSERT OR UPDATE OR DELETE "
+        "ON webhook_outbox FOR EACH STATEMENT EXECUTE FUNCTION gpulane_fence()",
+    ),
 )
 
+# The advisory lock a migration holds until its transaction ends.
+MIGRATION_LOCK_KEY = int.from_bytes(b"gpl-migr", "big")
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS gpulane_schema (version INTEGER NOT NULL)"
 
 
@@ -93,7 +135,9 @@ def migrate(
 ) -> int:
     """Bring the schema up to ``len(migrations)`` inside the caller's transaction (a psycopg
     connection, ``%s`` marks); returns the version found. A database written by a newer
-    gpulane is refused, not guessed at."""
+    gpulane is refused, not guessed at. Gateways starting together take turns: a
+    transaction-level advisory lock serialises their migrations."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
     conn.execute(_VERSION_TABLE)
     row = conn.execute("SELECT version FROM gpulane_schema").fetchone()
     found = 0 if row is None else int(row[0])

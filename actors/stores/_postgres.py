@@ -2,11 +2,11 @@
 actor drives, with the same surface as SQLite's ``JobDB`` (docs/architecture.md section 14).
 
 One psycopg connection, in autocommit mode with explicit transactions, does everything: the
-actor is one thread, so a pool would only add connections. This slice owns the database
-alone: a session-level advisory lock taken at open refuses a second store on the same
-database, as SQLite's exclusive file lock does, and so the jobs kept in memory
-(``_base.EngineBase``) stay true. Several gateways, the leader's lease with its fencing
-token, and NOTIFY are later slices.
+actor is one thread, so a pool would only add connections. The store owns the database
+alone, so the jobs kept in memory (``_base.EngineBase``) stay true: a leader among several
+gateways by its lease, every write fenced by the lease's token (``actors/lease.py``, the
+schema's ``gpulane_fence`` trigger); a store on its own by a session-level advisory lock
+that refuses a second store, as SQLite's exclusive file lock does.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from ulid import ULID
 
+from actors.lease import check_fence, session_name
 from actors.runtime import Clock
 from actors.stores._base import EngineBase, check_seconds
 from actors.stores._outbox import KEEPS_PENDING, Outbox, OutboxSQL
-from actors.stores._pg_schema import migrate
+from actors.stores._pg_schema import FENCED_SQLSTATE, migrate
 from actors.stores._rows import BatchOutcome, WriteMessage, is_volatile, to_json
+from protocol.cluster import LeaseHold, LeaseLostError
 from protocol.enums import TERMINAL_STATES, JobState
 from protocol.errors import GpulaneError, StoreError
 from protocol.job import Job
@@ -149,23 +151,38 @@ class PgJobDB(EngineBase):
         super().__init__(adapted, name, clock, outbox)
 
     @classmethod
-    def open(cls, url: str, clock: Clock, *, connect_timeout_s: int = CONNECT_TIMEOUT_S) -> PgJobDB:
-        """Connect, take the store's advisory lock, create or migrate the schema; raise
-        StoreError naming the database (without its password) and the cause."""
+    def open(
+        cls,
+        url: str,
+        clock: Clock,
+        *,
+        lease: LeaseHold | None = None,
+        connect_timeout_s: int = CONNECT_TIMEOUT_S,
+    ) -> PgJobDB:
+        """Connect, create or migrate the schema, and own the database: with ``lease`` (a
+        leader among several gateways) every write is fenced by its token, and a lease
+        already taken over raises LeaseLostError; without, the store's advisory lock
+        refuses a second store. Raise StoreError naming the database (without its
+        password) and the cause."""
         name = redact(url)
         try:
             conn = psycopg.connect(
                 url,
                 autocommit=True,
                 connect_timeout=connect_timeout_s,
-                application_name="gpulane job store",
+                application_name=(
+                    "gpulane job store" if lease is None else session_name("store", lease.holder)
+                ),
             )
         except psycopg.Error as exc:
             raise StoreError(f"cannot open job database {name}: {explain(exc)}") from exc
         try:
-            _lock(conn, name)
+            if lease is None:
+                _lock(conn, name)
             with conn.transaction():
                 migrate(conn, name)
+            if lease is not None:
+                _fence(conn, lease)
             return cls(conn, name, clock)
         except StoreError:
             conn.close()
@@ -180,6 +197,18 @@ class PgJobDB(EngineBase):
 
     def _explain(self, exc: Exception) -> str:
         return explain(exc)
+
+    def _store_error(self, what: str, exc: Exception) -> StoreError:
+        """StoreError naming the database; LeaseLostError when the fence refused the write."""
+        if getattr(exc, "sqlstate", None) != FENCED_SQLSTATE:
+            return super()._store_error(what, exc)
+        diag = getattr(exc, "diag", None)
+        error = LeaseLostError(
+            f"job database {self.path}: {what}: {getattr(diag, 'message_primary', exc)}; "
+            "this gateway no longer leads and makes no more writes"
+        )
+        error.__cause__ = exc
+        return error
 
     # --- writes ---------------------------------------------------------------------
 
@@ -371,6 +400,15 @@ def _row(item: _Pending, seq: int) -> tuple[int, tuple[Any, ...], Job]:
            retry_of, now, now)  # fmt: skip
     job = Job(id=job_id, seq=seq, spec=spec, state=JobState.QUEUED, created_at=now, updated_at=now)
     return index, row, job
+
+
+def _fence(conn: psycopg.Connection[Any], lease: LeaseHold) -> None:
+    """Name the lease in the session, so the schema's fence checks every write; refuse a
+    lease already taken over."""
+    conn.execute("SELECT set_config('gpulane.holder', %s, false)", (lease.holder,))
+    conn.execute("SELECT set_config('gpulane.token', %s, false)", (str(lease.token),))
+    with conn.transaction():
+        check_fence(conn, lease)
 
 
 def _lock(conn: psycopg.Connection[Any], name: str) -> None:

@@ -113,6 +113,11 @@ def _where_it_ran_v5(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN slot TEXT")
 
 
+def _leader_lease_v6(conn: sqlite3.Connection) -> None:
+    """Version 6 (#18): PostgreSQL's leader lease (``_pg_schema``); one process owns a
+    SQLite file, so there is nothing to add here, and both engines keep one numbering."""
+
+
 # MIGRATIONS[i] turns a schema of version i into version i + 1; version 0 is an empty file.
 MIGRATIONS: tuple[Migration, ...] = (
     _create_v1,
@@ -120,6 +125,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _incremental_vacuum_v3,
     _webhook_outbox_v4,
     _where_it_ran_v5,
+    _leader_lease_v6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -171,7 +171,7 @@ def test_a_database_of_version_one_is_migrated_and_its_jobs_read_back(url: str) 
         )
     db = PgJobDB.open(url, ManualClock())
     try:
-        assert db.schema_version() == SCHEMA_VERSION == len(PG_MIGRATIONS) == 5
+        assert db.schema_version() == SCHEMA_VERSION == len(PG_MIGRATIONS) == 6
         (old,) = db.queued_jobs()
         assert (old.id, old.spec, old.backend, old.segments) == ("01OLD", spec, None, ())
         (after,) = batch(db, [InsertJob(make_spec(1))])
@@ -184,7 +184,7 @@ def test_a_database_from_a_newer_gpulane_is_refused(url: str) -> None:
     PgJobDB.open(url, ManualClock()).close()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE gpulane_schema SET version = 99")
-    with pytest.raises(StoreError, match="schema version 99, newer than the 5"):
+    with pytest.raises(StoreError, match="schema version 99, newer than the 6"):
         PgJobDB.open(url, ManualClock())
 
 

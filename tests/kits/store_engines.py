@@ -36,14 +36,18 @@ def engine_home_for(engine: str) -> Iterator[str]:
 
 def empty_database(url: str) -> None:
     """End every other session on the database (a store a failed test left open holds the
-    advisory lock) and drop gpulane's tables, so the next store starts from version 0."""
+    advisory lock) and drop gpulane's tables and its fence function, so the next store
+    starts from version 0."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND usename = current_user "
             "AND pid <> pg_backend_pid()"
         )
-        conn.execute("DROP TABLE IF EXISTS webhook_outbox, jobs, gpulane_schema CASCADE")
+        conn.execute(
+            "DROP TABLE IF EXISTS webhook_outbox, jobs, gpulane_schema, gpulane_lease CASCADE"
+        )
+        conn.execute("DROP FUNCTION IF EXISTS gpulane_fence")
 
 
 class StoreEngine:

@@ -202,7 +202,7 @@ def test_a_batch_larger_than_one_insert_statement_is_written_whole(any_db: JobDB
 
 
 def test_a_new_file_gets_the_current_schema_version(db: JobDB) -> None:
-    assert db.schema_version() == SCHEMA_VERSION == 5
+    assert db.schema_version() == SCHEMA_VERSION == 6
     assert db.durability() == ("wal", "FULL")
 
 
@@ -281,7 +281,7 @@ def test_a_version_one_file_is_migrated_and_its_jobs_read_back(tmp_path: Path) -
     write_version_one_file(path)
     db = JobDB.open(path, ManualClock())
     try:
-        assert db.schema_version() == SCHEMA_VERSION == 5
+        assert db.schema_version() == SCHEMA_VERSION == 6
         done = db.get("01OLDDONE")
         assert (done.state, done.result, done.output, done.segments) == (
             JobState.SUCCEEDED, "Hello there", None, (),
@@ -499,7 +499,7 @@ def test_a_version_four_file_gets_the_where_it_ran_columns_and_its_jobs_take_the
     conn.close()
     db = JobDB.open(path, ManualClock())
     try:
-        assert db.schema_version() == SCHEMA_VERSION == 5
+        assert db.schema_version() == SCHEMA_VERSION == 6
         columns = [row[1] for row in db._conn.execute("PRAGMA table_info(jobs)")]
         assert columns[-2:] == ["backend", "slot"]
         old = db.get("01V4")

@@ -209,7 +209,7 @@ def test_a_file_of_version_two_or_three_is_migrated_to_the_outbox(
     conn.close()
     db = JobDB.open(path, clock)
     try:
-        assert db.schema_version() == SCHEMA_VERSION == 5
+        assert db.schema_version() == SCHEMA_VERSION == 6
         assert db.queued_jobs()[0].id == "01OLD"
         ended = succeed(db, inserted(db, hooked()))
         assert [seq for seq, _ in db.outbox.pending()] == [ended.seq]

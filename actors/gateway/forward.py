@@ -152,7 +152,9 @@ class Forwarder:
             *relayed_headers(request.headers.raw),
             (FORWARDED_BY.encode(), view.node.encode()),
         ]
-        outgoing = self._client.build_request(
+        # A Request of its own, not the client's build_request: that would add the client's
+        # default headers (Accept, Accept-Encoding, User-Agent) the caller did not send.
+        outgoing = httpx.Request(
             request.method,
             _target(leader, request.scope),
             headers=headers,

@@ -48,7 +48,7 @@ from actors.gateway.forward import (
     retry_after_s,
 )
 from actors.gateway.metrics import cluster_metrics
-from actors.stores._pg_reader import PgJobReader
+from actors.stores import PgJobReader
 from protocol.cluster import ClusterSettings, ClusterView, Role
 from protocol.errors import StoreError
 from protocol.job import Job
@@ -60,6 +60,7 @@ T = TypeVar("T")
 
 READ_THREADS = 4  # the reader has one connection; a few threads keep the loop free
 STATUS_TIMEOUT_S = 5.0  # how long /status waits for the leader's
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # all are forwarded
 
 
 class ReaderLane:
@@ -205,7 +206,7 @@ def create_follower_app(
     retry_after = {"Retry-After": str(retry_after_s(lease_s))}
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:
-        error = GatewayError(503, str(exc), field="job", reason="store", headers=retry_after)
+        error = GatewayError(503, str(exc), reason="store", headers=retry_after)
         return render(request, error)
 
     app.add_exception_handler(StoreError, store_unavailable)
@@ -219,9 +220,6 @@ def create_follower_app(
     forwarder = Forwarder(view, follower.client, lease_s, follower.metrics.count)
     app.add_api_route("/{path:path}", forwarder.forward, methods=_METHODS)
     return app
-
-
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 async def _readyz(request: Request) -> JSONResponse:

@@ -5,6 +5,7 @@ PostgreSQL (``store.url``) is the engine for several gateways (section 14). Each
 thread-free code the actor drives from its own thread; what they share is ``_base``.
 """
 
+from actors.stores._pg_reader import PgJobReader
 from actors.stores._postgres import PgJobDB
 from actors.stores._rows import BatchOutcome, Recovery, WriteMessage, is_volatile
 from actors.stores._schema import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
@@ -18,6 +19,7 @@ __all__ = [
     "JobDB",
     "Migration",
     "PgJobDB",
+    "PgJobReader",
     "Recovery",
     "WriteMessage",
     "is_volatile",

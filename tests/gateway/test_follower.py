@@ -37,7 +37,8 @@ from actors.config import GatewaySettings
 from actors.gateway import GatewayServer, create_app
 from actors.gateway.follower import create_follower_app
 from actors.gateway.forward import FORWARDED_BY
-from actors.stores._pg_reader import APPLICATION_NAME, PgJobReader
+from actors.stores import PgJobReader
+from actors.stores._pg_reader import APPLICATION_NAME
 from actors.testing import FakeGpu, quiesce, wait_until
 from protocol import JobNotFoundError, JobState, Limits, StoreError, StoreSettings, ValidationError
 from protocol.cluster import ClusterSettings, ClusterView, Role

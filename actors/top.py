@@ -5,8 +5,9 @@ and redraws with rich: the alerts firing (a red line each), each backend's healt
 per backend (its state, resident models, busy and total slots, swaps), the GPU slots and
 the job each runs, resident models and the swap figures, the queue by lane and priority,
 unfinished jobs per caller, and recent swaps and preemptions. On PostgreSQL a line under
-the header says which gateway leads and how old its lease is (``describe_cluster``).
-``render`` draws one picture, so ``make run`` shows the same view.
+the header says which gateway leads and how old its lease is (``describe_cluster``); a
+follower that cannot read the leader's picture (no leader, or the leader unreachable) shows
+that line alone. ``render`` draws one picture, so ``make run`` shows the same view.
 """
 
 from __future__ import annotations
@@ -289,8 +290,35 @@ class _Panes:
         yield grid
 
 
+def _without_leader(cluster: Mapping[str, Any], source: str) -> list[RenderableType]:
+    """The frame of a follower that could not read the leader's picture: its cluster line
+    and why there is nothing else."""
+    header = Text.assemble(("gpulane", "bold"), "  ", (source, "dim"), "  ")
+    if cluster["leader"] is None:
+        header.append(" NO LEADER ", style="bold white on red")
+        why = "nothing is dispatched until a gateway takes the lease"
+    else:
+        header.append(" LEADER UNREACHABLE ", style="bold white on red")
+        why = f"this gateway cannot reach the leader {cluster['leader']} for its status"
+    return [header, *_cluster({"cluster": cluster}), Text(why, style="bold red")]
+
+
 def render(picture: Mapping[str, Any], *, source: str = "", footer: str = "") -> RenderableType:
-    """One frame of the view for one ``/status`` picture."""
+    """One frame of the view for one ``/status`` picture (a follower's without the leader's
+    part when ``leader_reachable`` is false)."""
+    parts = (
+        _without_leader(picture["cluster"], source)
+        if picture.get("leader_reachable") is False
+        else _lane(picture, source)
+    )
+    if footer:
+        parts.append(Text(footer, style="dim"))
+    return Group(*parts)
+
+
+def _lane(picture: Mapping[str, Any], source: str) -> list[RenderableType]:
+    """The frame's parts for a picture of a lane: header, cluster line, alerts, health,
+    tables and totals."""
     counters = picture["counters"]
     totals = Text(
         f"submitted {counters['submitted']} · dispatched {counters['dispatched']}"
@@ -299,7 +327,7 @@ def render(picture: Mapping[str, Any], *, source: str = "", footer: str = "") ->
         + (f" · refused {sum(picture['rejections'].values())}" if picture["rejections"] else ""),
         style="dim",
     )
-    parts: list[RenderableType] = [
+    return [
         _header(picture, source),
         *_cluster(picture),
         *(Text(describe_alert(alert), style="bold red") for alert in picture["alerts"]),
@@ -307,9 +335,6 @@ def render(picture: Mapping[str, Any], *, source: str = "", footer: str = "") ->
         _Panes(picture),
         totals,
     ]
-    if footer:
-        parts.append(Text(footer, style="dim"))
-    return Group(*parts)
 
 
 def run_top(

@@ -7,7 +7,9 @@ a row per backend (state, resident models, busy and total slots, swaps; issue #1
 GPU slots and their running jobs, resident models, the swap figures, the queue by
 lane and priority, unfinished jobs per caller, job counts, counters and recent swaps and
 preemptions. On PostgreSQL (several gateways) a strip under the header says this
-gateway's role, who leads (and where, for a key holder), the lease's age and token.
+gateway's role, who leads (and where, for a key holder), the lease's age and token; a
+follower that cannot read the leader's picture (``leader_reachable`` false: no leader, or
+the leader unreachable) shows that strip and why, and hides the lane's figures.
 
 The page is static HTML with a small script that fetches ``/status`` every second and
 redraws (no framework, no external assets: it works on an air-gapped host). A browser
@@ -47,7 +49,7 @@ header h1{font-size:1.2rem;margin:0;letter-spacing:.02em}
 #down{background:#c62828;color:#fff}#down div{padding:.5rem 1.5rem;font-weight:600}
 #alerts{background:#8e1b1b;color:#fff}#alerts div{padding:.5rem 1.5rem;font-weight:600}
 #cluster{background:#2b3440;color:#dfe6ee;padding:.35rem 1.5rem;font-size:.9rem}
-#cluster:empty{display:none}#cluster .pill{margin-right:.6rem}
+#cluster:empty{display:none}#cluster .pill{margin-right:.6rem}[hidden]{display:none!important}
 .stats{display:flex;gap:1rem;flex-wrap:wrap;padding:1rem 1.5rem 0}
 .stat{background:#fff;border-radius:.5rem;padding:.6rem 1rem;min-width:8.5rem;
  box-shadow:0 1px 2px #0002}
@@ -132,6 +134,17 @@ function clusterLine(c) {
   return [role, el("span", {id: "cluster-leader"}, leader),
           el("span", {id: "cluster-lease"}, lease)];
 }
+function leaderless(c) {
+  const state = document.getElementById("state");
+  state.textContent = c.leader === null ? "no leader" : "leader unreachable";
+  state.className = "pill bad";
+  fill("alerts", el("div", {id: "alert-leader"}, c.leader === null
+    ? "no leader: nothing is dispatched until a gateway takes the lease"
+    : "this gateway cannot reach the leader " + c.leader + " for its status"));
+  fill("health");
+  fill("down");
+  fill("updated", "updated " + new Date().toLocaleTimeString());
+}
 function describe(e) {
   if (e.kind === "swap") {
     if (e.slot === null) {
@@ -147,10 +160,15 @@ function describe(e) {
           " " + e.slot + ": " + victim + " made way" + by];
 }
 function render(p) {
+  fill("cluster", ...(p.cluster ? clusterLine(p.cluster) : []));
+  const lane = p.leader_reachable !== false;
+  for (const part of [document.getElementById("stats"), document.querySelector("main")]) {
+    part.hidden = !lane;
+  }
+  if (!lane) return leaderless(p.cluster);
   const state = document.getElementById("state");
   state.textContent = p.paused ? "paused" : "dispatching";
   state.className = "pill " + (p.paused ? "bad" : "good");
-  fill("cluster", ...(p.cluster ? clusterLine(p.cluster) : []));
   fill("alerts", ...p.alerts.map(alertLine));
   const backends = Object.entries(p.health);
   fill("health", ...backends.map(([name, b]) => el("span",

@@ -122,6 +122,23 @@ def test_the_status_page_shows_a_failover_in_red_in_chromium(tmp_path: Path) -> 
     assert 'id="cluster-lease"' not in dom
 
 
+@needs_chromium
+def test_the_status_page_of_a_follower_without_the_leaders_picture_says_why_in_chromium(
+    tmp_path: Path,
+) -> None:
+    """A follower's ``/status`` while nobody leads is its cluster view alone
+    (``actors.gateway.follower``): the page shows that and hides the lane's figures."""
+    alone = {"cluster": view(Role.FOLLOWER, leader=None), "leader_reachable": False}
+    dom = page_of(alone, tmp_path)
+    assert cell(dom, "state") == "no leader" and 'class="pill bad"' in dom
+    assert cell(dom, "alert-leader") == (
+        "no leader: nothing is dispatched until a gateway takes the lease"
+    )
+    assert cell(dom, "cluster-leader") == "gw-b \u00b7 no leader: failover under way"
+    assert '<div class="stats" id="stats" hidden="">' in dom and "<main hidden=" in dom
+    assert cell(dom, "error") == "", "the script drew the picture without failing"
+
+
 # --- a gateway on SQLite --------------------------------------------------------------------
 
 

@@ -136,6 +136,22 @@ def test_top_on_sqlite_draws_no_cluster_line() -> None:
     assert not any(line.startswith("cluster") for line in lines), lines[:3]
 
 
+def test_top_on_a_follower_during_a_failover_draws_its_cluster_line_and_why_alone() -> None:
+    lines = frame_of({"cluster": failover_view(), "leader_reachable": False})
+    assert lines == [
+        "gpulane  http://gw-a:11435   NO LEADER ",
+        "cluster  gw-b follower · no leader: failover under way",
+        "nothing is dispatched until a gateway takes the lease",
+    ]
+
+
+def test_top_on_a_follower_that_cannot_reach_the_leader_says_so() -> None:
+    lines = frame_of({"cluster": follower_view(), "leader_reachable": False})
+    assert lines[0].endswith(" LEADER UNREACHABLE ")
+    assert lines[1].startswith(f"cluster  gw-b follower of gw-a ({LEADER_URL}) · lease 12.3s")
+    assert lines[2] == "this gateway cannot reach the leader gw-a for its status"
+
+
 # --- /metrics --------------------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from actors.runtime import (
     Timers,
 )
 from actors.stores import BatchOutcome, JobDB, PgJobDB, Recovery, WriteMessage, is_volatile
+from protocol.cluster import LeaseHold
 from protocol.config import StoreSettings
 from protocol.errors import IllegalTransitionError, JobNotFoundError, StoreError
 from protocol.job import Job
@@ -107,7 +108,8 @@ class JobStore(SupervisedActor):
     a corrupt, locked or unwritable file raises StoreError from ``start`` itself
     instead of being logged by a thread nobody watches. ``store.url`` picks the engine:
     empty, SQLite at ``store.path``; a PostgreSQL URL, that database (``PgJobDB``, which
-    refuses a database another store holds, as SQLite refuses a locked file). Recovery
+    refuses a database another store holds, as SQLite refuses a locked file; with ``lease``,
+    the leader's, every write is fenced by its token instead). Recovery
     puts jobs left in
     loading or running back to queued without charging an attempt. With
     ``recover_on_open=False`` (gpulane's tree) it waits for ``LoadQueuedJobs(recover=True)``
@@ -147,6 +149,7 @@ class JobStore(SupervisedActor):
         *,
         recover_on_open: bool = True,
         timers: Timers | None = None,
+        lease: LeaseHold | None = None,
     ) -> None:
         super().__init__()
         self._settings = settings
@@ -157,7 +160,7 @@ class JobStore(SupervisedActor):
         self._stale = 0
         self._recovery = Recovery(requeued=0, queued=0)
         self._db: JobDB | PgJobDB = (
-            PgJobDB.open(settings.url, clock)
+            PgJobDB.open(settings.url, clock, lease=lease)
             if settings.url
             else JobDB.open(settings.path, clock, synchronous=settings.synchronous)
         )

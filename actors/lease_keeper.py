@@ -38,7 +38,15 @@ from protocol.cluster import (
 )
 from protocol.errors import StoreError
 
-__all__ = ["LeaseBoard", "LeaseEvent", "LeaseKeeper", "TakeLease", "holder_id", "node_name"]
+__all__ = [
+    "LeaseBoard",
+    "LeaseEvent",
+    "LeaseKeeper",
+    "StillLeads",
+    "TakeLease",
+    "holder_id",
+    "node_name",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +68,11 @@ def holder_id(node: str) -> str:
 class TakeLease:
     """Ask: try to take the lease now; answers the LeaseHold, or raises StoreError naming
     the live holder."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StillLeads:
+    """Ask: renew a held lease now; answers whether this gateway still holds it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,12 +157,16 @@ class LeaseKeeper(pykka.ThreadingActor):
             self._conn.close()
 
     def on_receive(self, message: Any) -> Any:
-        """A tick renews or contends; TakeLease tries once, now."""
+        """A tick renews or contends; TakeLease tries once, now; StillLeads renews now."""
         if isinstance(message, _Tick):
             self._tick()
             return None
         if isinstance(message, TakeLease):
             return self._take_now()
+        if isinstance(message, StillLeads):
+            if self._hold is not None:
+                self._renew(self._hold)
+            return self._hold is not None
         raise TypeError(f"LeaseKeeper cannot handle {type(message).__name__}")
 
     # --- the timer ----------------------------------------------------------------------

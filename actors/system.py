@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -29,19 +28,19 @@ from actors.config import CLOUD_BOUNDS_KEYS, CLOUD_CLIENT_KEYS, Config, check_re
 from actors.embedding import embed_request
 from actors.hosts import tracker_id_for
 from actors.lane_hosts import LaneHosts
+from actors.leadership import LaneLease
 from actors.runtime import (
-    ChildExitedError,
-    ChildRestartingError,
     ChildUnavailableError,
     Clock,
+    ExitKind,
     ExitReason,
-    HoldBufferFullError,
     StableRef,
     StableRefs,
     Supervisor,
     SupervisorSnapshot,
     SystemClock,
     Timers,
+    ask_through_restarts,
 )
 from actors.sinks import SinkRegistry
 from actors.status_view import lane_status, root_snapshot, slot_status, wait_until_started
@@ -68,6 +67,7 @@ from protocol import (
     SystemStoppedError,
     ValidationError,
 )
+from protocol.cluster import ClusterView, LeaseHold, LeaseLostError
 from protocol.messages import (
     Admit,
     Admitted,
@@ -97,8 +97,6 @@ from protocol.messages import (
 __all__ = ["GpuLane"]
 
 log = structlog.get_logger(__name__)
-
-_RETRYABLE = (ChildRestartingError, HoldBufferFullError, ChildExitedError)
 
 
 class GpuLane:
@@ -132,6 +130,7 @@ class GpuLane:
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
         self._hosts = LaneHosts((), {}, None)  # the backends, their slots and embedders
         self._alerting = Alerting(config.alerts, clock, timers, lambda: self._root)
+        self._lease = LaneLease(None, None, None)  # what it leads by on PostgreSQL
 
     @classmethod
     def start(
@@ -145,6 +144,7 @@ class GpuLane:
         supervision: SupervisionSettings | None = None,
         on_failure: Callable[[ExitReason], None] | None = None,
         cloud: Backend | None = None,
+        lease: tuple[LeaseHold, Callable[[], ClusterView]] | None = None,
     ) -> GpuLane:
         """Build and start the supervision tree: store, arbiter, then the GPU slots.
 
@@ -156,7 +156,9 @@ class GpuLane:
         ``on_failure(reason)`` is called once if the tree gives up (restart budget
         spent); the lane is stopped then, and every later call raises SystemStoppedError.
         A backend's client also serves :meth:`embed`. ``cloud`` (or ``config.cloud.enabled``)
-        adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback).
+        adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback). On
+        ``store.url`` the lane leads by ``lease`` (a serve cluster member's hold and view),
+        else by one it takes (``actors.leadership.LaneLease``).
         """
         config = config or Config()
         children = (*CHILD_ORDER, *WATCHERS)
@@ -165,16 +167,12 @@ class GpuLane:
             raise ValidationError("factories", f"unknown child {unknown[0]!r}", allowed=children)
         clock = clock or SystemClock()
         timers = Timers(clock).start()
-        lane = cls(
-            config,
-            clock,
-            timers,
-            SinkRegistry(),
-            supervision or SupervisionSettings(),
-            on_failure,
-        )
+        supervision = supervision or SupervisionSettings()
+        lane = cls(config, clock, timers, SinkRegistry(), supervision, on_failure)
         try:
-            lane._build_tree(gpu, backend, cloud, {**DEFAULT_FACTORIES, **(factories or {})})
+            lane._lease = LaneLease.for_lane(config, timers, lease, lane._lease_lost)
+            factories = {**DEFAULT_FACTORIES, **(factories or {})}
+            lane._build_tree(gpu, backend, cloud, factories, lane._lease.hold)
         except BaseException:
             lane.stop()
             raise
@@ -186,6 +184,7 @@ class GpuLane:
         backend: Backend | None,
         cloud: Backend | None,
         factories: Mapping[str, ChildFactory],
+        lease: LeaseHold | None,
     ) -> None:
         """Start the root supervisor and wait until every child has had its first start."""
         settings = self._supervision
@@ -219,6 +218,7 @@ class GpuLane:
             cloud_slot_ids=cloud_slot_ids,
             slot_backends=hosts.slot_backends,
             backends=hosts.clients,
+            lease=lease,
         )
         tree = lane_tree(wiring, settings, factories, hosts.slots)
         self._root = Supervisor.start_spec(
@@ -227,6 +227,17 @@ class GpuLane:
         self._wait_until_started()
         slots = {host.name: len(host.slot_ids) for host in hosts.hosts}
         log.info("gpulane_started", slots=slots, cloud_slots=len(cloud_slot_ids))
+
+    def _lease_lost(self, reason: str) -> None:
+        """The lane's own keeper lost the lease: stop the tree (off the keeper's thread) and
+        fail as on a give-up."""
+        why = ExitReason.from_exception(ExitKind.ESCALATED, LeaseLostError(reason))
+        threading.Thread(target=self._stop_and_fail, args=(why,), daemon=True).start()
+
+    def _stop_and_fail(self, reason: ExitReason) -> None:
+        if self._root is not None:
+            self._root.stop(block=True, timeout=self._supervision.shutdown_s * 4)
+        self._escalated(reason)
 
     def _own(self, built: BuiltBackend) -> Backend:
         """Keep a backend the lane made, to close when the lane ends; returns its client."""
@@ -409,6 +420,7 @@ class GpuLane:
             facade_counters=counters,
             supervision=self.supervision(),
             alerts=self._alerting.firing(),
+            cluster=self._lease.status(),
         )
 
     def _trackers(self, names: Iterable[str]) -> Mapping[str, Mapping[str, Any]]:
@@ -550,6 +562,7 @@ class GpuLane:
                 return
             self._released = True
         self._alerting.close()
+        self._lease.stop()  # releases a lease the lane took, for the next leader
         self._timers.stop()
         for built in reversed(self._built):
             built.close()
@@ -572,27 +585,14 @@ class GpuLane:
             raise SystemStoppedError(f"the arbiter cannot take messages: {error}") from error
 
     def _ask(self, child_id: str, message: Any, *, retry_exited: bool = True) -> Any:
-        """Ask a child, waiting through its restarts up to ``call_timeout_s``.
-
-        A child that is restarting holds the ask (HOLD) or refuses it at once
-        (FAIL_FAST); either way it is tried again until the deadline. An instance
-        that died with the ask unanswered (ChildExitedError) is retried only for
-        reads: a submit that met it is reported to the caller as not acknowledged
-        (ChildExitedError), so a retry can never store a job twice. Once the tree
-        has given up, SystemStoppedError with the reason.
-        """
+        """Ask a child through its restarts up to ``call_timeout_s`` (a write met by an
+        instance that died unanswered is not retried: ``retry_exited=False``); once the
+        tree has given up, SystemStoppedError with the reason."""
         self._check_running()
-        ref = self._refs.ref_for(child_id)
-        deadline = time.monotonic() + self._supervision.call_timeout_s
-        while True:
-            try:
-                return ref.ask(message, timeout=max(0.0, deadline - time.monotonic()))
-            except (ChildUnavailableError, pykka.Timeout) as error:
-                self._check_running()
-                retry = isinstance(error, _RETRYABLE) and (
-                    retry_exited or not isinstance(error, ChildExitedError)
-                )
-                if not retry or time.monotonic() > deadline:
-                    raise
-                log.info("call_retried", child=child_id, error=type(error).__name__)
-                time.sleep(0.01)
+        return ask_through_restarts(
+            self._refs.ref_for(child_id),
+            message,
+            timeout_s=self._supervision.call_timeout_s,
+            check=self._check_running,
+            retry_exited=retry_exited,
+        )

@@ -53,6 +53,7 @@ from protocol import (
     SchedulingPolicy,
     ValidationError,
 )
+from protocol.cluster import LeaseHold
 from protocol.messages import WebhookDue
 
 __all__ = [
@@ -115,6 +116,7 @@ class LaneWiring:
     backends: Mapping[str, Backend | None] = dataclasses.field(default_factory=dict)
     backend_name: str = LOCAL_BACKEND  # a tracker's backend (see the class docstring)
     backend: Backend | None = None  # ... and its client
+    lease: LeaseHold | None = None  # the leader's lease on PostgreSQL: the store's fence
 
 
 ChildFactory = Callable[[LaneWiring], pykka.ActorRef[Any]]
@@ -174,6 +176,7 @@ def _start_store(wiring: LaneWiring) -> pykka.ActorRef[Any]:
         listener=_and_webhooks(wiring),
         recover_on_open=False,
         timers=wiring.timers,
+        lease=wiring.lease,
     )
 
 

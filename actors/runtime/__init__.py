@@ -10,7 +10,7 @@ It imports nothing of gpulane's domain (a test checks it). The modules behind th
 one are private; this ``__all__`` is the API. docs/supervision.md explains the tree.
 """
 
-from actors.runtime._addressing import ActorAddress, ask_while_up
+from actors.runtime._addressing import ActorAddress, ask_through_restarts, ask_while_up
 from actors.runtime._batching import BatchingInbox, Delivery, Wanted
 from actors.runtime._clock import Clock, ManualClock, SystemClock
 from actors.runtime._future import LatchFuture
@@ -78,6 +78,7 @@ __all__ = [
     "Wanted",
     "WhileRestarting",
     "WorkerThread",
+    "ask_through_restarts",
     "ask_while_up",
     "is_quiet",
     "outside_wait",

@@ -6,14 +6,27 @@ tree uses), which always reaches the current instance of a child across restarts
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import pykka
+import structlog
 
 from actors.runtime._stable_refs import StableRef
-from actors.runtime._vocabulary import ChildRestartingError, ChildState
+from actors.runtime._vocabulary import (
+    ChildExitedError,
+    ChildRestartingError,
+    ChildState,
+    ChildUnavailableError,
+    HoldBufferFullError,
+)
 
-__all__ = ["ActorAddress", "ask_while_up"]
+__all__ = ["ActorAddress", "ask_through_restarts", "ask_while_up"]
+
+log = structlog.get_logger(__name__)
+
+_RETRYABLE = (ChildRestartingError, HoldBufferFullError, ChildExitedError)
 
 _POLL_S = 0.05
 
@@ -47,3 +60,35 @@ def ask_while_up(address: ActorAddress, message: Any) -> Any:
         except pykka.Timeout:
             if address.state is not ChildState.RUNNING:
                 raise ChildRestartingError(address.child_id) from None
+
+
+def ask_through_restarts(
+    ref: StableRef,
+    message: Any,
+    *,
+    timeout_s: float,
+    check: Callable[[], None],
+    retry_exited: bool = True,
+) -> Any:
+    """Ask a child, waiting through its restarts up to ``timeout_s``.
+
+    A child that is restarting holds the ask (HOLD) or refuses it at once (FAIL_FAST);
+    either way it is tried again until the deadline. An instance that died with the ask
+    unanswered (ChildExitedError) is retried only with ``retry_exited``: a write that met
+    it must be reported as not acknowledged, so a retry can never apply it twice.
+    ``check()`` runs after each failure and raises if the caller should stop trying (the
+    tree gave up).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ref.ask(message, timeout=max(0.0, deadline - time.monotonic()))
+        except (ChildUnavailableError, pykka.Timeout) as error:
+            check()
+            retry = isinstance(error, _RETRYABLE) and (
+                retry_exited or not isinstance(error, ChildExitedError)
+            )
+            if not retry or time.monotonic() > deadline:
+                raise
+            log.info("call_retried", child=ref.child_id, error=type(error).__name__)
+            time.sleep(0.01)

@@ -22,6 +22,7 @@ from actors.lease import read_lease, release, renew, session_name, try_acquire
 from actors.runtime import ManualClock
 from actors.stores import BatchOutcome, PgJobDB, WriteMessage
 from actors.stores._pg_schema import migrate
+from actors.testing import wait_until
 from protocol import Job, JobState
 from protocol.cluster import LeaseHold, LeaseLostError
 from protocol.messages import InsertJob, Transition
@@ -80,7 +81,8 @@ def test_a_lease_whose_holder_has_no_session_left_is_taken_at_once_with_the_next
 ) -> None:
     a, b = lease_session(url, "a#1"), lease_session(url, "b#1")
     assert try_acquire(a, "a#1", "a", "http://a:1", 3.0) is not None
-    a.close()  # the process died: its session is gone although the lease has not run out
+    a.close()  # the process died: its session ends although the lease has not run out
+    wait_until(lambda: not read_lease(b).live, what="the server to see the session end")
     assert try_acquire(b, "b#1", "b", "http://b:1", 3.0) == LeaseHold("b#1", 2)
 
 

@@ -241,17 +241,18 @@ def test_a_client_that_goes_away_from_a_follower_cancels_its_call_on_the_leader(
             follower.client() as http,
             http.stream("POST", "/api/chat", json={"model": "tiny", "messages": HELLO}) as answer,
         ):
+            lines.put(answer.headers["X-Gpulane-Job"])  # the leader's header, relayed
             lines.put(next(answer.iter_lines()))
             leave.wait(TIMEOUT_S)
 
     with background(read_one_line_and_leave):
         call = leader.gpu.next_call()
         call.emit("one")
+        job_id = lines.get(timeout=TIMEOUT_S)
         assert json.loads(lines.get(timeout=TIMEOUT_S))["message"]["content"] == "one"
         leave.set()
     assert call.wait_cancelled(TIMEOUT_S)
-    job = leader.lane.list(limit=1)[0]
-    wait_until(lambda: leader.lane.get(job.id).state is JobState.CANCELLED, TIMEOUT_S, "cancel")
+    wait_until(lambda: leader.lane.get(job_id).state is JobState.CANCELLED, TIMEOUT_S, "cancel")
 
 
 # --- the job surface: forwarded writes, reads from the database --------------------------

@@ -5,28 +5,38 @@ Chromium; a gateway on SQLite shows none of it on ``/status``, the page or ``/me
 
 The lane is ``test_backend_surfaces``' stub with a ``ClusterView.to_dict()`` added under
 ``"cluster"``, as ``GpuLane.status()`` has it on PostgreSQL; the SQLite checks run a real
-gateway."""
+gateway, and the last test a real gateway on a lane that leads a PostgreSQL database of its
+own (``postgres_kit.fresh_database``; it skips naming the missing server, and fails in CI)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
+import httpx
 import pytest
-from gateway_kit import ADMIN, ALICE, running_stack
+from gateway_kit import ADMIN, ALICE, KEYS, running_stack
+from postgres_kit import fresh_database
 from rich.console import Console
 from test_backend_surfaces import StubLane, _run_here, page_server
 from test_views import cell, needs_chromium, render_in_chromium
 
+from actors import Config
+from actors.config import GatewaySettings
+from actors.gateway import GatewayServer, create_app
 from actors.gateway.auth import Caller
 from actors.gateway.watch import LaneWatch, view_for
+from actors.runtime import ManualClock
 from actors.system import GpuLane
-from actors.top import render
-from protocol.cluster import ClusterView, Role
+from actors.testing import FakeGpu
+from actors.top import render, run_top
+from protocol import Limits, StoreSettings
+from protocol.cluster import ClusterSettings, ClusterView, Role
 
 OPS = Caller("ops", admin=True)
 LEADER_URL = "http://10.0.0.7:11435"
@@ -160,3 +170,56 @@ def test_the_status_page_on_sqlite_has_an_empty_cluster_strip_in_chromium(
 ) -> None:
     dom = page_of(picture_of(StubLane()), tmp_path)
     assert cell(dom, "cluster") == "" and cell(dom, "b-east-state") == "up"
+
+
+# --- a real lane on PostgreSQL --------------------------------------------------------------
+
+
+@pytest.fixture
+def leader() -> Iterator[str]:
+    """A gateway on a lane that leads a fresh PostgreSQL database as node gw-a; its URL. The
+    lane runs on a ManualClock, so its lease keeper renews only when a test moves it."""
+    settings = GatewaySettings(api_keys=KEYS)
+    clock = ManualClock()
+    with fresh_database() as url:
+        config = Config(
+            store=StoreSettings(url=url), limits=Limits.off(), gateway=settings,
+            cluster=ClusterSettings(node="gw-a"),
+        )  # fmt: skip
+        with (
+            GpuLane.start(config, gpu=FakeGpu(clock), clock=clock) as lane,
+            GatewayServer(create_app(lane, settings)) as server,
+        ):
+            yield server.url
+
+
+def test_a_gateway_leading_postgresql_shows_it_leads_on_status_top_and_metrics(
+    leader: str,
+) -> None:
+    with httpx.Client(base_url=leader, headers={"Authorization": f"Bearer {ADMIN}"}) as admin:
+        cluster = admin.get("/status").json()["cluster"]
+        metrics = admin.get("/metrics").text
+    anonymous = httpx.get(leader + "/status").json()["cluster"]
+    assert (cluster["node"], cluster["role"], cluster["leader"], cluster["token"]) == (
+        "gw-a", "leader", "gw-a", 1,
+    )  # fmt: skip
+    assert cluster["leader_url"].startswith("http://") and anonymous["leader_url"] is None
+    assert cluster["lease_age_s"] >= 0.0 and cluster["renewed_age_s"] >= 0.0
+    assert cluster["takeovers"] == 1, "the lane took the lease at its start"
+    for line in (
+        'gpulane_cluster_role{role="leader"} 1.0',
+        'gpulane_cluster_role{role="follower"} 0.0',
+        "gpulane_cluster_lease_token 1.0",
+        "gpulane_cluster_takeovers_total 1.0",
+    ):
+        assert line in metrics, line
+    assert re.search(r"^gpulane_cluster_lease_age_seconds \d", metrics, re.MULTILINE), metrics
+    console = Console(record=True, width=200)
+    run_top(leader, ADMIN, once=True, console=console)
+    line = re.search(r"^cluster .*$", console.export_text(), re.MULTILINE)
+    assert line, console.export_text()
+    assert re.fullmatch(
+        r"cluster  leader gw-a \(this gateway\) · lease [\d.]+s · renewed [\d.]+s ago"
+        r" · token 1 · takeovers 1",
+        line.group(0).rstrip(),
+    ), line.group(0)

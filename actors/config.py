@@ -32,8 +32,8 @@ from protocol import (
     StoreSettings,
     ValidationError,
 )
-from protocol.config import AlertSettings, WebhookSettings
 from protocol.cluster import ClusterSettings
+from protocol.config import AlertSettings, WebhookSettings
 from protocol.webhook import check_secret, parse_hosts
 
 __all__ = [

@@ -84,10 +84,12 @@ class LaneHosts:
         join_s: float,
         own: Callable[[BuiltBackend], Backend],
         residency: Callable[[], ResidencySettings],
+        guard: Callable[[Backend], Backend] = lambda backend: backend,
     ) -> LaneHosts:
         """Each backend ``config`` names, with slots on ``gpu`` (a fake GPU) if given, else
         on its client: ``backend`` for the one backend, else one built from its settings
-        (``own`` keeps it, for the lane to close); then ``cloud.slots`` on ``cloud``."""
+        (``own`` keeps it, for the lane to close); then ``cloud.slots`` on ``cloud``. Each
+        client is used through ``guard`` (a leader's lease check, ``LaneLease.guard``)."""
         settings = config.hosts
         if backend is not None and len(settings) > 1:
             raise ValidationError(
@@ -102,6 +104,7 @@ class LaneHosts:
                 if client is None:
                     built = local_backend(host)
                     client, url = own(built), built.url
+                client = guard(client)
                 factory = backend_slots(client, join_s)
             slot_ids = tuple(slot_id_for(host.name, i) for i in range(host.slots))
             slots.update(dict.fromkeys(slot_ids, factory))
@@ -110,7 +113,7 @@ class LaneHosts:
             )
             hosts.append(Host(host, client, url, slot_ids, embedder))
         if cloud is not None:
-            slots.update(dict.fromkeys(_cloud_ids(config), backend_slots(cloud, join_s)))
+            slots.update(dict.fromkeys(_cloud_ids(config), backend_slots(guard(cloud), join_s)))
         return cls(tuple(hosts), slots, cloud)
 
     @property

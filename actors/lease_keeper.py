@@ -81,12 +81,24 @@ class _Tick:
 
 
 class LeaseBoard:
-    """The latest ClusterView, replaced whole by the keeper; :meth:`view` ages it to now."""
+    """The latest ClusterView, replaced whole by the keeper; :meth:`view` ages it to now.
+    Also the local deadline of a held lease, which :meth:`leads` checks on every model call
+    a leader starts, so a leader woken past its lease starts none (a process stopped with
+    SIGSTOP finds the monotonic clock moved on)."""
 
     def __init__(self, node: str, holder: str) -> None:
         self._lock = threading.Lock()
         self._view = ClusterView(node=node, holder=holder, role=Role.FOLLOWER, token=0)
         self._read_at = time.monotonic()
+        self._until = 0.0  # monotonic; 0: no lease held
+
+    def hold_until(self, deadline: float) -> None:
+        """The lease is held until ``deadline`` on the monotonic clock (0: not held)."""
+        self._until = deadline
+
+    def leads(self) -> bool:
+        """This gateway holds the lease now, by its own clock."""
+        return time.monotonic() < self._until
 
     def publish(self, view: ClusterView) -> None:
         """Show ``view``, read now."""
@@ -147,6 +159,7 @@ class LeaseKeeper(pykka.ThreadingActor):
         """Give a held lease up (a follower takes it at its next poll) and close."""
         if self._timer is not None:
             self._timer.cancel()
+        self._board.hold_until(0.0)
         if self._hold is not None and self._conn is not None:
             try:
                 release(self._conn, self._hold)
@@ -196,6 +209,7 @@ class LeaseKeeper(pykka.ThreadingActor):
             self._lost(hold, "another gateway took it over")
             return
         self._deadline = started + self._settings.lease_s
+        self._board.hold_until(self._deadline)
         self._publish_safely()
 
     def _read_and_contend(self) -> None:
@@ -244,6 +258,7 @@ class LeaseKeeper(pykka.ThreadingActor):
     def _acquired(self, hold: LeaseHold, started: float, *, tell: bool = True) -> None:
         self._hold = hold
         self._deadline = started + self._settings.lease_s
+        self._board.hold_until(self._deadline)
         self._takeovers += 1
         log.info("lease_acquired", node=self._node, token=hold.token)
         self._publish_safely()
@@ -252,6 +267,7 @@ class LeaseKeeper(pykka.ThreadingActor):
 
     def _lost(self, hold: LeaseHold, reason: str) -> None:
         self._hold = None
+        self._board.hold_until(0.0)
         log.error("lease_lost", node=self._node, token=hold.token, reason=reason)
         self._publish_safely()
         self._events(LeaseLost(hold, reason))

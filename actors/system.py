@@ -28,7 +28,7 @@ from actors.config import CLOUD_BOUNDS_KEYS, CLOUD_CLIENT_KEYS, Config, check_re
 from actors.embedding import embed_request
 from actors.hosts import tracker_id_for
 from actors.lane_hosts import LaneHosts
-from actors.leadership import LaneLease
+from actors.leadership import LaneLease, Lead
 from actors.runtime import (
     ChildUnavailableError,
     Clock,
@@ -67,7 +67,7 @@ from protocol import (
     SystemStoppedError,
     ValidationError,
 )
-from protocol.cluster import ClusterView, LeaseHold, LeaseLostError
+from protocol.cluster import LeaseHold, LeaseLostError
 from protocol.messages import (
     Admit,
     Admitted,
@@ -130,7 +130,7 @@ class GpuLane:
         self._counters = {"submitted": 0, "cancel_requests": 0, "retries_requested": 0}
         self._hosts = LaneHosts((), {}, None)  # the backends, their slots and embedders
         self._alerting = Alerting(config.alerts, clock, timers, lambda: self._root)
-        self._lease = LaneLease(None, None, None)  # what it leads by on PostgreSQL
+        self._lease = LaneLease(None)  # what it leads by on PostgreSQL
 
     @classmethod
     def start(
@@ -144,7 +144,7 @@ class GpuLane:
         supervision: SupervisionSettings | None = None,
         on_failure: Callable[[ExitReason], None] | None = None,
         cloud: Backend | None = None,
-        lease: tuple[LeaseHold, Callable[[], ClusterView]] | None = None,
+        lease: Lead | None = None,
     ) -> GpuLane:
         """Build and start the supervision tree: store, arbiter, then the GPU slots.
 
@@ -157,8 +157,8 @@ class GpuLane:
         spent); the lane is stopped then, and every later call raises SystemStoppedError.
         A backend's client also serves :meth:`embed`. ``cloud`` (or ``config.cloud.enabled``)
         adds ``config.cloud.slots`` cloud slots on that backend (cloud fallback). On
-        ``store.url`` the lane leads by ``lease`` (a serve cluster member's hold and view),
-        else by one it takes (``actors.leadership.LaneLease``).
+        ``store.url`` the lane leads by ``lease`` (a serve cluster member's), else by one it
+        takes (``actors.leadership.LaneLease``).
         """
         config = config or Config()
         children = (*CHILD_ORDER, *WATCHERS)
@@ -203,6 +203,7 @@ class GpuLane:
             join_s=settings.slot_join_s,
             own=self._own,
             residency=lambda: self._config.residency,
+            guard=self._lease.guard,
         )
         self._slot_ids, cloud_slot_ids = tuple(hosts.slots), hosts.cloud_slot_ids
         wiring = LaneWiring(

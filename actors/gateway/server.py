@@ -5,18 +5,16 @@
 service"): SIGTERM or SIGINT stops it with status 0, SIGHUP reloads the config file,
 and when the supervision tree gives up it answers ``/readyz`` 503 for
 ``gateway.exit_delay_s``, lets the responses in flight end, and exits with
-``EXIT_FAILED``, so ``Restart=on-failure`` starts it again.
+``EXIT_FAILED``, so ``Restart=on-failure`` starts it again. On ``store.url`` it is one of
+several gateways, leading or following by the lease (``cluster_serve``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import signal
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,16 +25,13 @@ from fastapi import FastAPI
 
 from actors.config import Config
 from actors.gateway.app import create_app, lane_upstreams
-from actors.gateway.core import Gateway
-from actors.gateway.errors import GatewayError
+from actors.gateway.cluster_serve import serve_cluster
+from actors.gateway.foreground import EXIT_FAILED, Foreground
 from actors.system import GpuLane
-from protocol import GpulaneError
 
 __all__ = ["EXIT_FAILED", "GatewayServer", "serve"]
 
 log = structlog.get_logger("actors.gateway")
-
-EXIT_FAILED = 1  # ``gpulane serve``'s status after the supervision tree gave up
 
 
 class GatewayServer:
@@ -95,69 +90,6 @@ class GatewayServer:
         self.stop()
 
 
-class _Foreground(uvicorn.Server):
-    """uvicorn in the foreground with gpulane's signals and its exit after a failure.
-
-    SIGTERM and SIGINT stop it (a second SIGINT stops at once) without re-raising the
-    signal afterwards, as uvicorn's own handling does, so the lane stops cleanly and the
-    status is gpulane's. SIGHUP reloads the config file. Once ``failed`` is set, it keeps
-    serving (``/readyz`` answers 503) for ``gateway.exit_delay_s`` (as in force: a reload
-    changes it), then stops.
-    """
-
-    def __init__(self, config: uvicorn.Config, gateway: Gateway, failed: threading.Event) -> None:
-        super().__init__(config)
-        self._gateway = gateway
-        self._failed = failed
-        self._failed_at: float | None = None
-        self._reloads: set[asyncio.Task[None]] = set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        """Handle SIGTERM, SIGINT and SIGHUP on the event loop while serving."""
-        loop = asyncio.get_running_loop()
-        for stop in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(stop, self._stop, stop)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
-        try:
-            yield
-        finally:
-            for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(handled)
-
-    def _stop(self, signum: signal.Signals) -> None:
-        log.info("gateway_stopping", signal=signum.name)
-        self.force_exit = self.should_exit and signum is signal.SIGINT
-        self.should_exit = True
-
-    def _reload(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._reload_file())
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
-
-    async def _reload_file(self) -> None:
-        """Reload on SIGHUP as ``POST /admin/reload`` does; the log says what happened."""
-        gateway = self._gateway
-        try:
-            _, changed = await gateway.call(gateway.reload)
-        except (GatewayError, GpulaneError) as exc:  # as the route's 4xx would say it
-            log.warning("config_reload_refused", error=str(exc))
-            return
-        log.info("config_reloaded_on_sighup", changed=list(changed))
-
-    async def on_tick(self, counter: int) -> bool:
-        """uvicorn's tick (every 0.1 s); also stops ``exit_delay_s`` after a failure."""
-        delay = self._gateway.settings.exit_delay_s
-        if self._failed.is_set():
-            now = time.monotonic()
-            if self._failed_at is None:
-                self._failed_at = now
-                log.error("gateway_unready", exit_in_s=delay, status=EXIT_FAILED)
-            if now - self._failed_at >= delay:
-                return True
-        return await super().on_tick(counter)
-
-
 def serve(
     config: Config,
     *,
@@ -180,6 +112,8 @@ def serve(
     }
     settings = dataclasses.replace(config.gateway, **overrides)
     config = config.replace(gateway=settings)
+    if config.store.url:
+        return serve_cluster(config, config_path=config_path, overrides=overrides)
     failed = threading.Event()
     releases: list[Callable[[], None]] = []
     try:
@@ -197,7 +131,8 @@ def serve(
         server_config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level="warning"
         )
-        _Foreground(server_config, app.state.gateway, failed).run()
+        gateway = app.state.gateway
+        Foreground(server_config, lambda: gateway, settings, failed).run()
     finally:
         for release in reversed(releases):
             release()

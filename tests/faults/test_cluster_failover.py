@@ -58,11 +58,9 @@ def test_the_leader_killed_again_and_again_under_load_loses_no_accepted_job(
         takeovers = []
         try:
             for _ in range(KILLS):
-                wanted = submitter.count() + 10
-                wait_until(lambda: submitter.count() >= wanted, ROLE_S, "jobs to be accepted")
+                submitter.wait_for_more(10)
                 takeovers.append(takeover_after_kill(cluster))
-            wanted = submitter.count() + 10
-            wait_until(lambda: submitter.count() >= wanted, ROLE_S, "jobs after the last kill")
+            submitter.wait_for_more(10)
         finally:
             accepted = submitter.stop()
         wait_until(lambda: all_succeeded(cluster, accepted), SETTLE_S, "every job to end")

@@ -195,6 +195,11 @@ class Submitter:
         with self._lock:
             return len(self.accepted)
 
+    def wait_for_more(self, more: int) -> None:
+        """Return once ``more`` jobs beyond those accepted so far are accepted."""
+        wanted = self.count() + more
+        wait_until(lambda: self.count() >= wanted, ROLE_S, f"{more} more jobs to be accepted")
+
     def stop(self) -> list[str]:
         self._stop.set()
         self._thread.join()

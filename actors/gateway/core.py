@@ -51,6 +51,7 @@ __all__ = [
     "ViewerDep",
     "caller_of",
     "gateway_of",
+    "parse_ref",
     "viewer_of",
 ]
 
@@ -209,9 +210,7 @@ class Gateway:
 
     async def job_for(self, caller: Caller, ref: str) -> Job:
         """A job by id or sequence number, if ``caller`` may see it (404 otherwise)."""
-        is_seq = ref.isascii() and ref.isdigit() and len(ref) <= MAX_SEQ_DIGITS
-        key: str | int = int(ref) if is_seq else ref
-        job = await self.call(self.lane.get, key)
+        job = await self.call(self.lane.get, parse_ref(ref))
         if not caller.may_see(job.spec.caller):
             raise GatewayError(404, f"no job {ref!r}", field="job", reason="not_found")
         return job
@@ -322,6 +321,14 @@ class Gateway:
         self.settings = new
         self.keys = KeyRing(new.api_keys)
         return config, changes
+
+
+def parse_ref(ref: str) -> str | int:
+    """A job reference from a URL as the store looks it up: up to ``MAX_SEQ_DIGITS`` ASCII
+    digits are a sequence number, anything else a job id."""
+    if ref.isascii() and ref.isdigit() and len(ref) <= MAX_SEQ_DIGITS:
+        return int(ref)
+    return ref
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -35,7 +35,7 @@ from actors.config import GatewaySettings
 from actors.gateway import health, jobs_api
 from actors.gateway.app import METRICS_TYPE
 from actors.gateway.auth import Caller, KeyRing
-from actors.gateway.core import MAX_SEQ_DIGITS, CallerDep, ViewerDep
+from actors.gateway.core import CallerDep, ViewerDep, parse_ref
 from actors.gateway.errors import GatewayError, install_error_handlers, render
 from actors.gateway.forward import (
     FORWARDED_BY,
@@ -119,8 +119,7 @@ class FollowerGateway:
     async def job_for(self, caller: Caller, ref: str) -> Job:
         """A job by id or sequence number, if ``caller`` may see it (404 otherwise): the
         rules of ``core.Gateway.job_for``, a method of the leader's gateway."""
-        is_seq = ref.isascii() and ref.isdigit() and len(ref) <= MAX_SEQ_DIGITS
-        job = await self.call(self.lane.get, int(ref) if is_seq else ref)
+        job = await self.call(self.lane.get, parse_ref(ref))
         if not caller.may_see(job.spec.caller):
             raise GatewayError(404, f"no job {ref!r}", field="job", reason="not_found")
         return job

@@ -32,7 +32,15 @@ from protocol.job import Job
 from protocol.lifecycle import check_transition
 from protocol.messages import LaneStats, ListJobs, QueueChunk, Transition
 
-__all__ = ["COLUMNS", "UPDATE", "EngineBase", "check_seconds"]
+__all__ = [
+    "COLUMNS",
+    "SELECT_BY_ID",
+    "SELECT_BY_SEQ",
+    "UPDATE",
+    "EngineBase",
+    "check_seconds",
+    "list_query",
+]
 
 
 _ACTIVE_VALUES = (JobState.LOADING.value, JobState.RUNNING.value)
@@ -47,8 +55,8 @@ UPDATE = (
     "not_before = ?, attempts = ?, preemptions = ?, partial_output = ?, result = ?, "
     "error = ?, metrics = ?, output = ?, segments = ?, backend = ?, slot = ? WHERE seq = ?"
 )
-_SELECT_BY_ID = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
-_SELECT_BY_SEQ = f"SELECT {COLUMNS} FROM jobs WHERE seq = ?"
+SELECT_BY_ID = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
+SELECT_BY_SEQ = f"SELECT {COLUMNS} FROM jobs WHERE seq = ?"
 
 
 def check_seconds(older_than_s: Any) -> None:
@@ -61,6 +69,35 @@ def check_seconds(older_than_s: Any) -> None:
         raise ValidationError(
             "older_than_s", f"must be a number of seconds, 0 or more, got {older_than_s!r}"
         )
+
+
+def list_query(query: ListJobs) -> tuple[str, tuple[Any, ...]] | None:
+    """The select (``?`` marks) and its parameters for the jobs ``query`` asks for, or None
+    when no job can match (an empty set of states): one query for every reader of the
+    jobs. A ``limit`` that is not an integer of 1 or more is a ValidationError."""
+    limit = query.limit
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValidationError("limit", f"must be an integer of 1 or more, got {limit!r}")
+    if query.states is not None and not query.states:
+        return None
+    where: list[str] = []
+    params: list[Any] = []
+    if query.states is not None:
+        where.append(f"state IN ({', '.join('?' for _ in query.states)})")
+        params.extend(sorted(state.value for state in query.states))
+    for column, value in (
+        ("lane", None if query.lane is None else query.lane.value),
+        ("caller", query.caller),
+        ("model", query.model),
+    ):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    sql = f"SELECT {COLUMNS} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY seq {'ASC' if query.oldest_first else 'DESC'} LIMIT ?"
+    return sql, (*params, limit)
 
 
 class EngineBase(abc.ABC):
@@ -196,43 +233,25 @@ class EngineBase(abc.ABC):
         live = self._live.get(job_id)
         if live is not None:
             return live
-        row = self._read_one(_SELECT_BY_ID, job_id)
+        row = self._read_one(SELECT_BY_ID, job_id)
         if row is None:
             raise JobNotFoundError(job_id)
         return self.outbox.attach(job_from_row(row))
 
     def get_by_seq(self, seq: int) -> Job:
         """The job with this sequence number, or JobNotFoundError."""
-        row = self._read_one(_SELECT_BY_SEQ, seq)
+        row = self._read_one(SELECT_BY_SEQ, seq)
         if row is None:
             raise JobNotFoundError(seq)
         return self.outbox.attach(job_from_row(row))
 
     def list_jobs(self, query: ListJobs) -> tuple[Job, ...]:
         """Jobs matching every filter in ``query``, newest first unless ``oldest_first``."""
-        if not isinstance(query.limit, int) or isinstance(query.limit, bool) or query.limit < 1:
-            raise ValidationError("limit", f"must be an integer of 1 or more, got {query.limit!r}")
-        if query.states is not None and not query.states:
+        select = list_query(query)
+        if select is None:
             return ()
-        where: list[str] = []
-        params: list[Any] = []
-        if query.states is not None:
-            where.append(f"state IN ({', '.join('?' for _ in query.states)})")
-            params.extend(sorted(s.value for s in query.states))
-        for column, value in (
-            ("lane", None if query.lane is None else query.lane.value),
-            ("caller", query.caller),
-            ("model", query.model),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"SELECT {COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY seq {'ASC' if query.oldest_first else 'DESC'} LIMIT ?"
-        params.append(query.limit)
-        return tuple(self.outbox.attach(job_from_row(row)) for row in self._read_all(sql, params))
+        rows = self._read_all(*select)
+        return tuple(self.outbox.attach(job_from_row(row)) for row in rows)
 
     def count_by_state(self) -> Mapping[str, int]:
         """The number of jobs in each state, every state present: kept in memory, O(1)."""

@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from actors.stores._base import _SELECT_BY_ID, _SELECT_BY_SEQ, COLUMNS
+from actors.stores._base import SELECT_BY_ID, SELECT_BY_SEQ, list_query
 from actors.stores._outbox import Outbox
-from actors.stores._postgres import _PG_OUTBOX, CONNECT_TIMEOUT_S, _Adapted, explain, redact
+from actors.stores._postgres import CONNECT_TIMEOUT_S, PG_OUTBOX, Adapted, explain, redact
 from actors.stores._rows import job_from_row
-from protocol.errors import JobNotFoundError, StoreError, ValidationError
+from protocol.errors import JobNotFoundError, StoreError
 from protocol.job import Job
 from protocol.messages import ListJobs
 
@@ -52,38 +52,16 @@ class PgJobReader:
     def get(self, ref: str | int) -> Job:
         """The job with this id (a str) or sequence number (an int); JobNotFoundError when
         there is none."""
-        jobs = self._read(_SELECT_BY_SEQ if isinstance(ref, int) else _SELECT_BY_ID, (ref,))
+        jobs = self._read(SELECT_BY_SEQ if isinstance(ref, int) else SELECT_BY_ID, (ref,))
         if not jobs:
             raise JobNotFoundError(ref)
         return jobs[0]
 
     def list_jobs(self, query: ListJobs) -> tuple[Job, ...]:
         """Jobs matching every filter in ``query``, newest first unless ``oldest_first``:
-        the leader's ``EngineBase.list_jobs`` query, written here because that one is built
-        inside its method."""
-        limit = query.limit
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValidationError("limit", f"must be an integer of 1 or more, got {limit!r}")
-        if query.states is not None and not query.states:
-            return ()
-        where: list[str] = []
-        params: list[Any] = []
-        if query.states is not None:
-            where.append(f"state IN ({', '.join('?' for _ in query.states)})")
-            params.extend(sorted(state.value for state in query.states))
-        for column, value in (
-            ("lane", None if query.lane is None else query.lane.value),
-            ("caller", query.caller),
-            ("model", query.model),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"SELECT {COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY seq {'ASC' if query.oldest_first else 'DESC'} LIMIT ?"
-        return self._read(sql, (*params, limit))
+        the leader's store's query (``_base.list_query``)."""
+        select = list_query(query)
+        return () if select is None else self._read(*select)
 
     def ping(self) -> None:
         """Ask the server ``SELECT 1``; a StoreError naming the database when it cannot."""
@@ -101,25 +79,25 @@ class PgJobReader:
     def _read(self, sql: str, params: tuple[Any, ...]) -> tuple[Job, ...]:
         """The jobs of ``sql``'s rows (``?`` marks), each ended one with its delivery."""
 
-        def read(conn: _Adapted) -> tuple[Job, ...]:
+        def read(conn: Adapted) -> tuple[Job, ...]:
             rows = conn.execute(sql, params).fetchall()
-            outbox = Outbox(conn, self._error, errors=(psycopg.Error,), sql=_PG_OUTBOX)
+            outbox = Outbox(conn, self._error, errors=(psycopg.Error,), sql=PG_OUTBOX)
             return tuple(outbox.attach(job_from_row(row)) for row in rows)
 
         return self._run(read)
 
-    def _run(self, work: Callable[[_Adapted], T]) -> T:
+    def _run(self, work: Callable[[Adapted], T]) -> T:
         """``work`` on the connection, opened if need be; once more on a new connection
         when the server had ended the one kept from before."""
         with self._lock:
             kept = self._conn is not None and not self._conn.closed
             try:
-                return work(_Adapted(self._connection()))
+                return work(Adapted(self._connection()))
             except psycopg.Error as exc:
                 if not (kept and self._conn is not None and self._conn.closed):
                     raise self._error("cannot read", exc) from exc
             try:
-                return work(_Adapted(self._connection()))
+                return work(Adapted(self._connection()))
             except psycopg.Error as exc:
                 raise self._error("cannot read", exc) from exc
 

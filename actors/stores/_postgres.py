@@ -32,7 +32,15 @@ from protocol.job import Job
 from protocol.messages import InsertJob
 from protocol.spec import JobSpec
 
-__all__ = ["CONNECT_TIMEOUT_S", "LOCK_KEY", "PgJobDB", "redact"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "LOCK_KEY",
+    "PG_OUTBOX",
+    "Adapted",
+    "PgJobDB",
+    "explain",
+    "redact",
+]
 
 # How long opening waits for the server before calling it unreachable.
 CONNECT_TIMEOUT_S = 5
@@ -53,7 +61,8 @@ _PRUNE = (
     f"AND state IN ({_TERMINAL_VALUES}) AND {KEEPS_PENDING} ORDER BY finished_at LIMIT %s) "
     "RETURNING state"
 )
-_PG_OUTBOX = OutboxSQL(
+# The webhook outbox's statements on PostgreSQL (the store's and the follower's reader's).
+PG_OUTBOX = OutboxSQL(
     begin="BEGIN",
     record=(
         "UPDATE webhook_outbox SET state = ?, next_at = ?, ended_at = ?, "
@@ -106,7 +115,7 @@ def explain(exc: Exception) -> str:
     return f"{cause} ({text})" if cause else text
 
 
-class _Adapted:
+class Adapted:
     """psycopg's connection as the shared code uses sqlite3's: ``?`` marks (``%`` is
     escaped), and ``in_transaction`` while a transaction is open, also one a failed
     statement has spoiled (it still needs its ROLLBACK)."""
@@ -143,11 +152,11 @@ class PgJobDB(EngineBase):
     _errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
     _begin: ClassVar[str] = "BEGIN"
     _aggregate_ids: ClassVar[str] = "string_agg(id, ',' ORDER BY seq)"
-    _conn: _Adapted
+    _conn: Adapted
 
     def __init__(self, conn: psycopg.Connection[Any], name: str, clock: Clock) -> None:
-        adapted = _Adapted(conn)
-        outbox = Outbox(adapted, self._store_error, errors=self._errors, sql=_PG_OUTBOX)
+        adapted = Adapted(conn)
+        outbox = Outbox(adapted, self._store_error, errors=self._errors, sql=PG_OUTBOX)
         super().__init__(adapted, name, clock, outbox)
 
     @classmethod

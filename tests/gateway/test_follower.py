@@ -1,17 +1,14 @@
 """The gateway a follower runs (``actors/gateway/follower.py``, ``forward.py``) and its job
 reads (``actors/stores/_pg_reader.py``), on the real PostgreSQL.
 
-The leader is real: a GpuLane on a FakeGpu whose store is the module's database, behind a
-GatewayServer on loopback (a new one per test, on the same database). Each follower is
-``create_follower_app`` behind another GatewayServer, its view of the cluster a ``Views``
-the test sets (in ``gpulane serve`` it is the lease keeper's). The streaming tests emit a
-piece only once the client has the one before: a follower that buffered would hold the
-first piece back and the test would fail waiting for it. The clients are the official
-``ollama`` and ``openai`` packages; what they raise on an error status follows their
-sources (``ollama/_client.py``: ResponseError with the body's ``error`` and the status;
-``openai/_client.py``: InternalServerError for a 5xx, AuthenticationError for a 401, the
-body's ``error.message``). Skips naming the missing server without PostgreSQL, fails
-under CI.
+The leader and the followers are ``follower_kit``'s, on loopback: a new leader per test, on
+the module's database. The streaming tests emit a piece only once the client has the one
+before: a follower that buffered would hold the first piece back and the test would fail
+waiting for it. The clients are the official ``ollama`` and ``openai`` packages; what they
+raise on an error status follows their sources (``ollama/_client.py``: ResponseError with
+the body's ``error`` and the status; ``openai/_client.py``: InternalServerError for a 5xx,
+AuthenticationError for a 401, the body's ``error.message``). Skips naming the missing
+server without PostgreSQL, fails under CI.
 """
 
 from __future__ import annotations
@@ -29,23 +26,16 @@ import ollama
 import openai
 import psycopg
 import pytest
-from gateway_kit import ADMIN, ALICE, BOB, HELLO, KEYS, bearer
+from follower_kit import TIMEOUT_S, Follower, Leader, running_follower, running_leader, view_of
+from gateway_kit import ADMIN, ALICE, BOB, HELLO, bearer
 from postgres_kit import fresh_database
 
-from actors import Config, GpuLane
-from actors.config import GatewaySettings
-from actors.gateway import GatewayServer, create_app
-from actors.gateway.follower import create_follower_app
 from actors.gateway.forward import FORWARDED_BY
 from actors.stores import PgJobReader
 from actors.stores._pg_reader import APPLICATION_NAME
-from actors.testing import FakeGpu, quiesce, wait_until
-from protocol import JobNotFoundError, JobState, Limits, StoreError, StoreSettings, ValidationError
-from protocol.cluster import ClusterSettings, ClusterView, Role
+from actors.testing import quiesce, wait_until
+from protocol import JobNotFoundError, JobState, StoreError, ValidationError
 from protocol.messages import ListJobs
-
-LEASE_S = 2.5  # the followers' cluster.lease_s: Retry-After is 3
-TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -54,95 +44,10 @@ def database() -> Iterator[str]:
         yield url
 
 
-@dataclasses.dataclass
-class Leader:
-    """The leader's lane on the test database, its fake GPU and its gateway."""
-
-    lane: GpuLane
-    gpu: FakeGpu
-    server: GatewayServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
 @pytest.fixture
 def leader(database: str) -> Iterator[Leader]:
-    gpu = FakeGpu()
-    config = Config(
-        store=StoreSettings(url=database),
-        gateway=GatewaySettings(api_keys=KEYS),
-        limits=Limits.off(),
-    )
-    with GpuLane.start(config, gpu=gpu) as lane, GatewayServer(create_app(lane)) as server:
-        yield Leader(lane, gpu, server)
-
-
-def view_of(leader_url: str | None, node: str = "follower-1") -> ClusterView:
-    """A follower's view: ``leader_url`` leads (None: nobody does, a failover)."""
-    known = leader_url is not None
-    return ClusterView(
-        node=node, holder=f"{node}-holder", role=Role.FOLLOWER, token=7,
-        leader_node="leader-1" if known else None, leader_url=leader_url,
-        lease_age_s=12.5 if known else None, renewed_age_s=0.25 if known else None,
-        expires_in_s=2.25 if known else None,
-    )  # fmt: skip
-
-
-@dataclasses.dataclass
-class Views:
-    """The view a follower's app reads: what the test set last."""
-
-    current: ClusterView
-
-    def __call__(self) -> ClusterView:
-        return self.current
-
-
-@dataclasses.dataclass
-class Follower:
-    """A follower's app on loopback, the view it reads and its reader."""
-
-    server: GatewayServer
-    views: Views
-    reader: PgJobReader
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def client(self, key: str | None = ALICE) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers=bearer(key) if key else {}, timeout=TIMEOUT_S
-        )
-
-    def metric(self, sample: str) -> float:
-        """The value of one sample line of the follower's /metrics."""
-        with self.client(ADMIN) as http:
-            text = http.get("/metrics").text
-        for line in text.splitlines():
-            name, _, value = line.rpartition(" ")
-            if name == sample:
-                return float(value)
-        raise AssertionError(f"no sample {sample} in:\n{text}")
-
-
-@contextmanager
-def running_follower(
-    database: str, view: ClusterView, transport: httpx.AsyncBaseTransport | None = None
-) -> Iterator[Follower]:
-    views = Views(view)
-    reader = PgJobReader(database)
-    app = create_follower_app(
-        views, reader, GatewaySettings(api_keys=KEYS), transport=transport,
-        cluster=ClusterSettings(lease_s=LEASE_S),
-    )  # fmt: skip
-    try:
-        with GatewayServer(app) as server:
-            yield Follower(server, views, reader)
-    finally:
-        reader.close()
+    with running_leader(database) as running:
+        yield running
 
 
 @pytest.fixture

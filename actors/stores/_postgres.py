@@ -11,6 +11,7 @@ that refuses a second store, as SQLite's exclusive file lock does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -47,14 +48,10 @@ CONNECT_TIMEOUT_S = 5
 # The advisory lock a store holds on its database (advisory locks are per database).
 LOCK_KEY = int.from_bytes(b"gpulane", "big")
 
-_INSERT = (
-    "INSERT INTO jobs (seq, id, state, lane, caller, model, priority, spec, retry_of, "
-    "created_at, updated_at) VALUES "
-)
-_ROW = "(%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s)"
-# Rows per INSERT statement: 10 parameters each, well under PostgreSQL's 65535.
+# A row of ``_numbered_insert``: its place in submit order, then 9 parameters (``_values``).
+_ROW = "({}, %s, %s, %s, %s, %s::integer, %s, %s::text, %s::float8, %s::float8)"
+# Rows per INSERT statement: 9 parameters each, well under PostgreSQL's 65535.
 _ROWS_PER_INSERT = 500
-_NEXT_SEQS = "SELECT nextval('jobs_seq') FROM generate_series(1, %s)"
 _TERMINAL_VALUES = ", ".join(repr(s.value) for s in sorted(TERMINAL_STATES, key=str))
 _PRUNE = (
     "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at < %s "
@@ -141,12 +138,14 @@ class PgJobDB(EngineBase):
     """One open PostgreSQL job database: schema checked and migrated, the advisory lock held.
 
     Group commit as SQLite's: one transaction per batch. Unlike SQLite, a failed statement
-    spoils PostgreSQL's whole transaction, so each bulk INSERT runs under a savepoint (a
-    row that fails, such as a clashing id, fails alone), as does a terminal move with its
-    webhook delivery (``_outbox``); any other statement that fails spoils the batch, which
-    then fails whole (a plain transition fails in SQL only by losing the server). Sequence
-    numbers come from ``jobs_seq``, fetched for a batch's inserts in one statement, in
-    submit order; a rolled-back batch leaves a gap, as PostgreSQL's sequences do.
+    spoils PostgreSQL's whole transaction, so a bulk INSERT after other writes runs under a
+    savepoint (a row that fails, such as a clashing id, fails alone), as does a terminal
+    move with its webhook delivery (``_outbox``); a bulk INSERT that is the transaction's
+    first write runs without one, and if it fails the transaction begins again, which
+    undoes nothing else. Any other statement that fails spoils the batch, which then fails
+    whole (a plain transition fails in SQL only by losing the server). Sequence numbers
+    come from ``jobs_seq``, drawn by the INSERT itself in submit order; a failed statement
+    or a rolled-back batch leaves a gap, as PostgreSQL's sequences do.
     """
 
     _errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
@@ -329,48 +328,67 @@ class PgJobDB(EngineBase):
         )
 
     def _insert(self, pending: list[_Pending], outcomes: list[BatchOutcome]) -> None:
-        """Number the prepared inserts in submit order and write them, a bulk INSERT per
-        ``_ROWS_PER_INSERT`` under a savepoint; a chunk that fails is tried row by row."""
-        try:
-            seqs = sorted(r[0] for r in self._conn.raw.execute(_NEXT_SEQS, (len(pending),)))
-        except psycopg.Error as exc:
-            self._fail_all(pending, outcomes, self._store_error("cannot write", exc))
-            return
-        rows = [_row(item, seq) for item, seq in zip(pending, seqs, strict=True)]
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            params = [value for _, row, _ in chunk for value in row]
+        """Write the prepared inserts, a bulk INSERT per ``_ROWS_PER_INSERT`` that numbers
+        them itself (one round trip); a chunk that fails is tried row by row, each under a
+        savepoint. A chunk that is the transaction's first write (a batch of submits) runs
+        without a savepoint, two round trips fewer; if it fails, the transaction is begun
+        again before the rows are tried."""
+        for start in range(0, len(pending), _ROWS_PER_INSERT):
+            chunk = pending[start : start + _ROWS_PER_INSERT]
+            first = all(o is _NOT_YET for o in outcomes)
             try:
-                self._in_savepoint(_INSERT + ", ".join([_ROW] * len(chunk)), params)
-            except psycopg.Error as exc:
-                if not self._conn.usable:
-                    self._fail_all(pending, outcomes, self._store_error("cannot write", exc))
-                    return
-                for index, row, job in chunk:
-                    try:
-                        self._in_savepoint(_INSERT + _ROW, row)
-                    except psycopg.Error as row_exc:
-                        outcomes[index] = self._store_error("cannot write", row_exc)
-                        if not self._conn.usable:
-                            return
-                    else:
-                        outcomes[index] = job
+                self._write_rows(chunk, outcomes, savepoint=not first)
                 continue
-            for index, _, job in chunk:
-                outcomes[index] = job
+            except psycopg.Error as exc:
+                error = exc
+            if first:
+                self._rollback()
+                try:
+                    self._conn.execute("BEGIN")
+                except psycopg.Error as exc:
+                    error = exc
+            if not self._conn.usable:
+                self._fail_all(pending, outcomes, self._store_error("cannot write", error))
+                return
+            for item in chunk:
+                try:
+                    self._write_rows([item], outcomes, savepoint=True)
+                except psycopg.Error as row_exc:
+                    outcomes[item[0]] = self._store_error("cannot write", row_exc)
+                    if not self._conn.usable:
+                        return
 
-    def _in_savepoint(self, sql: str, params: Any) -> None:
-        """Run ``sql`` so that its failure undoes only itself; the transaction stays usable
-        unless the connection is lost."""
+    def _write_rows(
+        self, chunk: list[_Pending], outcomes: list[BatchOutcome], *, savepoint: bool
+    ) -> None:
+        """Insert ``chunk`` in one statement; each row's Job goes to its place in
+        ``outcomes`` once the statement succeeded."""
+        sql = _numbered_insert(len(chunk))
+        params = [value for item in chunk for value in _values(item)]
+        if savepoint:
+            rows = self._in_savepoint(sql, params)
+        else:
+            rows = self._conn.raw.execute(sql, params).fetchall()
+        seqs: dict[str, int] = dict(rows)
+        for index, spec, job_id, now, _, _ in chunk:
+            outcomes[index] = Job(
+                id=job_id, seq=seqs[job_id], spec=spec, state=JobState.QUEUED,
+                created_at=now, updated_at=now,
+            )  # fmt: skip
+
+    def _in_savepoint(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """Run ``sql`` so that its failure undoes only itself (the transaction stays usable
+        unless the connection is lost); return its rows."""
         raw = self._conn.raw
         raw.execute("SAVEPOINT bulk_insert")
         try:
-            raw.execute(sql, params)
+            rows = raw.execute(sql, params).fetchall()
         except psycopg.Error:
             if self._conn.in_transaction:
                 raw.execute("ROLLBACK TO SAVEPOINT bulk_insert")
             raise
         raw.execute("RELEASE SAVEPOINT bulk_insert")
+        return rows
 
     def _fail_all(
         self, pending: list[_Pending], outcomes: list[BatchOutcome], error: StoreError
@@ -402,13 +420,28 @@ class PgJobDB(EngineBase):
         return "wal", str(self._read_one("SHOW synchronous_commit")[0])
 
 
-def _row(item: _Pending, seq: int) -> tuple[int, tuple[Any, ...], Job]:
-    """A prepared insert numbered ``seq``: (its index, its INSERT parameters, its Job)."""
-    index, spec, job_id, now, retry_of, spec_json = item
-    row = (seq, job_id, spec.lane.value, spec.caller, spec.model, int(spec.priority), spec_json,
-           retry_of, now, now)  # fmt: skip
-    job = Job(id=job_id, seq=seq, spec=spec, state=JobState.QUEUED, created_at=now, updated_at=now)
-    return index, row, job
+@functools.cache
+def _numbered_insert(rows: int) -> str:
+    """The INSERT of ``rows`` prepared inserts, numbered from ``jobs_seq`` by the statement
+    itself in submit order: the n-th smallest number drawn goes to the n-th row, whatever
+    order nextval ran in. It returns (id, seq) per row."""
+    values = ", ".join(_ROW.format(place) for place in range(1, rows + 1))
+    return (
+        f"WITH drawn AS (SELECT nextval('jobs_seq') AS seq FROM generate_series(1, {rows})), "
+        "numbered AS (SELECT seq, row_number() OVER (ORDER BY seq) AS place FROM drawn) "
+        "INSERT INTO jobs (seq, id, state, lane, caller, model, priority, spec, retry_of, "
+        "created_at, updated_at) SELECT numbered.seq, v.id, 'queued', v.lane, v.caller, "
+        "v.model, v.priority, v.spec, v.retry_of, v.created_at, v.updated_at FROM numbered "
+        f"JOIN (VALUES {values}) AS v (place, id, lane, caller, model, priority, spec, "
+        "retry_of, created_at, updated_at) USING (place) RETURNING id, seq"
+    )
+
+
+def _values(item: _Pending) -> tuple[Any, ...]:
+    """A prepared insert's parameters in ``_ROW``."""
+    _, spec, job_id, now, retry_of, spec_json = item
+    return (job_id, spec.lane.value, spec.caller, spec.model, int(spec.priority), spec_json,
+            retry_of, now, now)  # fmt: skip
 
 
 def _fence(conn: psycopg.Connection[Any], lease: LeaseHold) -> None:

@@ -68,7 +68,7 @@ class Gateway:
     def role(self) -> str | None:
         """What its /status says it is now (None: it does not answer)."""
         try:
-            answer = httpx.get(self.url + "/status", timeout=5)
+            answer = httpx.get(self.url + "/status", timeout=2)
         except httpx.HTTPError:
             return None
         cluster = answer.json().get("cluster") if answer.status_code == 200 else None

@@ -141,8 +141,12 @@ class ClusterMember:
                 config, on_failure=self._lane_failed, lease=self.leadership.lead(hold)
             )
         except Exception:
+            if not self.leadership.still_leads():
+                log.warning("lease_lost_while_starting", token=hold.token)
+                return  # the keeper tells LeaseLost; this gateway goes on following
             log.exception("leader_lane_failed_to_start", token=hold.token)
             self._failed.set()
+            self.leadership.stop()  # release the lease now: another gateway can lead
             return
         self._lane = lane
         app = create_app(

@@ -1,7 +1,8 @@
 """Two ``gpulane serve`` processes on one PostgreSQL database, one model server (#18,
 docs/architecture.md section 14): the leader killed with SIGKILL again and again under load
 loses no accepted job and each job succeeds once; a leader stopped with SIGSTOP past its
-lease writes nothing after the other gateway took over, and follows when it wakes.
+lease writes nothing after the other gateway took over, and follows when it wakes; a
+leader whose tree gives up hands the lease on and exits with status 1.
 
 Real processes and real time: waits are bounded polls (``wait_until``), and what the tests
 assert comes from the database (the jobs, the lease, and an audit trigger the test
@@ -16,10 +17,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from cluster_kit import ROLE_S, Cluster, Submitter, running_cluster, takeover_after_kill
 from postgres_kit import fresh_database
 
+from actors.gateway.foreground import EXIT_FAILED
 from actors.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,6 +34,18 @@ SLOW = (
     '{"load_seconds": 0.05, "first_token_seconds": 0.0, "tokens_per_second": 30,'
     ' "mean_answer_tokens": 40, "max_answer_tokens": 60}'
 )
+# A fault the test installs: every update of a job by one session fails, as on a full disk.
+BROKEN_FOR = """
+CREATE FUNCTION test_broken() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('application_name') = 'HOLDER' THEN
+        RAISE EXCEPTION 'could not extend file: No space left on device'
+            USING ERRCODE = '53100';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_broken BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION test_broken();
+"""
 KILLS = 3
 SETTLE_S = 120.0  # bounds how long the queue may take to drain, never a pause
 
@@ -109,3 +124,23 @@ def test_a_leader_stopped_past_its_lease_writes_nothing_after_the_takeover_and_t
     recovered = {job for job, state, app, at in audit if app == stale and state == "running"}
     finished_by = {job: app for job, state, app, _ in audit if state == "succeeded"}
     assert recovered and all(finished_by[job] != stale for job in recovered & set(ids))
+
+
+def test_a_leader_whose_tree_gives_up_hands_the_lease_on_and_exits_with_status_1(
+    tmp_path: Path, url: str
+) -> None:
+    with running_cluster(tmp_path, url, QUICK, lease_s=3.0) as cluster:
+        failing, survivor = cluster.gateways
+        holder = cluster.lease()[0]
+        # The leader's store can no longer update a job, as on a full disk; the other
+        # gateway's store can (the fault names the leader's session).
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(BROKEN_FOR.replace("HOLDER", f"gpulane store {holder}"))
+        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello"}]}
+        job_id = failing.process.post("/jobs", json=body).json()["id"]
+        wait_until(survivor.leads, ROLE_S, "the other gateway to take over")
+        assert failing.process.wait(SETTLE_S) == EXIT_FAILED
+        wait_until(lambda: all_succeeded(cluster, [job_id]), SETTLE_S, "the job to end")
+        assert cluster.lease()[1] == 2
+    log = failing.process.log()
+    assert "leader_lane_gave_up" in log and "lease_released" in log

@@ -16,6 +16,8 @@ it), each system gets a fresh database of its own on the same server, in every r
 systems' rounds taken in turn:
 
 - gpulane: ``ask(InsertJob(spec))`` to a JobStore with ``StoreSettings(url=...)``;
+- raw psycopg: a connection per submitter in autocommit, one INSERT per job, the raw sqlite3
+  loop's row (PostgreSQL alone: no group commit of ours, no NOTIFY);
 - procrastinate and pgqueuer: their synchronous enqueue with the spec's JSON as payload,
   run by pg_peers.py (which says what each call does) in the `bench` extra's interpreter,
   ``.venv/bench/bin/python``, since the main environment does not carry them.
@@ -70,13 +72,14 @@ ROOT = Path(__file__).resolve().parents[2]
 Note = Callable[[], str]
 SYSTEMS = ("gpulane", "raw_sqlite", "huey", "persist_queue")
 PEERS = ("huey", "persist_queue")
-PG_SYSTEMS = ("gpulane_pg", "procrastinate", "pgqueuer")
+PG_SYSTEMS = ("gpulane_pg", "raw_pg", "procrastinate", "pgqueuer")
+PG_PEERS = ("procrastinate", "pgqueuer")  # the issue's peers; raw_pg is PostgreSQL alone
 SUBMITTERS = (1, 8)
 # Submits per round, by submitter count, in a --quick run (True) and a full one (False).
 SQLITE_SUBMITS = {True: {1: 2000, 8: 16000}, False: {1: 5000, 8: 40000}}
 PG_SUBMITS = {True: {1: 500, 8: 4000}, False: {1: 3000, 8: 24000}}
 BENCH_PYTHON = ROOT / ".venv" / "bench" / "bin" / "python"  # the `bench` extra (make bench)
-PG_PEERS = Path(__file__).with_name("pg_peers.py")
+PG_PEERS_SCRIPT = Path(__file__).with_name("pg_peers.py")
 
 SPEC = JobSpec.chat(
     model="llama3.2",
@@ -132,32 +135,59 @@ def raw_sqlite(directory: Path) -> Iterator[tuple[Submit, Note]]:
     conn.execute("CREATE INDEX jobs_by_state ON jobs (state, seq)")
     conn.execute("CREATE INDEX jobs_by_caller ON jobs (caller, seq)")
     lock = threading.Lock()
+    insert = RAW_INSERT.replace("%s", "?")
 
     def submit() -> None:
-        now = time.time()
-        row = (
-            str(ULID.from_timestamp(now)),
-            SPEC.lane.value,
-            SPEC.caller,
-            SPEC.model,
-            int(SPEC.priority),
-            json.dumps(SPEC.to_dict()),
-            now,
-            now,
-        )
+        row = raw_row()
         with lock:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO jobs (id, state, lane, caller, model, priority, spec, created_at, "
-                "updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+            conn.execute(insert, row)
             conn.execute("COMMIT")
 
     try:
         yield submit, lambda: "1 write/commit"
     finally:
         conn.close()
+
+
+def raw_row() -> tuple[Any, ...]:
+    """A new job's row for the raw loops (``RAW_INSERT``): its ULID, its indexed columns, the
+    spec's JSON, the times."""
+    now = time.time()
+    return (str(ULID.from_timestamp(now)), SPEC.lane.value, SPEC.caller, SPEC.model,
+            int(SPEC.priority), json.dumps(SPEC.to_dict()), now, now)  # fmt: skip
+
+
+@contextmanager
+def raw_pg(url: str, submitters: int) -> Iterator[tuple[list[Submit], Note]]:
+    """A connection per submitter in autocommit, one INSERT per job, the raw sqlite3 loop's
+    row: what PostgreSQL does alone (it shares a WAL flush among the commits that wait for
+    one), with no group commit of ours and no NOTIFY."""
+    conns = [psycopg.connect(url, autocommit=True) for _ in range(submitters)]
+    conns[0].execute(
+        "CREATE TABLE jobs (seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+        "state TEXT NOT NULL, lane TEXT NOT NULL, caller TEXT NOT NULL, model TEXT NOT NULL, "
+        "priority INTEGER NOT NULL, spec TEXT NOT NULL, created_at DOUBLE PRECISION, "
+        "updated_at DOUBLE PRECISION)"
+    )
+    conns[0].execute("CREATE INDEX jobs_by_state ON jobs (state, seq)")
+    conns[0].execute("CREATE INDEX jobs_by_caller ON jobs (caller, seq)")
+
+    def inserter(conn: psycopg.Connection[Any]) -> Submit:
+        return lambda: conn.execute(RAW_INSERT, raw_row())
+
+    try:
+        yield [inserter(conn) for conn in conns], lambda: "1 write/commit"
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+@contextmanager
+def pg_store(url: str, submitters: int) -> Iterator[tuple[list[Submit], Note]]:
+    """The JobStore actor on the PostgreSQL database at ``url``."""
+    with job_store(StoreSettings(url=url)) as (submit, note):
+        yield [submit] * submitters, note
 
 
 @contextmanager
@@ -186,12 +216,17 @@ def persist_queue(directory: Path) -> Iterator[tuple[Submit, Note]]:
         queue.close()
 
 
+RAW_INSERT = (
+    "INSERT INTO jobs (id, state, lane, caller, model, priority, spec, created_at, updated_at) "
+    "VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s)"
+)
 FACTORIES = {
     "gpulane": gpulane,
     "raw_sqlite": raw_sqlite,
     "huey": huey,
     "persist_queue": persist_queue,
 }
+PG_IN_PROCESS = {"gpulane_pg": pg_store, "raw_pg": raw_pg}
 
 
 # --- measuring --------------------------------------------------------------------------
@@ -200,12 +235,12 @@ FACTORIES = {
 def run_peer(system: str, url: str, submitters: int, total: int) -> tuple[float, list[float]]:
     """One round of a PostgreSQL peer in pg_peers.py, on the fresh database at ``url``."""
     done = subprocess.run(
-        [str(BENCH_PYTHON), str(PG_PEERS), system, str(submitters), str(total)],
+        [str(BENCH_PYTHON), str(PG_PEERS_SCRIPT), system, str(submitters), str(total)],
         input=json.dumps({"url": url, "spec": PAYLOAD}) + "\n",
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
-        raise SystemExit(f"{system} failed in {PG_PEERS.name}:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{system} failed in {PG_PEERS_SCRIPT.name}:\n{done.stderr[-3000:]}")
     answer = json.loads(done.stdout.splitlines()[-1])
     return answer["submits_per_s"], answer["latencies_s"]
 
@@ -216,7 +251,7 @@ def peer_versions(skipped: list[str]) -> dict[str, str]:
     why = f"{BENCH_PYTHON} is missing"
     if BENCH_PYTHON.exists():
         done = subprocess.run(
-            [str(BENCH_PYTHON), str(PG_PEERS), "--versions"], capture_output=True, text=True
+            [str(BENCH_PYTHON), str(PG_PEERS_SCRIPT), "--versions"], capture_output=True, text=True
         )
         if done.returncode == 0:
             versions: dict[str, str] = json.loads(done.stdout)
@@ -328,17 +363,18 @@ def run_postgres(
         skipped.append(f"PostgreSQL rows skipped: {exc.msg}")
         return {}
     peers = peer_versions(skipped)
-    systems = [system for system in PG_SYSTEMS if system == "gpulane_pg" or system in peers]
+    systems = [system for system in PG_SYSTEMS if system in PG_IN_PROCESS or system in peers]
     total = PG_SUBMITS[quick]
     for submitters in SUBMITTERS:
         rounds: dict[str, list[tuple[float, list[float]]]] = {system: [] for system in systems}
         for _ in range(rounds_of(quick)):
             for system in systems:
                 with fresh_database() as url:
-                    if system == "gpulane_pg":
-                        with job_store(StoreSettings(url=url)) as (submit, note):
-                            warm_up(submit)
-                            rounds[system].append(measure([submit] * submitters, total[submitters]))
+                    if system in PG_IN_PROCESS:
+                        with PG_IN_PROCESS[system](url, submitters) as (submits, note):
+                            for submit in dict.fromkeys(submits):  # each connection once
+                                warm_up(submit)
+                            rounds[system].append(measure(submits, total[submitters]))
                             notes[f"{system}.{submitters}"] = note()
                     else:
                         rounds[system].append(run_peer(system, url, submitters, total[submitters]))
@@ -377,12 +413,15 @@ def run(quick: bool) -> dict[str, Any]:
     ]
     if "gpulane_pg.submits_per_s.8" in results:
         goals.append(goal("gpulane_pg.p99_ms.8", "<=", 10, results))
-    pg_peers = [p for p in PG_SYSTEMS[1:] if f"{p}.submits_per_s.8" in results]
+    pg_peers = [p for p in PG_PEERS if f"{p}.submits_per_s.8" in results]
     if "gpulane_pg.submits_per_s.8" in results and pg_peers:
         best = max(results[f"{p}.submits_per_s.8"] for p in pg_peers)
         ratio = results["gpulane_pg.submits_per_s.8"] / best
         results["ratio.gpulane_pg_vs_best_pg_peer"] = round(ratio, 2)
         goals.append(goal("ratio.gpulane_pg_vs_best_pg_peer", ">=", 2.0, results))
+    if "raw_pg.submits_per_s.8" in results:
+        ratio = results["gpulane_pg.submits_per_s.8"] / results["raw_pg.submits_per_s.8"]
+        results["ratio.gpulane_pg_vs_raw_pg.8"] = round(ratio, 2)
     machine = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -431,7 +470,7 @@ def table(report: dict[str, Any]) -> str:
     pg_systems = [s for s in PG_SYSTEMS if f"{s}.submits_per_s.1" in report["results"]]
     if pg_systems:
         settings = ", ".join(f"{k}={v}" for k, v in m["postgresql_settings"].items())
-        peers = ", ".join(f"{p} {m[p]}" for p in pg_systems[1:])
+        peers = ", ".join(f"{p} {m[p]}" for p in PG_PEERS if p in m)
         lines += ["", f"on PostgreSQL {m['postgresql']} ({settings}); {peers or 'no peers'}:"]
         lines += rows(report, pg_systems)
     lines += ["", *report["skipped"]]

@@ -64,7 +64,6 @@ from ulid import ULID
 
 from actors.job_store import JobStore
 from actors.runtime import SystemClock
-from actors.testing import wait_until
 from protocol import JobSpec, Lane, StoreSettings
 from protocol.messages import InsertJob, StoreSnapshot
 
@@ -263,32 +262,6 @@ def peer_versions(skipped: list[str]) -> dict[str, str]:
     return {}
 
 
-def without_autovacuum(url: str) -> None:
-    """Autovacuum off on the database's tables, and no autovacuum worker left on it.
-
-    A round's thousands of inserts invite one, and postgres_kit's ``DROP DATABASE ... WITH
-    (FORCE)`` fails on a worker ("must be a member of the role whose process is being
-    terminated or member of pg_signal_backend") unless its admin role is in
-    pg_signal_backend. A worker that holds a table is cancelled by the ALTER (after
-    ``deadlock_timeout``); disabled tables are not taken again.
-    """
-    with psycopg.connect(url, autocommit=True) as conn:
-        for (table,) in conn.execute(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-            "WHERE tableowner = current_user"
-        ).fetchall():
-            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
-        workers = (
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        wait_until(
-            lambda: conn.execute(workers).fetchone() == (0,),
-            timeout=60,
-            what="an autovacuum worker stayed on the benchmark's database for 60 s",
-        )
-
-
 def record(
     results: dict[str, float], system: str, submitters: int, rounds: list[tuple[float, list[float]]]
 ) -> None:
@@ -379,7 +352,6 @@ def run_postgres(
                     else:
                         rounds[system].append(run_peer(system, url, submitters, total[submitters]))
                         notes[f"{system}.{submitters}"] = "1 write/commit"
-                    without_autovacuum(url)
         for system in systems:
             record(results, system, submitters, rounds[system])
     with psycopg.connect(admin, autocommit=True) as conn:

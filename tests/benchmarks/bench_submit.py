@@ -25,7 +25,8 @@ systems' rounds taken in turn:
 Where no PostgreSQL server answers, its rows are skipped with a line naming the server; where
 the `bench` environment is missing, the peers' rows are. Not measured here: 8 submitters
 across two gateway processes on one database, which needs the several-gateway ``gpulane
-serve`` (issue 18) that is not built yet.
+serve`` of issue 18 (a follower forwards its submits to the leader), still being built when
+these rows were added.
 
 Usage: bench_submit.py [--quick] [--json]   (see /work/shared/BENCHMARKS.md)
 """

@@ -22,11 +22,14 @@ systems' rounds taken in turn:
   run by pg_peers.py (which says what each call does) in the `bench` extra's interpreter,
   ``.venv/bench/bin/python``, since the main environment does not carry them.
 
+- gpulane, two gateways: two ``gpulane serve`` processes on the database (one leads, one
+  follows and forwards to it; ``tests/kits/cluster_kit.py``), dispatch paused so the jobs
+  only queue, each submitter a thread with an HTTP client of its own posting ``POST /jobs``
+  to the gateways in turn (half of them through the follower): what a client of the
+  gateways sees, HTTP and the forward included.
+
 Where no PostgreSQL server answers, its rows are skipped with a line naming the server; where
-the `bench` environment is missing, the peers' rows are. Not measured here: 8 submitters
-across two gateway processes on one database, which needs the several-gateway ``gpulane
-serve`` of issue 18 (a follower forwards its submits to the leader), still being built when
-these rows were added.
+the `bench` environment is missing, the peers' rows are.
 
 Usage: bench_submit.py [--quick] [--json]   (see /work/shared/BENCHMARKS.md)
 """
@@ -54,9 +57,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kits"))  # postgres_kit
 
+import httpx
 import psycopg
 import pytest
 import structlog
+from cluster_kit import running_cluster
 from huey import SqliteHuey
 from persistqueue import SQLiteAckQueue
 from postgres_kit import fresh_database, require_postgres
@@ -72,7 +77,7 @@ ROOT = Path(__file__).resolve().parents[2]
 Note = Callable[[], str]
 SYSTEMS = ("gpulane", "raw_sqlite", "huey", "persist_queue")
 PEERS = ("huey", "persist_queue")
-PG_SYSTEMS = ("gpulane_pg", "raw_pg", "procrastinate", "pgqueuer")
+PG_SYSTEMS = ("gpulane_pg", "gpulane_2gw", "raw_pg", "procrastinate", "pgqueuer")
 PG_PEERS = ("procrastinate", "pgqueuer")  # the issue's peers; raw_pg is PostgreSQL alone
 SUBMITTERS = (1, 8)
 # Submits per round, by submitter count, in a --quick run (True) and a full one (False).
@@ -81,16 +86,16 @@ PG_SUBMITS = {True: {1: 500, 8: 4000}, False: {1: 3000, 8: 24000}}
 BENCH_PYTHON = ROOT / ".venv" / "bench" / "bin" / "python"  # the `bench` extra (make bench)
 PG_PEERS_SCRIPT = Path(__file__).with_name("pg_peers.py")
 
+MESSAGES = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "Summarise the plot of Hamlet in two sentences."},
+]
+OPTIONS = {"num_ctx": 4096, "temperature": 0.2}
 SPEC = JobSpec.chat(
-    model="llama3.2",
-    messages=[
-        {"role": "system", "content": "You are a terse assistant."},
-        {"role": "user", "content": "Summarise the plot of Hamlet in two sentences."},
-    ],
-    lane=Lane.EXTERNAL,
-    caller="bench",
-    options={"num_ctx": 4096, "temperature": 0.2},
+    model="llama3.2", messages=MESSAGES, lane=Lane.EXTERNAL, caller="bench", options=OPTIONS
 )
+# The simulated model the two gateways' server offers (their dispatch is paused).
+CLUSTER_MODEL = '{"load_seconds": 0.05, "first_token_seconds": 0.0, "tokens_per_second": 400}'
 PAYLOAD = SPEC.to_dict()
 
 
@@ -226,7 +231,40 @@ FACTORIES = {
     "huey": huey,
     "persist_queue": persist_queue,
 }
-PG_IN_PROCESS = {"gpulane_pg": pg_store, "raw_pg": raw_pg}
+
+
+@contextmanager
+def two_gateways(url: str, submitters: int) -> Iterator[tuple[list[Submit], Note]]:
+    """Two ``gpulane serve`` on ``url``, dispatch paused; a client per submitter posting
+    ``POST /jobs`` to the gateways in turn (the follower forwards to the leader)."""
+    body = {"model": SPEC.model, "messages": MESSAGES, "options": OPTIONS}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_cluster(Path(tmp), url, CLUSTER_MODEL, lease_s=3.0) as cluster,
+    ):
+        leader = cluster.leader()
+        assert httpx.post(leader.url + "/admin/pause", timeout=10).status_code == 200
+        clients = [
+            httpx.Client(base_url=cluster.gateways[n % 2].url, timeout=30)
+            for n in range(submitters)
+        ]
+
+        def poster(client: httpx.Client) -> Submit:
+            def submit() -> None:
+                answer = client.post("/jobs", json=body)
+                if answer.status_code != 202:
+                    raise SystemExit(f"POST /jobs answered {answer.status_code}: {answer.text}")
+
+            return submit
+
+        try:
+            yield [poster(c) for c in clients], lambda: f"{min(submitters, 2)} gateway(s), HTTP"
+        finally:
+            for client in clients:
+                client.close()
+
+
+PG_IN_PROCESS = {"gpulane_pg": pg_store, "gpulane_2gw": two_gateways, "raw_pg": raw_pg}
 
 
 # --- measuring --------------------------------------------------------------------------

@@ -187,7 +187,9 @@ class ClusterMember:
 
     def _config_in_file(self) -> Config:
         """The config to lead with: the file as it is now (a follower reads it on leading),
-        with the command line's gateway keys; the one it started with if the file fails."""
+        with the command line's gateway keys, and the store and cluster this process
+        started with (they change only with a restart); the one it started with if the
+        file cannot be read."""
         if self._config_path is None:
             return self._config
         try:
@@ -195,7 +197,14 @@ class ClusterMember:
         except Exception as exc:
             log.warning("config_unreadable_on_leading", error=str(exc))
             return self._config
-        return config.replace(gateway=dataclasses.replace(config.gateway, **self._overrides))
+        started = self._config
+        if (config.store, config.cluster) != (started.store, started.cluster):
+            log.warning("config_store_or_cluster_changed", applies="after a restart")
+        return config.replace(
+            gateway=dataclasses.replace(config.gateway, **self._overrides),
+            store=started.store,
+            cluster=started.cluster,
+        )
 
 
 def serve_cluster(

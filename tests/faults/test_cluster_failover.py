@@ -2,7 +2,8 @@
 docs/architecture.md section 14): the leader killed with SIGKILL again and again under load
 loses no accepted job and each job succeeds once; a leader stopped with SIGSTOP past its
 lease writes nothing after the other gateway took over, and follows when it wakes; a
-leader whose tree gives up hands the lease on and exits with status 1.
+leader whose tree gives up hands the lease on and exits with status 1; a follower that
+takes the lead reads its config file then.
 
 Real processes and real time: waits are bounded polls (``wait_until``), and what the tests
 assert comes from the database (the jobs, the lease, and an audit trigger the test
@@ -146,3 +147,22 @@ def test_a_leader_whose_tree_gives_up_hands_the_lease_on_and_exits_with_status_1
         assert cluster.lease()[1] == 2
     log = failing.process.log()
     assert "leader_lane_gave_up" in log and "lease_released" in log
+
+
+def test_a_follower_that_takes_the_lead_runs_with_its_config_file_as_it_is_then(
+    tmp_path: Path, url: str
+) -> None:
+    with running_cluster(tmp_path, url, QUICK, lease_s=3.0) as cluster:
+        first, second = cluster.gateways
+        # Edited on the follower's host after it started: a follower reads it on leading.
+        edited = second.config.read_text().replace(
+            "max_queued_per_caller = 0", "max_queued_per_caller = 1"
+        )
+        second.config.write_text(edited)
+        cluster.kill(first)
+        wait_until(second.leads, ROLE_S, "the follower to take over")
+        assert second.process.post("/admin/pause").status_code == 200
+        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello"}]}
+        assert second.process.post("/jobs", json=body).status_code == 202
+        refused = second.process.post("/jobs", json=body)
+        assert refused.status_code == 503 and "queued_per_caller" in refused.text

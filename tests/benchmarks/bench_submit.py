@@ -15,7 +15,8 @@ On PostgreSQL (the tests' server, ``tests/kits/postgres_kit.py``: ``make postgre
 it), each system gets a fresh database of its own on the same server, in every round, the
 systems' rounds taken in turn:
 
-- gpulane: ``ask(InsertJob(spec))`` to a JobStore with ``StoreSettings(url=...)``;
+- gpulane: ``ask(InsertJob(spec))`` to a JobStore with ``StoreSettings(url=...)`` fenced by
+  the lease, as a leader's store is (every write runs the fence check of the lease row);
 - raw psycopg: a connection per submitter in autocommit, one INSERT per job, the raw sqlite3
   loop's row (PostgreSQL alone: no group commit of ours, no NOTIFY);
 - procrastinate and pgqueuer: their synchronous enqueue with the spec's JSON as payload,
@@ -69,8 +70,11 @@ from submitters import Submit, measure, warm_up
 from ulid import ULID
 
 from actors.job_store import JobStore
+from actors.lease import session_name, try_acquire
 from actors.runtime import SystemClock
+from actors.stores._pg_schema import migrate
 from protocol import JobSpec, Lane, StoreSettings
+from protocol.cluster import LeaseHold
 from protocol.messages import InsertJob, StoreSnapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,9 +114,12 @@ def gpulane(directory: Path) -> Iterator[tuple[Submit, Note]]:
 
 
 @contextmanager
-def job_store(settings: StoreSettings) -> Iterator[tuple[Submit, Note]]:
-    """The JobStore actor with ``settings``; the note reports its average batch size."""
-    store = JobStore.start(settings, SystemClock())
+def job_store(
+    settings: StoreSettings, lease: LeaseHold | None = None
+) -> Iterator[tuple[Submit, Note]]:
+    """The JobStore actor with ``settings`` (fenced by ``lease``, a leader's); the note
+    reports its average batch size."""
+    store = JobStore.start(settings, SystemClock(), lease=lease)
 
     def note() -> str:
         snap = store.ask(StoreSnapshot())
@@ -190,9 +197,17 @@ def raw_pg(url: str, submitters: int) -> Iterator[tuple[list[Submit], Note]]:
 
 @contextmanager
 def pg_store(url: str, submitters: int) -> Iterator[tuple[list[Submit], Note]]:
-    """The JobStore actor on the PostgreSQL database at ``url``."""
-    with job_store(StoreSettings(url=url)) as (submit, note):
-        yield [submit] * submitters, note
+    """The JobStore actor on the PostgreSQL database at ``url`` as a leader's: the lease
+    taken first, so every write runs the schema's fence check of the lease row."""
+    with psycopg.connect(
+        url, autocommit=True, application_name=session_name("lease", "bench#1")
+    ) as lease_conn:
+        with lease_conn.transaction():
+            migrate(lease_conn, "bench")
+        hold = try_acquire(lease_conn, "bench#1", "bench", "http://127.0.0.1:1", 600.0)
+        assert hold is not None, "a fresh database's lease is free"
+        with job_store(StoreSettings(url=url), hold) as (submit, note):
+            yield [submit] * submitters, note
 
 
 @contextmanager

@@ -234,9 +234,12 @@ async def follower_readiness(
     view: ClusterView, call: Callable[..., Awaitable[Any]], reader: PgJobReader
 ) -> Mapping[str, Any]:
     """Each check's outcome in ``health.readiness``'s shape: ``leader`` (a live lease is
-    held by a gateway) and ``store`` (the database answers ``SELECT 1`` within
+    held by another gateway: while this one starts its lane to lead, it is not ready) and
+    ``store`` (the database answers ``SELECT 1`` within
     ``health.READY_TIMEOUT_S``); ``call`` runs the blocking ping off the event loop."""
-    if view.leader_known:
+    if view.role is Role.LEADER:  # the lease is this gateway's, its lane not serving yet
+        leader = False, "this gateway has just taken the lease and is starting its lane"
+    elif view.leader_known:
         leader = True, f"{view.leader_node} at {view.leader_url}"
     else:
         leader = False, "no gateway holds a live lease: a failover is under way"

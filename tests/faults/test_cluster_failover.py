@@ -161,7 +161,8 @@ def test_a_follower_that_takes_the_lead_runs_with_its_config_file_as_it_is_then(
         second.config.write_text(edited)
         cluster.kill(first)
         wait_until(second.leads, ROLE_S, "the follower to take over")
-        assert second.process.post("/admin/pause").status_code == 200
+        paused = second.process.post("/admin/pause")
+        assert paused.status_code == 200, paused.text
         body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello"}]}
         assert second.process.post("/jobs", json=body).status_code == 202
         refused = second.process.post("/jobs", json=body)

@@ -35,6 +35,7 @@ from actors.stores import PgJobReader
 from actors.stores._pg_reader import APPLICATION_NAME
 from actors.testing import quiesce, wait_until
 from protocol import JobNotFoundError, JobState, StoreError, ValidationError
+from protocol.cluster import Role
 from protocol.messages import ListJobs
 
 
@@ -417,6 +418,11 @@ def test_readyz_is_200_with_a_leader_and_a_database_and_names_what_is_missing(
             "leader": {"ok": True, "detail": f"leader-1 at {leader.url}"},
             "store": {"ok": True, "detail": "answers"},
         }
+        # It has just taken the lease itself: until its lane serves, it is not ready.
+        follower.views.current = dataclasses.replace(view_of(leader.url), role=Role.LEADER)
+        starting = http.get("/readyz")
+        assert starting.status_code == 503 and starting.json()["not_ready"] == ["leader"]
+        assert "just taken the lease" in starting.json()["checks"]["leader"]["detail"]
         follower.views.current = view_of(None)
         unready = http.get("/readyz")
         assert unready.status_code == 503 and unready.json()["not_ready"] == ["leader"]

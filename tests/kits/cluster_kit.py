@@ -66,13 +66,18 @@ class Gateway:
         return self.process.url
 
     def role(self) -> str | None:
-        """What its /status says it is now (None: it does not answer)."""
+        """What its ``/metrics`` says it is now (None: it does not answer). Not ``/status``:
+        a follower's asks the leader's, which waits out a stopped leader."""
         try:
-            answer = httpx.get(self.url + "/status", timeout=2)
+            answer = httpx.get(self.url + "/metrics", timeout=2)
         except httpx.HTTPError:
             return None
-        cluster = answer.json().get("cluster") if answer.status_code == 200 else None
-        return None if cluster is None else str(cluster["role"])
+        if answer.status_code != 200:
+            return None
+        for role in ("leader", "follower"):
+            if f'gpulane_cluster_role{{role="{role}"}} 1.0' in answer.text:
+                return role
+        return None
 
     def leads(self) -> bool:
         """It says it leads and is ready to dispatch."""

@@ -53,6 +53,16 @@ def batch(db: PgJobDB, writes: list[WriteMessage]) -> list[BatchOutcome]:
     return db.write_batch(lambda: next(it, None))
 
 
+def leading_store(url: str) -> tuple[LeaseHold, PgJobDB, Job]:
+    """Gateway a's lease, its store fenced by it, and a job that store wrote."""
+    hold = try_acquire(lease_session(url, "a#1"), "a#1", "a", "http://a:1", 3.0)
+    assert hold is not None
+    db = PgJobDB.open(url, ManualClock(), lease=hold)
+    (job,) = batch(db, [InsertJob(make_spec())])
+    assert isinstance(job, Job)
+    return hold, db, job
+
+
 def row_of(url: str, job: Job) -> tuple[Any, ...]:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT state, updated_at FROM jobs WHERE id = %s", (job.id,)).fetchone()
@@ -110,12 +120,7 @@ def test_a_released_lease_is_free_for_the_next_gateway(url: str) -> None:
 
 
 def test_a_store_whose_lease_was_taken_over_writes_nothing_by_any_path(url: str) -> None:
-    a = lease_session(url, "a#1")
-    hold = try_acquire(a, "a#1", "a", "http://a:1", 3.0)
-    assert hold is not None
-    db = PgJobDB.open(url, ManualClock(), lease=hold)
-    (job,) = batch(db, [InsertJob(make_spec())])
-    assert isinstance(job, Job)
+    _, db, job = leading_store(url)
     # Another gateway takes the lease without ending this store's session (the fence, not
     # the ended session, must stop it).
     with psycopg.connect(url, autocommit=True) as other:
@@ -145,12 +150,7 @@ def test_a_store_cannot_open_on_a_lease_already_taken_over(url: str) -> None:
 
 
 def test_a_transaction_the_old_leader_had_open_cannot_commit_after_the_takeover(url: str) -> None:
-    a = lease_session(url, "a#1")
-    hold = try_acquire(a, "a#1", "a", "http://a:1", 3.0)
-    assert hold is not None
-    db = PgJobDB.open(url, ManualClock(), lease=hold)
-    (job,) = batch(db, [InsertJob(make_spec())])
-    assert isinstance(job, Job)
+    hold, _, job = leading_store(url)
     expire(url)  # first: a lease runs out by the clock, which no lock holds up
     # The old leader's store is paused inside a write: its transaction holds the lease row
     # for share, which would make a takeover wait for it.

@@ -36,7 +36,7 @@ from actors.lease_keeper import LeaseEvent
 from actors.runtime import ExitReason, SystemClock, Timers
 from actors.stores import PgJobReader
 from actors.system import GpuLane
-from protocol.cluster import LeaseAcquired, LeaseHold, LeaseLost
+from protocol.cluster import LeaseAcquired, LeaseHold, LeaseLost, LeaseLostError
 
 __all__ = ["ClusterMember", "RoleSwitch", "serve_cluster"]
 
@@ -170,7 +170,7 @@ class ClusterMember:
     def _lane_failed(self, reason: ExitReason) -> None:
         """The lane gave up: a lost lease makes this gateway a follower again; any other
         failure while it still leads ends the process as on a single gateway."""
-        if "LeaseLostError" in str(reason) or not self.leadership.still_leads():
+        if reason.error_type == LeaseLostError.__name__ or not self.leadership.still_leads():
             return  # the keeper tells LeaseLost, and the member follows
         log.error("leader_lane_gave_up", reason=str(reason), status=EXIT_FAILED)
         self._failed.set()
